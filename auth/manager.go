@@ -1,0 +1,335 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"golang.org/x/oauth2"
+
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
+)
+
+// ManagerOptions configure a Manager. Store is required.
+type ManagerOptions struct {
+	// Store holds the encrypted token records.
+	Store *Store
+	// HTTPClient talks to token endpoints. If nil, a client with a
+	// TokenTimeout deadline per request is used.
+	HTTPClient *http.Client
+	// TokenTimeout bounds one token endpoint request when HTTPClient is nil.
+	// If zero, 20 seconds.
+	TokenTimeout time.Duration
+	// RefreshMargin is how long an access token must still be valid to be
+	// handed out; shorter-lived tokens are refreshed first. If zero,
+	// 15 minutes.
+	RefreshMargin time.Duration
+	// CacheSize bounds the number of accounts whose access tokens are kept in
+	// memory. If zero, 1024.
+	CacheSize int
+	// Logger receives token refresh events. If nil, slog.Default().
+	Logger *slog.Logger
+}
+
+// Manager turns a local login and password into an access token for the
+// account's upstream mailbox. It keeps one token source per account, so
+// concurrent logins of one account share one refresh, and persists rotated
+// refresh tokens before handing out the access token that came with them.
+// It is safe for concurrent use.
+type Manager struct {
+	ctx    context.Context // long-lived: token sources keep it for every refresh
+	store  *Store
+	margin time.Duration
+	logger *slog.Logger
+
+	mu      sync.Mutex // serializes get-or-create of sources
+	sources *lru.Cache[string, *Account]
+}
+
+// NewManager returns a Manager whose token refreshes run under ctx: cancel
+// it only when the daemon stops.
+func NewManager(ctx context.Context, opts *ManagerOptions) (*Manager, error) {
+	if opts == nil || opts.Store == nil {
+		return nil, errors.New("auth: ManagerOptions.Store is required")
+	}
+	client := opts.HTTPClient
+	if client == nil {
+		timeout := opts.TokenTimeout
+		if timeout <= 0 {
+			timeout = 20 * time.Second
+		}
+		client = &http.Client{Timeout: timeout}
+	}
+	margin := opts.RefreshMargin
+	if margin <= 0 {
+		margin = 15 * time.Minute
+	}
+	size := opts.CacheSize
+	if size <= 0 {
+		size = 1024
+	}
+	sources, err := lru.New[string, *Account](size)
+	if err != nil {
+		return nil, fmt.Errorf("creating token source cache: %w", err)
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	return &Manager{
+		ctx:     context.WithValue(ctx, oauth2.HTTPClient, client),
+		store:   opts.Store,
+		margin:  margin,
+		logger:  logger,
+		sources: sources,
+	}, nil
+}
+
+// Unlock checks password against login's token record and returns the
+// account's token source. A wrong password, a login without a record and a
+// grant this build cannot run all fail with Kind AuthenticationFailed or
+// AuthorizationFailed without contacting any server.
+func (m *Manager) Unlock(acct *config.Account, password string) (*Account, error) {
+	if acct.Grant != "" && acct.Grant != "refresh_token" {
+		return nil, &Error{Kind: AuthorizationFailed,
+			Message: fmt.Sprintf("grant %q is not supported by this build", acct.Grant)}
+	}
+	rec, err := m.store.Open(acct.Login, password)
+	switch {
+	case errors.Is(err, ErrWrongPassword):
+		return nil, &Error{Kind: AuthenticationFailed, Message: "authentication failed", Err: err}
+	case errors.Is(err, ErrNoRecord):
+		// The collector sees the same answer as for a wrong password, so a
+		// guesser learns nothing; the log names the fix.
+		return nil, &Error{Kind: AuthenticationFailed, Message: "authentication failed",
+			Err: fmt.Errorf("no token record (run: imap-oauth-proxy authorize %s): %w", acct.Login, err)}
+	case err != nil:
+		return nil, &Error{Kind: Unavailable, Message: "token store unavailable", Err: err}
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if a, ok := m.sources.Get(acct.Login); ok && a.matches(acct, rec.Info.ID) {
+		return a, nil
+	}
+	// A new authorization (new record ID), a changed provider, or a cold
+	// cache: start from what is on disk.
+	a := newAccount(m, acct, rec)
+	m.sources.Add(acct.Login, a)
+	return a, nil
+}
+
+// Account is one account's token source: the newest refresh token, the
+// cached access token, and the record it persists rotations to. It is safe
+// for concurrent use.
+type Account struct {
+	m        *Manager
+	login    string
+	recordID string
+	provider config.Provider // copy: a reload never changes a running source
+
+	mu         sync.Mutex
+	reuse      oauth2.TokenSource // ReuseTokenSource over persist; replaced by Refused
+	persist    *persistingSource
+	revoked    error  // sticky AuthorizationFailed after invalid_grant, until the record changes
+	lastAccess string // newest access token, so Refused ignores stale refusals
+	refreshN   int    // refreshes attempted, for tests
+}
+
+func newAccount(m *Manager, acct *config.Account, rec *Unlocked) *Account {
+	a := &Account{
+		m:        m,
+		login:    acct.Login,
+		recordID: rec.Info.ID,
+		provider: *acct.Provider,
+	}
+	cfg := oauth2Config(&a.provider)
+	tok := &oauth2.Token{RefreshToken: rec.Secret.RefreshToken}
+	a.persist = &persistingSource{
+		account: a,
+		inner:   cfg.TokenSource(m.ctx, tok),
+		record:  rec,
+		lastRT:  rec.Secret.RefreshToken,
+	}
+	a.reuse = oauth2.ReuseTokenSourceWithExpiry(nil, a.persist, m.margin)
+	return a
+}
+
+// matches reports whether a still serves acct as configured now, for the
+// authorization stored under recordID.
+func (a *Account) matches(acct *config.Account, recordID string) bool {
+	p := acct.Provider
+	return a.recordID == recordID &&
+		a.provider.TokenURL == p.TokenURL &&
+		a.provider.ClientID == p.ClientID &&
+		a.provider.ClientSecret == p.ClientSecret &&
+		slices.Equal(a.provider.Scopes, p.Scopes)
+}
+
+func oauth2Config(p *config.Provider) *oauth2.Config {
+	return &oauth2.Config{
+		ClientID:     p.ClientID,
+		ClientSecret: p.ClientSecret,
+		Scopes:       p.Scopes,
+		Endpoint: oauth2.Endpoint{
+			AuthURL:       p.AuthURL,
+			TokenURL:      p.TokenURL,
+			DeviceAuthURL: p.DeviceAuthURL,
+			// Auto-detection retries every failure with the other style,
+			// doubling requests on invalid_grant; params work everywhere.
+			AuthStyle: oauth2.AuthStyleInParams,
+		},
+	}
+}
+
+// Token returns an access token valid for at least the refresh margin,
+// refreshing it first when needed. Concurrent callers share one refresh.
+// ctx bounds only the wait: a refresh that outlives it completes in the
+// background and serves the next login.
+func (a *Account) Token(ctx context.Context) (*oauth2.Token, error) {
+	a.mu.Lock()
+	ts, revoked := a.reuse, a.revoked
+	a.mu.Unlock()
+	if revoked != nil {
+		return nil, revoked
+	}
+	type result struct {
+		tok *oauth2.Token
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		tok, err := ts.Token()
+		done <- result{tok, err}
+	}()
+	select {
+	case r := <-done:
+		return r.tok, r.err
+	case <-ctx.Done():
+		return nil, &Error{Kind: Unavailable, Message: "token endpoint did not answer in time",
+			Err: fmt.Errorf("waiting for token refresh: %w", ctx.Err())}
+	}
+}
+
+// Refused drops tok from the cache after the upstream refused it, so the
+// next Token call refreshes.
+func (a *Account) Refused(tok *oauth2.Token) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if tok == nil || a.lastAccess != tok.AccessToken {
+		return // already replaced by a concurrent login
+	}
+	a.lastAccess = ""
+	a.reuse = oauth2.ReuseTokenSourceWithExpiry(nil, a.persist, a.m.margin)
+}
+
+// Refreshes returns how many token refreshes this account has attempted.
+func (a *Account) Refreshes() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.refreshN
+}
+
+// persistingSource refreshes through x/oauth2 and writes a rotated refresh
+// token to the record before the access token that came with it is used.
+// It is called only under ReuseTokenSource's mutex, which also serializes
+// the inner tokenRefresher, so it needs no lock of its own.
+type persistingSource struct {
+	account *Account
+	inner   oauth2.TokenSource
+	record  *Unlocked
+	lastRT  string
+}
+
+func (p *persistingSource) Token() (*oauth2.Token, error) {
+	a := p.account
+	a.mu.Lock()
+	a.refreshN++
+	a.mu.Unlock()
+
+	start := time.Now()
+	tok, err := p.inner.Token()
+	elapsed := time.Since(start)
+	if err != nil {
+		authErr := classifyTokenError(a.login, a.provider.Name, err)
+		a.m.logger.Warn("token refresh failed", "login", a.login, "provider", a.provider.Name,
+			"outcome", authErr.Kind.String(), "duration", elapsed, "err", err)
+		if authErr.Kind == AuthorizationFailed && isRevocation(err) {
+			a.mu.Lock()
+			a.revoked = authErr
+			a.mu.Unlock()
+		}
+		return nil, authErr
+	}
+	rotated := tok.RefreshToken != "" && tok.RefreshToken != p.lastRT
+	if rotated {
+		if err := a.m.store.Update(p.record, Secret{RefreshToken: tok.RefreshToken}); err != nil {
+			// The new refresh token stays in the inner source, so the next
+			// refresh uses it and tries to save again.
+			a.m.logger.Error("saving rotated refresh token failed", "login", a.login, "err", err)
+			return nil, &Error{Kind: Unavailable, Message: "cannot save the rotated refresh token", Err: err}
+		}
+		p.lastRT = tok.RefreshToken
+	}
+	a.mu.Lock()
+	a.lastAccess = tok.AccessToken
+	a.mu.Unlock()
+	a.m.logger.Info("token refreshed", "login", a.login, "provider", a.provider.Name,
+		"duration", elapsed, "expires_in", time.Until(tok.Expiry).Round(time.Second), "rotated", rotated)
+	return tok, nil
+}
+
+// isRevocation reports whether err says the refresh token itself is dead.
+func isRevocation(err error) bool {
+	var re *oauth2.RetrieveError
+	return errors.As(err, &re) && re.ErrorCode == "invalid_grant"
+}
+
+// classifyTokenError turns a token endpoint failure into the collector's
+// answer: dead grants and rejected clients need the operator
+// (AuthorizationFailed), everything else may pass (Unavailable).
+func classifyTokenError(login, provider string, err error) *Error {
+	var re *oauth2.RetrieveError
+	if errors.As(err, &re) {
+		reason := re.ErrorCode
+		if re.ErrorDescription != "" {
+			reason += ": " + firstLine(re.ErrorDescription)
+		}
+		status := 0
+		if re.Response != nil {
+			status = re.Response.StatusCode
+		}
+		switch {
+		case re.ErrorCode == "invalid_grant" || re.ErrorCode == "interaction_required" || re.ErrorCode == "consent_required":
+			return &Error{Kind: AuthorizationFailed, Err: err, Message: OneLine(fmt.Sprintf(
+				"authorization expired or revoked (%s); run: imap-oauth-proxy authorize %s", reason, login), 400)}
+		case re.ErrorCode == "invalid_client" || re.ErrorCode == "unauthorized_client" || re.ErrorCode == "invalid_scope":
+			return &Error{Kind: AuthorizationFailed, Err: err, Message: OneLine(fmt.Sprintf(
+				"token endpoint rejected provider %s's client (%s); check its client_id and client secret", provider, reason), 400)}
+		case re.ErrorCode == "temporarily_unavailable" || status == 0 || status >= 500 || status == http.StatusTooManyRequests || status == http.StatusRequestTimeout:
+			return &Error{Kind: Unavailable, Err: err, Message: OneLine(fmt.Sprintf(
+				"token endpoint unavailable (HTTP %d %s); retry later", status, reason), 400)}
+		default:
+			return &Error{Kind: AuthorizationFailed, Err: err, Message: OneLine(fmt.Sprintf(
+				"token endpoint refused the refresh (HTTP %d %s)", status, reason), 400)}
+		}
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) || errors.Is(err, context.DeadlineExceeded) {
+		return &Error{Kind: Unavailable, Err: err, Message: "token endpoint unreachable; retry later"}
+	}
+	return &Error{Kind: Unavailable, Err: err, Message: "token refresh failed; retry later"}
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return strings.TrimSpace(line)
+}

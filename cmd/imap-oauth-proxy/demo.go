@@ -1,0 +1,196 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
+)
+
+// The demo account. The password is printed on purpose: it guards only a
+// throwaway mailbox on a loopback demo server.
+const (
+	demoLogin    = "demo"
+	demoPassword = "demo-password"
+	demoMailbox  = "demo@example.test"
+)
+
+const demoConfig = `# Written by imap-oauth-proxy demo.
+[server]
+listen = %q
+state_dir = "state"
+
+[providers.demo]
+type = "generic"
+token_url = %q
+scopes = ["imap", "offline_access"]
+client_id = "demo-client"
+client_secret = "demo-secret"
+imap_address = %q
+ca_file = "upstream-ca.pem"
+
+[accounts.demo]
+provider = "demo"
+mailbox = %q
+grant = "refresh_token"
+`
+
+// cmdDemo serves the proxy on 127.0.0.1 against a built-in upstream that
+// accepts only XOAUTH2 and a built-in token endpoint that rotates refresh
+// tokens, so the whole path runs without any cloud account.
+func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", "127.0.0.1:1143", "address of the proxy's IMAP listener")
+	dir := fs.String("dir", "", "directory for the demo's config and state (default: a temporary one)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return usageError("demo takes no arguments")
+	}
+	if *dir == "" {
+		tmp, err := os.MkdirTemp("", "imap-oauth-proxy-demo-")
+		if err != nil {
+			return fmt.Errorf("creating demo directory: %w", err)
+		}
+		defer os.RemoveAll(tmp)
+		*dir = tmp
+	}
+
+	tokens := authtest.NewServer(authtest.Options{
+		Flavor: authtest.Microsoft, ClientID: "demo-client", ClientSecret: "demo-secret", Rotate: true,
+	})
+	defer tokens.Close()
+	upstream, err := proxytest.NewUpstream(proxytest.UpstreamOptions{Validate: tokens.Validate})
+	if err != nil {
+		return err
+	}
+	defer upstream.Close()
+	user := upstream.AddUser(demoMailbox)
+	welcome := "From: imap-oauth-proxy <demo@example.test>\r\nTo: " + demoMailbox +
+		"\r\nSubject: Welcome to the imap-oauth-proxy demo\r\nDate: " + time.Now().Format(time.RFC1123Z) +
+		"\r\n\r\nThis message was fetched through the proxy, which logged in upstream with XOAUTH2.\r\n"
+	if _, err := user.Append("INBOX", literal(welcome), &imap.AppendOptions{}); err != nil {
+		return fmt.Errorf("seeding the demo mailbox: %w", err)
+	}
+	if err := upstream.WriteCAFile(filepath.Join(*dir, "upstream-ca.pem")); err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w (pick another address with -listen)", *listen, err)
+	}
+	defer ln.Close()
+	configPath := filepath.Join(*dir, "config.toml")
+	text := fmt.Sprintf(demoConfig, ln.Addr().String(), tokens.TokenURL(), upstream.Addr, demoMailbox)
+	if err := os.WriteFile(configPath, []byte(text), 0o600); err != nil {
+		return fmt.Errorf("writing demo config: %w", err)
+	}
+	cfg, err := config.Load(configPath)
+	if err != nil {
+		return err
+	}
+
+	// What `token import` does, with a refresh token from the demo endpoint.
+	store, err := auth.NewStore(cfg.Server.StateDir, nil)
+	if err != nil {
+		return err
+	}
+	if _, err := store.Create(demoLogin, demoPassword, auth.Secret{RefreshToken: tokens.Grant(demoMailbox)}); err != nil {
+		return err
+	}
+
+	logger := newLogger(stderr, "text", "info")
+	srv, err := newServer(ctx, cfg, logger, nil)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+
+	if err := demoSelfCheck(ln.Addr().String()); err != nil {
+		return fmt.Errorf("demo self-check failed: %w", err)
+	}
+	host, port, _ := net.SplitHostPort(ln.Addr().String())
+	fmt.Fprintf(stdout, demoBanner, ln.Addr().String(), demoLogin, demoPassword, configPath,
+		host, port, demoLogin, demoPassword, host, port, demoLogin, demoPassword, host, port)
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+		fmt.Fprintln(stdout, "demo stopped")
+		return nil
+	}
+}
+
+const demoBanner = `
+imap-oauth-proxy demo: the proxy is serving IMAP on %s
+  login:    %s
+  password: %s
+  config:   %s
+Behind it, a built-in IMAP server that accepts only XOAUTH2 and a built-in
+token endpoint that rotates refresh tokens stand in for Microsoft 365.
+A self-check already logged in through the proxy and read INBOX.
+
+Point any IMAP client at it, for example:
+  curl --url 'imap://%s:%s/INBOX;UID=1' --user '%s:%s'
+  python3 -c 'import imaplib; m = imaplib.IMAP4("%s", %s); m.login("%s", "%s"); print(m.select("INBOX"))'
+  fetchmail, GLPI's collector, ...: server %s, port %s, plain IMAP, no TLS (loopback only).
+Press Ctrl-C to stop.
+`
+
+// demoSelfCheck logs in through the proxy as a collector would and reads
+// the welcome message's subject.
+func demoSelfCheck(addr string) error {
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	c := imapclient.New(conn, nil)
+	defer c.Close()
+	if err := c.Login(demoLogin, demoPassword).Wait(); err != nil {
+		return fmt.Errorf("LOGIN: %w", err)
+	}
+	sel, err := c.Select("INBOX", nil).Wait()
+	if err != nil {
+		return fmt.Errorf("SELECT: %w", err)
+	}
+	if sel.NumMessages == 0 {
+		return errors.New("INBOX is empty")
+	}
+	msgs, err := c.Fetch(imap.SeqSetNum(1), &imap.FetchOptions{Envelope: true}).Collect()
+	if err != nil {
+		return fmt.Errorf("FETCH: %w", err)
+	}
+	if len(msgs) != 1 || !strings.Contains(msgs[0].Envelope.Subject, "Welcome") {
+		return errors.New("welcome message not found")
+	}
+	return c.Logout().Wait()
+}
+
+// literal adapts a string to imap.LiteralReader.
+type literalReader struct {
+	*strings.Reader
+}
+
+func (l literalReader) Size() int64 { return int64(l.Reader.Len()) }
+
+func literal(s string) imap.LiteralReader { return literalReader{strings.NewReader(s)} }

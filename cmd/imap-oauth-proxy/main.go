@@ -1,0 +1,80 @@
+// Command imap-oauth-proxy lets mail collectors that only know IMAP LOGIN
+// read mailboxes that require OAuth 2.0 (Microsoft 365, Gmail, any IMAP
+// server with XOAUTH2). See README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `usage: imap-oauth-proxy COMMAND [flags] [LOGIN]
+
+commands:
+  serve        [-config FILE]          run the daemon
+  demo         [-listen ADDR]          serve against a built-in upstream and token endpoint
+  token import [-config FILE] LOGIN    store a refresh token; stdin: local password line,
+                                       then refresh token line
+  version                              print the version
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+// run executes one command line and returns the exit status. ctx ends
+// long-running commands (serve, demo).
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "serve":
+		err = cmdServe(ctx, args[1:], stderr)
+	case "demo":
+		err = cmdDemo(ctx, args[1:], stdout, stderr)
+	case "token":
+		if len(args) < 2 || args[1] != "import" {
+			err = usageError("token takes the subcommand import")
+			break
+		}
+		err = cmdTokenImport(args[2:], stdin, stdout)
+	case "version":
+		fmt.Fprintln(stdout, "imap-oauth-proxy", version)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+	default:
+		err = usageError(fmt.Sprintf("unknown command %q", args[0]))
+	}
+	var ue usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "imap-oauth-proxy: %s\n\n%s", err, usage)
+		return 2
+	case errors.Is(err, flag.ErrHelp):
+		return 2
+	default:
+		fmt.Fprintf(stderr, "imap-oauth-proxy: %s\n", err)
+		return 1
+	}
+}
+
+// usageError is a mistake in the command line.
+type usageError string
+
+func (e usageError) Error() string { return string(e) }

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
+)
+
+// cmdTokenImport stores an existing refresh token for LOGIN, encrypted
+// under the local password. stdin: the password line, then the token line.
+func cmdTokenImport(args []string, stdin io.Reader, stdout io.Writer) error {
+	fs := flag.NewFlagSet("token import", flag.ContinueOnError)
+	configPath := fs.String("config", config.DefaultPath, "mapping file")
+	force := fs.Bool("force", false, "replace an existing authorization")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usageError("token import takes exactly one LOGIN")
+	}
+	login := fs.Arg(0)
+	cfg, err := config.Load(*configPath)
+	if err != nil {
+		return err
+	}
+	acct := cfg.Accounts[login]
+	if acct == nil {
+		return fmt.Errorf("no [accounts.%s] in %s", login, cfg.Path)
+	}
+	if acct.Grant != "refresh_token" {
+		return fmt.Errorf("accounts.%s uses grant %q, which has no refresh token to import", login, acct.Grant)
+	}
+
+	lines := bufio.NewScanner(stdin)
+	lines.Buffer(make([]byte, 0, 4096), 64*1024) // refresh tokens can be a few KiB
+	password, err := readSecretLine(lines, "local password")
+	if err != nil {
+		return err
+	}
+	refreshToken, err := readSecretLine(lines, "refresh token")
+	if err != nil {
+		return err
+	}
+
+	store, err := auth.NewStore(cfg.Server.StateDir, nil)
+	if err != nil {
+		return err
+	}
+	exists, err := store.Exists(login)
+	if err != nil {
+		return err
+	}
+	if exists && !*force {
+		return fmt.Errorf("%s already has an authorization (%s); add -force to replace it", login, store.Path(login))
+	}
+	if _, err := store.Create(login, password, auth.Secret{RefreshToken: refreshToken}); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "stored the refresh token for %s in %s (encrypted under the local password)\n", login, store.Path(login))
+	return nil
+}
+
+// readSecretLine reads one non-empty line; errors never contain the line.
+func readSecretLine(lines *bufio.Scanner, what string) (string, error) {
+	if !lines.Scan() {
+		if err := lines.Err(); err != nil {
+			return "", fmt.Errorf("reading the %s from stdin: %w", what, err)
+		}
+		return "", fmt.Errorf("reading the %s from stdin: %w", what, io.ErrUnexpectedEOF)
+	}
+	line := strings.TrimRight(lines.Text(), "\r")
+	if strings.TrimSpace(line) == "" {
+		return "", fmt.Errorf("the %s line on stdin is empty: %w", what, errEmptySecret)
+	}
+	return line, nil
+}
+
+var errEmptySecret = errors.New("empty")

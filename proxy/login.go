@@ -1,0 +1,77 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
+)
+
+// login checks the collector's credentials, logs in upstream, answers the
+// collector with its own tag and, on success, relays the session. done is
+// true when the session is over (successfully relayed or broken).
+func (c *conn) login(tag, login, password string) (reason string, done bool) {
+	start := time.Now()
+	log := c.logger.With("login", login)
+	up, err := c.connectUpstream(login, password)
+	if err != nil {
+		kind := auth.KindOf(err)
+		msg := auth.MessageOf(err, "login failed")
+		log.Warn("login failed", "outcome", kind.String(), "duration", time.Since(start).Round(time.Millisecond), "err", err)
+		if c.writeStatus(tag, "NO", kind.String(), msg) != nil {
+			return "write failed", true
+		}
+		return "", false
+	}
+	log.Info("login", "outcome", "OK", "duration", time.Since(start).Round(time.Millisecond),
+		"upstream", c.cfg.Accounts[login].Provider.IMAPAddress, "dial", up.dialTime.Round(time.Millisecond))
+	code := ""
+	if up.caps != "" {
+		code = "CAPABILITY " + up.caps
+	}
+	if err := c.writeStatus(tag, "OK", code, "LOGIN completed"); err != nil {
+		up.nc.Close()
+		return "write failed", true
+	}
+	return c.relay(up, log), true
+}
+
+// connectUpstream resolves the login, unlocks its token and logs in
+// upstream, refreshing and retrying once if the upstream refuses a cached
+// token.
+func (c *conn) connectUpstream(login, password string) (*upstreamConn, error) {
+	acct := c.cfg.Accounts[login]
+	if acct == nil {
+		return nil, &auth.Error{Kind: auth.AuthenticationFailed, Message: "authentication failed",
+			Err: errors.New("unknown login")}
+	}
+	ctx, cancel := context.WithTimeout(c.srv.ctx, c.cfg.Server.LoginTimeout)
+	defer cancel()
+	account, err := c.srv.auth.Unlock(acct, password)
+	if err != nil {
+		return nil, err
+	}
+	l := &upstreamLogin{
+		provider:    acct.Provider,
+		tlsConfig:   c.cfg.upstreamTLS[acct.Provider.Name],
+		dialTimeout: c.cfg.Server.DialTimeout,
+		mailbox:     acct.Mailbox,
+	}
+	for attempt := 0; ; attempt++ {
+		tok, err := account.Token(ctx)
+		if err != nil {
+			return nil, err
+		}
+		l.token = tok.AccessToken
+		up, err := loginUpstream(ctx, l)
+		if err == nil {
+			return up, nil
+		}
+		if attempt > 0 || !errors.Is(err, errTokenRefused) {
+			return nil, err
+		}
+		c.logger.Info("upstream refused the access token; refreshing once", "login", login)
+		account.Refused(tok)
+	}
+}

@@ -1,0 +1,226 @@
+// Package proxytest provides an in-process IMAP upstream that accepts only
+// OAuth (XOAUTH2), for the proxy's tests and the demo command. It is built
+// on go-imap v2's imapserver and imapmemserver.
+package proxytest
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapserver"
+	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
+	"github.com/emersion/go-sasl"
+
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
+)
+
+// UpstreamOptions configure an Upstream.
+type UpstreamOptions struct {
+	// Validate decides whether token is a valid access token for user; nil
+	// refuses every token.
+	Validate func(user, token string) error
+	// GmailErrors makes a refused token get a "+" challenge carrying a
+	// base64 JSON status before the NO, as Gmail does; otherwise the server
+	// answers NO at once, as Microsoft 365 does.
+	GmailErrors bool
+	// Logger receives go-imap's error messages; nil discards them.
+	Logger *log.Logger
+}
+
+// Upstream is a TLS IMAP server on 127.0.0.1 that offers AUTH=XOAUTH2 and
+// refuses LOGIN and every other mechanism. It is safe for concurrent use.
+type Upstream struct {
+	// Addr is the host:port to dial ("127.0.0.1:N").
+	Addr string
+	// CAPEM is the PEM certificate that signs the server's certificate.
+	CAPEM []byte
+
+	opts     UpstreamOptions
+	ln       net.Listener
+	server   *imapserver.Server
+	mu       sync.Mutex
+	users    map[string]*imapmemserver.User
+	conns    atomic.Int64
+	logins   atomic.Int64
+	refusals atomic.Int64
+	done     chan struct{}
+}
+
+// NewUpstream starts an Upstream on a free loopback port.
+func NewUpstream(opts UpstreamOptions) (*Upstream, error) {
+	cert, caPEM, err := NewCertificate("localhost", "127.0.0.1")
+	if err != nil {
+		return nil, err
+	}
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("listening: %w", err)
+	}
+	u := &Upstream{
+		Addr:  raw.Addr().String(),
+		CAPEM: caPEM,
+		opts:  opts,
+		users: make(map[string]*imapmemserver.User),
+		done:  make(chan struct{}),
+	}
+	u.ln = &countingListener{Listener: tls.NewListener(raw, &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		MinVersion:   tls.VersionTLS12,
+	}), count: &u.conns}
+	logger := opts.Logger
+	if logger == nil {
+		logger = log.New(io.Discard, "", 0)
+	}
+	u.server = imapserver.New(&imapserver.Options{
+		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
+			return &session{upstream: u}, nil, nil
+		},
+		Caps: imap.CapSet{
+			imap.CapIMAP4rev1: {}, imap.CapIMAP4rev2: {},
+			imap.CapUIDPlus: {}, imap.CapMove: {}, imap.CapNamespace: {},
+		},
+		Logger: logger,
+	})
+	go func() {
+		defer close(u.done)
+		u.server.Serve(u.ln)
+	}()
+	return u, nil
+}
+
+// AddUser creates the mailbox user (with an INBOX) and returns it.
+func (u *Upstream) AddUser(name string) *imapmemserver.User {
+	user := imapmemserver.NewUser(name, "")
+	if err := user.Create("INBOX", nil); err != nil {
+		panic(err) // a fresh user has no mailboxes
+	}
+	u.mu.Lock()
+	u.users[name] = user
+	u.mu.Unlock()
+	return user
+}
+
+func (u *Upstream) user(name string) *imapmemserver.User {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.users[name]
+}
+
+// Connections returns how many TCP connections the upstream has accepted.
+func (u *Upstream) Connections() int64 { return u.conns.Load() }
+
+// Logins returns how many XOAUTH2 authentications succeeded.
+func (u *Upstream) Logins() int64 { return u.logins.Load() }
+
+// Refusals returns how many XOAUTH2 authentications were refused.
+func (u *Upstream) Refusals() int64 { return u.refusals.Load() }
+
+// WriteCAFile writes CAPEM to path with mode 0600.
+func (u *Upstream) WriteCAFile(path string) error {
+	if err := os.WriteFile(path, u.CAPEM, 0o600); err != nil {
+		return fmt.Errorf("writing CA file: %w", err)
+	}
+	return nil
+}
+
+// Close stops the server and waits for it.
+func (u *Upstream) Close() error {
+	err := u.server.Close()
+	<-u.done
+	return err
+}
+
+type countingListener struct {
+	net.Listener
+	count *atomic.Int64
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.count.Add(1)
+	}
+	return c, err
+}
+
+// session is an imapmemserver session whose only way in is XOAUTH2.
+type session struct {
+	*imapmemserver.UserSession // nil until authenticated
+	upstream                   *Upstream
+}
+
+var _ imapserver.SessionSASL = (*session)(nil)
+
+func (s *session) Login(username, password string) error {
+	return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeAuthenticationFailed,
+		Text: "LOGIN is disabled; use AUTHENTICATE XOAUTH2"}
+}
+
+func (s *session) Close() error {
+	if s.UserSession == nil {
+		return nil
+	}
+	return s.UserSession.Close()
+}
+
+func (s *session) AuthenticateMechanisms() []string { return []string{auth.XOAUTH2} }
+
+func (s *session) Authenticate(mech string) (sasl.Server, error) {
+	if mech != auth.XOAUTH2 {
+		return nil, &imap.Error{Type: imap.StatusResponseTypeNo, Text: "Unsupported mechanism"}
+	}
+	return &xoauth2Server{session: s}, nil
+}
+
+// xoauth2Server is the server side of XOAUTH2.
+type xoauth2Server struct {
+	session *session
+	failed  bool
+}
+
+var errAuthFailed = &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeAuthenticationFailed,
+	Text: "AUTHENTICATE failed."}
+
+func (x *xoauth2Server) Next(response []byte) ([]byte, bool, error) {
+	if x.failed {
+		// The client answered the error challenge.
+		return nil, true, errAuthFailed
+	}
+	if response == nil {
+		return []byte{}, false, nil // ask for the initial response
+	}
+	u := x.session.upstream
+	name, token, err := auth.ParseXOAUTH2(response)
+	if err == nil {
+		if u.opts.Validate == nil {
+			err = errors.New("no validator")
+		} else {
+			err = u.opts.Validate(name, token)
+		}
+	}
+	var user *imapmemserver.User
+	if err == nil {
+		if user = u.user(name); user == nil {
+			err = errors.New("no such mailbox")
+		}
+	}
+	if err != nil {
+		u.refusals.Add(1)
+		if u.opts.GmailErrors {
+			x.failed = true
+			return []byte(`{"status":"400","schemes":"Bearer","scope":"https://mail.google.com/"}`), false, nil
+		}
+		return nil, true, errAuthFailed
+	}
+	u.logins.Add(1)
+	x.session.UserSession = imapmemserver.NewUserSession(user)
+	return nil, true, nil
+}

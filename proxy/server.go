@@ -1,0 +1,207 @@
+// Package proxy is the IMAP side of imap-oauth-proxy: it accepts collector
+// connections, speaks the pre-auth part of IMAP itself, logs in to the
+// account's upstream with an OAuth token, and then relays bytes unchanged.
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
+	proxytls "github.com/imap-oauth-proxy/imap-oauth-proxy/tls"
+)
+
+// Options configure a Server. Config and Auth are required.
+type Options struct {
+	// Config is the initial configuration; see Server.SetConfig.
+	Config *config.Config
+	// Auth turns logins into access tokens.
+	Auth *auth.Manager
+	// Logger receives one line per session event. If nil, slog.Default().
+	Logger *slog.Logger
+	// Version is announced in the ID response. If empty, "dev".
+	Version string
+}
+
+// Server is an IMAP proxy server. It is safe for concurrent use.
+type Server struct {
+	auth    *auth.Manager
+	logger  *slog.Logger
+	version string
+
+	ctx    context.Context // cancelled by Close: ends pending logins
+	cancel context.CancelFunc
+
+	cfg    atomic.Pointer[runtimeConfig]
+	nextID atomic.Uint64
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	closed    bool
+	wg        sync.WaitGroup // one per connection
+}
+
+// runtimeConfig is a validated config with what is derived from it once.
+type runtimeConfig struct {
+	*config.Config
+	upstreamTLS map[string]*tls.Config // by provider name
+}
+
+// New returns a Server for opts.
+func New(opts *Options) (*Server, error) {
+	if opts == nil || opts.Config == nil || opts.Auth == nil {
+		return nil, errors.New("proxy: Options.Config and Options.Auth are required")
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	version := opts.Version
+	if version == "" {
+		version = "dev"
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		auth:      opts.Auth,
+		logger:    logger,
+		version:   version,
+		ctx:       ctx,
+		cancel:    cancel,
+		listeners: make(map[net.Listener]struct{}),
+		conns:     make(map[*conn]struct{}),
+	}
+	if err := s.SetConfig(opts.Config); err != nil {
+		cancel()
+		return nil, err
+	}
+	return s, nil
+}
+
+// SetConfig makes cfg the configuration of sessions that start from now on;
+// running sessions keep the one they started with. On error the previous
+// configuration stays in force.
+func (s *Server) SetConfig(cfg *config.Config) error {
+	rc := &runtimeConfig{Config: cfg, upstreamTLS: make(map[string]*tls.Config)}
+	for name, p := range cfg.Providers {
+		tc, err := proxytls.Upstream(p.IMAPAddress, p.CAFile)
+		if err != nil {
+			return fmt.Errorf("providers.%s: %w", name, err)
+		}
+		rc.upstreamTLS[name] = tc
+	}
+	s.cfg.Store(rc)
+	return nil
+}
+
+// Config returns the configuration new sessions use.
+func (s *Server) Config() *config.Config { return s.cfg.Load().Config }
+
+// Accept-error backoff bounds, as in net/http and go-imap's server.
+const (
+	minAcceptBackoff = 5 * time.Millisecond
+	maxAcceptBackoff = time.Second
+)
+
+// Serve accepts connections on ln until Close. It returns nil once the
+// listener is closed by Close.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return errors.New("proxy: server closed")
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
+
+	var backoff time.Duration
+	for {
+		nc, err := ln.Accept()
+		if errors.Is(err, net.ErrClosed) {
+			return nil
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			backoff = min(max(2*backoff, minAcceptBackoff), maxAcceptBackoff)
+			s.logger.Warn("accept failed; retrying", "err", err, "backoff", backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("accepting connection: %w", err)
+		}
+		backoff = 0
+		c := s.newConn(nc)
+		if c == nil {
+			continue
+		}
+		go c.serve()
+	}
+}
+
+// newConn registers a connection; it returns nil (and closes nc) once the
+// server is closing.
+func (s *Server) newConn(nc net.Conn) *conn {
+	c := &conn{
+		srv:   s,
+		cfg:   s.cfg.Load(),
+		nc:    nc,
+		id:    strconv.FormatUint(s.nextID.Add(1), 36),
+		start: time.Now(),
+	}
+	c.logger = s.logger.With("session", c.id, "remote", nc.RemoteAddr().String())
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		nc.Close()
+		return nil
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return c
+}
+
+func (s *Server) removeConn(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+// ActiveSessions returns the number of open collector connections.
+func (s *Server) ActiveSessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+// Close stops the listeners, ends every session at once and waits for
+// their goroutines to return.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	for c := range s.conns {
+		c.abort()
+	}
+	s.mu.Unlock()
+	s.cancel()
+	s.wg.Wait()
+	return nil
+}

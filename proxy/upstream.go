@@ -1,0 +1,358 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-sasl"
+
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
+)
+
+// maxUpstreamLine bounds one response line (with its literals) read from
+// the upstream before the relay starts.
+const maxUpstreamLine = 64 * 1024
+
+// errTokenRefused marks an upstream NO to AUTHENTICATE: the token may be
+// stale, so the caller refreshes once and retries once.
+var errTokenRefused = errors.New("upstream refused the token")
+
+// upstreamConn is an upstream IMAP connection in the authenticated state.
+type upstreamConn struct {
+	nc   net.Conn      // the TLS connection
+	br   *bufio.Reader // may hold bytes the relay must forward first
+	caps string        // post-login capabilities, "" when the server gave none
+	// dialTime is how long TCP connect and TLS handshake took.
+	dialTime time.Duration
+}
+
+// upstreamLogin describes one upstream login.
+type upstreamLogin struct {
+	provider    *config.Provider
+	tlsConfig   *tls.Config
+	dialTimeout time.Duration
+	mailbox     string
+	token       string
+}
+
+// loginUpstream dials the provider's IMAP server, secures the connection,
+// and authenticates with the OAuth token. Failures are *auth.Error values;
+// a refused token also matches errTokenRefused.
+func loginUpstream(ctx context.Context, l *upstreamLogin) (*upstreamConn, error) {
+	addr := l.provider.IMAPAddress
+	start := time.Now()
+	dialer := &net.Dialer{Timeout: l.dialTimeout, KeepAlive: time.Minute}
+	raw, err := dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, unavailable(fmt.Sprintf("upstream %s unreachable", addr), err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			raw.Close()
+		}
+	}()
+	if dl, has := ctx.Deadline(); has {
+		raw.SetDeadline(dl)
+	}
+
+	var nc net.Conn = raw
+	var br *bufio.Reader
+	if l.provider.IMAPTLS == "starttls" {
+		br = bufio.NewReader(raw)
+		if err := startTLS(raw, br, addr); err != nil {
+			return nil, err
+		}
+	}
+	tc := tls.Client(raw, l.tlsConfig)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, unavailable(fmt.Sprintf("TLS with upstream %s failed", addr), err)
+	}
+	nc = tc
+	up := &upstreamConn{nc: nc, br: bufio.NewReader(nc), dialTime: time.Since(start)}
+
+	var caps string
+	if l.provider.IMAPTLS != "starttls" {
+		caps, err = readGreeting(up.br, addr)
+		if err != nil {
+			return nil, err
+		}
+	}
+	if caps == "" {
+		if caps, err = capability(up, addr); err != nil {
+			return nil, err
+		}
+	}
+	if err := authenticate(up, l, hasCap(caps, "SASL-IR")); err != nil {
+		return nil, err
+	}
+	nc.SetDeadline(time.Time{})
+	ok = true
+	return up, nil
+}
+
+func unavailable(msg string, err error) error {
+	return &auth.Error{Kind: auth.Unavailable, Message: auth.OneLine(msg+"; retry later", 300), Err: err}
+}
+
+func protocolError(addr, format string, args ...any) error {
+	err := fmt.Errorf(format, args...)
+	return unavailable(fmt.Sprintf("upstream %s: %v", addr, err), err)
+}
+
+// readGreeting reads the server greeting and returns the capabilities it
+// carries, if any.
+func readGreeting(br *bufio.Reader, addr string) (string, error) {
+	line, err := readResponse(br)
+	if err != nil {
+		return "", unavailable(fmt.Sprintf("no greeting from upstream %s", addr), err)
+	}
+	r := parseResponse(line)
+	switch {
+	case r.tag == "*" && r.status == "OK":
+		return r.caps(), nil
+	case r.tag == "*" && r.status == "BYE":
+		return "", unavailable(fmt.Sprintf("upstream %s refused the connection: %s", addr, r.text), errors.New("greeting BYE"))
+	case r.tag == "*" && r.status == "PREAUTH":
+		return "", protocolError(addr, "greeting PREAUTH: session already authenticated")
+	}
+	return "", protocolError(addr, "bad greeting %q", auth.OneLine(line, 100))
+}
+
+// startTLS runs STARTTLS on a plain connection (RFC 3501 section 6.2.1).
+func startTLS(raw net.Conn, br *bufio.Reader, addr string) error {
+	if _, err := readGreeting(br, addr); err != nil {
+		return err
+	}
+	if _, err := io.WriteString(raw, "P0 STARTTLS\r\n"); err != nil {
+		return unavailable(fmt.Sprintf("upstream %s", addr), err)
+	}
+	r, err := waitTagged(br, "P0", nil)
+	if err != nil {
+		return unavailable(fmt.Sprintf("upstream %s STARTTLS", addr), err)
+	}
+	if r.status != "OK" {
+		return protocolError(addr, "STARTTLS refused: %s", r.text)
+	}
+	if br.Buffered() > 0 {
+		// Bytes sent before the handshake would be taken as protected.
+		return protocolError(addr, "data after STARTTLS response")
+	}
+	return nil
+}
+
+// capability asks for the capability list.
+func capability(up *upstreamConn, addr string) (string, error) {
+	if _, err := io.WriteString(up.nc, "P1 CAPABILITY\r\n"); err != nil {
+		return "", unavailable(fmt.Sprintf("upstream %s", addr), err)
+	}
+	var caps string
+	r, err := waitTagged(up.br, "P1", func(u response) {
+		if u.status == "CAPABILITY" {
+			caps = u.text
+		}
+	})
+	if err != nil {
+		return "", unavailable(fmt.Sprintf("upstream %s CAPABILITY", addr), err)
+	}
+	if r.status != "OK" {
+		return "", protocolError(addr, "CAPABILITY failed: %s", r.text)
+	}
+	return caps, nil
+}
+
+// authenticate runs AUTHENTICATE XOAUTH2 or OAUTHBEARER. On success up.caps
+// holds the capabilities the server announced with its OK, if any.
+func authenticate(up *upstreamConn, l *upstreamLogin, saslIR bool) error {
+	addr := l.provider.IMAPAddress
+	var client sasl.Client
+	abort := "" // answer to an error challenge: empty for XOAUTH2
+	if l.provider.Mechanism == sasl.OAuthBearer {
+		host, portStr, _ := net.SplitHostPort(addr)
+		port, _ := strconv.Atoi(portStr)
+		client = sasl.NewOAuthBearerClient(&sasl.OAuthBearerOptions{
+			Username: l.mailbox, Token: l.token, Host: host, Port: port})
+		abort = base64.StdEncoding.EncodeToString([]byte{0x01}) // RFC 7628 section 3.2.3
+	} else {
+		client = auth.NewXOAUTH2Client(l.mailbox, l.token)
+	}
+	mech, ir, err := client.Start()
+	if err != nil {
+		return unavailable("SASL client failed", err)
+	}
+	encodedIR := base64.StdEncoding.EncodeToString(ir)
+	cmd := "P2 AUTHENTICATE " + mech
+	if saslIR {
+		cmd += " " + encodedIR
+		encodedIR = ""
+	}
+	if _, err := io.WriteString(up.nc, cmd+"\r\n"); err != nil {
+		return unavailable(fmt.Sprintf("upstream %s", addr), err)
+	}
+	var challengeErr error
+	var untaggedCaps string
+	for {
+		line, err := readResponse(up.br)
+		if err != nil {
+			return unavailable(fmt.Sprintf("upstream %s closed during AUTHENTICATE", addr), err)
+		}
+		r := parseResponse(line)
+		switch r.tag {
+		case "+":
+			answer := abort
+			if encodedIR != "" {
+				answer, encodedIR = encodedIR, ""
+			} else if challenge, err := base64.StdEncoding.DecodeString(r.text); err != nil {
+				challengeErr = fmt.Errorf("undecodable challenge: %w", err)
+			} else if _, err := client.Next(challenge); err != nil {
+				challengeErr = err
+			}
+			if _, err := io.WriteString(up.nc, answer+"\r\n"); err != nil {
+				return unavailable(fmt.Sprintf("upstream %s", addr), err)
+			}
+		case "*":
+			if r.status == "CAPABILITY" {
+				untaggedCaps = r.text
+			}
+		case "P2":
+			switch r.status {
+			case "OK":
+				up.caps = r.caps()
+				if up.caps == "" {
+					up.caps = untaggedCaps
+				}
+				return nil
+			case "NO":
+				cause := errTokenRefused
+				if challengeErr != nil {
+					cause = fmt.Errorf("%w: %w", errTokenRefused, challengeErr)
+				}
+				return &auth.Error{Kind: auth.AuthorizationFailed, Err: cause, Message: auth.OneLine(fmt.Sprintf(
+					"upstream refused the token for %s: %s (check that IMAP is enabled for the mailbox and the authorization covers it)",
+					l.mailbox, r.text), 400)}
+			default:
+				return &auth.Error{Kind: auth.AuthorizationFailed, Err: fmt.Errorf("AUTHENTICATE %s: %s", r.status, r.text),
+					Message: auth.OneLine(fmt.Sprintf("upstream rejected the login for %s: %s", l.mailbox, r.text), 400)}
+			}
+		default:
+			return protocolError(addr, "unexpected response to AUTHENTICATE")
+		}
+	}
+}
+
+// waitTagged reads responses until the one tagged tag, passing untagged
+// ones to untagged (if not nil).
+func waitTagged(br *bufio.Reader, tag string, untagged func(response)) (response, error) {
+	for {
+		line, err := readResponse(br)
+		if err != nil {
+			return response{}, err
+		}
+		r := parseResponse(line)
+		switch r.tag {
+		case tag:
+			return r, nil
+		case "*":
+			if untagged != nil {
+				untagged(r)
+			}
+		default:
+			return response{}, fmt.Errorf("unexpected response tag %q", auth.OneLine(r.tag, 20))
+		}
+	}
+}
+
+// readResponse reads one server response, following literals, bounded by
+// maxUpstreamLine bytes in all.
+func readResponse(br *bufio.Reader) (string, error) {
+	var sb strings.Builder
+	for {
+		line, err := readLine(br, maxUpstreamLine-sb.Len())
+		if err != nil {
+			return "", err
+		}
+		sb.Write(line)
+		n, ok := trailingLiteral(line)
+		if !ok {
+			return sb.String(), nil
+		}
+		if n > int64(maxUpstreamLine-sb.Len()) {
+			return "", errLineTooLong
+		}
+		sb.WriteString("\r\n")
+		if _, err := io.CopyN(&sb, br, n); err != nil {
+			return "", fmt.Errorf("reading literal: %w", err)
+		}
+	}
+}
+
+// trailingLiteral reports whether line ends with a literal size {N}.
+func trailingLiteral(line []byte) (int64, bool) {
+	if len(line) < 3 || line[len(line)-1] != '}' {
+		return 0, false
+	}
+	open := strings.LastIndexByte(string(line), '{')
+	if open < 0 {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(string(line[open+1:len(line)-1]), 10, 64)
+	if err != nil || n < 0 {
+		return 0, false
+	}
+	return n, true
+}
+
+// response is a server response split into its parts: tag ("*", "+" or a
+// command tag), status or untagged keyword (upper case), the bracketed
+// response code if any, and the text.
+type response struct {
+	tag, status, code, text string
+}
+
+// caps returns the capabilities of a [CAPABILITY ...] response code.
+func (r response) caps() string {
+	name, rest, _ := strings.Cut(r.code, " ")
+	if strings.EqualFold(name, "CAPABILITY") {
+		return rest
+	}
+	return ""
+}
+
+func parseResponse(line string) response {
+	tag, rest, _ := strings.Cut(line, " ")
+	r := response{tag: tag}
+	if tag == "+" {
+		r.text = rest
+		return r
+	}
+	status, rest, _ := strings.Cut(rest, " ")
+	r.status = strings.ToUpper(status)
+	if strings.HasPrefix(rest, "[") {
+		if end := strings.IndexByte(rest, ']'); end > 0 {
+			r.code = rest[1:end]
+			rest = strings.TrimPrefix(rest[end+1:], " ")
+		}
+	}
+	r.text = rest
+	return r
+}
+
+// hasCap reports whether the space-separated capability list has name.
+func hasCap(caps, name string) bool {
+	for _, c := range strings.Fields(caps) {
+		if strings.EqualFold(c, name) {
+			return true
+		}
+	}
+	return false
+}
