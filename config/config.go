@@ -1,0 +1,233 @@
+// Package config loads and validates the imap-oauth-proxy mapping file.
+//
+// The file is TOML with one [server] table, one [providers.NAME] table per
+// OAuth provider and one [accounts.LOGIN] table per local login:
+//
+//	[server]
+//	listen = "127.0.0.1:1143"
+//
+//	[providers.contoso]
+//	type = "microsoft"
+//	tenant = "contoso.onmicrosoft.com"
+//	client_id = "11111111-2222-3333-4444-555555555555"
+//	client_secret_file = "contoso.secret"
+//
+//	[accounts.glpi-collector]
+//	provider = "contoso"
+//	mailbox = "helpdesk@contoso.com"
+//
+// The whole file is checked before a Config is returned: unknown keys, values
+// of the wrong type, missing fields, bad addresses and URLs and dangling
+// provider names are all reported together in one *ValidationError, each
+// problem starting with its key path. A Config is never returned together with
+// an error.
+//
+// A returned Config is not modified by this package; it is safe for concurrent
+// reads as long as no caller writes to it.
+package config
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// DefaultPath is the config path used when -config is not given. It is set
+// at build time with
+//
+//	-ldflags "-X github.com/imap-oauth-proxy/imap-oauth-proxy/config.DefaultPath=/path"
+var DefaultPath = "/etc/imap-oauth-proxy/config.toml"
+
+// Config is a loaded and validated mapping file.
+type Config struct {
+	// Path is the file the Config was loaded from; "" when it came from Parse.
+	Path string
+	// Server holds the [server] table, with defaults for the keys not given.
+	Server Server
+	// Providers holds the resolved [providers.NAME] tables by NAME. It is
+	// never nil.
+	Providers map[string]*Provider
+	// Accounts holds the [accounts.LOGIN] tables by LOGIN, the login the
+	// collector sends. It is never nil.
+	Accounts map[string]*Account
+}
+
+// Server is the [server] table: listeners, local TLS, state, logging, timeouts
+// and limits. Every field has a default (see Defaults); a loaded Server has
+// passed validation, so durations and limits are positive.
+type Server struct {
+	// Listen is the plain IMAP listener address (key listen), on which
+	// STARTTLS is offered when TLSCert is set. "" disables the plain listener
+	// and is allowed only when ListenTLS is set. Port 0 picks a free port.
+	Listen string
+	// ListenTLS is the implicit-TLS listener address (key listen_tls); ""
+	// disables it. Setting it requires TLSCert and TLSKey.
+	ListenTLS string
+	// TLSCert and TLSKey are the PEM certificate chain and key for local TLS
+	// (keys tls_cert and tls_key), both set or both "". Relative paths are
+	// resolved against the config file's directory.
+	TLSCert, TLSKey string
+	// AllowPlaintext allows LOGIN and AUTHENTICATE PLAIN on a connection that
+	// is not protected by TLS (key allow_plaintext).
+	AllowPlaintext bool
+	// StateDir is the directory of the encrypted token records (key
+	// state_dir), resolved against the config file's directory if relative.
+	StateDir string
+	// LogLevel is debug, info, warn or error (key log_level).
+	LogLevel string
+	// LogFormat is text or json (key log_format).
+	LogFormat string
+	// PreauthTimeout bounds the wait for each command before login (key
+	// preauth_timeout).
+	PreauthTimeout time.Duration
+	// LoginTimeout bounds getting a token and logging in upstream (key
+	// login_timeout).
+	LoginTimeout time.Duration
+	// DialTimeout bounds connecting to the upstream IMAP server (key
+	// dial_timeout).
+	DialTimeout time.Duration
+	// TokenTimeout bounds one HTTP request to a token endpoint (key
+	// token_timeout).
+	TokenTimeout time.Duration
+	// RefreshMargin is how long a cached access token must still be valid
+	// to be used for a new session (key refresh_margin).
+	RefreshMargin time.Duration
+	// MaxConnections bounds concurrent connections in total (key
+	// max_connections).
+	MaxConnections int
+	// MaxConnectionsPerIP bounds concurrent connections per remote address
+	// (key max_connections_per_ip).
+	MaxConnectionsPerIP int
+	// MaxLineBytes bounds a command line before login (key max_line_bytes).
+	MaxLineBytes int
+	// MaxLiteralBytes bounds a literal before login (key max_literal_bytes).
+	MaxLiteralBytes int
+}
+
+// Defaults returns the Server values used for keys the file does not set.
+func Defaults() Server {
+	return Server{
+		Listen:              "127.0.0.1:1143",
+		StateDir:            "/var/lib/imap-oauth-proxy",
+		LogLevel:            "info",
+		LogFormat:           "text",
+		PreauthTimeout:      60 * time.Second,
+		LoginTimeout:        30 * time.Second,
+		DialTimeout:         15 * time.Second,
+		TokenTimeout:        20 * time.Second,
+		RefreshMargin:       15 * time.Minute,
+		MaxConnections:      1000,
+		MaxConnectionsPerIP: 100,
+		MaxLineBytes:        8192,
+		MaxLiteralBytes:     8192,
+	}
+}
+
+// Provider is a resolved [providers.NAME] table: the values of the preset for
+// its type, then the keys given in the file on top.
+type Provider struct {
+	// Name is the NAME of the [providers.NAME] table.
+	Name string
+	// Type is "microsoft", "google" or "generic".
+	Type string
+	// Tenant is the Microsoft Entra tenant (ID, domain, "organizations" or
+	// "common"), substituted into the preset URLs; "organizations" when not
+	// set. It is "" for other types.
+	Tenant string
+	// AuthURL is the authorization endpoint (key auth_url); "" if the
+	// provider has none.
+	AuthURL string
+	// TokenURL is the token endpoint (key token_url); never "".
+	TokenURL string
+	// DeviceAuthURL is the device authorization endpoint (key
+	// device_auth_url); "" if the provider has none.
+	DeviceAuthURL string
+	// Scopes are requested for delegated grants (key scopes); never empty.
+	Scopes []string
+	// AppScopes are requested for the client_credentials grant (key
+	// app_scopes); may be empty.
+	AppScopes []string
+	// ClientID is the OAuth client ID (key client_id); never "".
+	ClientID string
+	// ClientSecret is the OAuth client secret: the key client_secret, or the
+	// content of the file named by client_secret_file with surrounding white
+	// space trimmed. "" for a public client. Never log it.
+	ClientSecret string
+	// IMAPAddress is the upstream IMAP server's host:port (key
+	// imap_address).
+	IMAPAddress string
+	// IMAPTLS is "implicit" (TLS from the first byte) or "starttls" (key
+	// imap_tls).
+	IMAPTLS string
+	// CAFile is a PEM file of extra root certificates for the upstream (key
+	// ca_file), resolved against the config file's directory; "" for the
+	// system roots only.
+	CAFile string
+	// Mechanism is the upstream SASL mechanism, "XOAUTH2" or "OAUTHBEARER"
+	// (key mechanism, any case in the file).
+	Mechanism string
+	// ServiceAccountFile is a Google service account JSON key (key
+	// service_account_file), resolved against the config file's directory;
+	// used by the service_account grant.
+	ServiceAccountFile string
+}
+
+// Account is an [accounts.LOGIN] table: a local login mapped to an upstream
+// mailbox.
+type Account struct {
+	// Login is the LOGIN of the [accounts.LOGIN] table, the user name the
+	// collector sends.
+	Login string
+	// Provider is the provider named by the key provider; never nil.
+	Provider *Provider
+	// Mailbox is the upstream user name sent in XOAUTH2 or OAUTHBEARER (key
+	// mailbox).
+	Mailbox string
+	// Grant is "refresh_token" (the default), "client_credentials" or
+	// "service_account" (key grant).
+	Grant string
+}
+
+// ValidationError is returned by Load and Parse when the file is valid TOML
+// but not a valid mapping file. It lists every problem found.
+type ValidationError struct {
+	// Problems each start with the key path they are about, as in
+	// "providers.lab.token_url: missing". They never contain a client
+	// secret.
+	Problems []string
+}
+
+// Error returns "config: N problem(s): " followed by the problems separated
+// by "; ".
+func (e *ValidationError) Error() string {
+	return fmt.Sprintf("config: %d problem(s): %s", len(e.Problems), strings.Join(e.Problems, "; "))
+}
+
+// Load reads the mapping file at path and parses it like Parse, resolving
+// relative paths in it against the file's directory. The returned Config has
+// Path set to path. Errors are wrapped with the path; a TOML syntax error
+// carries a toml.ParseError with its line, an invalid file a
+// *ValidationError.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("loading config: %w", err)
+	}
+	cfg, err := Parse(data, filepath.Dir(path))
+	if err != nil {
+		return nil, fmt.Errorf("loading config %s: %w", path, err)
+	}
+	cfg.Path = path
+	return cfg, nil
+}
+
+// Parse parses and validates a mapping file. Relative paths in it (tls_cert,
+// tls_key, state_dir, client_secret_file, ca_file, service_account_file) are
+// resolved against dir; with dir "" they stay relative to the working
+// directory. client_secret_file is read. Parse returns a TOML syntax error
+// wrapped, or a *ValidationError listing every problem.
+func Parse(data []byte, dir string) (*Config, error) {
+	return parse(data, dir)
+}

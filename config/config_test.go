@@ -1,0 +1,754 @@
+package config
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+const testdataDir = "../testdata/config"
+
+func TestLoadFull(t *testing.T) {
+	path := filepath.Join(testdataDir, "full.toml")
+	cfg, err := Load(path)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if cfg.Path != path {
+		t.Errorf("Path = %q, want %q", cfg.Path, path)
+	}
+	dir := testdataDir
+
+	wantServer := Server{
+		Listen:              "127.0.0.1:0",
+		ListenTLS:           "127.0.0.1:1993",
+		TLSCert:             filepath.Join(dir, "cert.pem"),
+		TLSKey:              "/etc/imap-oauth-proxy/key.pem",
+		AllowPlaintext:      true,
+		StateDir:            filepath.Join(dir, "state"),
+		LogLevel:            "debug",
+		LogFormat:           "json",
+		PreauthTimeout:      45 * time.Second,
+		LoginTimeout:        time.Minute,
+		DialTimeout:         5 * time.Second,
+		TokenTimeout:        10 * time.Second,
+		RefreshMargin:       20 * time.Minute,
+		MaxConnections:      50,
+		MaxConnectionsPerIP: 5,
+		MaxLineBytes:        4096,
+		MaxLiteralBytes:     2048,
+	}
+	if cfg.Server != wantServer {
+		t.Errorf("Server =\n%+v\nwant\n%+v", cfg.Server, wantServer)
+	}
+
+	ms := "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/"
+	wantProviders := map[string]*Provider{
+		"contoso": {
+			Name:          "contoso",
+			Type:          "microsoft",
+			Tenant:        "contoso.onmicrosoft.com",
+			AuthURL:       ms + "authorize",
+			TokenURL:      ms + "token",
+			DeviceAuthURL: ms + "devicecode",
+			Scopes:        []string{"https://outlook.office365.com/IMAP.AccessAsUser.All", "offline_access"},
+			AppScopes:     []string{"https://outlook.office365.com/.default"},
+			ClientID:      "11111111-2222-3333-4444-555555555555",
+			ClientSecret:  "contoso-inline-secret",
+			IMAPAddress:   "outlook.office365.us:993", // override
+			IMAPTLS:       "implicit",
+			Mechanism:     "OAUTHBEARER", // "oauthbearer" in the file
+		},
+		"gmail": {
+			Name:               "gmail",
+			Type:               "google",
+			AuthURL:            "https://accounts.google.com/o/oauth2/auth",
+			TokenURL:           "https://oauth2.googleapis.com/token",
+			DeviceAuthURL:      "https://oauth2.googleapis.com/device/code",
+			Scopes:             []string{"https://mail.google.com/"},
+			ClientID:           "1234.apps.googleusercontent.com",
+			IMAPAddress:        "imap.gmail.com:993",
+			IMAPTLS:            "implicit",
+			Mechanism:          "XOAUTH2",
+			ServiceAccountFile: filepath.Join(dir, "gmail-sa.json"),
+		},
+		"lab": {
+			Name:          "lab",
+			Type:          "generic",
+			AuthURL:       "https://idp.example/authorize",
+			TokenURL:      "https://idp.example/token",
+			DeviceAuthURL: "https://idp.example/devicecode",
+			Scopes:        []string{"imap", "offline_access"},
+			AppScopes:     []string{"imap.app"},
+			ClientID:      "proxy",
+			ClientSecret:  "lab-secret-value", // from lab.secret, trimmed
+			IMAPAddress:   "imap.example:143",
+			IMAPTLS:       "starttls",
+			CAFile:        filepath.Join(dir, "lab-ca.pem"),
+			Mechanism:     "XOAUTH2",
+		},
+	}
+	if len(cfg.Providers) != len(wantProviders) {
+		t.Errorf("got %d providers, want %d", len(cfg.Providers), len(wantProviders))
+	}
+	for name, want := range wantProviders {
+		t.Run("provider "+name, func(t *testing.T) {
+			got := cfg.Providers[name]
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("got\n%+v\nwant\n%+v", got, want)
+			}
+		})
+	}
+
+	wantAccounts := []struct {
+		login, provider, mailbox, grant string
+	}{
+		{"glpi-collector", "contoso", "helpdesk@contoso.com", "refresh_token"},
+		{"shared@contoso", "contoso", "shared@contoso.com", "client_credentials"},
+		{"gmail-robot", "gmail", "robot@example.com", "service_account"},
+		{"lab", "lab", "tester", "refresh_token"},
+	}
+	if len(cfg.Accounts) != len(wantAccounts) {
+		t.Errorf("got %d accounts, want %d", len(cfg.Accounts), len(wantAccounts))
+	}
+	for _, want := range wantAccounts {
+		t.Run("account "+want.login, func(t *testing.T) {
+			a := cfg.Accounts[want.login]
+			if a == nil {
+				t.Fatalf("account missing")
+			}
+			if a.Login != want.login || a.Mailbox != want.mailbox || a.Grant != want.grant {
+				t.Errorf("got %+v, want %+v", *a, want)
+			}
+			if a.Provider != cfg.Providers[want.provider] {
+				t.Errorf("Provider = %p, want providers[%q] = %p", a.Provider, want.provider, cfg.Providers[want.provider])
+			}
+		})
+	}
+}
+
+func TestParseEmpty(t *testing.T) {
+	for _, data := range []string{"", "# nothing\n", "[server]\n"} {
+		cfg, err := Parse([]byte(data), "/etc/x")
+		if err != nil {
+			t.Fatalf("Parse(%q): %v", data, err)
+		}
+		if cfg.Server != Defaults() {
+			t.Errorf("Parse(%q).Server = %+v, want Defaults()", data, cfg.Server)
+		}
+		if cfg.Providers == nil || cfg.Accounts == nil || len(cfg.Providers)+len(cfg.Accounts) != 0 {
+			t.Errorf("Parse(%q): want empty non-nil maps, got %v %v", data, cfg.Providers, cfg.Accounts)
+		}
+		if cfg.Path != "" {
+			t.Errorf("Parse(%q).Path = %q", data, cfg.Path)
+		}
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	d := Defaults()
+	want := Server{
+		Listen:              "127.0.0.1:1143",
+		StateDir:            "/var/lib/imap-oauth-proxy",
+		LogLevel:            "info",
+		LogFormat:           "text",
+		PreauthTimeout:      60 * time.Second,
+		LoginTimeout:        30 * time.Second,
+		DialTimeout:         15 * time.Second,
+		TokenTimeout:        20 * time.Second,
+		RefreshMargin:       15 * time.Minute,
+		MaxConnections:      1000,
+		MaxConnectionsPerIP: 100,
+		MaxLineBytes:        8192,
+		MaxLiteralBytes:     8192,
+	}
+	if d != want {
+		t.Errorf("Defaults() = %+v, want %+v", d, want)
+	}
+}
+
+// TestParseValid covers presets, defaults and resolution in files that are
+// valid but differ from full.toml.
+func TestParseValid(t *testing.T) {
+	tests := []struct {
+		name  string
+		data  string
+		check func(t *testing.T, cfg *Config)
+	}{
+		{
+			name: "microsoft default tenant",
+			data: `[providers.m]
+type = "microsoft"
+client_id = "id"`,
+			check: func(t *testing.T, cfg *Config) {
+				p := cfg.Providers["m"]
+				if p.Tenant != "organizations" {
+					t.Errorf("Tenant = %q", p.Tenant)
+				}
+				if want := "https://login.microsoftonline.com/organizations/oauth2/v2.0/token"; p.TokenURL != want {
+					t.Errorf("TokenURL = %q, want %q", p.TokenURL, want)
+				}
+				if p.IMAPAddress != "outlook.office365.com:993" || p.IMAPTLS != "implicit" || p.Mechanism != "XOAUTH2" {
+					t.Errorf("got %+v", p)
+				}
+			},
+		},
+		{
+			name: "google overrides",
+			data: `[providers.g]
+type = "google"
+client_id = "id"
+scopes = ["https://mail.google.com/", "email"]
+token_url = "http://127.0.0.1:8080/token"`,
+			check: func(t *testing.T, cfg *Config) {
+				p := cfg.Providers["g"]
+				if !reflect.DeepEqual(p.Scopes, []string{"https://mail.google.com/", "email"}) {
+					t.Errorf("Scopes = %q", p.Scopes)
+				}
+				if p.TokenURL != "http://127.0.0.1:8080/token" {
+					t.Errorf("TokenURL = %q", p.TokenURL)
+				}
+				if p.AuthURL != "https://accounts.google.com/o/oauth2/auth" || p.Tenant != "" {
+					t.Errorf("got %+v", p)
+				}
+			},
+		},
+		{
+			name: "tls only",
+			data: `[server]
+listen = ""
+listen_tls = "[::1]:0"
+tls_cert = "c.pem"
+tls_key = "k.pem"`,
+			check: func(t *testing.T, cfg *Config) {
+				s := cfg.Server
+				if s.Listen != "" || s.ListenTLS != "[::1]:0" {
+					t.Errorf("got listen %q, listen_tls %q", s.Listen, s.ListenTLS)
+				}
+				if s.TLSCert != "/etc/x/c.pem" || s.TLSKey != "/etc/x/k.pem" {
+					t.Errorf("got tls_cert %q, tls_key %q", s.TLSCert, s.TLSKey)
+				}
+			},
+		},
+		{
+			name: "unused provider, mechanism case, quoted login",
+			data: `[providers.unused]
+type = "google"
+client_id = "id"
+mechanism = "OAuthBearer"
+
+[providers.lab]
+type = "generic"
+token_url = "https://idp.example/token"
+scopes = ["imap"]
+client_id = "proxy"
+imap_address = "imap.example:993"
+
+[accounts."user@example.com"]
+provider = "lab"
+mailbox = "user@example.com"`,
+			check: func(t *testing.T, cfg *Config) {
+				if m := cfg.Providers["unused"].Mechanism; m != "OAUTHBEARER" {
+					t.Errorf("Mechanism = %q", m)
+				}
+				a := cfg.Accounts["user@example.com"]
+				if a == nil || a.Grant != "refresh_token" || a.Provider != cfg.Providers["lab"] {
+					t.Errorf("account = %+v", a)
+				}
+				p := cfg.Providers["lab"]
+				if p.AuthURL != "" || p.DeviceAuthURL != "" || p.AppScopes != nil || p.ClientSecret != "" {
+					t.Errorf("generic provider has preset values: %+v", p)
+				}
+			},
+		},
+		{
+			name: "inline tables",
+			data: `providers = { lab = { type = "generic", token_url = "https://idp.example/token", scopes = ["imap"], client_id = "proxy", imap_address = "imap.example:993" } }
+[accounts]
+a = { provider = "lab", mailbox = "a@example.com", grant = "refresh_token" }`,
+			check: func(t *testing.T, cfg *Config) {
+				if a := cfg.Accounts["a"]; a == nil || a.Provider != cfg.Providers["lab"] || a.Mailbox != "a@example.com" {
+					t.Errorf("account = %+v", a)
+				}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := Parse([]byte(tt.data), "/etc/x")
+			if err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			tt.check(t, cfg)
+		})
+	}
+}
+
+// labProvider is a valid generic provider for the tables below.
+const labProvider = `
+[providers.lab]
+type = "generic"
+token_url = "https://idp.example/token"
+scopes = ["imap"]
+client_id = "proxy"
+imap_address = "imap.example:993"
+`
+
+func TestParseInvalid(t *testing.T) {
+	tests := []struct {
+		name string
+		data string
+		// want lists the key path of every problem, in order.
+		want []string
+	}{
+		{
+			name: "unknown keys",
+			data: `[server]
+listn = "x"
+[sever]
+listen = "x"
+[sever.deeper]
+a = 1
+[providers.lab]
+tokenurl = "https://idp.example/token"
+` + strings.TrimPrefix(labProvider, "\n[providers.lab]\n") + `
+[providers.lab.extra]
+x = 1
+y = 2
+
+[accounts.a]
+provider = "lab"
+mailbox = "a"
+Grant = "refresh_token"
+`,
+			want: []string{"server.listn", "sever", "providers.lab.tokenurl", "providers.lab.extra", "accounts.a.Grant"},
+		},
+		{
+			name: "three problems",
+			data: labProvider + `
+[providers.lab2]
+type = "generic"
+scopes = ["imap"]
+client_id = "proxy"
+imap_address = "imap.example:993"
+
+[accounts.glpi]
+provider = "contso"
+mailbox = "a"
+
+[server]
+listen = "x"
+`,
+			want: []string{"server.listen", "providers.lab2.token_url", "accounts.glpi.provider"},
+		},
+		{
+			name: "server types",
+			data: `[server]
+listen = 1143
+allow_plaintext = "yes"
+log_level = "verbose"
+log_format = "xml"
+preauth_timeout = 60
+login_timeout = "soon"
+dial_timeout = "0s"
+token_timeout = "-1s"
+max_connections = 0
+max_connections_per_ip = "10"
+max_line_bytes = -1
+max_literal_bytes = 1.5
+`,
+			want: []string{
+				"server.listen", "server.allow_plaintext", "server.log_level", "server.log_format",
+				"server.preauth_timeout", "server.login_timeout", "server.dial_timeout", "server.token_timeout",
+				"server.max_connections", "server.max_connections_per_ip", "server.max_line_bytes", "server.max_literal_bytes",
+			},
+		},
+		{
+			name: "server addresses and tls",
+			data: `[server]
+listen = "localhost:imap"
+listen_tls = "127.0.0.1:70000"
+tls_cert = "c.pem"
+state_dir = ""
+`,
+			want: []string{"server.listen", "server.listen_tls", "server.tls_key", "server.state_dir"},
+		},
+		{
+			name: "nothing to listen on",
+			data: `[server]
+listen = ""
+`,
+			want: []string{"server.listen"},
+		},
+		{
+			name: "tls key without cert",
+			data: `[server]
+tls_key = "k.pem"
+`,
+			want: []string{"server.tls_cert"},
+		},
+		{
+			name: "listen twice on one address",
+			data: `[server]
+listen = "127.0.0.1:993"
+listen_tls = "127.0.0.1:993"
+tls_cert = "c"
+tls_key = "k"
+`,
+			want: []string{"server.listen_tls"},
+		},
+		{
+			name: "provider type missing or unknown",
+			data: `[providers.a]
+client_id = "x"
+[providers.b]
+type = "yahoo"
+client_id = "x"
+[providers.c]
+type = 1
+client_id = "x"
+`,
+			want: []string{"providers.a.type", "providers.b.type", "providers.c.type"},
+		},
+		{
+			name: "generic provider missing everything",
+			data: `[providers.lab]
+type = "generic"
+`,
+			want: []string{"providers.lab.token_url", "providers.lab.scopes", "providers.lab.imap_address", "providers.lab.client_id"},
+		},
+		{
+			name: "provider values",
+			data: `[providers.lab]
+type = "generic"
+auth_url = "idp.example/authorize"
+token_url = "ftp://idp.example/token"
+device_auth_url = "https://idp.example/%zz"
+scopes = "imap offline_access"
+app_scopes = ["ok", ""]
+client_id = "proxy"
+imap_address = ":993"
+imap_tls = "ssl"
+ca_file = ["a", "b"]
+mechanism = "PLAIN"
+tenant = "contoso"
+service_account_file = "sa.json"
+`,
+			want: []string{
+				"providers.lab.tenant", "providers.lab.scopes", "providers.lab.imap_tls", "providers.lab.ca_file",
+				"providers.lab.mechanism", "providers.lab.auth_url", "providers.lab.token_url",
+				"providers.lab.device_auth_url", "providers.lab.app_scopes", "providers.lab.imap_address",
+				"providers.lab.service_account_file",
+			},
+		},
+		{
+			name: "imap address",
+			data: `[providers.a]
+type = "google"
+client_id = "x"
+imap_address = "imap.gmail.com"
+[providers.b]
+type = "google"
+client_id = "x"
+imap_address = "imap.gmail.com:0"
+[providers.c]
+type = "microsoft"
+client_id = "x"
+imap_address = ""
+tenant = "contoso/evil"
+`,
+			want: []string{"providers.a.imap_address", "providers.b.imap_address", "providers.c.tenant", "providers.c.imap_address"},
+		},
+		{
+			name: "secret conflicts and files",
+			data: `[providers.a]
+type = "google"
+client_id = "x"
+client_secret = "s"
+client_secret_file = "lab.secret"
+[providers.b]
+type = "google"
+client_id = "x"
+client_secret_file = "does-not-exist.secret"
+`,
+			want: []string{"providers.a.client_secret_file", "providers.b.client_secret_file"},
+		},
+		{
+			name: "accounts",
+			data: labProvider + `
+[providers.ms]
+type = "microsoft"
+client_id = "x"
+
+[accounts.nomailbox]
+provider = "lab"
+
+[accounts.noprovider]
+mailbox = "a"
+
+[accounts.badgrant]
+provider = "lab"
+mailbox = "a"
+grant = "password"
+
+[accounts.cc-nosecret]
+provider = "lab"
+mailbox = "a"
+grant = "client_credentials"
+
+[accounts.cc-common-tenant]
+provider = "ms"
+mailbox = "a"
+grant = "client_credentials"
+
+[accounts.sa-generic]
+provider = "lab"
+mailbox = "a"
+grant = "service_account"
+
+[accounts.ctl]
+provider = "lab"
+mailbox = "a\u0001b"
+`,
+			want: []string{
+				"accounts.badgrant.grant",
+				"accounts.cc-common-tenant.grant", "accounts.cc-common-tenant.grant",
+				"accounts.cc-nosecret.grant",
+				"accounts.ctl.mailbox",
+				"accounts.nomailbox.mailbox",
+				"accounts.noprovider.provider",
+				"accounts.sa-generic.grant",
+			},
+		},
+		{
+			name: "service account on google without file",
+			data: `[providers.g]
+type = "google"
+client_id = "x"
+[accounts.robot]
+provider = "g"
+mailbox = "robot@example.com"
+grant = "service_account"
+`,
+			want: []string{"accounts.robot.grant"},
+		},
+		{
+			name: "logins",
+			data: labProvider + `
+[accounts."has space"]
+provider = "lab"
+mailbox = "a"
+[accounts."tab\tin"]
+provider = "lab"
+mailbox = "a"
+[accounts.""]
+provider = "lab"
+mailbox = "a"
+[accounts.` + strings.Repeat("x", 256) + `]
+provider = "lab"
+mailbox = "a"
+[accounts.` + strings.Repeat("y", 255) + `]
+provider = "lab"
+mailbox = "a"
+`,
+			want: []string{`accounts.""`, `accounts."has space"`, `accounts."tab\tin"`, "accounts." + strings.Repeat("x", 256)},
+		},
+		{
+			name: "tables of the wrong type",
+			data: `server = "x"
+providers = 1
+[[accounts]]
+provider = "lab"
+`,
+			want: []string{"server", "providers", "accounts"},
+		},
+		{
+			name: "sub-tables of the wrong type",
+			data: labProvider + `
+[providers.bad]
+[accounts]
+a = "lab"
+`,
+			want: []string{"accounts.a", "providers.bad.type", "providers.bad.client_id"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := Parse([]byte(tt.data), testdataDir)
+			if err == nil {
+				t.Fatalf("Parse succeeded: %+v", cfg)
+			}
+			if cfg != nil {
+				t.Errorf("Parse returned a Config with an error")
+			}
+			var verr *ValidationError
+			if !errors.As(err, &verr) {
+				t.Fatalf("error %v is a %T, want *ValidationError", err, err)
+			}
+			for i, prob := range verr.Problems {
+				t.Logf("problem %d: %s", i, prob)
+			}
+			if len(verr.Problems) != len(tt.want) {
+				t.Fatalf("got %d problems, want %d: %v", len(verr.Problems), len(tt.want), tt.want)
+			}
+			for i, want := range tt.want {
+				if !strings.HasPrefix(verr.Problems[i], want+": ") {
+					t.Errorf("problem %d = %q, want key path %q", i, verr.Problems[i], want)
+				}
+			}
+		})
+	}
+}
+
+func TestValidationErrorMessage(t *testing.T) {
+	_, err := Parse([]byte(`[accounts.glpi]
+provider = "contso"
+mailbox = "x"
+[server]
+listen = "x"
+`), "")
+	want := `config: 2 problem(s): server.listen: bad address "x": address x: missing port in address; ` +
+		`accounts.glpi.provider: unknown provider "contso"`
+	if err == nil || err.Error() != want {
+		t.Errorf("got error\n%v\nwant\n%s", err, want)
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	t.Run("missing file", func(t *testing.T) {
+		_, err := Load(filepath.Join(t.TempDir(), "none.toml"))
+		if !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("got %v, want fs.ErrNotExist", err)
+		}
+	})
+	t.Run("syntax error", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "bad.toml")
+		if err := os.WriteFile(path, []byte("[server]\nlisten = \"127.0.0.1:1143\"\nlog_level = \n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Load(path)
+		var perr toml.ParseError
+		if !errors.As(err, &perr) {
+			t.Fatalf("got %v (%T), want a toml.ParseError", err, err)
+		}
+		if perr.Position.Line != 3 {
+			t.Errorf("line = %d, want 3", perr.Position.Line)
+		}
+		if msg := err.Error(); !strings.Contains(msg, path) || !strings.Contains(msg, "line 3") {
+			t.Errorf("error %q does not name the file and line", msg)
+		}
+	})
+	t.Run("invalid file", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "invalid.toml")
+		if err := os.WriteFile(path, []byte("[server]\nlisten = \"x\"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Load(path)
+		var verr *ValidationError
+		if !errors.As(err, &verr) || len(verr.Problems) != 1 {
+			t.Fatalf("got %v, want a *ValidationError with one problem", err)
+		}
+		if !strings.Contains(err.Error(), path) {
+			t.Errorf("error %q does not name the file", err)
+		}
+	})
+}
+
+// TestSecretNotInErrors checks that no error, whatever is wrong with the
+// file, contains a client secret.
+func TestSecretNotInErrors(t *testing.T) {
+	const secret = "Qz9Kp4Wv7Lm2"
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "s.secret"), []byte(secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "toml.secret"), []byte("x = \""+secret+"\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct{ name, data string }{
+		{"both set", `[providers.p]
+type = "google"
+client_id = "x"
+client_secret = "` + secret + `"
+client_secret_file = "s.secret"`},
+		{"secret is not a string", `[providers.p]
+type = "google"
+client_id = "x"
+client_secret = ["` + secret + `"]`},
+		{"invalid elsewhere", `[providers.p]
+type = "generic"
+client_id = "x"
+client_secret = "` + secret + `"
+[accounts.a]
+provider = "p"
+grant = "client_credentials"
+[server]
+listen = "bad"`},
+		{"file is a directory", `[providers.p]
+type = "google"
+client_id = "x"
+client_secret_file = "."`},
+		{"file is the config itself", `[providers.p]
+type = "google"
+client_id = "x"
+client_secret_file = "toml.secret"
+unknown = 1`},
+		{"unknown key next to secret", `[providers.p]
+type = "google"
+client_id = "x"
+client_secret = "` + secret + `"
+client_secrte = "` + secret + `"`},
+		{"syntax: unterminated", `[providers.p]
+client_secret = "` + secret},
+		{"syntax: bare value", `[providers.p]
+client_secret = ` + secret},
+		{"syntax: duplicate key", `[providers.p]
+client_secret = "` + secret + `"
+client_secret = "` + secret + `"`},
+		{"syntax: bad escape", `[providers.p]
+client_secret = "` + secret + `\q"`},
+		{"syntax: newline in string", "[providers.p]\nclient_secret = \"" + secret + "\n\""},
+		{"syntax: bad hex escape", `[providers.p]
+client_secret = "` + secret + `\xZZ"`},
+		{"syntax: bad hex escape in multi-line string", `[providers.p]
+client_secret = """
+` + secret + `\xZZ"""`},
+		{"syntax: yaml style", `[providers.p]
+client_secret: ` + secret},
+		{"syntax: no separator", `[providers.p]
+client_secret ` + secret},
+		{"syntax: garbage after value", `[providers.p]
+client_secret = "x" ` + secret},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(dir, "config.toml")
+			if err := os.WriteFile(path, []byte(tt.data), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err := Load(path)
+			if err == nil {
+				t.Fatal("Load succeeded")
+			}
+			t.Logf("error: %v", err)
+			// The toml package quotes as little as one character of the
+			// text it stumbles on: look for any part of the secret.
+			for i := 0; i+2 <= len(secret); i++ {
+				if part := secret[i : i+2]; strings.Contains(err.Error(), part) {
+					t.Errorf("error contains %q from the secret: %v", part, err)
+				}
+			}
+			var perr toml.ParseError
+			if errors.As(err, &perr) && strings.Contains(perr.ErrorWithPosition(), secret[:2]) {
+				t.Errorf("ErrorWithPosition shows the secret: %s", perr.ErrorWithPosition())
+			}
+		})
+	}
+}

@@ -1,0 +1,26 @@
+package config
+
+// preset returns the Provider values for a provider type, before the file's
+// keys are applied. tenant fills the Microsoft endpoint URLs. An empty or
+// unknown type (generic) has no endpoints, scopes or address.
+func preset(typ, tenant string) Provider {
+	p := Provider{IMAPTLS: "implicit", Mechanism: "XOAUTH2"}
+	switch typ {
+	case "microsoft":
+		// https://learn.microsoft.com/entra/identity-platform/v2-oauth2-auth-code-flow
+		base := "https://login.microsoftonline.com/" + tenant + "/oauth2/v2.0/"
+		p.AuthURL = base + "authorize"
+		p.TokenURL = base + "token"
+		p.DeviceAuthURL = base + "devicecode"
+		p.Scopes = []string{"https://outlook.office365.com/IMAP.AccessAsUser.All", "offline_access"}
+		p.AppScopes = []string{"https://outlook.office365.com/.default"}
+		p.IMAPAddress = "outlook.office365.com:993"
+	case "google":
+		p.AuthURL = "https://accounts.google.com/o/oauth2/auth"
+		p.TokenURL = "https://oauth2.googleapis.com/token"
+		p.DeviceAuthURL = "https://oauth2.googleapis.com/device/code"
+		p.Scopes = []string{"https://mail.google.com/"}
+		p.IMAPAddress = "imap.gmail.com:993"
+	}
+	return p
+}
