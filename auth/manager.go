@@ -117,10 +117,11 @@ func (m *Manager) Unlock(acct *config.Account, password string) (*Account, error
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if a, ok := m.sources.Get(acct.Login); ok && a.matches(acct, rec.Info.ID) {
+	if a, ok := m.sources.Get(acct.Login); ok && a.matches(acct, rec.Info.ID, rec.Info.Generation) {
 		return a, nil
 	}
-	// A new authorization (new record ID), a changed provider, or a cold
+	// A new authorization (new record ID), a record rewritten by another
+	// process (passwd: newer generation), a changed provider, or a cold
 	// cache: start from what is on disk.
 	a := newAccount(m, acct, rec)
 	m.sources.Add(acct.Login, a)
@@ -139,6 +140,7 @@ type Account struct {
 	mu         sync.Mutex
 	reuse      oauth2.TokenSource // ReuseTokenSource over persist; replaced by Refused
 	persist    *persistingSource
+	generation uint64 // newest record generation this account wrote or read
 	revoked    error  // sticky AuthorizationFailed after invalid_grant, until the record changes
 	lastAccess string // newest access token, so Refused ignores stale refusals
 	refreshN   int    // refreshes attempted, for tests
@@ -146,28 +148,28 @@ type Account struct {
 
 func newAccount(m *Manager, acct *config.Account, rec *Unlocked) *Account {
 	a := &Account{
-		m:        m,
-		login:    acct.Login,
-		recordID: rec.Info.ID,
-		provider: *acct.Provider,
+		m:          m,
+		login:      acct.Login,
+		recordID:   rec.Info.ID,
+		generation: rec.Info.Generation,
+		provider:   *acct.Provider,
 	}
-	cfg := oauth2Config(&a.provider)
-	tok := &oauth2.Token{RefreshToken: rec.Secret.RefreshToken}
 	a.persist = &persistingSource{
-		account: a,
-		inner:   cfg.TokenSource(m.ctx, tok),
-		record:  rec,
-		lastRT:  rec.Secret.RefreshToken,
+		account:      a,
+		config:       oauth2Config(&a.provider),
+		record:       rec,
+		refreshToken: rec.Secret.RefreshToken,
+		savedRT:      rec.Secret.RefreshToken,
 	}
 	a.reuse = oauth2.ReuseTokenSourceWithExpiry(nil, a.persist, m.margin)
 	return a
 }
 
 // matches reports whether a still serves acct as configured now, for the
-// authorization stored under recordID.
-func (a *Account) matches(acct *config.Account, recordID string) bool {
+// authorization stored under recordID, and has written or seen generation.
+func (a *Account) matches(acct *config.Account, recordID string, generation uint64) bool {
 	p := acct.Provider
-	return a.recordID == recordID &&
+	return a.recordID == recordID && a.currentGeneration() >= generation &&
 		a.provider.TokenURL == p.TokenURL &&
 		a.provider.ClientID == p.ClientID &&
 		a.provider.ClientSecret == p.ClientSecret &&
@@ -238,15 +240,23 @@ func (a *Account) Refreshes() int {
 	return a.refreshN
 }
 
+func (a *Account) currentGeneration() uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.generation
+}
+
 // persistingSource refreshes through x/oauth2 and writes a rotated refresh
 // token to the record before the access token that came with it is used.
-// It is called only under ReuseTokenSource's mutex, which also serializes
-// the inner tokenRefresher, so it needs no lock of its own.
+// It is called only under ReuseTokenSource's mutex, so it needs no lock of
+// its own.
 type persistingSource struct {
 	account *Account
-	inner   oauth2.TokenSource
+	config  *oauth2.Config
 	record  *Unlocked
-	lastRT  string
+	// refreshToken is the newest refresh token; savedRT the one on disk.
+	// They differ only while a rotated token could not be saved yet.
+	refreshToken, savedRT string
 }
 
 func (p *persistingSource) Token() (*oauth2.Token, error) {
@@ -256,7 +266,9 @@ func (p *persistingSource) Token() (*oauth2.Token, error) {
 	a.mu.Unlock()
 
 	start := time.Now()
-	tok, err := p.inner.Token()
+	// A token without an access token makes x/oauth2 refresh at once; its
+	// own reuse layer (10 s expiry delta) must not hide our margin.
+	tok, err := p.config.TokenSource(a.m.ctx, &oauth2.Token{RefreshToken: p.refreshToken}).Token()
 	elapsed := time.Since(start)
 	if err != nil {
 		authErr := classifyTokenError(a.login, a.provider.Name, err)
@@ -269,21 +281,25 @@ func (p *persistingSource) Token() (*oauth2.Token, error) {
 		}
 		return nil, authErr
 	}
-	rotated := tok.RefreshToken != "" && tok.RefreshToken != p.lastRT
+	if tok.RefreshToken != "" {
+		// Kept even if saving fails: after a rotation the old one is dead.
+		p.refreshToken = tok.RefreshToken
+	}
+	rotated := p.refreshToken != p.savedRT
 	if rotated {
-		if err := a.m.store.Update(p.record, Secret{RefreshToken: tok.RefreshToken}); err != nil {
-			// The new refresh token stays in the inner source, so the next
-			// refresh uses it and tries to save again.
+		if err := a.m.store.Update(p.record, Secret{RefreshToken: p.refreshToken}); err != nil {
+			// The next refresh uses the new token and tries to save again.
 			a.m.logger.Error("saving rotated refresh token failed", "login", a.login, "err", err)
 			return nil, &Error{Kind: Unavailable, Message: "cannot save the rotated refresh token", Err: err}
 		}
-		p.lastRT = tok.RefreshToken
+		p.savedRT = p.refreshToken
 	}
 	a.mu.Lock()
 	a.lastAccess = tok.AccessToken
+	a.generation = p.record.Info.Generation
 	a.mu.Unlock()
 	a.m.logger.Info("token refreshed", "login", a.login, "provider", a.provider.Name,
-		"duration", elapsed, "expires_in", time.Until(tok.Expiry).Round(time.Second), "rotated", rotated)
+		"duration", elapsed.Round(time.Millisecond), "expires_in", time.Until(tok.Expiry).Round(time.Second), "rotated", rotated)
 	return tok, nil
 }
 
