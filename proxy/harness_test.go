@@ -1,0 +1,335 @@
+package proxy_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2/imapclient"
+	"golang.org/x/oauth2"
+
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
+)
+
+// The account every harness configures.
+const (
+	testLogin    = "collector"
+	testPassword = "correct horse battery"
+	testMailbox  = "helpdesk@contoso.test"
+	testClientID = "proxy-client"
+	testSecret   = "client-secret-value-0123"
+)
+
+// testKDF keeps argon2id cheap in tests; records carry their own params.
+var testKDF = auth.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}
+
+// testDeadline bounds every network step of a test.
+const testDeadline = 30 * time.Second
+
+type harnessOptions struct {
+	flavor      authtest.Flavor
+	rotate      bool
+	accessTTL   time.Duration
+	gmailErrors bool
+	// validate wraps the token server's validation in the upstream.
+	validate func(user, token string, next func(string, string) error) error
+	// imapAddress and tokenURL override the provider's endpoints.
+	imapAddress, tokenURL string
+}
+
+// harness is a token endpoint, an XOAUTH2-only upstream, a token store and
+// a proxy in front of them, all in process on loopback.
+type harness struct {
+	t        *testing.T
+	opts     harnessOptions
+	tokens   *authtest.Server
+	upstream *proxytest.Upstream
+	dir      string
+	cfg      *config.Config
+	store    *auth.Store
+	logs     *syncBuffer
+	srv      *proxy.Server
+	addr     string
+	// grants holds every refresh token the harness minted, for leak checks.
+	grants []string
+}
+
+func newHarness(t *testing.T, opts harnessOptions) *harness {
+	t.Helper()
+	h := &harness{t: t, opts: opts, dir: t.TempDir(), logs: &syncBuffer{}}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("proxy log:\n%s", h.logs.String())
+		}
+	})
+	h.tokens = authtest.NewServer(authtest.Options{
+		Flavor: opts.flavor, ClientID: testClientID, ClientSecret: testSecret,
+		AccessTTL: opts.accessTTL, Rotate: opts.rotate,
+	})
+	t.Cleanup(h.tokens.Close)
+	validate := h.tokens.Validate
+	if opts.validate != nil {
+		validate = func(user, token string) error { return opts.validate(user, token, h.tokens.Validate) }
+	}
+	up, err := proxytest.NewUpstream(proxytest.UpstreamOptions{Validate: validate, GmailErrors: opts.gmailErrors})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	up.AddUser(testMailbox)
+	h.upstream = up
+	if err := up.WriteCAFile(filepath.Join(h.dir, "ca.pem")); err != nil {
+		t.Fatal(err)
+	}
+	imapAddress, tokenURL := up.Addr, h.tokens.TokenURL()
+	if opts.imapAddress != "" {
+		imapAddress = opts.imapAddress
+	}
+	if opts.tokenURL != "" {
+		tokenURL = opts.tokenURL
+	}
+	text := fmt.Sprintf(`
+[server]
+listen = "127.0.0.1:0"
+state_dir = "state"
+login_timeout = "10s"
+
+[providers.lab]
+type = "generic"
+token_url = %q
+scopes = ["imap", "offline_access"]
+client_id = %q
+client_secret = %q
+imap_address = %q
+ca_file = "ca.pem"
+
+[accounts.%s]
+provider = "lab"
+mailbox = %q
+`, tokenURL, testClientID, testSecret, imapAddress, testLogin, testMailbox)
+	path := filepath.Join(h.dir, "config.toml")
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h.cfg, err = config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.store, err = auth.NewStore(h.cfg.Server.StateDir, &auth.StoreOptions{KDF: testKDF})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := h.tokens.Grant(testMailbox)
+	h.grants = append(h.grants, rt)
+	if _, err := h.store.Create(testLogin, testPassword, auth.Secret{RefreshToken: rt}); err != nil {
+		t.Fatal(err)
+	}
+	h.start()
+	return h
+}
+
+// start runs a fresh proxy (token manager and server) over the harness's
+// state directory, as a daemon restart would.
+func (h *harness) start() {
+	h.t.Helper()
+	logger := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	store, err := auth.NewStore(h.cfg.Server.StateDir, &auth.StoreOptions{KDF: testKDF})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	mgr, err := auth.NewManager(ctx, &auth.ManagerOptions{Store: store, Logger: logger,
+		RefreshMargin: h.cfg.Server.RefreshMargin})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	srv, err := proxy.New(&proxy.Options{Config: h.cfg, Auth: mgr, Logger: logger})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	h.srv, h.addr = srv, ln.Addr().String()
+	h.t.Cleanup(func() {
+		srv.Close()
+		cancel()
+		if err := <-done; err != nil {
+			h.t.Errorf("Serve: %v", err)
+		}
+	})
+}
+
+// restart stops the proxy and starts a new one on the same state.
+func (h *harness) restart() {
+	h.t.Helper()
+	h.srv.Close()
+	h.start()
+}
+
+// dial connects an imapclient collector to the proxy.
+func (h *harness) dial() *imapclient.Client {
+	h.t.Helper()
+	return h.dialWith(nil)
+}
+
+// dialWith connects an imapclient collector with opts to the proxy.
+func (h *harness) dialWith(opts *imapclient.Options) *imapclient.Client {
+	h.t.Helper()
+	conn, err := net.DialTimeout("tcp", h.addr, testDeadline)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	conn.SetDeadline(time.Now().Add(testDeadline))
+	c := imapclient.New(conn, opts)
+	h.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// login dials and logs in with the test account.
+func (h *harness) login() *imapclient.Client {
+	h.t.Helper()
+	c := h.dial()
+	if err := c.Login(testLogin, testPassword).Wait(); err != nil {
+		h.t.Fatalf("LOGIN through the proxy: %v", err)
+	}
+	return c
+}
+
+// direct connects a client straight to the upstream with XOAUTH2, using
+// an access token from its own authorization, for comparisons.
+func (h *harness) direct(opts *imapclient.Options) *imapclient.Client {
+	h.t.Helper()
+	rt := h.tokens.Grant(testMailbox)
+	h.grants = append(h.grants, rt)
+	cfg := &oauth2.Config{ClientID: testClientID, ClientSecret: testSecret,
+		Endpoint: oauth2.Endpoint{TokenURL: h.tokens.TokenURL(), AuthStyle: oauth2.AuthStyleInParams}}
+	tok, err := cfg.TokenSource(context.Background(), &oauth2.Token{RefreshToken: rt}).Token()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(h.upstream.CAPEM)
+	if opts == nil {
+		opts = &imapclient.Options{}
+	}
+	opts.TLSConfig = &tls.Config{RootCAs: pool}
+	c, err := imapclient.DialTLS(h.upstream.Addr, opts)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { c.Close() })
+	if err := c.Authenticate(auth.NewXOAUTH2Client(testMailbox, tok.AccessToken)); err != nil {
+		h.t.Fatalf("direct XOAUTH2: %v", err)
+	}
+	return c
+}
+
+// raw opens a plain connection to the proxy and reads the greeting.
+func (h *harness) raw() *rawConn {
+	h.t.Helper()
+	conn, err := net.DialTimeout("tcp", h.addr, testDeadline)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	conn.SetDeadline(time.Now().Add(testDeadline))
+	h.t.Cleanup(func() { conn.Close() })
+	r := &rawConn{t: h.t, conn: conn, br: bufio.NewReader(conn)}
+	if g := r.line(); !strings.HasPrefix(g, "* OK ") {
+		h.t.Fatalf("greeting = %q", g)
+	}
+	return r
+}
+
+// rawConn speaks IMAP by hand, for the forms imapclient never sends.
+type rawConn struct {
+	t    *testing.T
+	conn net.Conn
+	br   *bufio.Reader
+}
+
+func (r *rawConn) send(s string) {
+	r.t.Helper()
+	if _, err := io.WriteString(r.conn, s); err != nil {
+		r.t.Fatalf("write: %v", err)
+	}
+}
+
+func (r *rawConn) line() string {
+	r.t.Helper()
+	l, err := r.br.ReadString('\n')
+	if err != nil {
+		r.t.Fatalf("read after %q: %v", l, err)
+	}
+	return strings.TrimRight(l, "\r\n")
+}
+
+// until reads lines up to and including the one starting with prefix and
+// returns them all.
+func (r *rawConn) until(prefix string) []string {
+	r.t.Helper()
+	var lines []string
+	for {
+		l := r.line()
+		lines = append(lines, l)
+		if strings.HasPrefix(l, prefix) {
+			return lines
+		}
+	}
+}
+
+// closed reports whether the server closed the connection (after reading
+// whatever was left).
+func (r *rawConn) closed() bool {
+	_, err := io.ReadAll(r.br)
+	return err == nil
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// freeAddr returns a loopback address nobody listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
