@@ -56,7 +56,7 @@ type harnessOptions struct {
 // harness is a token endpoint, an XOAUTH2-only upstream, a token store and
 // a proxy in front of them, all in process on loopback.
 type harness struct {
-	t        *testing.T
+	t        testing.TB
 	opts     harnessOptions
 	tokens   *authtest.Server
 	upstream *proxytest.Upstream
@@ -70,7 +70,7 @@ type harness struct {
 	grants []string
 }
 
-func newHarness(t *testing.T, opts harnessOptions) *harness {
+func newHarness(t testing.TB, opts harnessOptions) *harness {
 	t.Helper()
 	h := &harness{t: t, opts: opts, dir: t.TempDir(), logs: &syncBuffer{}}
 	t.Cleanup(func() {
@@ -219,6 +219,13 @@ func (h *harness) login() *imapclient.Client {
 // an access token from its own authorization, for comparisons.
 func (h *harness) direct(opts *imapclient.Options) *imapclient.Client {
 	h.t.Helper()
+	return h.directWith(h.directToken(), opts)
+}
+
+// directToken returns an access token from a separate authorization of the
+// test mailbox, so direct clients never rotate the proxy's refresh token.
+func (h *harness) directToken() string {
+	h.t.Helper()
 	rt := h.tokens.Grant(testMailbox)
 	h.grants = append(h.grants, rt)
 	cfg := &oauth2.Config{ClientID: testClientID, ClientSecret: testSecret,
@@ -227,6 +234,12 @@ func (h *harness) direct(opts *imapclient.Options) *imapclient.Client {
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	return tok.AccessToken
+}
+
+// directWith logs in to the upstream with XOAUTH2 and accessToken.
+func (h *harness) directWith(accessToken string, opts *imapclient.Options) *imapclient.Client {
+	h.t.Helper()
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(h.upstream.CAPEM)
 	if opts == nil {
@@ -238,7 +251,7 @@ func (h *harness) direct(opts *imapclient.Options) *imapclient.Client {
 		h.t.Fatal(err)
 	}
 	h.t.Cleanup(func() { c.Close() })
-	if err := c.Authenticate(auth.NewXOAUTH2Client(testMailbox, tok.AccessToken)); err != nil {
+	if err := c.Authenticate(auth.NewXOAUTH2Client(testMailbox, accessToken)); err != nil {
 		h.t.Fatalf("direct XOAUTH2: %v", err)
 	}
 	return c
@@ -262,7 +275,7 @@ func (h *harness) raw() *rawConn {
 
 // rawConn speaks IMAP by hand, for the forms imapclient never sends.
 type rawConn struct {
-	t    *testing.T
+	t    testing.TB
 	conn net.Conn
 	br   *bufio.Reader
 }
@@ -323,7 +336,7 @@ func (b *syncBuffer) String() string {
 }
 
 // freeAddr returns a loopback address nobody listens on.
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -23,7 +23,7 @@ import (
 )
 
 // appendMessage appends body to INBOX through c and returns its UID.
-func appendMessage(t *testing.T, c *imapclient.Client, body []byte, flags ...imap.Flag) imap.UID {
+func appendMessage(t testing.TB, c *imapclient.Client, body []byte, flags ...imap.Flag) imap.UID {
 	t.Helper()
 	cmd := c.Append("INBOX", int64(len(body)), &imap.AppendOptions{Flags: flags})
 	if _, err := cmd.Write(body); err != nil {
