@@ -57,13 +57,17 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", "127.0.0.1:1143", "address of the proxy's IMAP listener")
 	dir := fs.String("dir", "", "directory for the demo's config and state (default: a temporary one)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 0 {
 		return usageError("demo takes no arguments")
 	}
-	if *dir == "" {
+	if *dir != "" {
+		if err := os.MkdirAll(*dir, 0o700); err != nil {
+			return fmt.Errorf("creating demo directory: %w", err)
+		}
+	} else {
 		tmp, err := os.MkdirTemp("", "imap-oauth-proxy-demo-")
 		if err != nil {
 			return fmt.Errorf("creating demo directory: %w", err)
@@ -129,8 +133,9 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return fmt.Errorf("demo self-check failed: %w", err)
 	}
 	host, port, _ := net.SplitHostPort(ln.Addr().String())
-	fmt.Fprintf(stdout, demoBanner, ln.Addr().String(), demoLogin, demoPassword, configPath,
-		host, port, demoLogin, demoPassword, host, port, demoLogin, demoPassword, host, port)
+	hostPort := ln.Addr().String() // bracketed for IPv6, as a URL needs
+	fmt.Fprintf(stdout, demoBanner, hostPort, demoLogin, demoPassword, configPath,
+		hostPort, demoLogin, demoPassword, host, port, demoLogin, demoPassword, host, port)
 	select {
 	case err := <-served:
 		return err
@@ -150,7 +155,7 @@ token endpoint that rotates refresh tokens stand in for Microsoft 365.
 A self-check already logged in through the proxy and read INBOX.
 
 Point any IMAP client at it, for example:
-  curl --url 'imap://%s:%s/INBOX;UID=1' --user '%s:%s'
+  curl --url 'imap://%s/INBOX;UID=1' --user '%s:%s'
   python3 -c 'import imaplib; m = imaplib.IMAP4("%s", %s); m.login("%s", "%s"); print(m.select("INBOX"))'
   fetchmail, GLPI's collector, ...: server %s, port %s, plain IMAP, no TLS (loopback only).
 Press Ctrl-C to stop.

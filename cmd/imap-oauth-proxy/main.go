@@ -51,7 +51,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			err = usageError("token takes the subcommand import")
 			break
 		}
-		err = cmdTokenImport(args[2:], stdin, stdout)
+		err = cmdTokenImport(args[2:], stdin, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "imap-oauth-proxy", version)
 	case "help", "-h", "-help", "--help":
@@ -66,12 +66,26 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case errors.As(err, &ue):
 		fmt.Fprintf(stderr, "imap-oauth-proxy: %s\n\n%s", err, usage)
 		return 2
-	case errors.Is(err, flag.ErrHelp):
+	case errors.Is(err, flag.ErrHelp), errors.As(err, new(flagError)):
 		return 2
 	default:
 		fmt.Fprintf(stderr, "imap-oauth-proxy: %s\n", err)
 		return 1
 	}
+}
+
+// flagError marks a flag parsing failure (the flag package has printed it).
+type flagError struct{ error }
+
+// parseFlags parses args into fs, marking failures as command-line mistakes.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return flagError{err}
+	}
+	return nil
 }
 
 // usageError is a mistake in the command line.

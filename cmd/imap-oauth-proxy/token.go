@@ -14,11 +14,12 @@ import (
 
 // cmdTokenImport stores an existing refresh token for LOGIN, encrypted
 // under the local password. stdin: the password line, then the token line.
-func cmdTokenImport(args []string, stdin io.Reader, stdout io.Writer) error {
+func cmdTokenImport(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("token import", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	configPath := fs.String("config", config.DefaultPath, "mapping file")
 	force := fs.Bool("force", false, "replace an existing authorization")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
