@@ -104,6 +104,13 @@ type Server struct {
 	MaxLineBytes int
 	// MaxLiteralBytes bounds a literal before login (key max_literal_bytes).
 	MaxLiteralBytes int
+	// ShutdownTimeout is how long relayed sessions may go on after SIGTERM
+	// before they are cut (key shutdown_timeout).
+	ShutdownTimeout time.Duration
+	// MetricsListen is the address of the HTTP listener that serves
+	// Prometheus metrics at /metrics (key metrics_listen); "" disables it.
+	// Keep it on loopback: the metrics name logins.
+	MetricsListen string
 }
 
 // Defaults returns the Server values used for keys the file does not set.
@@ -122,6 +129,7 @@ func Defaults() Server {
 		MaxConnectionsPerIP: 100,
 		MaxLineBytes:        8192,
 		MaxLiteralBytes:     8192,
+		ShutdownTimeout:     10 * time.Second,
 	}
 }
 

@@ -44,6 +44,8 @@ func TestLoadFull(t *testing.T) {
 		MaxConnectionsPerIP: 5,
 		MaxLineBytes:        4096,
 		MaxLiteralBytes:     2048,
+		ShutdownTimeout:     3 * time.Second,
+		MetricsListen:       "127.0.0.1:9143",
 	}
 	if cfg.Server != wantServer {
 		t.Errorf("Server =\n%+v\nwant\n%+v", cfg.Server, wantServer)
@@ -168,6 +170,7 @@ func TestDefaults(t *testing.T) {
 		MaxConnectionsPerIP: 100,
 		MaxLineBytes:        8192,
 		MaxLiteralBytes:     8192,
+		ShutdownTimeout:     10 * time.Second,
 	}
 	if d != want {
 		t.Errorf("Defaults() = %+v, want %+v", d, want)

@@ -49,6 +49,8 @@ type rawServer struct {
 	MaxConnectionsPerIP rawValue `toml:"max_connections_per_ip"`
 	MaxLineBytes        rawValue `toml:"max_line_bytes"`
 	MaxLiteralBytes     rawValue `toml:"max_literal_bytes"`
+	ShutdownTimeout     rawValue `toml:"shutdown_timeout"`
+	MetricsListen       rawValue `toml:"metrics_listen"`
 }
 
 // rawProvider is a [providers.NAME] table before its values are checked.
@@ -264,6 +266,11 @@ func (p *parser) server(r *rawServer) Server {
 	p.limit(r.MaxConnectionsPerIP, &s.MaxConnectionsPerIP, "server", "max_connections_per_ip")
 	p.limit(r.MaxLineBytes, &s.MaxLineBytes, "server", "max_line_bytes")
 	p.limit(r.MaxLiteralBytes, &s.MaxLiteralBytes, "server", "max_literal_bytes")
+	p.duration(r.ShutdownTimeout, &s.ShutdownTimeout, "server", "shutdown_timeout")
+	p.str(r.MetricsListen, &s.MetricsListen, "server", "metrics_listen")
+	if s.MetricsListen != "" {
+		p.address(s.MetricsListen, true, "server", "metrics_listen")
+	}
 
 	switch {
 	case s.Listen == "" && s.ListenTLS == "":

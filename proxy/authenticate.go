@@ -19,6 +19,10 @@ func (c *conn) authenticatePlain(cmd *command) (reason string, done bool) {
 		c.writeStatus(cmd.tag, "NO", "", "Unsupported authentication mechanism; use PLAIN or LOGIN")
 		return "", false
 	}
+	if !c.canAuth() {
+		c.writeStatus(cmd.tag, "NO", "PRIVACYREQUIRED", "Use STARTTLS before AUTHENTICATE on this listener")
+		return "", false
+	}
 	var encoded string
 	if len(cmd.args) == 2 {
 		encoded = cmd.args[1].s
@@ -31,6 +35,7 @@ func (c *conn) authenticatePlain(cmd *command) (reason string, done bool) {
 			return "reading SASL response: " + err.Error(), true
 		}
 		encoded = string(line)
+		c.trace("C", redactedMarker)
 	}
 	if encoded == "*" {
 		c.writeStatus(cmd.tag, "BAD", "", "AUTHENTICATE cancelled")

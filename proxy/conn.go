@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"bufio"
+	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +13,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -18,20 +21,25 @@ import (
 // session may send before it is dropped.
 const maxBadCommands = 3
 
-// preauthCaps are the capabilities the proxy itself offers before login;
-// after login the upstream's own list reaches the collector.
-const preauthCaps = "IMAP4rev1 SASL-IR LITERAL+ ID AUTH=PLAIN"
-
 // conn is one collector connection.
 type conn struct {
-	srv    *Server
-	cfg    *runtimeConfig // snapshot taken at accept
-	nc     net.Conn
-	br     *bufio.Reader
-	bw     *bufio.Writer
-	id     string
-	start  time.Time
-	logger *slog.Logger
+	srv      *Server
+	cfg      *runtimeConfig // snapshot taken at accept
+	raw      net.Conn       // the accepted connection; deadlines on it reach TLS too
+	nc       net.Conn       // raw, or the TLS connection over it
+	br       *bufio.Reader
+	bw       *bufio.Writer
+	id       string
+	start    time.Time
+	logger   *slog.Logger
+	implicit bool // accepted on an implicit-TLS listener
+	tlsOn    bool // the connection is protected by TLS
+	// plaintextOK allows LOGIN without TLS: loopback listener or
+	// allow_plaintext.
+	plaintextOK bool
+
+	relaying atomic.Bool // past login: the byte relay owns the connection
+	draining atomic.Bool // the server is shutting down
 
 	mu       sync.Mutex
 	upstream net.Conn // set once relaying, so abort can close it too
@@ -39,27 +47,75 @@ type conn struct {
 
 func (c *conn) serve() {
 	defer c.srv.removeConn(c)
-	defer c.nc.Close()
+	defer c.raw.Close()
 	defer func() {
 		if v := recover(); v != nil {
 			c.logger.Error("panic in session", "panic", v, "stack", string(debug.Stack()))
 		}
 	}()
-	c.logger.Info("session start", "local", c.nc.LocalAddr().String())
+	c.srv.metrics.sessionsTotal.Add(1)
+	c.logger.Info("session start", "local", c.raw.LocalAddr().String(), "tls", c.implicit)
+	c.nc = c.raw
+	if c.implicit {
+		if err := c.handshake(); err != nil {
+			c.logger.Info("session end", "duration", time.Since(c.start).Round(time.Millisecond), "reason", "TLS handshake failed: "+err.Error())
+			return
+		}
+	}
 	c.br = bufio.NewReaderSize(c.nc, 4096)
 	c.bw = bufio.NewWriterSize(c.nc, 4096)
 	reason := c.preauth()
 	c.logger.Info("session end", "duration", time.Since(c.start).Round(time.Millisecond), "reason", reason)
 }
 
+// handshake runs the server side of TLS on c.nc (implicit TLS or STARTTLS).
+func (c *conn) handshake() error {
+	if c.cfg.localTLS == nil {
+		return errors.New("no local TLS certificate configured")
+	}
+	tc := tls.Server(c.nc, c.cfg.localTLS)
+	ctx, cancel := context.WithTimeout(c.srv.ctx, c.cfg.Server.PreauthTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return err
+	}
+	c.nc = tc
+	c.tlsOn = true
+	return nil
+}
+
 // abort ends the session from another goroutine.
 func (c *conn) abort() {
-	c.nc.SetDeadline(time.Now())
+	c.raw.SetDeadline(time.Now())
 	c.mu.Lock()
 	if c.upstream != nil {
 		c.upstream.SetDeadline(time.Now())
 	}
 	c.mu.Unlock()
+}
+
+// drain asks the session to end at its next command boundary: a pre-auth
+// session says BYE at once; a relayed one is left alone until abort.
+func (c *conn) drain() {
+	c.draining.Store(true)
+	if !c.relaying.Load() {
+		c.raw.SetReadDeadline(time.Now())
+	}
+}
+
+// canAuth reports whether LOGIN and AUTHENTICATE PLAIN are allowed now.
+func (c *conn) canAuth() bool { return c.tlsOn || c.plaintextOK }
+
+// caps returns the capabilities the proxy offers in the current state.
+func (c *conn) caps() string {
+	caps := "IMAP4rev1 SASL-IR LITERAL+ ID"
+	if !c.tlsOn && c.cfg.localTLS != nil {
+		caps += " STARTTLS"
+	}
+	if c.canAuth() {
+		return caps + " AUTH=PLAIN"
+	}
+	return caps + " LOGINDISABLED"
 }
 
 // preauth runs the pre-auth command loop and, after a successful login,
@@ -74,12 +130,16 @@ func (c *conn) preauth() string {
 		maxLine:    srvCfg.MaxLineBytes,
 		maxLiteral: srvCfg.MaxLiteralBytes,
 	}
-	if err := c.writeLine("* OK [CAPABILITY " + preauthCaps + "] imap-oauth-proxy ready"); err != nil {
+	if err := c.writeLine("* OK [CAPABILITY " + c.caps() + "] imap-oauth-proxy ready"); err != nil {
 		return "write failed"
 	}
 	bad := 0
 	for n := 0; ; n++ {
-		c.nc.SetReadDeadline(time.Now().Add(srvCfg.PreauthTimeout))
+		c.raw.SetReadDeadline(time.Now().Add(srvCfg.PreauthTimeout))
+		if c.draining.Load() {
+			c.bye("Server shutting down")
+			return "shutdown"
+		}
 		cmd, err := reader.read()
 		var syn *syntaxError
 		switch {
@@ -97,6 +157,10 @@ func (c *conn) preauth() string {
 			c.bye(fmt.Sprintf("[TOOBIG] Command line longer than %d bytes", srvCfg.MaxLineBytes))
 			return "line too long"
 		case errors.Is(err, os.ErrDeadlineExceeded):
+			if c.draining.Load() {
+				c.bye("Server shutting down")
+				return "shutdown"
+			}
 			c.bye("Autologout; idle for too long")
 			return "pre-auth timeout"
 		case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed):
@@ -104,10 +168,11 @@ func (c *conn) preauth() string {
 		case err != nil:
 			return "read failed: " + err.Error()
 		}
+		c.trace("C", cmd.redacted())
 
 		switch cmd.name {
 		case "CAPABILITY":
-			c.writeLine("* CAPABILITY " + preauthCaps)
+			c.writeLine("* CAPABILITY " + c.caps())
 			c.writeStatus(cmd.tag, "OK", "", "CAPABILITY completed")
 		case "NOOP":
 			c.writeStatus(cmd.tag, "OK", "", "NOOP completed")
@@ -118,10 +183,18 @@ func (c *conn) preauth() string {
 		case "ID":
 			c.writeLine(fmt.Sprintf("* ID (\"name\" \"imap-oauth-proxy\" \"version\" %q)", c.srv.version))
 			c.writeStatus(cmd.tag, "OK", "", "ID completed")
+		case "STARTTLS":
+			if reason, done := c.startTLS(cmd.tag, reader); done {
+				return reason
+			}
 		case "LOGIN":
 			if len(cmd.args) != 2 || cmd.args[0].kind == argList || cmd.args[1].kind == argList {
 				bad++
 				c.writeStatus(cmd.tag, "BAD", "", "LOGIN takes a user name and a password")
+				continue
+			}
+			if !c.canAuth() {
+				c.writeStatus(cmd.tag, "NO", "PRIVACYREQUIRED", "Use STARTTLS before LOGIN on this listener")
 				continue
 			}
 			if reason, done := c.login(cmd.tag, cmd.args[0].s, cmd.args[1].s); done {
@@ -131,8 +204,6 @@ func (c *conn) preauth() string {
 			if reason, done := c.authenticatePlain(cmd); done {
 				return reason
 			}
-		case "STARTTLS":
-			c.writeStatus(cmd.tag, "BAD", "", "STARTTLS is not offered on this listener")
 		default:
 			bad++
 			if bad >= maxBadCommands {
@@ -147,6 +218,30 @@ func (c *conn) preauth() string {
 	}
 }
 
+// startTLS upgrades the connection (RFC 3501 section 6.2.1).
+func (c *conn) startTLS(tag string, reader *commandReader) (reason string, done bool) {
+	if c.tlsOn || c.cfg.localTLS == nil {
+		c.writeStatus(tag, "BAD", "", "STARTTLS is not available")
+		return "", false
+	}
+	if c.br.Buffered() > 0 {
+		// Plaintext pipelined after STARTTLS would be taken as protected
+		// (command injection); refuse and end the session.
+		c.bye("Commands pipelined after STARTTLS")
+		return "data after STARTTLS", true
+	}
+	if err := c.writeStatus(tag, "OK", "", "Begin TLS negotiation now"); err != nil {
+		return "write failed", true
+	}
+	if err := c.handshake(); err != nil {
+		return "TLS handshake failed: " + err.Error(), true
+	}
+	c.br = bufio.NewReaderSize(c.nc, 4096)
+	c.bw.Reset(c.nc)
+	reader.br = c.br
+	return "", false
+}
+
 func orStar(tag string) string {
 	if tag == "" {
 		return "*"
@@ -156,7 +251,8 @@ func orStar(tag string) string {
 
 // writeLine writes one response line and flushes it.
 func (c *conn) writeLine(line string) error {
-	c.nc.SetWriteDeadline(time.Now().Add(c.cfg.Server.PreauthTimeout))
+	c.trace("S", line)
+	c.raw.SetWriteDeadline(time.Now().Add(c.cfg.Server.PreauthTimeout))
 	c.bw.WriteString(line)
 	c.bw.WriteString("\r\n")
 	return c.bw.Flush()
@@ -181,4 +277,52 @@ func (c *conn) writeStatus(tag, status, code, text string) error {
 
 func (c *conn) bye(text string) {
 	c.writeLine("* BYE " + text)
+}
+
+// trace logs one protocol line at debug level. Callers pass lines with
+// every secret already replaced by [redacted].
+func (c *conn) trace(dir, line string) {
+	if c.logger.Enabled(context.Background(), slog.LevelDebug) {
+		c.logger.Debug("imap", "dir", dir, "line", line)
+	}
+}
+
+// redactedMarker stands in for every secret in the protocol trace.
+const redactedMarker = "[redacted]"
+
+// redacted renders the command for the trace, with LOGIN's password and
+// AUTHENTICATE's initial response replaced.
+func (cmd *command) redacted() string {
+	var sb strings.Builder
+	sb.WriteString(cmd.tag)
+	sb.WriteByte(' ')
+	sb.WriteString(cmd.name)
+	for i, a := range cmd.args {
+		sb.WriteByte(' ')
+		secret := (cmd.name == "LOGIN" && i == 1) || (cmd.name == "AUTHENTICATE" && i == 1)
+		if secret {
+			sb.WriteString(redactedMarker)
+		} else {
+			writeArg(&sb, a)
+		}
+	}
+	return sb.String()
+}
+
+func writeArg(sb *strings.Builder, a arg) {
+	switch a.kind {
+	case argList:
+		sb.WriteByte('(')
+		for i, e := range a.list {
+			if i > 0 {
+				sb.WriteByte(' ')
+			}
+			writeArg(sb, e)
+		}
+		sb.WriteByte(')')
+	case argString:
+		fmt.Fprintf(sb, "%q", a.s)
+	default:
+		sb.WriteString(a.s)
+	}
 }

@@ -15,15 +15,23 @@ func (c *conn) login(tag, login, password string) (reason string, done bool) {
 	start := time.Now()
 	log := c.logger.With("login", login)
 	up, err := c.connectUpstream(login, password)
+	if err == nil && c.draining.Load() {
+		up.nc.Close()
+		err = &auth.Error{Kind: auth.Unavailable, Message: "server shutting down; retry later",
+			Err: errors.New("shutdown during login")}
+	}
 	if err != nil {
 		kind := auth.KindOf(err)
 		msg := auth.MessageOf(err, "login failed")
+		c.srv.metrics.login(kind.String())
 		log.Warn("login failed", "outcome", kind.String(), "duration", time.Since(start).Round(time.Millisecond), "err", err)
 		if c.writeStatus(tag, "NO", kind.String(), msg) != nil {
 			return "write failed", true
 		}
 		return "", false
 	}
+	c.srv.metrics.login("OK")
+	c.srv.metrics.observeDial(up.dialTime)
 	log.Info("login", "outcome", "OK", "duration", time.Since(start).Round(time.Millisecond),
 		"upstream", c.cfg.Accounts[login].Provider.IMAPAddress, "dial", up.dialTime.Round(time.Millisecond))
 	code := ""
@@ -53,6 +61,7 @@ func (c *conn) connectUpstream(login, password string) (*upstreamConn, error) {
 		return nil, err
 	}
 	l := &upstreamLogin{
+		trace:       c.trace,
 		provider:    acct.Provider,
 		tlsConfig:   c.cfg.upstreamTLS[acct.Provider.Name],
 		dialTimeout: c.cfg.Server.DialTimeout,

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -38,13 +39,14 @@ func (c *conn) relay(up *upstreamConn, log *slog.Logger) string {
 	c.mu.Lock()
 	c.upstream = up.nc
 	c.mu.Unlock()
+	c.relaying.Store(true)
 	defer up.nc.Close()
 	c.nc.SetDeadline(time.Time{})
 	start := time.Now()
 
 	results := make(chan copyResult, 2)
-	go proxyCopy(results, true, up.nc, c.nc, c.br)
-	go proxyCopy(results, false, c.nc, up.nc, up.br)
+	go proxyCopy(results, true, up.nc, c.nc, c.br, &c.srv.metrics.bytesToUpstream)
+	go proxyCopy(results, false, c.nc, up.nc, up.br, &c.srv.metrics.bytesToClient)
 
 	var toUpstream, toClient int64
 	var firstErr error
@@ -89,15 +91,17 @@ type bufferedReader interface {
 	Discard(n int) (int, error)
 }
 
-// proxyCopy copies src to dst, after first writing what pending holds. It
-// is a named function so goroutine dumps show what each goroutine is.
-// A clean EOF from src is reported as a nil error.
-func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pending bufferedReader) {
+// proxyCopy copies src to dst, after first writing what pending holds, and
+// adds every byte written to counter. It is a named function so goroutine
+// dumps show what each goroutine is. A clean EOF from src is reported as a
+// nil error.
+func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pending bufferedReader, counter *atomic.Int64) {
 	var written int64
 	if n := pending.Buffered(); n > 0 {
 		b, _ := pending.Peek(n)
 		m, err := dst.Write(b)
 		written += int64(m)
+		counter.Add(int64(m))
 		pending.Discard(n)
 		if err != nil {
 			results <- copyResult{toUpstream, written, err}
@@ -112,6 +116,7 @@ func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pe
 		if n > 0 {
 			m, werr := dst.Write(buf[:n])
 			written += int64(m)
+			counter.Add(int64(m))
 			if werr != nil {
 				results <- copyResult{toUpstream, written, werr}
 				return

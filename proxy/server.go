@@ -41,8 +41,9 @@ type Server struct {
 	ctx    context.Context // cancelled by Close: ends pending logins
 	cancel context.CancelFunc
 
-	cfg    atomic.Pointer[runtimeConfig]
-	nextID atomic.Uint64
+	cfg     atomic.Pointer[runtimeConfig]
+	nextID  atomic.Uint64
+	metrics metrics
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -55,6 +56,7 @@ type Server struct {
 type runtimeConfig struct {
 	*config.Config
 	upstreamTLS map[string]*tls.Config // by provider name
+	localTLS    *tls.Config            // nil without tls_cert
 }
 
 // New returns a Server for opts.
@@ -88,10 +90,18 @@ func New(opts *Options) (*Server, error) {
 }
 
 // SetConfig makes cfg the configuration of sessions that start from now on;
-// running sessions keep the one they started with. On error the previous
+// running sessions keep the one they started with. It (re)reads the local
+// TLS certificate and the providers' CA files. On error the previous
 // configuration stays in force.
 func (s *Server) SetConfig(cfg *config.Config) error {
 	rc := &runtimeConfig{Config: cfg, upstreamTLS: make(map[string]*tls.Config)}
+	if cfg.Server.TLSCert != "" {
+		tc, err := proxytls.Local(cfg.Server.TLSCert, cfg.Server.TLSKey)
+		if err != nil {
+			return fmt.Errorf("server.tls_cert: %w", err)
+		}
+		rc.localTLS = tc
+	}
 	for name, p := range cfg.Providers {
 		tc, err := proxytls.Upstream(p.IMAPAddress, p.CAFile)
 		if err != nil {
@@ -112,9 +122,17 @@ const (
 	maxAcceptBackoff = time.Second
 )
 
-// Serve accepts connections on ln until Close. It returns nil once the
-// listener is closed by Close.
-func (s *Server) Serve(ln net.Listener) error {
+// Serve accepts plain IMAP connections on ln (with STARTTLS when a local
+// certificate is configured) until Shutdown or Close, and then returns nil.
+// LOGIN without TLS is allowed only when ln is a loopback address or the
+// configuration sets allow_plaintext.
+func (s *Server) Serve(ln net.Listener) error { return s.serve(ln, false) }
+
+// ServeTLS is Serve for implicit TLS: every connection starts with a TLS
+// handshake using the configured local certificate.
+func (s *Server) ServeTLS(ln net.Listener) error { return s.serve(ln, true) }
+
+func (s *Server) serve(ln net.Listener, implicitTLS bool) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -145,7 +163,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			return fmt.Errorf("accepting connection: %w", err)
 		}
 		backoff = 0
-		c := s.newConn(nc)
+		c := s.newConn(nc, implicitTLS, isLoopback(ln.Addr()))
 		if c == nil {
 			continue
 		}
@@ -153,15 +171,24 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 }
 
+// isLoopback reports whether addr is a loopback IP address.
+func isLoopback(addr net.Addr) bool {
+	tcp, ok := addr.(*net.TCPAddr)
+	return ok && tcp.IP.IsLoopback()
+}
+
 // newConn registers a connection; it returns nil (and closes nc) once the
 // server is closing.
-func (s *Server) newConn(nc net.Conn) *conn {
+func (s *Server) newConn(nc net.Conn, implicitTLS, loopback bool) *conn {
+	cfg := s.cfg.Load()
 	c := &conn{
-		srv:   s,
-		cfg:   s.cfg.Load(),
-		nc:    nc,
-		id:    strconv.FormatUint(s.nextID.Add(1), 36),
-		start: time.Now(),
+		srv:         s,
+		cfg:         cfg,
+		raw:         nc,
+		id:          strconv.FormatUint(s.nextID.Add(1), 36),
+		start:       time.Now(),
+		implicit:    implicitTLS,
+		plaintextOK: loopback || cfg.Server.AllowPlaintext,
 	}
 	c.logger = s.logger.With("session", c.id, "remote", nc.RemoteAddr().String())
 	s.mu.Lock()
@@ -187,6 +214,36 @@ func (s *Server) ActiveSessions() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.conns)
+}
+
+// Shutdown stops accepting, says BYE to every session that has not logged
+// in yet, and waits for relayed sessions to end until ctx is done; then it
+// cuts the rest and waits for their goroutines. It returns ctx.Err() if
+// sessions had to be cut.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	for c := range s.conns {
+		c.drain()
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		s.cancel()
+		return nil
+	case <-ctx.Done():
+		s.Close()
+		<-done
+		return ctx.Err()
+	}
 }
 
 // Close stops the listeners, ends every session at once and waits for

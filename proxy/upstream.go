@@ -34,10 +34,14 @@ type upstreamConn struct {
 	caps string        // post-login capabilities, "" when the server gave none
 	// dialTime is how long TCP connect and TLS handshake took.
 	dialTime time.Duration
+	// trace logs protocol lines at debug level; nil disables it.
+	trace func(dir, line string)
 }
 
 // upstreamLogin describes one upstream login.
 type upstreamLogin struct {
+	// trace logs protocol lines at debug level; nil disables it.
+	trace       func(dir, line string)
 	provider    *config.Provider
 	tlsConfig   *tls.Config
 	dialTimeout time.Duration
@@ -66,11 +70,10 @@ func loginUpstream(ctx context.Context, l *upstreamLogin) (*upstreamConn, error)
 		raw.SetDeadline(dl)
 	}
 
-	var nc net.Conn = raw
-	var br *bufio.Reader
+	up := &upstreamConn{nc: raw, br: bufio.NewReader(raw), trace: l.trace}
+	var caps string
 	if l.provider.IMAPTLS == "starttls" {
-		br = bufio.NewReader(raw)
-		if err := startTLS(raw, br, addr); err != nil {
+		if err := up.startTLS(addr); err != nil {
 			return nil, err
 		}
 	}
@@ -78,25 +81,22 @@ func loginUpstream(ctx context.Context, l *upstreamLogin) (*upstreamConn, error)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return nil, unavailable(fmt.Sprintf("TLS with upstream %s failed", addr), err)
 	}
-	nc = tc
-	up := &upstreamConn{nc: nc, br: bufio.NewReader(nc), dialTime: time.Since(start)}
-
-	var caps string
+	up.nc, up.br = tc, bufio.NewReader(tc)
+	up.dialTime = time.Since(start)
 	if l.provider.IMAPTLS != "starttls" {
-		caps, err = readGreeting(up.br, addr)
-		if err != nil {
+		if caps, err = up.readGreeting(addr); err != nil {
 			return nil, err
 		}
 	}
 	if caps == "" {
-		if caps, err = capability(up, addr); err != nil {
+		if caps, err = up.capability(addr); err != nil {
 			return nil, err
 		}
 	}
-	if err := authenticate(up, l, hasCap(caps, "SASL-IR")); err != nil {
+	if err := up.authenticate(l, hasCap(caps, "SASL-IR")); err != nil {
 		return nil, err
 	}
-	nc.SetDeadline(time.Time{})
+	tc.SetDeadline(time.Time{})
 	ok = true
 	return up, nil
 }
@@ -110,14 +110,38 @@ func protocolError(addr, format string, args ...any) error {
 	return unavailable(fmt.Sprintf("upstream %s: %v", addr, err), err)
 }
 
+// send writes one command line; shown is what the trace logs instead of
+// line when line carries a secret ("" logs line itself).
+func (up *upstreamConn) send(line, shown string) error {
+	if up.trace != nil {
+		if shown == "" {
+			shown = line
+		}
+		up.trace("U>", shown)
+	}
+	_, err := io.WriteString(up.nc, line+"\r\n")
+	return err
+}
+
+// read reads one response and parses it.
+func (up *upstreamConn) read() (response, error) {
+	line, err := readResponse(up.br)
+	if err != nil {
+		return response{}, err
+	}
+	if up.trace != nil {
+		up.trace("U<", auth.OneLine(line, 1000))
+	}
+	return parseResponse(line), nil
+}
+
 // readGreeting reads the server greeting and returns the capabilities it
 // carries, if any.
-func readGreeting(br *bufio.Reader, addr string) (string, error) {
-	line, err := readResponse(br)
+func (up *upstreamConn) readGreeting(addr string) (string, error) {
+	r, err := up.read()
 	if err != nil {
 		return "", unavailable(fmt.Sprintf("no greeting from upstream %s", addr), err)
 	}
-	r := parseResponse(line)
 	switch {
 	case r.tag == "*" && r.status == "OK":
 		return r.caps(), nil
@@ -126,25 +150,25 @@ func readGreeting(br *bufio.Reader, addr string) (string, error) {
 	case r.tag == "*" && r.status == "PREAUTH":
 		return "", protocolError(addr, "greeting PREAUTH: session already authenticated")
 	}
-	return "", protocolError(addr, "bad greeting %q", auth.OneLine(line, 100))
+	return "", protocolError(addr, "bad greeting %q", auth.OneLine(r.tag+" "+r.status+" "+r.text, 100))
 }
 
-// startTLS runs STARTTLS on a plain connection (RFC 3501 section 6.2.1).
-func startTLS(raw net.Conn, br *bufio.Reader, addr string) error {
-	if _, err := readGreeting(br, addr); err != nil {
+// startTLS runs STARTTLS on the plain connection (RFC 3501 section 6.2.1).
+func (up *upstreamConn) startTLS(addr string) error {
+	if _, err := up.readGreeting(addr); err != nil {
 		return err
 	}
-	if _, err := io.WriteString(raw, "P0 STARTTLS\r\n"); err != nil {
+	if err := up.send("P0 STARTTLS", ""); err != nil {
 		return unavailable(fmt.Sprintf("upstream %s", addr), err)
 	}
-	r, err := waitTagged(br, "P0", nil)
+	r, err := up.waitTagged("P0", nil)
 	if err != nil {
 		return unavailable(fmt.Sprintf("upstream %s STARTTLS", addr), err)
 	}
 	if r.status != "OK" {
 		return protocolError(addr, "STARTTLS refused: %s", r.text)
 	}
-	if br.Buffered() > 0 {
+	if up.br.Buffered() > 0 {
 		// Bytes sent before the handshake would be taken as protected.
 		return protocolError(addr, "data after STARTTLS response")
 	}
@@ -152,12 +176,12 @@ func startTLS(raw net.Conn, br *bufio.Reader, addr string) error {
 }
 
 // capability asks for the capability list.
-func capability(up *upstreamConn, addr string) (string, error) {
-	if _, err := io.WriteString(up.nc, "P1 CAPABILITY\r\n"); err != nil {
+func (up *upstreamConn) capability(addr string) (string, error) {
+	if err := up.send("P1 CAPABILITY", ""); err != nil {
 		return "", unavailable(fmt.Sprintf("upstream %s", addr), err)
 	}
 	var caps string
-	r, err := waitTagged(up.br, "P1", func(u response) {
+	r, err := up.waitTagged("P1", func(u response) {
 		if u.status == "CAPABILITY" {
 			caps = u.text
 		}
@@ -173,7 +197,7 @@ func capability(up *upstreamConn, addr string) (string, error) {
 
 // authenticate runs AUTHENTICATE XOAUTH2 or OAUTHBEARER. On success up.caps
 // holds the capabilities the server announced with its OK, if any.
-func authenticate(up *upstreamConn, l *upstreamLogin, saslIR bool) error {
+func (up *upstreamConn) authenticate(l *upstreamLogin, saslIR bool) error {
 	addr := l.provider.IMAPAddress
 	var client sasl.Client
 	abort := "" // answer to an error challenge: empty for XOAUTH2
@@ -191,33 +215,32 @@ func authenticate(up *upstreamConn, l *upstreamLogin, saslIR bool) error {
 		return unavailable("SASL client failed", err)
 	}
 	encodedIR := base64.StdEncoding.EncodeToString(ir)
-	cmd := "P2 AUTHENTICATE " + mech
+	cmd, shown := "P2 AUTHENTICATE "+mech, ""
 	if saslIR {
-		cmd += " " + encodedIR
+		cmd, shown = cmd+" "+encodedIR, cmd+" "+redactedMarker
 		encodedIR = ""
 	}
-	if _, err := io.WriteString(up.nc, cmd+"\r\n"); err != nil {
+	if err := up.send(cmd, shown); err != nil {
 		return unavailable(fmt.Sprintf("upstream %s", addr), err)
 	}
 	var challengeErr error
 	var untaggedCaps string
 	for {
-		line, err := readResponse(up.br)
+		r, err := up.read()
 		if err != nil {
 			return unavailable(fmt.Sprintf("upstream %s closed during AUTHENTICATE", addr), err)
 		}
-		r := parseResponse(line)
 		switch r.tag {
 		case "+":
-			answer := abort
+			answer, shown := abort, ""
 			if encodedIR != "" {
-				answer, encodedIR = encodedIR, ""
+				answer, shown, encodedIR = encodedIR, redactedMarker, ""
 			} else if challenge, err := base64.StdEncoding.DecodeString(r.text); err != nil {
 				challengeErr = fmt.Errorf("undecodable challenge: %w", err)
 			} else if _, err := client.Next(challenge); err != nil {
 				challengeErr = err
 			}
-			if _, err := io.WriteString(up.nc, answer+"\r\n"); err != nil {
+			if err := up.send(answer, shown); err != nil {
 				return unavailable(fmt.Sprintf("upstream %s", addr), err)
 			}
 		case "*":
@@ -252,13 +275,12 @@ func authenticate(up *upstreamConn, l *upstreamLogin, saslIR bool) error {
 
 // waitTagged reads responses until the one tagged tag, passing untagged
 // ones to untagged (if not nil).
-func waitTagged(br *bufio.Reader, tag string, untagged func(response)) (response, error) {
+func (up *upstreamConn) waitTagged(tag string, untagged func(response)) (response, error) {
 	for {
-		line, err := readResponse(br)
+		r, err := up.read()
 		if err != nil {
 			return response{}, err
 		}
-		r := parseResponse(line)
 		switch r.tag {
 		case tag:
 			return r, nil

@@ -46,3 +46,28 @@ func Upstream(address, caFile string) (*tls.Config, error) {
 }
 
 var errNoCertificates = errors.New("no PEM certificate found")
+
+// Local returns the server configuration for the collector-facing
+// listeners: the certificate chain and key from certFile and keyFile,
+// TLS 1.2 or newer, and only forward-secret AEAD suites for TLS 1.2.
+// It reads the files now, so a reload picks up a renewed certificate by
+// calling Local again.
+func Local(certFile, keyFile string) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("loading local TLS certificate: %w", err)
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		MinVersion:   MinVersion,
+		CipherSuites: []uint16{
+			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+			tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+			tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+			tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+			tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+			tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+		},
+		NextProtos: []string{"imap"},
+	}, nil
+}

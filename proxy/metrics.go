@@ -1,0 +1,85 @@
+package proxy
+
+import (
+	"fmt"
+	"io"
+	"sync/atomic"
+	"time"
+)
+
+// loginOutcomes are the label values of imap_oauth_proxy_logins_total.
+var loginOutcomes = [...]string{"OK", "AUTHENTICATIONFAILED", "AUTHORIZATIONFAILED", "UNAVAILABLE"}
+
+// dialBuckets are the upper bounds, in seconds, of the upstream dial
+// latency histogram.
+var dialBuckets = [...]float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+
+// metrics are the server's counters; all fields are safe for concurrent use.
+type metrics struct {
+	sessionsTotal   atomic.Int64
+	logins          [len(loginOutcomes)]atomic.Int64
+	bytesToUpstream atomic.Int64
+	bytesToClient   atomic.Int64
+	dialCounts      [len(dialBuckets)]atomic.Int64 // non-cumulative
+	dialCount       atomic.Int64
+	dialSumMicros   atomic.Int64
+}
+
+func (m *metrics) login(outcome string) {
+	for i, o := range loginOutcomes {
+		if o == outcome {
+			m.logins[i].Add(1)
+			return
+		}
+	}
+}
+
+func (m *metrics) observeDial(d time.Duration) {
+	m.dialCount.Add(1)
+	m.dialSumMicros.Add(d.Microseconds())
+	for i, le := range dialBuckets {
+		if d.Seconds() <= le {
+			m.dialCounts[i].Add(1)
+			return
+		}
+	}
+}
+
+// WriteMetrics writes the server's metrics in the Prometheus text
+// exposition format (version 0.0.4).
+func (s *Server) WriteMetrics(w io.Writer) error {
+	m := &s.metrics
+	var err error
+	p := func(format string, args ...any) {
+		if err == nil {
+			_, err = fmt.Fprintf(w, format, args...)
+		}
+	}
+	p("# HELP imap_oauth_proxy_sessions_active Collector connections open now.\n")
+	p("# TYPE imap_oauth_proxy_sessions_active gauge\n")
+	p("imap_oauth_proxy_sessions_active %d\n", s.ActiveSessions())
+	p("# HELP imap_oauth_proxy_sessions_total Collector connections accepted.\n")
+	p("# TYPE imap_oauth_proxy_sessions_total counter\n")
+	p("imap_oauth_proxy_sessions_total %d\n", m.sessionsTotal.Load())
+	p("# HELP imap_oauth_proxy_logins_total Logins by outcome (OK or the RFC 5530 code of the NO).\n")
+	p("# TYPE imap_oauth_proxy_logins_total counter\n")
+	for i, o := range loginOutcomes {
+		p("imap_oauth_proxy_logins_total{outcome=%q} %d\n", o, m.logins[i].Load())
+	}
+	p("# HELP imap_oauth_proxy_relayed_bytes_total Bytes relayed after login, by direction.\n")
+	p("# TYPE imap_oauth_proxy_relayed_bytes_total counter\n")
+	p("imap_oauth_proxy_relayed_bytes_total{direction=\"to_upstream\"} %d\n", m.bytesToUpstream.Load())
+	p("imap_oauth_proxy_relayed_bytes_total{direction=\"to_client\"} %d\n", m.bytesToClient.Load())
+	p("# HELP imap_oauth_proxy_upstream_dial_seconds Time to connect and finish TLS with the upstream.\n")
+	p("# TYPE imap_oauth_proxy_upstream_dial_seconds histogram\n")
+	var cumulative int64
+	for i, le := range dialBuckets {
+		cumulative += m.dialCounts[i].Load()
+		p("imap_oauth_proxy_upstream_dial_seconds_bucket{le=\"%g\"} %d\n", le, cumulative)
+	}
+	count := m.dialCount.Load()
+	p("imap_oauth_proxy_upstream_dial_seconds_bucket{le=\"+Inf\"} %d\n", count)
+	p("imap_oauth_proxy_upstream_dial_seconds_sum %g\n", float64(m.dialSumMicros.Load())/1e6)
+	p("imap_oauth_proxy_upstream_dial_seconds_count %d\n", count)
+	return err
+}
