@@ -9,9 +9,7 @@ require (
 	github.com/hashicorp/golang-lru/v2 v2.0.7
 	golang.org/x/crypto v0.58.0
 	golang.org/x/oauth2 v0.37.0
+	golang.org/x/sys v0.49.0
 )
 
-require (
-	github.com/emersion/go-message v0.18.2 // indirect
-	golang.org/x/sys v0.49.0 // indirect
-)
+require github.com/emersion/go-message v0.18.2 // indirect

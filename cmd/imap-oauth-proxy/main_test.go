@@ -876,7 +876,7 @@ func TestServeConfigErrors(t *testing.T) {
 			"providers.lab.token_url: missing", `accounts.collector.provider: unknown provider "nosuch"`,
 		}},
 		{"missing file", missing, []string{missing}},
-		{"local TLS", tlsConfig, []string{"local TLS"}},
+		{"local TLS certificate missing", tlsConfig, []string{"server.tls_cert", "cert.pem"}},
 		{"listen address in use", busyConfig, []string{"listening on " + busy.Addr().String()}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -8,13 +8,16 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
+	proxytls "github.com/imap-oauth-proxy/imap-oauth-proxy/tls"
 )
 
 func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
@@ -31,44 +34,123 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if cfg.Server.ListenTLS != "" || cfg.Server.TLSCert != "" {
-		return errors.New("local TLS (listen_tls, tls_cert) is not available in this build yet")
-	}
 	logger := newLogger(stderr, cfg.Server.LogFormat, cfg.Server.LogLevel)
-	ln, err := net.Listen("tcp", cfg.Server.Listen)
-	if err != nil {
-		return fmt.Errorf("listening on %s: %w", cfg.Server.Listen, err)
+	notify := newNotifier()
+	if cfg.Server.TLSCert != "" {
+		// Fail before touching the state directory or binding ports.
+		if _, err := proxytls.Local(cfg.Server.TLSCert, cfg.Server.TLSKey); err != nil {
+			return fmt.Errorf("server.tls_cert: %w", err)
+		}
+	}
+
+	// Bind everything before announcing readiness.
+	var listeners []net.Listener
+	closeAll := func() {
+		for _, ln := range listeners {
+			ln.Close()
+		}
+	}
+	listen := func(addr string) (net.Listener, error) {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("listening on %s: %w", addr, err)
+		}
+		listeners = append(listeners, ln)
+		return ln, nil
+	}
+	var plainLn, tlsLn, metricsLn net.Listener
+	if cfg.Server.Listen != "" {
+		if plainLn, err = listen(cfg.Server.Listen); err != nil {
+			return err
+		}
+	}
+	if cfg.Server.ListenTLS != "" {
+		if tlsLn, err = listen(cfg.Server.ListenTLS); err != nil {
+			return err
+		}
+	}
+	if cfg.Server.MetricsListen != "" {
+		if metricsLn, err = listen(cfg.Server.MetricsListen); err != nil {
+			return err
+		}
 	}
 	srv, err := newServer(ctx, cfg, logger, nil)
 	if err != nil {
-		ln.Close()
+		closeAll()
 		return err
 	}
 	defer srv.Close()
+
+	served := make(chan error, 3)
+	var attrs []any
+	if plainLn != nil {
+		go func() { served <- srv.Serve(plainLn) }()
+		attrs = append(attrs, "listen", plainLn.Addr().String())
+	}
+	if tlsLn != nil {
+		go func() { served <- srv.ServeTLS(tlsLn) }()
+		attrs = append(attrs, "listen_tls", tlsLn.Addr().String())
+	}
+	if metricsLn != nil {
+		hs := metricsServer(srv)
+		defer hs.Close()
+		go func() {
+			if err := hs.Serve(metricsLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				served <- fmt.Errorf("metrics listener: %w", err)
+			}
+		}()
+		attrs = append(attrs, "metrics", metricsLn.Addr().String())
+	}
+	attrs = append(attrs, "config", cfg.Path, "accounts", len(cfg.Accounts), "version", version)
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	logger.Info("serving", "listen", ln.Addr().String(), "config", cfg.Path, "accounts", len(cfg.Accounts), "version", version)
+	logger.Info("serving", attrs...)
+	if err := notify.send("READY=1\nSTATUS=serving"); err != nil {
+		logger.Warn("sd_notify failed", "err", err)
+	}
 	for {
 		select {
 		case err := <-served:
+			if err == nil {
+				err = errors.New("listener closed")
+			}
 			return err
 		case <-hup:
-			reload(srv, *configPath, logger)
+			notify.send(reloading())
+			reload(srv, *configPath, cfg, logger)
+			notify.send("READY=1\nSTATUS=serving")
 		case <-ctx.Done():
-			logger.Info("stopping", "sessions", srv.ActiveSessions())
+			notify.send("STOPPING=1")
+			logger.Info("stopping", "sessions", srv.ActiveSessions(), "drain", cfg.Server.ShutdownTimeout)
+			drain, cancel := context.WithTimeout(context.Background(), srv.Config().Server.ShutdownTimeout)
+			defer cancel()
+			if err := srv.Shutdown(drain); err != nil {
+				logger.Warn("sessions cut after the drain time", "drain", srv.Config().Server.ShutdownTimeout)
+			}
+			logger.Info("stopped")
 			return nil
 		}
 	}
 }
 
+// metricsServer serves the Prometheus text format at /metrics.
+func metricsServer(srv *proxy.Server) *http.Server {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		srv.WriteMetrics(w)
+	})
+	return &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+}
+
 // reload swaps in a new mapping file for new sessions, keeping the old one
-// if the new one is invalid.
-func reload(srv *proxy.Server, path string, logger *slog.Logger) {
+// if the new one is invalid. Settings bound at start (listeners, state
+// directory, logging, token timeouts) need a restart; reload says so.
+func reload(srv *proxy.Server, path string, started *config.Config, logger *slog.Logger) {
 	cfg, err := config.Load(path)
 	if err == nil {
 		err = srv.SetConfig(cfg)
@@ -76,6 +158,24 @@ func reload(srv *proxy.Server, path string, logger *slog.Logger) {
 	if err != nil {
 		logger.Error("reload failed; keeping the previous configuration", "config", path, "err", err)
 		return
+	}
+	a, b := started.Server, cfg.Server
+	for _, k := range []struct {
+		key     string
+		changed bool
+	}{
+		{"listen", a.Listen != b.Listen},
+		{"listen_tls", a.ListenTLS != b.ListenTLS},
+		{"metrics_listen", a.MetricsListen != b.MetricsListen},
+		{"state_dir", a.StateDir != b.StateDir},
+		{"log_level", a.LogLevel != b.LogLevel},
+		{"log_format", a.LogFormat != b.LogFormat},
+		{"token_timeout", a.TokenTimeout != b.TokenTimeout},
+		{"refresh_margin", a.RefreshMargin != b.RefreshMargin},
+	} {
+		if k.changed {
+			logger.Warn("setting changed; it takes effect at the next restart", "key", "server."+k.key)
+		}
 	}
 	logger.Info("reloaded", "config", path, "accounts", len(cfg.Accounts))
 }
