@@ -4,13 +4,16 @@ GO       ?= go
 PREFIX   ?= /usr/local
 BINDIR   ?= $(PREFIX)/bin
 SYSCONFDIR ?= /etc
+DOCDIR   ?= $(PREFIX)/share/doc/imap-oauth-proxy
+UNITDIR  ?= /etc/systemd/system
+DESTDIR  ?=
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 MODULE   := github.com/imap-oauth-proxy/imap-oauth-proxy
 LDFLAGS  := -X main.version=$(VERSION) -X $(MODULE)/config.DefaultPath=$(SYSCONFDIR)/imap-oauth-proxy/config.toml
 # Short fuzz runs inside `make test`; run longer ones with `make fuzz FUZZTIME=5m`.
 FUZZTIME ?= 10s
 
-.PHONY: build demo test check unit fuzz bench clean
+.PHONY: build demo test check unit fuzz bench install clean
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o imap-oauth-proxy ./cmd/imap-oauth-proxy
@@ -39,6 +42,18 @@ fuzz:
 # Proxy against direct access to the same upstream, in the same run.
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s -count 3 ./proxy/
+
+# Binary, systemd unit and an example config (never overwriting a config).
+install: build
+	install -D -m 0755 imap-oauth-proxy $(DESTDIR)$(BINDIR)/imap-oauth-proxy
+	install -d -m 0755 $(DESTDIR)$(UNITDIR)
+	sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' dist/imap-oauth-proxy.service \
+		> $(DESTDIR)$(UNITDIR)/imap-oauth-proxy.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/imap-oauth-proxy.service
+	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	install -d -m 0750 $(DESTDIR)$(SYSCONFDIR)/imap-oauth-proxy
+	test -e $(DESTDIR)$(SYSCONFDIR)/imap-oauth-proxy/config.toml || \
+		install -m 0640 dist/config.toml $(DESTDIR)$(SYSCONFDIR)/imap-oauth-proxy/config.toml
 
 clean:
 	rm -f imap-oauth-proxy

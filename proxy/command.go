@@ -102,6 +102,9 @@ func readLine(br *bufio.Reader, max int) ([]byte, error) {
 	}
 	line = bytes.TrimSuffix(line, []byte("\n"))
 	line = bytes.TrimSuffix(line, []byte("\r"))
+	if len(line) > max { // a bare LF ending left room for one more byte
+		return nil, errLineTooLong
+	}
 	return line, nil
 }
 

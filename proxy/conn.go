@@ -189,7 +189,10 @@ func (c *conn) preauth() string {
 			}
 		case "LOGIN":
 			if len(cmd.args) != 2 || cmd.args[0].kind == argList || cmd.args[1].kind == argList {
-				bad++
+				if bad++; bad >= maxBadCommands {
+					c.bye("Too many invalid commands")
+					return "too many invalid commands"
+				}
 				c.writeStatus(cmd.tag, "BAD", "", "LOGIN takes a user name and a password")
 				continue
 			}
@@ -206,7 +209,7 @@ func (c *conn) preauth() string {
 			}
 		default:
 			bad++
-			if bad >= maxBadCommands {
+			if bad >= maxBadCommands || n == 0 { // an unknown first command: likely another protocol
 				c.bye("Too many invalid commands")
 				return "too many invalid commands"
 			}
