@@ -51,6 +51,9 @@ type harnessOptions struct {
 	validate func(user, token string, next func(string, string) error) error
 	// imapAddress and tokenURL override the provider's endpoints.
 	imapAddress, tokenURL string
+	// localTLS gives the proxy a certificate for localhost and 127.0.0.1
+	// (STARTTLS, implicit TLS); its CA is in harness.localCA.
+	localTLS bool
 }
 
 // harness is a token endpoint, an XOAUTH2-only upstream, a token store and
@@ -68,6 +71,18 @@ type harness struct {
 	addr     string
 	// grants holds every refresh token the harness minted, for leak checks.
 	grants []string
+	// localCA trusts the proxy's certificate when opts.localTLS is set.
+	localCA *x509.CertPool
+	// seen collects every access token the upstream was shown.
+	seenMu sync.Mutex
+	seen   []string
+}
+
+// accessTokens returns the access tokens the upstream has seen so far.
+func (h *harness) accessTokens() []string {
+	h.seenMu.Lock()
+	defer h.seenMu.Unlock()
+	return append([]string(nil), h.seen...)
 }
 
 func newHarness(t testing.TB, opts harnessOptions) *harness {
@@ -83,9 +98,14 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 		AccessTTL: opts.accessTTL, Rotate: opts.rotate,
 	})
 	t.Cleanup(h.tokens.Close)
-	validate := h.tokens.Validate
-	if opts.validate != nil {
-		validate = func(user, token string) error { return opts.validate(user, token, h.tokens.Validate) }
+	validate := func(user, token string) error {
+		h.seenMu.Lock()
+		h.seen = append(h.seen, token)
+		h.seenMu.Unlock()
+		if opts.validate != nil {
+			return opts.validate(user, token, h.tokens.Validate)
+		}
+		return h.tokens.Validate(user, token)
 	}
 	up, err := proxytest.NewUpstream(proxytest.UpstreamOptions{Validate: validate, GmailErrors: opts.gmailErrors})
 	if err != nil {
@@ -104,12 +124,27 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 	if opts.tokenURL != "" {
 		tokenURL = opts.tokenURL
 	}
+	serverTLS := ""
+	if opts.localTLS {
+		certPEM, keyPEM, err := proxytest.NewCertificatePEM("localhost", "127.0.0.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, data := range map[string][]byte{"cert.pem": certPEM, "key.pem": keyPEM} {
+			if err := os.WriteFile(filepath.Join(h.dir, name), data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		h.localCA = x509.NewCertPool()
+		h.localCA.AppendCertsFromPEM(certPEM)
+		serverTLS = "tls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n"
+	}
 	text := fmt.Sprintf(`
 [server]
 listen = "127.0.0.1:0"
 state_dir = "state"
 login_timeout = "10s"
-
+`+serverTLS+`
 [providers.lab]
 type = "generic"
 token_url = %q
@@ -177,6 +212,33 @@ func (h *harness) start() {
 			h.t.Errorf("Serve: %v", err)
 		}
 	})
+}
+
+// serveOn makes the running proxy also accept on listenAddr (implicit TLS
+// if implicitTLS) and returns the loopback address to dial.
+func (h *harness) serveOn(listenAddr string, implicitTLS bool) string {
+	h.t.Helper()
+	ln, err := net.Listen("tcp", listenAddr)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	srv := h.srv
+	done := make(chan error, 1)
+	go func() {
+		if implicitTLS {
+			done <- srv.ServeTLS(ln)
+		} else {
+			done <- srv.Serve(ln)
+		}
+	}()
+	h.t.Cleanup(func() {
+		srv.Close()
+		if err := <-done; err != nil {
+			h.t.Errorf("Serve: %v", err)
+		}
+	})
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	return net.JoinHostPort("127.0.0.1", port)
 }
 
 // restart stops the proxy and starts a new one on the same state.
