@@ -20,6 +20,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -526,6 +527,9 @@ func (s *Store) replaceFile(name string, data []byte) (renamed bool, err error) 
 	if err := f.Chmod(0o600); err != nil {
 		return false, fmt.Errorf("setting mode of temporary file: %w", err)
 	}
+	if err := matchDirOwner(f, s.dir); err != nil {
+		return false, err
+	}
 	if _, err := f.Write(data); err != nil {
 		return false, fmt.Errorf("writing temporary file: %w", err)
 	}
@@ -548,6 +552,27 @@ func (s *Store) replaceFile(name string, data []byte) (renamed bool, err error) 
 		return true, fmt.Errorf("syncing token store directory: %w", err)
 	}
 	return true, nil
+}
+
+// matchDirOwner gives f the owner of dir when root writes into a directory
+// that belongs to another user, so that `token import` run by root leaves
+// records the service's own (possibly dynamic) user can read.
+func matchDirOwner(f *os.File, dir string) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	info, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("reading token store directory owner: %w", err)
+	}
+	st, ok := info.Sys().(*syscall.Stat_t)
+	if !ok || st.Uid == 0 {
+		return nil
+	}
+	if err := f.Chown(int(st.Uid), int(st.Gid)); err != nil {
+		return fmt.Errorf("giving the record the directory's owner: %w", err)
+	}
+	return nil
 }
 
 func syncDir(dir string) error {

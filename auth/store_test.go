@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 )
 
@@ -704,4 +705,32 @@ func TestStoreConcurrent(t *testing.T) {
 		}
 	}
 	checkDirClean(t, s)
+}
+
+// TestRecordTakesDirectoryOwner: root writing into a directory owned by
+// the service's user leaves a record that user owns.
+func TestRecordTakesDirectoryOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to chown")
+	}
+	dir := t.TempDir()
+	const uid, gid = 4242, 4343
+	if err := os.Chown(dir, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewStore(dir, &StoreOptions{KDF: KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Create("collector", "pw", Secret{RefreshToken: "rt"}); err != nil {
+		t.Fatal(err)
+	}
+	info, err := os.Stat(s.Path("collector"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := info.Sys().(*syscall.Stat_t)
+	if st.Uid != uid || st.Gid != gid {
+		t.Errorf("record owned by %d:%d, want %d:%d", st.Uid, st.Gid, uid, gid)
+	}
 }
