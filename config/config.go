@@ -104,6 +104,9 @@ type Server struct {
 	MaxLineBytes int
 	// MaxLiteralBytes bounds a literal before login (key max_literal_bytes).
 	MaxLiteralBytes int
+	// PreauthMaxTime bounds the whole time from connect to login (key
+	// preauth_max_time), however busy the client keeps the session.
+	PreauthMaxTime time.Duration
 	// ShutdownTimeout is how long relayed sessions may go on after SIGTERM
 	// before they are cut (key shutdown_timeout).
 	ShutdownTimeout time.Duration
@@ -130,6 +133,7 @@ func Defaults() Server {
 		MaxLineBytes:        8192,
 		MaxLiteralBytes:     8192,
 		ShutdownTimeout:     10 * time.Second,
+		PreauthMaxTime:      3 * time.Minute,
 	}
 }
 

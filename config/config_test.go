@@ -45,6 +45,7 @@ func TestLoadFull(t *testing.T) {
 		MaxLineBytes:        4096,
 		MaxLiteralBytes:     2048,
 		ShutdownTimeout:     3 * time.Second,
+		PreauthMaxTime:      2 * time.Minute,
 		MetricsListen:       "127.0.0.1:9143",
 	}
 	if cfg.Server != wantServer {
@@ -171,6 +172,7 @@ func TestDefaults(t *testing.T) {
 		MaxLineBytes:        8192,
 		MaxLiteralBytes:     8192,
 		ShutdownTimeout:     10 * time.Second,
+		PreauthMaxTime:      3 * time.Minute,
 	}
 	if d != want {
 		t.Errorf("Defaults() = %+v, want %+v", d, want)

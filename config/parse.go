@@ -50,6 +50,7 @@ type rawServer struct {
 	MaxLineBytes        rawValue `toml:"max_line_bytes"`
 	MaxLiteralBytes     rawValue `toml:"max_literal_bytes"`
 	ShutdownTimeout     rawValue `toml:"shutdown_timeout"`
+	PreauthMaxTime      rawValue `toml:"preauth_max_time"`
 	MetricsListen       rawValue `toml:"metrics_listen"`
 }
 
@@ -267,6 +268,7 @@ func (p *parser) server(r *rawServer) Server {
 	p.limit(r.MaxLineBytes, &s.MaxLineBytes, "server", "max_line_bytes")
 	p.limit(r.MaxLiteralBytes, &s.MaxLiteralBytes, "server", "max_literal_bytes")
 	p.duration(r.ShutdownTimeout, &s.ShutdownTimeout, "server", "shutdown_timeout")
+	p.duration(r.PreauthMaxTime, &s.PreauthMaxTime, "server", "preauth_max_time")
 	p.str(r.MetricsListen, &s.MetricsListen, "server", "metrics_listen")
 	if s.MetricsListen != "" {
 		p.address(s.MetricsListen, true, "server", "metrics_listen")

@@ -26,6 +26,7 @@ type conn struct {
 	srv      *Server
 	cfg      *runtimeConfig // snapshot taken at accept
 	raw      net.Conn       // the accepted connection; deadlines on it reach TLS too
+	addr     string         // the peer's IP, for limits and throttling
 	nc       net.Conn       // raw, or the TLS connection over it
 	br       *bufio.Reader
 	bw       *bufio.Writer
@@ -46,8 +47,10 @@ type conn struct {
 }
 
 func (c *conn) serve() {
-	defer c.srv.removeConn(c)
+	// Unregister before closing, so a client that sees the close can count
+	// on its slot being free.
 	defer c.raw.Close()
+	defer c.srv.removeConn(c)
 	defer func() {
 		if v := recover(); v != nil {
 			c.logger.Error("panic in session", "panic", v, "stack", string(debug.Stack()))
@@ -134,8 +137,9 @@ func (c *conn) preauth() string {
 		return "write failed"
 	}
 	bad := 0
+	loginBy := c.start.Add(srvCfg.PreauthMaxTime)
 	for n := 0; ; n++ {
-		c.raw.SetReadDeadline(time.Now().Add(srvCfg.PreauthTimeout))
+		c.raw.SetReadDeadline(earliest(time.Now().Add(srvCfg.PreauthTimeout), loginBy))
 		if c.draining.Load() {
 			c.bye("Server shutting down")
 			return "shutdown"
@@ -160,6 +164,10 @@ func (c *conn) preauth() string {
 			if c.draining.Load() {
 				c.bye("Server shutting down")
 				return "shutdown"
+			}
+			if !time.Now().Before(loginBy) {
+				c.bye("Autologout; no login within the allowed time")
+				return "pre-auth time limit"
 			}
 			c.bye("Autologout; idle for too long")
 			return "pre-auth timeout"
@@ -243,6 +251,13 @@ func (c *conn) startTLS(tag string, reader *commandReader) (reason string, done 
 	c.bw.Reset(c.nc)
 	reader.br = c.br
 	return "", false
+}
+
+func earliest(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 func orStar(tag string) string {

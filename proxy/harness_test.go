@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -51,6 +53,10 @@ type harnessOptions struct {
 	validate func(user, token string, next func(string, string) error) error
 	// imapAddress and tokenURL override the provider's endpoints.
 	imapAddress, tokenURL string
+	// serverTOML adds lines to the [server] table.
+	serverTOML string
+	// failureDelay is proxy.Options.FailureDelay; zero means 10 ms here.
+	failureDelay time.Duration
 	// localTLS gives the proxy a certificate for localhost and 127.0.0.1
 	// (STARTTLS, implicit TLS); its CA is in harness.localCA.
 	localTLS bool
@@ -144,7 +150,7 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 listen = "127.0.0.1:0"
 state_dir = "state"
 login_timeout = "10s"
-`+serverTLS+`
+`+serverTLS+opts.serverTOML+`
 [providers.lab]
 type = "generic"
 token_url = %q
@@ -194,7 +200,11 @@ func (h *harness) start() {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	srv, err := proxy.New(&proxy.Options{Config: h.cfg, Auth: mgr, Logger: logger})
+	delay := h.opts.failureDelay
+	if delay == 0 {
+		delay = 10 * time.Millisecond
+	}
+	srv, err := proxy.New(&proxy.Options{Config: h.cfg, Auth: mgr, Logger: logger, FailureDelay: delay})
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -322,17 +332,35 @@ func (h *harness) directWith(accessToken string, opts *imapclient.Options) *imap
 // raw opens a plain connection to the proxy and reads the greeting.
 func (h *harness) raw() *rawConn {
 	h.t.Helper()
-	conn, err := net.DialTimeout("tcp", h.addr, testDeadline)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	conn.SetDeadline(time.Now().Add(testDeadline))
-	h.t.Cleanup(func() { conn.Close() })
+	return h.rawFrom("")
+}
+
+// rawFrom is raw from the local address localIP ("" for any), such as
+// 127.0.0.2, to act as a collector on another host.
+func (h *harness) rawFrom(localIP string) *rawConn {
+	h.t.Helper()
+	conn := h.connFrom(localIP)
 	r := &rawConn{t: h.t, conn: conn, br: bufio.NewReader(conn)}
 	if g := r.line(); !strings.HasPrefix(g, "* OK ") {
 		h.t.Fatalf("greeting = %q", g)
 	}
 	return r
+}
+
+// connFrom dials the proxy from localIP ("" for any).
+func (h *harness) connFrom(localIP string) net.Conn {
+	h.t.Helper()
+	d := &net.Dialer{Timeout: testDeadline}
+	if localIP != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(localIP)}
+	}
+	conn, err := d.Dial("tcp", h.addr)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	conn.SetDeadline(time.Now().Add(testDeadline))
+	h.t.Cleanup(func() { conn.Close() })
+	return conn
 }
 
 // rawConn speaks IMAP by hand, for the forms imapclient never sends.
@@ -373,10 +401,10 @@ func (r *rawConn) until(prefix string) []string {
 }
 
 // closed reports whether the server closed the connection (after reading
-// whatever was left).
+// whatever was left). A reset counts: closing with unread input sends one.
 func (r *rawConn) closed() bool {
 	_, err := io.ReadAll(r.br)
-	return err == nil
+	return err == nil || errors.Is(err, syscall.ECONNRESET)
 }
 
 // syncBuffer is a bytes.Buffer safe for concurrent writers.

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
@@ -14,6 +15,15 @@ import (
 func (c *conn) login(tag, login, password string) (reason string, done bool) {
 	start := time.Now()
 	log := c.logger.With("login", login)
+	if locked, left := c.srv.throttle.locked(login, c.addr); locked {
+		c.srv.metrics.login(auth.Unavailable.String())
+		log.Warn("login refused: too many failures from this address", "outcome", auth.Unavailable.String(), "retry_in", left.Round(time.Second))
+		if c.writeStatus(tag, "NO", auth.Unavailable.String(), fmt.Sprintf(
+			"Too many failed logins for this user from your address; retry in %s", left.Round(time.Minute)+time.Minute)) != nil {
+			return "write failed", true
+		}
+		return "", false
+	}
 	up, err := c.connectUpstream(login, password)
 	if err == nil && c.draining.Load() {
 		up.nc.Close()
@@ -25,11 +35,15 @@ func (c *conn) login(tag, login, password string) (reason string, done bool) {
 		msg := auth.MessageOf(err, "login failed")
 		c.srv.metrics.login(kind.String())
 		log.Warn("login failed", "outcome", kind.String(), "duration", time.Since(start).Round(time.Millisecond), "err", err)
+		if kind == auth.AuthenticationFailed && !c.holdBack(c.srv.throttle.failed(login, c.addr)) {
+			return "shutdown", true
+		}
 		if c.writeStatus(tag, "NO", kind.String(), msg) != nil {
 			return "write failed", true
 		}
 		return "", false
 	}
+	c.srv.throttle.succeeded(login, c.addr)
 	c.srv.metrics.login("OK")
 	c.srv.metrics.observeDial(up.dialTime)
 	log.Info("login", "outcome", "OK", "duration", time.Since(start).Round(time.Millisecond),
@@ -43,6 +57,22 @@ func (c *conn) login(tag, login, password string) (reason string, done bool) {
 		return "write failed", true
 	}
 	return c.relay(up, log), true
+}
+
+// holdBack waits d before a failed login is answered. It returns false if
+// the server shuts down meanwhile.
+func (c *conn) holdBack(d time.Duration) bool {
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-c.srv.ctx.Done():
+		return false
+	}
 }
 
 // connectUpstream resolves the login, unlocks its token and logs in

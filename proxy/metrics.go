@@ -17,6 +17,7 @@ var dialBuckets = [...]float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 // metrics are the server's counters; all fields are safe for concurrent use.
 type metrics struct {
 	sessionsTotal   atomic.Int64
+	rejectedTotal   atomic.Int64
 	logins          [len(loginOutcomes)]atomic.Int64
 	bytesToUpstream atomic.Int64
 	bytesToClient   atomic.Int64
@@ -61,6 +62,9 @@ func (s *Server) WriteMetrics(w io.Writer) error {
 	p("# HELP imap_oauth_proxy_sessions_total Collector connections accepted.\n")
 	p("# TYPE imap_oauth_proxy_sessions_total counter\n")
 	p("imap_oauth_proxy_sessions_total %d\n", m.sessionsTotal.Load())
+	p("# HELP imap_oauth_proxy_connections_refused_total Connections refused at a connection limit.\n")
+	p("# TYPE imap_oauth_proxy_connections_refused_total counter\n")
+	p("imap_oauth_proxy_connections_refused_total %d\n", m.rejectedTotal.Load())
 	p("# HELP imap_oauth_proxy_logins_total Logins by outcome (OK or the RFC 5530 code of the NO).\n")
 	p("# TYPE imap_oauth_proxy_logins_total counter\n")
 	for i, o := range loginOutcomes {

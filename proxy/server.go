@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strconv"
@@ -30,6 +31,11 @@ type Options struct {
 	Logger *slog.Logger
 	// Version is announced in the ID response. If empty, "dev".
 	Version string
+	// FailureDelay is how long the answer to a first failed login is held
+	// back; it doubles with each further failure of that login from that
+	// address, up to 5 s. If zero, 250 ms. If negative, failures are not
+	// delayed (locking out after 10 failures still applies).
+	FailureDelay time.Duration
 }
 
 // Server is an IMAP proxy server. It is safe for concurrent use.
@@ -41,13 +47,16 @@ type Server struct {
 	ctx    context.Context // cancelled by Close: ends pending logins
 	cancel context.CancelFunc
 
-	cfg     atomic.Pointer[runtimeConfig]
-	nextID  atomic.Uint64
-	metrics metrics
+	cfg      atomic.Pointer[runtimeConfig]
+	nextID   atomic.Uint64
+	metrics  metrics
+	throttle *throttle
+	rejected rateLimitedLog // over-limit connections
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
+	perAddr   map[string]int // open connections per remote IP
 	closed    bool
 	wg        sync.WaitGroup // one per connection
 }
@@ -72,8 +81,14 @@ func New(opts *Options) (*Server, error) {
 	if version == "" {
 		version = "dev"
 	}
+	delay := opts.FailureDelay
+	if delay == 0 {
+		delay = 250 * time.Millisecond
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
+		throttle:  newThrottle(delay, time.Now),
+		perAddr:   make(map[string]int),
 		auth:      opts.Auth,
 		logger:    logger,
 		version:   version,
@@ -178,13 +193,15 @@ func isLoopback(addr net.Addr) bool {
 }
 
 // newConn registers a connection; it returns nil (and closes nc) once the
-// server is closing.
+// server is closing or a connection limit is reached.
 func (s *Server) newConn(nc net.Conn, implicitTLS, loopback bool) *conn {
 	cfg := s.cfg.Load()
+	addr := remoteIP(nc)
 	c := &conn{
 		srv:         s,
 		cfg:         cfg,
 		raw:         nc,
+		addr:        addr,
 		id:          strconv.FormatUint(s.nextID.Add(1), 36),
 		start:       time.Now(),
 		implicit:    implicitTLS,
@@ -197,16 +214,74 @@ func (s *Server) newConn(nc net.Conn, implicitTLS, loopback bool) *conn {
 		nc.Close()
 		return nil
 	}
+	var limit string
+	switch {
+	case len(s.conns) >= cfg.Server.MaxConnections:
+		limit = "max_connections"
+	case s.perAddr[addr] >= cfg.Server.MaxConnectionsPerIP:
+		limit = "max_connections_per_ip"
+	}
+	if limit != "" {
+		s.metrics.rejectedTotal.Add(1)
+		s.rejected.log(s.logger, "connection refused: limit reached", "remote", nc.RemoteAddr().String(), "limit", "server."+limit)
+		go refuse(nc) // never block the accept loop on a client that does not read
+		return nil
+	}
 	s.conns[c] = struct{}{}
+	s.perAddr[addr]++
 	s.wg.Add(1)
 	return c
+}
+
+// refuseWriteTimeout bounds the BYE written to a refused connection.
+const refuseWriteTimeout = time.Second
+
+// refuse tells a connection over a limit why it is closed.
+func refuse(nc net.Conn) {
+	nc.SetWriteDeadline(time.Now().Add(refuseWriteTimeout))
+	io.WriteString(nc, "* BYE [UNAVAILABLE] Too many connections; try again later\r\n")
+	nc.Close()
+}
+
+// remoteIP is the IP of nc's peer, or its whole address if it has none.
+func remoteIP(nc net.Conn) string {
+	if tcp, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
+		return tcp.IP.String()
+	}
+	return nc.RemoteAddr().String()
 }
 
 func (s *Server) removeConn(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
+	if s.perAddr[c.addr]--; s.perAddr[c.addr] <= 0 {
+		delete(s.perAddr, c.addr)
+	}
 	s.mu.Unlock()
 	s.wg.Done()
+}
+
+// rateLimitedLog logs an event at most once per second, counting the
+// occurrences it left out, so a flood cannot flood the log. It is safe for
+// concurrent use.
+type rateLimitedLog struct {
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+func (r *rateLimitedLog) log(logger *slog.Logger, msg string, attrs ...any) {
+	r.mu.Lock()
+	now := time.Now()
+	if now.Sub(r.last) < time.Second {
+		r.suppressed++
+		r.mu.Unlock()
+		return
+	}
+	suppressed := r.suppressed
+	r.last, r.suppressed = now, 0
+	r.mu.Unlock()
+	logger.Warn(msg, append(attrs, "suppressed_since_last", suppressed)...)
 }
 
 // ActiveSessions returns the number of open collector connections.
