@@ -161,6 +161,7 @@ func NewStore(dir string, opts *StoreOptions) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating token store directory: %w", err)
 	}
+	removeStaleTemps(dir, time.Now())
 	keys, err := lru.New[[sha256.Size]byte, []byte](size)
 	if err != nil {
 		return nil, fmt.Errorf("creating key cache: %w", err)
@@ -554,6 +555,29 @@ func (s *Store) replaceFile(name string, data []byte) (renamed bool, err error) 
 	return true, nil
 }
 
+// staleTempAge is how old a temporary record file must be before NewStore
+// removes it: younger ones may belong to a write in progress in another
+// process (the CLI next to the daemon).
+const staleTempAge = time.Minute
+
+// removeStaleTemps deletes temporary files left by writes that crashed
+// before their rename. They hold superseded (encrypted) records.
+func removeStaleTemps(dir string, now time.Time) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if !strings.HasPrefix(name, ".") || !strings.Contains(name, recordSuffix+".tmp") || !e.Type().IsRegular() {
+			continue
+		}
+		if info, err := e.Info(); err == nil && now.Sub(info.ModTime()) > staleTempAge {
+			os.Remove(filepath.Join(dir, name))
+		}
+	}
+}
+
 // matchDirOwner gives f the owner of dir when root writes into a directory
 // that belongs to another user, so that `token import` run by root leaves
 // records the service's own (possibly dynamic) user can read.
@@ -718,4 +742,14 @@ func randomBytes(n int) []byte {
 	b := make([]byte, n)
 	rand.Read(b)
 	return b
+}
+
+// decoySalt salts Decoy's derivations; its value does not matter.
+var decoySalt = make([]byte, saltSize)
+
+// Decoy spends one key derivation with the store's parameters and throws
+// the result away, so that a login without a record answers as slowly as
+// a wrong password and timing does not tell which logins exist.
+func (s *Store) Decoy(password string) {
+	s.deriveKey(password, decoySalt, s.kdf)
 }

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // testKDF keeps argon2 cheap in tests.
@@ -732,5 +733,49 @@ func TestRecordTakesDirectoryOwner(t *testing.T) {
 	st := info.Sys().(*syscall.Stat_t)
 	if st.Uid != uid || st.Gid != gid {
 		t.Errorf("record owned by %d:%d, want %d:%d", st.Uid, st.Gid, uid, gid)
+	}
+}
+
+// TestDecoy: a decoy costs one key derivation, like a wrong password.
+func TestDecoy(t *testing.T) {
+	s, err := NewStore(t.TempDir(), &StoreOptions{KDF: testKDF})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := s.kdfRuns.Load()
+	s.Decoy("whatever")
+	if runs := s.kdfRuns.Load() - before; runs != 1 {
+		t.Errorf("Decoy ran the KDF %d times, want 1", runs)
+	}
+}
+
+// TestStaleTempsRemoved: NewStore removes temporary files a crashed write
+// left behind, but not one young enough to be a write in progress.
+func TestStaleTempsRemoved(t *testing.T) {
+	dir := t.TempDir()
+	stale := filepath.Join(dir, ".collector.token.tmp123")
+	fresh := filepath.Join(dir, ".collector.token.tmp456")
+	other := filepath.Join(dir, ".keep")
+	for _, p := range []string{stale, fresh, other} {
+		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old := time.Now().Add(-2 * staleTempAge)
+	for _, p := range []string{stale, other} {
+		if err := os.Chtimes(p, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := NewStore(dir, &StoreOptions{KDF: testKDF}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("stale temp file still there (%v)", err)
+	}
+	for _, p := range []string{fresh, other} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("%s removed: %v", filepath.Base(p), err)
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -227,6 +228,9 @@ func (up *upstreamConn) authenticate(l *upstreamLogin, saslIR bool) error {
 	var untaggedCaps string
 	for {
 		r, err := up.read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return unavailable(fmt.Sprintf("upstream %s did not answer AUTHENTICATE in time", addr), err)
+		}
 		if err != nil {
 			return unavailable(fmt.Sprintf("upstream %s closed during AUTHENTICATE", addr), err)
 		}
