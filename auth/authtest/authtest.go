@@ -2,7 +2,9 @@
 // the demo. It serves the refresh_token grant (RFC 6749 section 6) the way
 // Microsoft Entra ID or Google do, including their error bodies, and lets a
 // test mint, rotate and revoke refresh tokens, check the access tokens it
-// issued, and make the endpoint fail or stall.
+// issued, and make the endpoint fail or stall. An introspection endpoint
+// (RFC 7662) lets a real IMAP server, such as Dovecot's oauth2 passdb,
+// validate the access tokens it issued.
 package authtest
 
 import (
@@ -62,6 +64,25 @@ type Options struct {
 	// Scope is the scope returned with access tokens. If empty, the
 	// requested scope is echoed.
 	Scope string
+	// Grants lists the grant types served besides refresh_token, which is
+	// always served: GrantAuthorizationCode (and the authorization
+	// endpoint), GrantDeviceCode (and the device authorization endpoint),
+	// GrantClientCredentials (Microsoft only) and GrantJWTBearer (Google
+	// only). Nil serves refresh_token only.
+	Grants []string
+	// PublicClient marks the client as public (Microsoft: "Allow public
+	// client flows"; a native app): the authorization_code, device_code and
+	// refresh_token grants then need no client secret. A secret that is
+	// sent must still be right.
+	PublicClient bool
+	// RedirectURI is the registered redirect URI. For an http URI on
+	// localhost, 127.0.0.1 or [::1] the port is ignored and an empty path
+	// equals "/", as Entra ID and Google treat loopback URIs. If empty, any
+	// http loopback URI is accepted.
+	RedirectURI string
+	// DeviceInterval is the polling interval the device endpoint asks for,
+	// in seconds. If zero, 5.
+	DeviceInterval int
 }
 
 // ErrTokenInvalid is returned by Validate for an access token this server
@@ -90,9 +111,12 @@ type Server struct {
 	access   map[string]*accessToken  // by token
 	users    map[string]*user
 	requests int
+	intros   int
 	failN    int
 	failCode int
 	delay    time.Duration
+
+	flows // state of the authorization grants, in flows.go
 }
 
 type refreshToken struct {
@@ -102,7 +126,10 @@ type refreshToken struct {
 }
 
 type accessToken struct {
-	user   string
+	user   string // "" for an app-only token
+	app    bool   // issued by client_credentials: opens the AllowApp mailboxes
+	scope  string
+	issued time.Time
 	expiry time.Time
 }
 
@@ -117,7 +144,7 @@ func New(opts Options) *Server {
 	if opts.AccessTTL == 0 {
 		opts.AccessTTL = time.Hour
 	}
-	return &Server{
+	s := &Server{
 		opts:    opts,
 		done:    make(chan struct{}),
 		now:     time.Now,
@@ -125,6 +152,8 @@ func New(opts Options) *Server {
 		access:  make(map[string]*accessToken),
 		users:   make(map[string]*user),
 	}
+	s.flows.init()
+	return s
 }
 
 // NewServer returns a started Server listening on 127.0.0.1 at a random
@@ -153,6 +182,10 @@ func (s *Server) Close() {
 
 // TokenURL returns URL + "/token".
 func (s *Server) TokenURL() string { return s.URL + "/token" }
+
+// IntrospectionURL returns URL + "/introspect", the token introspection
+// endpoint (RFC 7662).
+func (s *Server) IntrospectionURL() string { return s.URL + "/introspect" }
 
 // SetClock replaces the clock used for access token expiry (time.Now by
 // default), so tests can move time forward without sleeping.
@@ -216,20 +249,29 @@ func (s *Server) CurrentRefreshToken(user string) string {
 	return ""
 }
 
-// Validate returns nil if accessToken was issued for user, was not
-// revoked, and has not expired; otherwise ErrTokenInvalid or
-// ErrTokenExpired.
+// Validate returns nil if accessToken was issued for user (or for
+// someone Share gave user's mailbox to, or by client_credentials for a
+// mailbox AllowApp lists), was not revoked, and has not expired; otherwise
+// ErrTokenInvalid or ErrTokenExpired.
 func (s *Server) Validate(user, accessToken string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	at := s.access[accessToken]
 	switch {
-	case at == nil || at.user != user:
+	case at == nil || !s.mayOpenLocked(at, user):
 		return ErrTokenInvalid
 	case !s.now().Before(at.expiry):
 		return ErrTokenExpired
 	}
 	return nil
+}
+
+// Introspections returns how many requests the introspection endpoint has
+// received. They are not counted by Requests.
+func (s *Server) Introspections() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.intros
 }
 
 // Requests returns how many requests the token endpoint has received.
@@ -266,10 +308,14 @@ func (s *Server) SetDelay(d time.Duration) {
 	s.delay = d
 }
 
-// Handler returns the token endpoint handler (POST /token).
+// Handler returns the handler of the token endpoint (POST /token) and the
+// introspection endpoint (/introspect).
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/token", s.serveToken)
+	mux.HandleFunc("/introspect", s.serveIntrospect)
+	mux.HandleFunc("/authorize", s.serveAuthorize)   // flows.go
+	mux.HandleFunc("/devicecode", s.serveDeviceCode) // flows.go
 	return mux
 }
 
@@ -317,6 +363,10 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	form := r.PostForm
+	if form.Get("grant_type") == GrantJWTBearer && s.serves(GrantJWTBearer) {
+		s.grantJWTBearer(w, form) // authenticated by the assertion itself
+		return
+	}
 
 	clientID, clientSecret := form.Get("client_id"), form.Get("client_secret")
 	if id, secret, ok := r.BasicAuth(); ok {
@@ -325,6 +375,11 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		secret, err2 := url.QueryUnescape(secret)
 		if err1 != nil || err2 != nil {
 			s.writeError(w, http.StatusUnauthorized, "invalid_client", s.describe(errClientSecret, ""))
+			return
+		}
+		if form.Has("client_secret") {
+			// RFC 6749 section 2.3: one authentication method per request.
+			s.fail(w, http.StatusBadRequest, "invalid_request", 9002313, "Invalid request. Request is malformed or invalid.", "Bad Request")
 			return
 		}
 		clientID, clientSecret = id, secret
@@ -337,7 +392,11 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, http.StatusUnauthorized, "invalid_client", s.describe(errClientID, clientID))
 		return
 	}
-	if s.opts.ClientSecret != "" {
+	gt := form.Get("grant_type")
+	// A public client may leave the secret out, except for
+	// client_credentials; a secret that is sent must be right.
+	public := s.opts.PublicClient && gt != GrantClientCredentials
+	if s.opts.ClientSecret != "" && (clientSecret != "" || !public) {
 		if clientSecret == "" {
 			s.writeError(w, http.StatusUnauthorized, "invalid_client", s.describe(errNoSecret, ""))
 			return
@@ -348,8 +407,15 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	switch gt := form.Get("grant_type"); gt {
+	switch gt {
 	case "refresh_token":
+	case GrantAuthorizationCode, GrantDeviceCode, GrantClientCredentials:
+		if !s.serves(gt) {
+			s.writeError(w, http.StatusBadRequest, "unsupported_grant_type", s.describe(errGrantType, gt))
+			return
+		}
+		s.serveGrant(w, gt, form, clientID)
+		return
 	case "":
 		s.writeError(w, http.StatusBadRequest, "invalid_request", s.describe(errMissing, "grant_type"))
 		return
@@ -384,7 +450,9 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		ExpiresIn:   int64(s.opts.AccessTTL / time.Second),
 		Scope:       scope,
 	}
-	s.access[resp.AccessToken] = &accessToken{user: rec.user, expiry: s.now().Add(s.opts.AccessTTL)}
+	now := s.now()
+	s.access[resp.AccessToken] = &accessToken{user: rec.user, scope: scope, issued: now,
+		expiry: now.Add(s.opts.AccessTTL)}
 	u := s.userLocked(rec.user)
 	u.refreshes++
 	switch {
@@ -399,6 +467,73 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Unlock()
 	writeJSON(w, http.StatusOK, resp)
+}
+
+// serveIntrospect answers a token introspection request (RFC 7662
+// section 2). The token comes as the "token" parameter of a POST form
+// (section 2.1, Dovecot's introspection_mode = post) or of a GET query
+// (introspection_mode = get), or as an "Authorization: Bearer" header
+// (RFC 6750, introspection_mode = auth). The caller is not authenticated,
+// and FailNext and SetDelay do not apply.
+//
+// An access token this server issued, not revoked and not expired, is
+// active: the answer names its user as "username", "email" and "sub".
+// Any other token gets {"active":false} with status 200 (section 2.2).
+func (s *Server) serveIntrospect(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	s.intros++
+	s.mu.Unlock()
+	if r.Method != http.MethodPost && r.Method != http.MethodGet {
+		w.Header().Set("Allow", "GET, POST")
+		writeJSON(w, http.StatusMethodNotAllowed, introspectError{"invalid_request", "use GET or POST"})
+		return
+	}
+	if err := r.ParseForm(); err != nil {
+		writeJSON(w, http.StatusBadRequest, introspectError{"invalid_request", "malformed request"})
+		return
+	}
+	token := r.Form.Get("token")
+	if token == "" {
+		if scheme, value, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "Bearer") {
+			token = strings.TrimSpace(value)
+		}
+	}
+	if token == "" {
+		writeJSON(w, http.StatusBadRequest, introspectError{"invalid_request", "missing parameter: token"})
+		return
+	}
+	s.mu.Lock()
+	at := s.access[token]
+	active := at != nil && s.now().Before(at.expiry)
+	var resp introspectResponse
+	if active {
+		resp = introspectResponse{
+			Active: true, Username: at.user, Email: at.user, Sub: at.user,
+			Scope: at.scope, ClientID: s.opts.ClientID, TokenType: "Bearer",
+			IssuedAt: at.issued.Unix(), Expiry: at.expiry.Unix(),
+		}
+	}
+	s.mu.Unlock()
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// introspectResponse is an RFC 7662 section 2.2 answer. An inactive token
+// gets only "active": false.
+type introspectResponse struct {
+	Active    bool   `json:"active"`
+	Username  string `json:"username,omitempty"`
+	Email     string `json:"email,omitempty"`
+	Sub       string `json:"sub,omitempty"`
+	Scope     string `json:"scope,omitempty"`
+	ClientID  string `json:"client_id,omitempty"`
+	TokenType string `json:"token_type,omitempty"`
+	IssuedAt  int64  `json:"iat,omitempty"`
+	Expiry    int64  `json:"exp,omitempty"`
+}
+
+type introspectError struct {
+	Error            string `json:"error"`
+	ErrorDescription string `json:"error_description"`
 }
 
 type tokenResponse struct {

@@ -484,3 +484,122 @@ func TestAuthtestHandlerMounted(t *testing.T) {
 		t.Errorf("Requests = %d; want 1", s.Requests())
 	}
 }
+
+// introspect sends one introspection request the way Dovecot's oauth2
+// passdb does in mode ("post", "get" or "auth") and returns the status and
+// JSON answer.
+func introspect(t *testing.T, s *Server, mode, token string) (int, map[string]any) {
+	t.Helper()
+	var req *http.Request
+	var err error
+	switch mode {
+	case "post":
+		form := url.Values{"token": {token}, "client_id": {""}, "client_secret": {""}}
+		req, err = http.NewRequestWithContext(t.Context(), http.MethodPost, s.IntrospectionURL(), strings.NewReader(form.Encode()))
+		if err == nil {
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		}
+	case "get":
+		req, err = http.NewRequestWithContext(t.Context(), http.MethodGet, s.IntrospectionURL()+"?token="+url.QueryEscape(token), nil)
+	case "auth":
+		req, err = http.NewRequestWithContext(t.Context(), http.MethodGet, s.IntrospectionURL(), nil)
+		if err == nil {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+	default:
+		t.Fatalf("unknown mode %q", mode)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body map[string]any
+	if err := json.Unmarshal(data, &body); err != nil {
+		t.Fatalf("introspection (%s): body %q is not JSON: %v", mode, data, err)
+	}
+	return resp.StatusCode, body
+}
+
+func TestAuthtestIntrospect(t *testing.T) {
+	s := newServer(t, Options{Flavor: Microsoft, Scope: testScope, AccessTTL: time.Hour})
+	now := time.Now()
+	s.SetClock(func() time.Time { return now })
+	tok, err := refresh(t.Context(), config(s, oauth2.AuthStyleInParams), s.Grant(testUser))
+	if err != nil {
+		t.Fatalf("refresh: %v", err)
+	}
+	requests := s.Requests()
+	for _, mode := range []string{"post", "get", "auth"} {
+		status, body := introspect(t, s, mode, tok.AccessToken)
+		if status != http.StatusOK || body["active"] != true || body["username"] != testUser ||
+			body["email"] != testUser || body["sub"] != testUser || body["scope"] != testScope ||
+			body["client_id"] != testClientID || body["token_type"] != "Bearer" ||
+			body["exp"] != float64(now.Add(time.Hour).Unix()) {
+			t.Errorf("%s, valid token: %d %v", mode, status, body)
+		}
+		status, body = introspect(t, s, mode, "not-a-token")
+		if status != http.StatusOK || len(body) != 1 || body["active"] != false {
+			t.Errorf("%s, unknown token: %d %v, want 200 {active: false}", mode, status, body)
+		}
+	}
+	if got := s.Introspections(); got != 6 {
+		t.Errorf("Introspections = %d, want 6", got)
+	}
+	if got := s.Requests(); got != requests {
+		t.Errorf("introspection counted as token requests: %d, want %d", got, requests)
+	}
+
+	// An introspected token is no more valid than Validate says.
+	now = now.Add(time.Hour)
+	if _, body := introspect(t, s, "post", tok.AccessToken); body["active"] != false {
+		t.Errorf("expired token: %v, want inactive", body)
+	}
+	now = now.Add(-time.Minute)
+	if _, body := introspect(t, s, "post", tok.AccessToken); body["active"] != true {
+		t.Errorf("token with a minute left: %v, want active", body)
+	}
+	s.Revoke(testUser)
+	if _, body := introspect(t, s, "post", tok.AccessToken); body["active"] != false {
+		t.Errorf("revoked token: %v, want inactive", body)
+	}
+
+	// FailNext and SetDelay belong to the token endpoint.
+	s.FailNext(1, http.StatusServiceUnavailable)
+	if status, _ := introspect(t, s, "get", "x"); status != http.StatusOK {
+		t.Errorf("introspection under FailNext: %d", status)
+	}
+
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, s.IntrospectionURL(), strings.NewReader(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("introspection without a token: %d, want 400", resp.StatusCode)
+	}
+	req, err = http.NewRequestWithContext(t.Context(), http.MethodDelete, s.IntrospectionURL()+"?token=x", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("DELETE: %d, want 405", resp.StatusCode)
+	}
+}
