@@ -94,11 +94,19 @@ func NewManager(ctx context.Context, opts *ManagerOptions) (*Manager, error) {
 }
 
 // Unlock checks password against login's token record and returns the
-// account's token source. A wrong password, a login without a record and a
-// grant this build cannot run all fail with Kind AuthenticationFailed or
+// account's token source. A wrong password, a login without a record, a
+// refresh_token account whose record holds no refresh token and an
+// unknown grant all fail with Kind AuthenticationFailed or
 // AuthorizationFailed without contacting any server.
+//
+// For the app-only grants (client_credentials, service_account) the record
+// holds no refresh token: it only proves the local password, and the token
+// source gets its tokens from the provider's client credentials or the
+// service account key.
 func (m *Manager) Unlock(acct *config.Account, password string) (*Account, error) {
-	if acct.Grant != "" && acct.Grant != "refresh_token" {
+	switch acct.Grant {
+	case "", "refresh_token", "client_credentials", "service_account":
+	default:
 		return nil, &Error{Kind: AuthorizationFailed,
 			Message: fmt.Sprintf("grant %q is not supported by this build", acct.Grant)}
 	}
@@ -107,12 +115,17 @@ func (m *Manager) Unlock(acct *config.Account, password string) (*Account, error
 	case errors.Is(err, ErrWrongPassword):
 		return nil, &Error{Kind: AuthenticationFailed, Message: "authentication failed", Err: err}
 	case errors.Is(err, ErrNoRecord):
+		m.store.Decoy(password) // answer as slowly as a wrong password
 		// The collector sees the same answer as for a wrong password, so a
 		// guesser learns nothing; the log names the fix.
 		return nil, &Error{Kind: AuthenticationFailed, Message: "authentication failed",
 			Err: fmt.Errorf("no token record (run: imap-oauth-proxy authorize %s): %w", acct.Login, err)}
 	case err != nil:
 		return nil, &Error{Kind: Unavailable, Message: "token store unavailable", Err: err}
+	}
+	if isDelegated(acct.Grant) && rec.Secret.RefreshToken == "" {
+		return nil, &Error{Kind: AuthorizationFailed, Message: fmt.Sprintf(
+			"no refresh token stored for %s (its record was made for an app-only grant); run: imap-oauth-proxy authorize %s", acct.Login, acct.Login)}
 	}
 
 	m.mu.Lock()
@@ -123,10 +136,16 @@ func (m *Manager) Unlock(acct *config.Account, password string) (*Account, error
 	// A new authorization (new record ID), a record rewritten by another
 	// process (passwd: newer generation), a changed provider, or a cold
 	// cache: start from what is on disk.
-	a := newAccount(m, acct, rec)
+	a, err := newAccount(m, acct, rec)
+	if err != nil {
+		return nil, err
+	}
 	m.sources.Add(acct.Login, a)
 	return a, nil
 }
+
+// isDelegated reports whether grant keeps a refresh token in the record.
+func isDelegated(grant string) bool { return grant == "" || grant == "refresh_token" }
 
 // Account is one account's token source: the newest refresh token, the
 // cached access token, and the record it persists rotations to. It is safe
@@ -134,35 +153,47 @@ func (m *Manager) Unlock(acct *config.Account, password string) (*Account, error
 type Account struct {
 	m        *Manager
 	login    string
+	mailbox  string
+	grant    string
 	recordID string
 	provider config.Provider // copy: a reload never changes a running source
 
 	mu         sync.Mutex
-	reuse      oauth2.TokenSource // ReuseTokenSource over persist; replaced by Refused
-	persist    *persistingSource
-	generation uint64 // newest record generation this account wrote or read
-	revoked    error  // sticky AuthorizationFailed after invalid_grant, until the record changes
-	lastAccess string // newest access token, so Refused ignores stale refusals
-	refreshN   int    // refreshes attempted, for tests
+	reuse      oauth2.TokenSource // ReuseTokenSource over source; replaced by Refused
+	source     oauth2.TokenSource // *persistingSource, or *appSource for app-only grants
+	generation uint64             // newest record generation this account wrote or read
+	revoked    error              // sticky AuthorizationFailed after invalid_grant, until the record changes
+	lastAccess string             // newest access token, so Refused ignores stale refusals
+	refreshN   int                // refreshes attempted, for tests
 }
 
-func newAccount(m *Manager, acct *config.Account, rec *Unlocked) *Account {
+func newAccount(m *Manager, acct *config.Account, rec *Unlocked) (*Account, error) {
 	a := &Account{
 		m:          m,
 		login:      acct.Login,
+		mailbox:    acct.Mailbox,
+		grant:      acct.Grant,
 		recordID:   rec.Info.ID,
 		generation: rec.Info.Generation,
 		provider:   *acct.Provider,
 	}
-	a.persist = &persistingSource{
-		account:      a,
-		config:       oauth2Config(&a.provider),
-		record:       rec,
-		refreshToken: rec.Secret.RefreshToken,
-		savedRT:      rec.Secret.RefreshToken,
+	if isDelegated(acct.Grant) {
+		a.source = &persistingSource{
+			account:      a,
+			config:       oauth2Config(&a.provider),
+			record:       rec,
+			refreshToken: rec.Secret.RefreshToken,
+			savedRT:      rec.Secret.RefreshToken,
+		}
+	} else {
+		fetch, err := appFetcher(acct)
+		if err != nil {
+			return nil, err
+		}
+		a.source = &appSource{account: a, fetch: fetch}
 	}
-	a.reuse = oauth2.ReuseTokenSourceWithExpiry(nil, a.persist, m.margin)
-	return a
+	a.reuse = oauth2.ReuseTokenSourceWithExpiry(nil, a.source, m.margin)
+	return a, nil
 }
 
 // matches reports whether a still serves acct as configured now, for the
@@ -170,10 +201,14 @@ func newAccount(m *Manager, acct *config.Account, rec *Unlocked) *Account {
 func (a *Account) matches(acct *config.Account, recordID string, generation uint64) bool {
 	p := acct.Provider
 	return a.recordID == recordID && a.currentGeneration() >= generation &&
+		a.grant == acct.Grant && a.mailbox == acct.Mailbox &&
+		a.provider.Type == p.Type &&
 		a.provider.TokenURL == p.TokenURL &&
 		a.provider.ClientID == p.ClientID &&
 		a.provider.ClientSecret == p.ClientSecret &&
-		slices.Equal(a.provider.Scopes, p.Scopes)
+		a.provider.ServiceAccountFile == p.ServiceAccountFile &&
+		slices.Equal(a.provider.Scopes, p.Scopes) &&
+		slices.Equal(a.provider.AppScopes, p.AppScopes)
 }
 
 func oauth2Config(p *config.Provider) *oauth2.Config {
@@ -230,7 +265,7 @@ func (a *Account) Refused(tok *oauth2.Token) {
 		return // already replaced by a concurrent login
 	}
 	a.lastAccess = ""
-	a.reuse = oauth2.ReuseTokenSourceWithExpiry(nil, a.persist, a.m.margin)
+	a.reuse = oauth2.ReuseTokenSourceWithExpiry(nil, a.source, a.m.margin)
 }
 
 // Refreshes returns how many token refreshes this account has attempted.
@@ -271,7 +306,7 @@ func (p *persistingSource) Token() (*oauth2.Token, error) {
 	tok, err := p.config.TokenSource(a.m.ctx, &oauth2.Token{RefreshToken: p.refreshToken}).Token()
 	elapsed := time.Since(start)
 	if err != nil {
-		authErr := classifyTokenError(a.login, a.provider.Name, err)
+		authErr := classifyTokenError(a.login, &a.provider, a.grant, err)
 		a.m.logger.Warn("token refresh failed", "login", a.login, "provider", a.provider.Name,
 			"outcome", authErr.Kind.String(), "duration", elapsed, "err", err)
 		if authErr.Kind == AuthorizationFailed && isRevocation(err) {
@@ -287,6 +322,12 @@ func (p *persistingSource) Token() (*oauth2.Token, error) {
 	}
 	rotated := p.refreshToken != p.savedRT
 	if rotated {
+		// Claim the generation this write will create before it exists on
+		// disk: an Unlock that reads it meanwhile must keep using this
+		// account, not build a second source that the next rotation kills.
+		a.mu.Lock()
+		a.generation = p.record.Info.Generation + 1
+		a.mu.Unlock()
 		if err := a.m.store.Update(p.record, Secret{RefreshToken: p.refreshToken}); err != nil {
 			// The next refresh uses the new token and tries to save again.
 			a.m.logger.Error("saving rotated refresh token failed", "login", a.login, "err", err)
@@ -311,41 +352,55 @@ func isRevocation(err error) bool {
 
 // classifyTokenError turns a token endpoint failure into the collector's
 // answer: dead grants and rejected clients need the operator
-// (AuthorizationFailed), everything else may pass (Unavailable).
-func classifyTokenError(login, provider string, err error) *Error {
+// (AuthorizationFailed), everything else may pass (Unavailable). The
+// message is one line without secrets: what happened, the provider's
+// reason (error code, AADSTS code), and what to do, from the advice table
+// in grants_errors.go when the provider's code is known there. grant is
+// the account's grant, or the flow being run ("authorization_code",
+// "device_code").
+func classifyTokenError(login string, p *config.Provider, grant string, err error) *Error {
 	var re *oauth2.RetrieveError
 	if errors.As(err, &re) {
-		reason := re.ErrorCode
-		if re.ErrorDescription != "" {
-			reason += ": " + firstLine(re.ErrorDescription)
+		f := decodeTokenFailure(re)
+		reason := f.reason()
+		switch {
+		case f.code == "temporarily_unavailable" || f.status == 0 || f.status >= 500 ||
+			f.status == http.StatusTooManyRequests || f.status == http.StatusRequestTimeout:
+			return &Error{Kind: Unavailable, Err: err, Message: OneLine(fmt.Sprintf(
+				"token endpoint unavailable (HTTP %d %s); retry later", f.status, reason), 400)}
 		}
-		status := 0
-		if re.Response != nil {
-			status = re.Response.StatusCode
+		if adv, ok := adviceFor(f, p, grant); ok {
+			return &Error{Kind: AuthorizationFailed, Err: err, Message: OneLine(fmt.Sprintf(
+				"%s (%s); %s", fixText(adv.what, login, p), reason, fixText(adv.fix, login, p)), 400)}
 		}
 		switch {
-		case re.ErrorCode == "invalid_grant" || re.ErrorCode == "interaction_required" || re.ErrorCode == "consent_required":
+		case appOnly(grant) && (f.code == "invalid_grant" || f.code == "unauthorized_client"):
+			return &Error{Kind: AuthorizationFailed, Err: err, Message: OneLine(fmt.Sprintf(
+				"token endpoint refused the %s grant (%s); check provider %s's credentials, then run: imap-oauth-proxy check %s",
+				grant, reason, p.Name, login), 400)}
+		case f.code == "invalid_grant" || f.code == "interaction_required" || f.code == "consent_required":
 			return &Error{Kind: AuthorizationFailed, Err: err, Message: OneLine(fmt.Sprintf(
 				"authorization expired or revoked (%s); run: imap-oauth-proxy authorize %s", reason, login), 400)}
-		case re.ErrorCode == "invalid_client" || re.ErrorCode == "unauthorized_client" || re.ErrorCode == "invalid_scope":
+		case f.code == "invalid_client" || f.code == "unauthorized_client" || f.code == "invalid_scope":
 			return &Error{Kind: AuthorizationFailed, Err: err, Message: OneLine(fmt.Sprintf(
-				"token endpoint rejected provider %s's client (%s); check its client_id and client secret", provider, reason), 400)}
-		case re.ErrorCode == "temporarily_unavailable" || status == 0 || status >= 500 || status == http.StatusTooManyRequests || status == http.StatusRequestTimeout:
-			return &Error{Kind: Unavailable, Err: err, Message: OneLine(fmt.Sprintf(
-				"token endpoint unavailable (HTTP %d %s); retry later", status, reason), 400)}
+				"token endpoint rejected provider %s's client (%s); check its client_id and client secret", p.Name, reason), 400)}
 		default:
 			return &Error{Kind: AuthorizationFailed, Err: err, Message: OneLine(fmt.Sprintf(
-				"token endpoint refused the refresh (HTTP %d %s)", status, reason), 400)}
+				"token endpoint refused the request (HTTP %d %s)", f.status, reason), 400)}
 		}
 	}
 	var netErr net.Error
 	if errors.As(err, &netErr) || errors.Is(err, context.DeadlineExceeded) {
 		return &Error{Kind: Unavailable, Err: err, Message: "token endpoint unreachable; retry later"}
 	}
-	return &Error{Kind: Unavailable, Err: err, Message: "token refresh failed; retry later"}
+	return &Error{Kind: Unavailable, Err: err, Message: "token request failed; retry later"}
 }
 
 func firstLine(s string) string {
 	line, _, _ := strings.Cut(s, "\n")
 	return strings.TrimSpace(line)
 }
+
+// Decoy costs what checking password against a record costs, for logins
+// that have no account, so that timing does not reveal which logins exist.
+func (m *Manager) Decoy(password string) { m.store.Decoy(password) }

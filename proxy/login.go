@@ -81,6 +81,7 @@ func (c *conn) holdBack(d time.Duration) bool {
 func (c *conn) connectUpstream(login, password string) (*upstreamConn, error) {
 	acct := c.cfg.Accounts[login]
 	if acct == nil {
+		c.srv.auth.Decoy(password)
 		return nil, &auth.Error{Kind: auth.AuthenticationFailed, Message: "authentication failed",
 			Err: errors.New("unknown login")}
 	}
