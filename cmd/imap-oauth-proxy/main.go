@@ -24,6 +24,13 @@ commands:
   demo         [-listen ADDR]          serve against a built-in upstream and token endpoint
   token import [-config FILE] LOGIN    store a refresh token; stdin: local password line,
                                        then refresh token line
+  authorize    [-config FILE] [-force] [-external | -device] LOGIN
+                                       run LOGIN's grant (browser, pasted URL or device
+                                       code; app-only grants: one token) and store it
+                                       under a local password
+  check        [-config FILE] [-v] LOGIN
+                                       diagnose LOGIN end to end: token, TLS, greeting,
+                                       XOAUTH2, LIST
   version                              print the version
 `
 
@@ -52,6 +59,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			break
 		}
 		err = cmdTokenImport(args[2:], stdin, stdout, stderr)
+	case "authorize":
+		err = cmdAuthorize(ctx, args[1:], stdin, stdout, stderr)
+	case "check":
+		err = cmdCheck(ctx, args[1:], stdin, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "imap-oauth-proxy", version)
 	case "help", "-h", "-help", "--help":
