@@ -1,0 +1,300 @@
+package proxy_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"text/template"
+	"time"
+
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
+)
+
+// The interop suites run real programs from Debian packages. A missing
+// program skips its test with the package to install, except in CI
+// (CI=true), which installs them all (.ci/run): there it fails.
+
+// interopFixtures is the directory of the interop suites' fixtures.
+const interopFixtures = "../testdata/interop"
+
+// dovecotStartTimeout bounds Dovecot's start and stop.
+const dovecotStartTimeout = 20 * time.Second
+
+// requireProgram returns the path of program, or skips the test (fails it
+// under CI=true) naming the Debian package that provides it. extraDirs are
+// searched after PATH (Dovecot lives in /usr/sbin, often not in a user's
+// PATH).
+func requireProgram(t testing.TB, program, pkg string, extraDirs ...string) string {
+	t.Helper()
+	if path, err := exec.LookPath(program); err == nil {
+		return path
+	}
+	for _, dir := range extraDirs {
+		path := filepath.Join(dir, program)
+		if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return path
+		}
+	}
+	missingPackage(t, fmt.Sprintf("%s not installed", program), pkg)
+	return ""
+}
+
+// missingPackage skips the test, or fails it under CI=true, because what
+// is missing comes from the Debian package pkg.
+func missingPackage(t testing.TB, what, pkg string) {
+	t.Helper()
+	msg := fmt.Sprintf("%s (apt-get install %s)", what, pkg)
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s; CI must install it (.ci/run)", msg)
+	}
+	t.Skip(msg)
+}
+
+// dovecot is a Dovecot 2.3 started by a test in a private directory: IMAP
+// with implicit TLS on a loopback port, accepting only XOAUTH2 and
+// OAUTHBEARER, each token checked with the test token endpoint's
+// introspection URL, any user a mailbox.
+type dovecot struct {
+	// Addr is the imaps address, "127.0.0.1:port".
+	Addr string
+	// CAPEM is the PEM certificate that signs (is) the server's.
+	CAPEM []byte
+
+	dir     string
+	logPath string
+}
+
+// dovecotConfig fills testdata/interop/dovecot.conf and
+// dovecot-oauth2.conf.ext.
+type dovecotConfig struct {
+	BaseDir, StateDir, LogPath, MailDir string
+	CertPath, KeyPath, OAuth2Conf       string
+	Port                                int
+	IntrospectionURL                    string
+	MailUID, MailGID                    int
+	NonRoot                             bool
+	User, Group                         string
+}
+
+// startDovecot starts Dovecot in the foreground in a private directory,
+// validating tokens at introspectionURL, waits until it answers on its
+// port with its greeting, and stops it when the test ends. On failure the
+// test's log shows Dovecot's log.
+func startDovecot(t testing.TB, introspectionURL string) *dovecot {
+	t.Helper()
+	bin := requireProgram(t, "dovecot", "dovecot-imapd", "/usr/sbin", "/usr/local/sbin")
+	// dovecot-core without dovecot-imapd has no imap service (Debian's
+	// libexec directory first, then upstream's default).
+	if !slices.ContainsFunc([]string{"/usr/lib/dovecot/imap", "/usr/libexec/dovecot/imap"}, func(p string) bool {
+		_, err := os.Stat(p)
+		return err == nil
+	}) {
+		missingPackage(t, "dovecot's imap service not installed", "dovecot-imapd")
+	}
+
+	// Not t.TempDir: unix socket paths under base_dir must stay short,
+	// and a root run needs the mail directory reachable by its mail user.
+	dir, err := os.MkdirTemp("", "iop-dovecot-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	d := &dovecot{dir: dir, logPath: filepath.Join(dir, "dovecot.log")}
+
+	cfg := dovecotConfig{
+		BaseDir:          filepath.Join(dir, "run"),
+		StateDir:         filepath.Join(dir, "state"),
+		LogPath:          d.logPath,
+		MailDir:          filepath.Join(dir, "mail"),
+		CertPath:         filepath.Join(dir, "cert.pem"),
+		KeyPath:          filepath.Join(dir, "key.pem"),
+		OAuth2Conf:       filepath.Join(dir, "dovecot-oauth2.conf.ext"),
+		IntrospectionURL: introspectionURL,
+	}
+	for _, sub := range []string{cfg.BaseDir, cfg.StateDir, cfg.MailDir} {
+		// base_dir as Dovecot wants it (world-readable), the rest private.
+		mode := os.FileMode(0o700)
+		if sub == cfg.BaseDir {
+			mode = 0o755
+		}
+		if err := os.Mkdir(sub, mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(sub, mode); err != nil { // umask
+			t.Fatal(err)
+		}
+	}
+	if err := d.mailUser(&cfg); err != nil {
+		t.Fatal(err)
+	}
+
+	cert, certPEM, err := proxytest.NewCertificate("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.CAPEM = certPEM
+	if err := os.WriteFile(cfg.CertPath, certPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg.KeyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	d.Addr = freeAddr(t)
+	_, port, _ := net.SplitHostPort(d.Addr)
+	cfg.Port, _ = strconv.Atoi(port)
+	renderFixture(t, "dovecot-oauth2.conf.ext", cfg.OAuth2Conf, cfg)
+	conf := filepath.Join(dir, "dovecot.conf")
+	renderFixture(t, "dovecot.conf", conf, cfg)
+
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("dovecot log:\n%s", d.Log())
+		}
+	})
+	// -F: the master stays in the foreground, so the test owns it and
+	// SIGTERM stops it and every process it started.
+	cmd := exec.Command(bin, "-F", "-c", conf)
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting dovecot: %v", err)
+	}
+	exited := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(dovecotStartTimeout):
+			t.Errorf("dovecot did not stop within %v after SIGTERM; killing it", dovecotStartTimeout)
+			cmd.Process.Kill()
+			<-exited
+		}
+	})
+
+	if err := d.waitReady(exited, func() error { return waitErr }); err != nil {
+		t.Fatalf("dovecot did not start: %v\noutput: %s", err, out.String())
+	}
+	return d
+}
+
+// mailUser picks the owner of the mail: the current user, or nobody when
+// the test runs as root (Dovecot refuses uid 0 for mail).
+func (d *dovecot) mailUser(cfg *dovecotConfig) error {
+	if os.Geteuid() != 0 {
+		u, err := user.Current()
+		if err != nil {
+			return fmt.Errorf("current user: %w", err)
+		}
+		g, err := user.LookupGroupId(strconv.Itoa(os.Getegid()))
+		if err != nil {
+			return fmt.Errorf("current group: %w", err)
+		}
+		cfg.NonRoot, cfg.User, cfg.Group = true, u.Username, g.Name
+		cfg.MailUID, cfg.MailGID = os.Geteuid(), os.Getegid()
+		return nil
+	}
+	u, err := user.Lookup("nobody")
+	if err != nil {
+		return fmt.Errorf("root needs an unprivileged mail user: %w", err)
+	}
+	cfg.MailUID, _ = strconv.Atoi(u.Uid)
+	cfg.MailGID, _ = strconv.Atoi(u.Gid)
+	// The mail user reaches only its own directory.
+	if err := os.Chmod(d.dir, 0o711); err != nil {
+		return err
+	}
+	return os.Chown(cfg.MailDir, cfg.MailUID, cfg.MailGID)
+}
+
+// renderFixture executes the template testdata/interop/name with data into
+// path, mode 0600.
+func renderFixture(t testing.TB, name, path string, data any) {
+	t.Helper()
+	tmpl, err := template.ParseFiles(filepath.Join(interopFixtures, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tmpl.Execute(f, data); err != nil {
+		f.Close()
+		t.Fatalf("rendering %s: %v", name, err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitReady dials until Dovecot sends its greeting over TLS, or it exits,
+// or dovecotStartTimeout passes.
+func (d *dovecot) waitReady(exited <-chan struct{}, waitErr func() error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), dovecotStartTimeout)
+	defer cancel()
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(d.CAPEM)
+	dialer := &tls.Dialer{Config: &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}}
+	backoff := 5 * time.Millisecond
+	for {
+		conn, err := dialer.DialContext(ctx, "tcp", d.Addr)
+		if err == nil {
+			conn.SetDeadline(time.Now().Add(dovecotStartTimeout))
+			greeting, err := bufio.NewReader(conn).ReadString('\n')
+			conn.Close()
+			if err != nil {
+				return fmt.Errorf("reading the greeting: %w", err)
+			}
+			if !strings.HasPrefix(greeting, "* OK") {
+				return fmt.Errorf("greeting %q", greeting)
+			}
+			return nil
+		}
+		var opErr *net.OpError
+		if !errors.As(err, &opErr) || opErr.Op != "dial" {
+			return err // TLS or protocol trouble: no point in retrying
+		}
+		timer := time.NewTimer(backoff)
+		select {
+		case <-exited:
+			timer.Stop()
+			return fmt.Errorf("dovecot exited: %v", waitErr())
+		case <-ctx.Done():
+			timer.Stop()
+			return fmt.Errorf("%s not listening: %w", d.Addr, err)
+		case <-timer.C:
+		}
+		backoff = min(2*backoff, 200*time.Millisecond)
+	}
+}
+
+// Log returns Dovecot's log so far. It holds login outcomes but no
+// passwords or tokens (auth_verbose without auth_debug).
+func (d *dovecot) Log() string {
+	b, err := os.ReadFile(d.logPath)
+	if err != nil {
+		return fmt.Sprintf("(reading %s: %v)", d.logPath, err)
+	}
+	return string(b)
+}
