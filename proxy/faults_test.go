@@ -1,0 +1,1041 @@
+package proxy_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
+)
+
+// The fault tests put a proxy in front of misbehaving upstreams: each
+// fault is a provider of its own with an account of its own, next to a
+// provider and account served by a good proxytest upstream, so one proxy
+// shows both the clear answer to a fault and that it still serves good
+// logins afterwards.
+
+// faultLoginTimeout is the proxy's login_timeout in the fault tests: an
+// upstream that stalls is given up after it.
+const faultLoginTimeout = 2 * time.Second
+
+// The good account every fault rig has.
+const (
+	goodLogin    = "good-collector"
+	goodPassword = "good local password"
+	goodMailbox  = "good@contoso.test"
+)
+
+// rigProvider is one [providers.NAME] table of a rig.
+type rigProvider struct {
+	name, address, tokenURL string
+	// caPEM is written to the provider's ca_file; nil: no ca_file.
+	caPEM []byte
+}
+
+// rigAccount is one [accounts.LOGIN] table of a rig and its token record.
+type rigAccount struct {
+	login, provider, mailbox, password, refreshToken string
+}
+
+type rigOptions struct {
+	serverTOML string // extra lines for the [server] table
+	providers  []rigProvider
+	accounts   []rigAccount
+	logLevel   slog.Level
+}
+
+// rig is a proxy configured from a mapping file with several providers,
+// with its token store and logs, serving on loopback.
+type rig struct {
+	t     testing.TB
+	dir   string
+	cfg   *config.Config
+	store *auth.Store
+	srv   *proxy.Server
+	addr  string
+	logs  *logSink
+
+	stopOnce sync.Once
+	stopErr  error
+	stopFn   func() error
+}
+
+func newRig(t testing.TB, opts rigOptions) *rig {
+	t.Helper()
+	r := &rig{t: t, dir: t.TempDir(), logs: &logSink{}}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("proxy log (tail):\n%s", r.logs.tail(200))
+		}
+	})
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"state\"\n%s\n", opts.serverTOML)
+	for _, p := range opts.providers {
+		fmt.Fprintf(&sb, "[providers.%s]\ntype = \"generic\"\ntoken_url = %q\nscopes = [\"imap\", \"offline_access\"]\n"+
+			"client_id = %q\nclient_secret = %q\nimap_address = %q\n", p.name, p.tokenURL, testClientID, testSecret, p.address)
+		if p.caPEM != nil {
+			name := "ca-" + p.name + ".pem"
+			if err := os.WriteFile(filepath.Join(r.dir, name), p.caPEM, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprintf(&sb, "ca_file = %q\n", name)
+		}
+		sb.WriteString("\n")
+	}
+	for _, a := range opts.accounts {
+		fmt.Fprintf(&sb, "[accounts.%s]\nprovider = %q\nmailbox = %q\n\n", a.login, a.provider, a.mailbox)
+	}
+	path := filepath.Join(r.dir, "config.toml")
+	if err := os.WriteFile(path, []byte(sb.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.cfg = cfg
+	r.store, err = auth.NewStore(cfg.Server.StateDir, &auth.StoreOptions{KDF: testKDF})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range opts.accounts {
+		if _, err := r.store.Create(a.login, a.password, auth.Secret{RefreshToken: a.refreshToken}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	logger := slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: opts.logLevel}))
+	store, err := auth.NewStore(cfg.Server.StateDir, &auth.StoreOptions{KDF: testKDF})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	mgr, err := auth.NewManager(ctx, &auth.ManagerOptions{Store: store, Logger: logger,
+		RefreshMargin: cfg.Server.RefreshMargin, TokenTimeout: cfg.Server.TokenTimeout})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	srv, err := proxy.New(&proxy.Options{Config: cfg, Auth: mgr, Logger: logger})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	r.srv, r.addr = srv, ln.Addr().String()
+	r.stopFn = func() error {
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer scancel()
+		err := srv.Shutdown(sctx)
+		cancel()
+		if serr := <-done; serr != nil && err == nil {
+			err = fmt.Errorf("Serve: %w", serr)
+		}
+		return err
+	}
+	t.Cleanup(func() {
+		if err := r.stop(); err != nil {
+			t.Errorf("stopping the proxy: %v", err)
+		}
+	})
+	return r
+}
+
+// stop shuts the proxy down (once) and returns Shutdown's error: non-nil
+// when sessions had to be cut.
+func (r *rig) stop() error {
+	r.stopOnce.Do(func() { r.stopErr = r.stopFn() })
+	return r.stopErr
+}
+
+// waitIdle waits until the proxy has no open session, or fails.
+func (r *rig) waitIdle(t testing.TB, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for r.srv.ActiveSessions() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d sessions still open %v after the last client finished", r.srv.ActiveSessions(), within)
+		}
+		r.logs.wait(deadline)
+	}
+}
+
+// goodSession logs in to the good account with imapclient, appends a
+// message and reads it back byte for byte.
+func (r *rig) goodSession(t testing.TB) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", r.addr, testDeadline)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.SetDeadline(time.Now().Add(testDeadline))
+	c := imapclient.New(conn, nil)
+	defer c.Close()
+	if err := c.Login(goodLogin, goodPassword).Wait(); err != nil {
+		t.Fatalf("good LOGIN through the proxy: %v", err)
+	}
+	body := []byte("From: a@example.test\r\nSubject: still healthy\r\n\r\n" + rand.Text() + "\r\n")
+	if err := roundTrip(c, body); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Logout().Wait(); err != nil {
+		t.Errorf("LOGOUT: %v", err)
+	}
+}
+
+// roundTrip appends body to INBOX through c and fetches it back, checking
+// it byte for byte.
+func roundTrip(c *imapclient.Client, body []byte) error {
+	cmd := c.Append("INBOX", int64(len(body)), nil)
+	if _, err := cmd.Write(body); err != nil {
+		return fmt.Errorf("APPEND write: %w", err)
+	}
+	if err := cmd.Close(); err != nil {
+		return fmt.Errorf("APPEND close: %w", err)
+	}
+	data, err := cmd.Wait()
+	if err != nil {
+		return fmt.Errorf("APPEND: %w", err)
+	}
+	if data.UID == 0 {
+		return errors.New("APPEND returned no UID")
+	}
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		return fmt.Errorf("SELECT: %w", err)
+	}
+	msgs, err := c.Fetch(imap.UIDSetNum(data.UID), &imap.FetchOptions{
+		UID: true, BodySection: []*imap.FetchItemBodySection{{Peek: true}},
+	}).Collect()
+	if err != nil {
+		return fmt.Errorf("UID FETCH %d: %w", data.UID, err)
+	}
+	if len(msgs) != 1 || len(msgs[0].BodySection) != 1 {
+		return fmt.Errorf("UID FETCH %d returned %d messages", data.UID, len(msgs))
+	}
+	if got := msgs[0].BodySection[0].Bytes; !bytes.Equal(got, body) {
+		return fmt.Errorf("UID FETCH %d: got %d bytes, want the %d appended (equal prefix %d)",
+			data.UID, len(got), len(body), commonPrefix(got, body))
+	}
+	return nil
+}
+
+func commonPrefix(a, b []byte) int {
+	n := 0
+	for n < len(a) && n < len(b) && a[n] == b[n] {
+		n++
+	}
+	return n
+}
+
+// logSink collects the proxy's log and wakes waiters on every line. It is
+// safe for concurrent use.
+type logSink struct {
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	changed chan struct{} // closed and replaced on every write
+}
+
+func (l *logSink) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.changed != nil {
+		close(l.changed)
+		l.changed = nil
+	}
+	return l.buf.Write(p)
+}
+
+func (l *logSink) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// tail returns the last n lines.
+func (l *logSink) tail(n int) string {
+	lines := strings.SplitAfter(l.String(), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "")
+}
+
+// wait returns after the next write or at deadline; the deadline keeps
+// pollers of state other than the log bounded.
+func (l *logSink) wait(deadline time.Time) {
+	l.mu.Lock()
+	if l.changed == nil {
+		l.changed = make(chan struct{})
+	}
+	ch := l.changed
+	l.mu.Unlock()
+	d := time.Until(deadline)
+	if d <= 0 {
+		return
+	}
+	t := time.NewTimer(min(d, 50*time.Millisecond))
+	defer t.Stop()
+	select {
+	case <-ch:
+	case <-t.C:
+	}
+}
+
+// lines returns the log lines that contain every one of parts.
+func (l *logSink) lines(parts ...string) []string {
+	var out []string
+	for _, line := range strings.Split(l.String(), "\n") {
+		ok := line != ""
+		for _, p := range parts {
+			ok = ok && strings.Contains(line, p)
+		}
+		if ok {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+// waitLine waits until a log line contains every one of parts and returns
+// it, or "" at the deadline.
+func (l *logSink) waitLine(within time.Duration, parts ...string) string {
+	deadline := time.Now().Add(within)
+	for {
+		if got := l.lines(parts...); len(got) > 0 {
+			return got[0]
+		}
+		if time.Now().After(deadline) {
+			return ""
+		}
+		l.wait(deadline)
+	}
+}
+
+// lineConn speaks IMAP by hand to the proxy; its methods return errors,
+// so it can be used from any goroutine.
+type lineConn struct {
+	nc net.Conn
+	br *bufio.Reader
+}
+
+// dialLine connects to addr from localIP ("" for any) and reads the
+// greeting, which must be "* OK ...".
+func dialLine(addr, localIP string, deadline time.Duration) (*lineConn, error) {
+	d := &net.Dialer{Timeout: deadline}
+	if localIP != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(localIP)}
+	}
+	nc, err := d.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	nc.SetDeadline(time.Now().Add(deadline))
+	c := &lineConn{nc: nc, br: bufio.NewReader(nc)}
+	g, err := c.readLine()
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("reading greeting: %w", err)
+	}
+	if !strings.HasPrefix(g, "* OK ") {
+		nc.Close()
+		return nil, fmt.Errorf("greeting %q", g)
+	}
+	return c, nil
+}
+
+func (c *lineConn) send(s string) error {
+	_, err := io.WriteString(c.nc, s)
+	return err
+}
+
+func (c *lineConn) readLine() (string, error) {
+	l, err := c.br.ReadString('\n')
+	if err != nil {
+		return l, err
+	}
+	return strings.TrimRight(l, "\r\n"), nil
+}
+
+// command sends line (with CRLF) and reads up to its tagged answer, which
+// it returns with the untagged lines before it.
+func (c *lineConn) command(tag, line string) (string, []string, error) {
+	if err := c.send(tag + " " + line + "\r\n"); err != nil {
+		return "", nil, err
+	}
+	var untagged []string
+	for {
+		l, err := c.readLine()
+		if err != nil {
+			return "", untagged, fmt.Errorf("reading the answer to %s: %w", tag, err)
+		}
+		if strings.HasPrefix(l, tag+" ") {
+			return l, untagged, nil
+		}
+		untagged = append(untagged, l)
+	}
+}
+
+// fakeUpstream is a scripted TCP or TLS server standing in for a
+// misbehaving IMAP server. Every connection runs script; the connection
+// is closed when script returns.
+type fakeUpstream struct {
+	addr      string
+	ln        net.Listener
+	tlsConfig *tls.Config // nil: plain TCP
+	script    func(*fakeConn)
+
+	accepted atomic.Int64
+	mu       sync.Mutex
+	conns    map[net.Conn]struct{}
+	notes    []string
+	wg       sync.WaitGroup
+}
+
+// fakeConn is one connection to a fakeUpstream.
+type fakeConn struct {
+	srv *fakeUpstream
+	raw *net.TCPConn
+	c   net.Conn // raw, or TLS over it
+	br  *bufio.Reader
+}
+
+// newFakeUpstream starts a fake upstream on loopback: with TLS when cert
+// is not nil (and TLS versions up to maxVersion, if not zero).
+func newFakeUpstream(t testing.TB, cert *tls.Certificate, maxVersion uint16, script func(*fakeConn)) *fakeUpstream {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeUpstream{addr: ln.Addr().String(), ln: ln, script: script, conns: make(map[net.Conn]struct{})}
+	if cert != nil {
+		f.tlsConfig = &tls.Config{Certificates: []tls.Certificate{*cert}, MaxVersion: maxVersion}
+		if maxVersion != 0 && maxVersion < tls.VersionTLS12 {
+			f.tlsConfig.MinVersion = tls.VersionTLS10
+		}
+	}
+	f.wg.Add(1)
+	go f.serve()
+	t.Cleanup(f.close)
+	return f
+}
+
+func (f *fakeUpstream) serve() {
+	defer f.wg.Done()
+	for {
+		nc, err := f.ln.Accept()
+		if err != nil {
+			return
+		}
+		f.accepted.Add(1)
+		f.mu.Lock()
+		f.conns[nc] = struct{}{}
+		f.mu.Unlock()
+		f.wg.Add(1)
+		go f.handle(nc)
+	}
+}
+
+func (f *fakeUpstream) handle(nc net.Conn) {
+	defer f.wg.Done()
+	defer func() {
+		nc.Close()
+		f.mu.Lock()
+		delete(f.conns, nc)
+		f.mu.Unlock()
+	}()
+	nc.SetDeadline(time.Now().Add(testDeadline))
+	fc := &fakeConn{srv: f, raw: nc.(*net.TCPConn), c: nc}
+	if f.tlsConfig != nil {
+		tc := tls.Server(nc, f.tlsConfig)
+		if err := tc.Handshake(); err != nil {
+			f.note("handshake: " + err.Error())
+			return
+		}
+		fc.c = tc
+	}
+	fc.br = bufio.NewReader(fc.c)
+	f.script(fc)
+}
+
+// close stops the server and ends its connections.
+func (f *fakeUpstream) close() {
+	f.ln.Close()
+	f.mu.Lock()
+	for nc := range f.conns {
+		nc.Close()
+	}
+	f.mu.Unlock()
+	f.wg.Wait()
+}
+
+// note records an event for the test to check.
+func (f *fakeUpstream) note(s string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.notes = append(f.notes, s)
+}
+
+func (f *fakeUpstream) getNotes() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.notes...)
+}
+
+func (fc *fakeConn) write(s string) error {
+	_, err := io.WriteString(fc.c, s)
+	return err
+}
+
+func (fc *fakeConn) readLine() (string, error) {
+	l, err := fc.br.ReadString('\n')
+	return strings.TrimRight(l, "\r\n"), err
+}
+
+// drain reads until the peer closes (or the deadline).
+func (fc *fakeConn) drain() { io.Copy(io.Discard, fc.c) }
+
+// reset closes the TCP connection with a RST instead of a FIN.
+func (fc *fakeConn) reset() {
+	fc.raw.SetLinger(0)
+	fc.raw.Close()
+}
+
+// fakeCaps is what the scripted IMAP servers announce: SASL-IR, as Gmail
+// and Microsoft 365 do.
+const fakeCaps = "IMAP4rev1 SASL-IR AUTH=XOAUTH2 AUTH=OAUTHBEARER"
+
+// fakeIMAP greets and answers CAPABILITY, NOOP and LOGOUT; AUTHENTICATE
+// goes to authenticate, every other command to other (BAD if nil). A
+// handler returning false ends the connection.
+func fakeIMAP(authenticate, other func(fc *fakeConn, tag, line string) bool) func(*fakeConn) {
+	return func(fc *fakeConn) {
+		if fc.write("* OK [CAPABILITY "+fakeCaps+"] fake upstream ready\r\n") != nil {
+			return
+		}
+		for {
+			line, err := fc.readLine()
+			if err != nil {
+				return
+			}
+			tag, rest, _ := strings.Cut(line, " ")
+			name, _, _ := strings.Cut(rest, " ")
+			var ok bool
+			switch strings.ToUpper(name) {
+			case "CAPABILITY":
+				ok = fc.write("* CAPABILITY "+fakeCaps+"\r\n"+tag+" OK CAPABILITY completed\r\n") == nil
+			case "NOOP":
+				ok = fc.write(tag+" OK NOOP completed\r\n") == nil
+			case "LOGOUT":
+				fc.write("* BYE logging out\r\n" + tag + " OK LOGOUT completed\r\n")
+				return
+			case "AUTHENTICATE":
+				fc.srv.note("AUTHENTICATE")
+				ok = authenticate(fc, tag, line)
+			default:
+				if other != nil {
+					ok = other(fc, tag, line)
+				} else {
+					ok = fc.write(tag+" BAD unknown command\r\n") == nil
+				}
+			}
+			if !ok {
+				return
+			}
+		}
+	}
+}
+
+// refuseMicrosoft answers AUTHENTICATE as Microsoft 365 does for a
+// refused token.
+func refuseMicrosoft(fc *fakeConn, tag, _ string) bool {
+	return fc.write(tag+" NO AUTHENTICATE failed.\r\n") == nil
+}
+
+// refuseGmail answers AUTHENTICATE as Gmail does for a refused token: a
+// continuation with a base64 JSON status, then, after the client's empty
+// answer, NO.
+func refuseGmail(fc *fakeConn, tag, _ string) bool {
+	status := base64.StdEncoding.EncodeToString([]byte(`{"status":"400","schemes":"Bearer","scope":"https://mail.google.com/"}`))
+	if fc.write("+ "+status+"\r\n") != nil {
+		return false
+	}
+	answer, err := fc.readLine()
+	if err != nil {
+		return false
+	}
+	fc.srv.note(fmt.Sprintf("answer %q", answer))
+	return fc.write(tag+" NO [AUTHENTICATIONFAILED] Invalid credentials (Failure)\r\n") == nil
+}
+
+// acceptAny accepts every AUTHENTICATE.
+func acceptAny(fc *fakeConn, tag, _ string) bool {
+	return fc.write(tag+" OK [CAPABILITY IMAP4rev1 UIDPLUS] fake upstream authenticated\r\n") == nil
+}
+
+// faultCase is one misbehaving upstream and what the collector and the
+// log must show for it.
+type faultCase struct {
+	name string
+	// upstream starts the fake; it returns its address and the PEM for the
+	// provider's ca_file.
+	upstream func(t testing.TB) (*fakeUpstream, []byte)
+	// host replaces 127.0.0.1 in the provider's imap_address, if set.
+	host     string
+	wantCode string // response code of the NO the collector gets
+	// wantLog must each be in the "login failed" log line; "a|b" means
+	// either a or b.
+	wantLog []string
+	// check runs extra checks after the failed login; elapsed is how long
+	// the LOGIN took.
+	check func(t *testing.T, f *fakeUpstream, elapsed time.Duration)
+}
+
+// trustedCert returns a certificate for 127.0.0.1 and its PEM as CA.
+func trustedCert(t testing.TB, hosts ...string) (*tls.Certificate, []byte) {
+	t.Helper()
+	if len(hosts) == 0 {
+		hosts = []string{"127.0.0.1"}
+	}
+	cert, caPEM, err := proxytest.NewCertificate(hosts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &cert, caPEM
+}
+
+// silent keeps the connection open and says nothing until the peer
+// closes it.
+func silent(fc *fakeConn) { fc.drain() }
+
+// tlsIMAP is a fake upstream with a trusted certificate running script.
+func tlsIMAP(script func(*fakeConn)) func(t testing.TB) (*fakeUpstream, []byte) {
+	return func(t testing.TB) (*fakeUpstream, []byte) {
+		cert, ca := trustedCert(t)
+		return newFakeUpstream(t, cert, 0, script), ca
+	}
+}
+
+// wantTimeout checks that a LOGIN was given up at the login timeout.
+func wantTimeout(t *testing.T, _ *fakeUpstream, elapsed time.Duration) {
+	if elapsed < faultLoginTimeout-200*time.Millisecond || elapsed > faultLoginTimeout+5*time.Second {
+		t.Errorf("LOGIN answered after %v, want about the login timeout %v", elapsed, faultLoginTimeout)
+	}
+}
+
+// wantAttempts checks how many AUTHENTICATE commands the fake got.
+func wantAttempts(n int) func(t *testing.T, f *fakeUpstream, _ time.Duration) {
+	return func(t *testing.T, f *fakeUpstream, _ time.Duration) {
+		got := 0
+		for _, note := range f.getNotes() {
+			if note == "AUTHENTICATE" {
+				got++
+			}
+		}
+		if got != n {
+			t.Errorf("upstream got %d AUTHENTICATE commands, want %d (one refresh, one retry)", got, n)
+		}
+	}
+}
+
+var faultCases = []faultCase{
+	{
+		name: "plaintext-server",
+		// An IMAP server without TLS on the port configured for implicit TLS.
+		upstream: func(t testing.TB) (*fakeUpstream, []byte) {
+			_, ca := trustedCert(t)
+			return newFakeUpstream(t, nil, 0, func(fc *fakeConn) {
+				fc.write("* OK [CAPABILITY IMAP4rev1 STARTTLS] plain IMAP here\r\n")
+				fc.drain()
+			}), ca
+		},
+		wantCode: "UNAVAILABLE",
+		wantLog:  []string{"TLS with upstream", "tls: "},
+	},
+	{
+		name: "close-during-handshake",
+		upstream: func(t testing.TB) (*fakeUpstream, []byte) {
+			_, ca := trustedCert(t)
+			return newFakeUpstream(t, nil, 0, func(fc *fakeConn) {
+				fc.br.ReadByte() // the ClientHello has started
+			}), ca
+		},
+		wantCode: "UNAVAILABLE",
+		wantLog:  []string{"TLS with upstream", "EOF|reset by peer"},
+	},
+	{
+		name: "silent-tcp",
+		// Accepts TCP, never answers the ClientHello.
+		upstream: func(t testing.TB) (*fakeUpstream, []byte) {
+			_, ca := trustedCert(t)
+			return newFakeUpstream(t, nil, 0, silent), ca
+		},
+		wantCode: "UNAVAILABLE",
+		wantLog:  []string{"TLS with upstream"},
+		check: func(t *testing.T, f *fakeUpstream, elapsed time.Duration) {
+			wantTimeout(t, f, elapsed)
+		},
+	},
+	{
+		name: "old-tls-only",
+		upstream: func(t testing.TB) (*fakeUpstream, []byte) {
+			cert, ca := trustedCert(t)
+			return newFakeUpstream(t, cert, tls.VersionTLS11, fakeIMAP(acceptAny, nil)), ca
+		},
+		wantCode: "UNAVAILABLE",
+		wantLog:  []string{"TLS with upstream", "version"},
+	},
+	{
+		name: "wrong-certificate-name",
+		// Signed by a CA in ca_file, but for another host name.
+		host: "localhost",
+		upstream: func(t testing.TB) (*fakeUpstream, []byte) {
+			cert, ca := trustedCert(t, "other.example")
+			return newFakeUpstream(t, cert, 0, fakeIMAP(acceptAny, nil)), ca
+		},
+		wantCode: "UNAVAILABLE",
+		wantLog:  []string{"x509", "certificate", "other.example"},
+		check: func(t *testing.T, f *fakeUpstream, _ time.Duration) {
+			for _, n := range f.getNotes() {
+				if n == "AUTHENTICATE" {
+					t.Error("the token was sent to a server with a certificate for another name")
+				}
+			}
+		},
+	},
+	{
+		name: "untrusted-certificate",
+		// A valid name, but a CA that is not in ca_file.
+		upstream: func(t testing.TB) (*fakeUpstream, []byte) {
+			cert, _ := trustedCert(t)
+			_, otherCA := trustedCert(t)
+			return newFakeUpstream(t, cert, 0, fakeIMAP(acceptAny, nil)), otherCA
+		},
+		wantCode: "UNAVAILABLE",
+		wantLog:  []string{"x509", "certificate", "unknown authority"},
+		check: func(t *testing.T, f *fakeUpstream, _ time.Duration) {
+			for _, n := range f.getNotes() {
+				if n == "AUTHENTICATE" {
+					t.Error("the token was sent to an untrusted server")
+				}
+			}
+		},
+	},
+	{
+		name: "greeting-bye",
+		upstream: tlsIMAP(func(fc *fakeConn) {
+			fc.write("* BYE [UNAVAILABLE] Server too busy, try later\r\n")
+		}),
+		wantCode: "UNAVAILABLE",
+		wantLog:  []string{"BYE", "Server too busy"},
+	},
+	{
+		name:     "no-greeting",
+		upstream: tlsIMAP(silent),
+		wantCode: "UNAVAILABLE",
+		wantLog:  []string{"no greeting", "timeout"},
+		check: func(t *testing.T, f *fakeUpstream, elapsed time.Duration) {
+			wantTimeout(t, f, elapsed)
+		},
+	},
+	{
+		name:     "close-before-greeting",
+		upstream: tlsIMAP(func(*fakeConn) {}),
+		wantCode: "UNAVAILABLE",
+		wantLog:  []string{"no greeting", "EOF|reset by peer"},
+	},
+	{
+		name: "garbage-greeting",
+		upstream: tlsIMAP(func(fc *fakeConn) {
+			fc.write("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+			fc.drain()
+		}),
+		wantCode: "UNAVAILABLE",
+		wantLog:  []string{"bad greeting", "HTTP/1.1 400"},
+	},
+	{
+		name: "endless-greeting",
+		// Binary noise without a line end, beyond any sane line length.
+		upstream: tlsIMAP(func(fc *fakeConn) {
+			noise := make([]byte, 1<<20)
+			rand.Read(noise)
+			fc.write(strings.Map(func(r rune) rune {
+				if r == '\n' {
+					return 'x'
+				}
+				return r
+			}, string(noise)))
+			fc.drain()
+		}),
+		wantCode: "UNAVAILABLE",
+		wantLog:  []string{"greeting"},
+	},
+	{
+		name: "greeting-preauth",
+		upstream: tlsIMAP(func(fc *fakeConn) {
+			fc.write("* PREAUTH [CAPABILITY IMAP4rev1] already logged in\r\n")
+			fc.drain()
+		}),
+		wantCode: "UNAVAILABLE",
+		wantLog:  []string{"PREAUTH"},
+	},
+	{
+		name: "close-during-authenticate",
+		upstream: tlsIMAP(fakeIMAP(func(*fakeConn, string, string) bool {
+			return false
+		}, nil)),
+		wantCode: "UNAVAILABLE",
+		wantLog:  []string{"AUTHENTICATE", "EOF|reset by peer"},
+	},
+	{
+		name: "silent-after-authenticate",
+		upstream: tlsIMAP(fakeIMAP(func(fc *fakeConn, _, _ string) bool {
+			fc.drain()
+			return false
+		}, nil)),
+		wantCode: "UNAVAILABLE",
+		wantLog:  []string{"AUTHENTICATE", "timeout"},
+		check: func(t *testing.T, f *fakeUpstream, elapsed time.Duration) {
+			wantTimeout(t, f, elapsed)
+		},
+	},
+	{
+		name:     "refused-microsoft",
+		upstream: tlsIMAP(fakeIMAP(refuseMicrosoft, nil)),
+		wantCode: "AUTHORIZATIONFAILED",
+		wantLog:  []string{"upstream refused the token", "AUTHENTICATE failed."},
+		check:    wantAttempts(2),
+	},
+	{
+		name:     "refused-gmail",
+		upstream: tlsIMAP(fakeIMAP(refuseGmail, nil)),
+		wantCode: "AUTHORIZATIONFAILED",
+		wantLog:  []string{"upstream refused the token", "Invalid credentials"},
+		check: func(t *testing.T, f *fakeUpstream, elapsed time.Duration) {
+			wantAttempts(2)(t, f, elapsed)
+			for _, n := range f.getNotes() {
+				if strings.HasPrefix(n, "answer ") && n != `answer ""` {
+					t.Errorf("the error challenge was answered with %s, want an empty line", strings.TrimPrefix(n, "answer "))
+				}
+			}
+		},
+	},
+}
+
+// containsAny reports whether s contains one of the "|"-separated
+// alternatives.
+func containsAny(s, alternatives string) bool {
+	for _, a := range strings.Split(alternatives, "|") {
+		if strings.Contains(s, a) {
+			return true
+		}
+	}
+	return false
+}
+
+// faultName turns a case name into a login and provider name.
+func faultName(c string) string { return "fault-" + c }
+
+// newFaultRig starts a good upstream, a token endpoint, the fake upstream
+// of each case and a proxy with one provider and account for each, plus
+// the good one. The fakes are returned by case name.
+func newFaultRig(t *testing.T, cases []faultCase) (*rig, map[string]*fakeUpstream) {
+	t.Helper()
+	tokens := authtest.NewServer(authtest.Options{ClientID: testClientID, ClientSecret: testSecret})
+	t.Cleanup(tokens.Close)
+	up, err := proxytest.NewUpstream(proxytest.UpstreamOptions{Validate: tokens.Validate})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	up.AddUser(goodMailbox)
+	opts := rigOptions{
+		serverTOML: fmt.Sprintf("login_timeout = %q\n", faultLoginTimeout.String()),
+		logLevel:   slog.LevelDebug,
+		providers:  []rigProvider{{name: "good", address: up.Addr, tokenURL: tokens.TokenURL(), caPEM: up.CAPEM}},
+		accounts: []rigAccount{{login: goodLogin, provider: "good", mailbox: goodMailbox, password: goodPassword,
+			refreshToken: tokens.Grant(goodMailbox)}},
+	}
+	fakes := make(map[string]*fakeUpstream)
+	for _, tc := range cases {
+		f, ca := tc.upstream(t)
+		fakes[tc.name] = f
+		name := faultName(tc.name)
+		mailbox := tc.name + "@contoso.test"
+		addr := f.addr
+		if tc.host != "" {
+			_, port, _ := net.SplitHostPort(addr)
+			addr = net.JoinHostPort(tc.host, port)
+		}
+		opts.providers = append(opts.providers, rigProvider{name: name, address: addr, tokenURL: tokens.TokenURL(), caPEM: ca})
+		opts.accounts = append(opts.accounts, rigAccount{login: name, provider: name, mailbox: mailbox,
+			password: goodPassword + " " + tc.name, refreshToken: tokens.Grant(mailbox)})
+	}
+	return newRig(t, opts), fakes
+}
+
+// TestFaultUpstreamLogin: for each way an upstream can fail a login, the
+// collector gets NO with the right RFC 5530 code, the log names the cause,
+// the session stays usable for a good login, and the proxy goes on serving
+// good sessions.
+func TestFaultUpstreamLogin(t *testing.T) {
+	rg, fakes := newFaultRig(t, faultCases)
+	t.Run("cases", func(t *testing.T) {
+		for _, tc := range faultCases {
+			t.Run(tc.name, func(t *testing.T) {
+				t.Parallel()
+				login := faultName(tc.name)
+				c, err := dialLine(rg.addr, "", testDeadline)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.nc.Close()
+				start := time.Now()
+				got, untagged, err := c.command("a1", fmt.Sprintf("LOGIN %s %q", login, goodPassword+" "+tc.name))
+				elapsed := time.Since(start)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(untagged) > 0 {
+					t.Errorf("the collector got %q before its answer", untagged)
+				}
+				if want := "a1 NO [" + tc.wantCode + "] "; !strings.HasPrefix(got, want) {
+					t.Errorf("LOGIN = %q, want %q...", got, want)
+				}
+				// Logged before the answer is written.
+				lines := rg.logs.lines(`msg="login failed"`, " login="+login+" ")
+				if len(lines) != 1 {
+					t.Fatalf("%d \"login failed\" log lines for %s, want 1: %q", len(lines), login, lines)
+				}
+				for _, want := range tc.wantLog {
+					if !containsAny(lines[0], want) {
+						t.Errorf("log line does not name the cause %q: %s", want, lines[0])
+					}
+				}
+				if !strings.Contains(lines[0], "outcome="+tc.wantCode) {
+					t.Errorf("log line without outcome=%s: %s", tc.wantCode, lines[0])
+				}
+				if tc.check != nil {
+					tc.check(t, fakes[tc.name], elapsed)
+				}
+				// The same session goes on: a good login is relayed.
+				if got, _, err := c.command("a2", "NOOP"); err != nil || !strings.HasPrefix(got, "a2 OK") {
+					t.Fatalf("NOOP after the failure = %q, %v", got, err)
+				}
+				if got, _, err := c.command("a3", fmt.Sprintf("LOGIN %s %q", goodLogin, goodPassword)); err != nil || !strings.HasPrefix(got, "a3 OK") {
+					t.Fatalf("good LOGIN after the failure = %q, %v", got, err)
+				}
+				if got, _, err := c.command("a4", "SELECT INBOX"); err != nil || !strings.HasPrefix(got, "a4 OK") {
+					t.Fatalf("SELECT through the relay = %q, %v", got, err)
+				}
+				if got, _, err := c.command("a5", "LOGOUT"); err != nil || !strings.HasPrefix(got, "a5 OK") {
+					t.Fatalf("LOGOUT = %q, %v", got, err)
+				}
+			})
+		}
+	})
+	// After all of them, at once, the daemon is healthy.
+	rg.goodSession(t)
+	rg.waitIdle(t, 10*time.Second)
+	if panics := rg.logs.lines("panic"); len(panics) > 0 {
+		t.Errorf("panics logged: %q", panics)
+	}
+}
+
+// TestFaultRelayUpstreamGone: the upstream drops the connection in the
+// middle of a FETCH, with a RST or a clean close: the collector sees its
+// connection closed, not a hang; the proxy logs the session's end with a
+// reason, and serves the next login.
+func TestFaultRelayUpstreamGone(t *testing.T) {
+	const literal = 100000
+	fetchThenDrop := func(rst bool) func(t testing.TB) (*fakeUpstream, []byte) {
+		return tlsIMAP(fakeIMAP(acceptAny, func(fc *fakeConn, tag, line string) bool {
+			if !strings.Contains(strings.ToUpper(line), "FETCH") {
+				return fc.write(tag+" OK done\r\n") == nil
+			}
+			partial := bytes.Repeat([]byte("x"), 4096)
+			fc.write(fmt.Sprintf("* 1 FETCH (UID 1 BODY[] {%d}\r\n%s", literal, partial))
+			if rst {
+				fc.reset()
+			} else {
+				fc.c.Close() // TLS close_notify, then FIN
+			}
+			return false
+		}))
+	}
+	cases := []faultCase{
+		{name: "reset", upstream: fetchThenDrop(true), wantLog: []string{`reason="relay error: `, "reset by peer"}},
+		{name: "close", upstream: fetchThenDrop(false), wantLog: []string{"reason=closed"}},
+	}
+	rg, _ := newFaultRig(t, cases)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			login := faultName(tc.name)
+			c, err := dialLine(rg.addr, "", 10*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.nc.Close()
+			got, _, err := c.command("a1", fmt.Sprintf("LOGIN %s %q", login, goodPassword+" "+tc.name))
+			if err != nil || !strings.HasPrefix(got, "a1 OK ") {
+				t.Fatalf("LOGIN = %q, %v", got, err)
+			}
+			if err := c.send("a2 UID FETCH 1 BODY[]\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			first, err := c.readLine()
+			if err != nil || !strings.HasPrefix(first, "* 1 FETCH ") {
+				t.Fatalf("FETCH = %q, %v", first, err)
+			}
+			// The rest is cut short, and the collector learns it by a
+			// closed connection, long before its own deadline.
+			n, err := io.Copy(io.Discard, c.br)
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Fatalf("the collector's connection hung after the upstream went away (%d bytes read)", n)
+			}
+			if n >= literal {
+				t.Errorf("read %d bytes of a literal the upstream cut at 4096", n)
+			}
+			line := rg.logs.waitLine(10*time.Second, `msg="relay end"`, " login="+login+" ")
+			if line == "" {
+				t.Fatalf("no \"relay end\" log line for %s", login)
+			}
+			for _, want := range tc.wantLog {
+				if !strings.Contains(line, want) {
+					t.Errorf("relay end log line without %q: %s", want, line)
+				}
+			}
+			if !strings.Contains(line, "bytes_to_client=") || strings.Contains(line, "bytes_to_client=0 ") {
+				t.Errorf("relay end log line without the bytes relayed: %s", line)
+			}
+		})
+	}
+	rg.goodSession(t)
+	rg.waitIdle(t, 10*time.Second)
+}
