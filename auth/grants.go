@@ -421,10 +421,11 @@ func (s *appSource) Token() (*oauth2.Token, error) {
 	a.mu.Unlock()
 
 	start := time.Now()
-	tok, err := s.fetch(a.m.ctx)
+	tok, err := a.retrying(func() (*oauth2.Token, error) { return s.fetch(a.m.ctx) })
 	elapsed := time.Since(start)
 	if err != nil {
 		authErr := classifyTokenError(a.login, &a.provider, a.grant, err)
+		a.m.countRefresh(authErr.Kind.String())
 		a.m.logger.Warn("token request failed", "login", a.login, "provider", a.provider.Name, "grant", a.grant,
 			"outcome", authErr.Kind.String(), "duration", elapsed, "err", err)
 		return nil, authErr
@@ -432,6 +433,7 @@ func (s *appSource) Token() (*oauth2.Token, error) {
 	a.mu.Lock()
 	a.lastAccess = tok.AccessToken
 	a.mu.Unlock()
+	a.m.countRefresh("OK")
 	a.m.logger.Info("token fetched", "login", a.login, "provider", a.provider.Name, "grant", a.grant,
 		"duration", elapsed.Round(time.Millisecond), "expires_in", time.Until(tok.Expiry).Round(time.Second))
 	return tok, nil

@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -49,6 +52,8 @@ type Manager struct {
 	store  *Store
 	margin time.Duration
 	logger *slog.Logger
+
+	refreshes [len(refreshOutcomes)]atomic.Int64
 
 	mu      sync.Mutex // serializes get-or-create of sources
 	sources *lru.Cache[string, *Account]
@@ -303,10 +308,13 @@ func (p *persistingSource) Token() (*oauth2.Token, error) {
 	start := time.Now()
 	// A token without an access token makes x/oauth2 refresh at once; its
 	// own reuse layer (10 s expiry delta) must not hide our margin.
-	tok, err := p.config.TokenSource(a.m.ctx, &oauth2.Token{RefreshToken: p.refreshToken}).Token()
+	tok, err := a.retrying(func() (*oauth2.Token, error) {
+		return p.config.TokenSource(a.m.ctx, &oauth2.Token{RefreshToken: p.refreshToken}).Token()
+	})
 	elapsed := time.Since(start)
 	if err != nil {
 		authErr := classifyTokenError(a.login, &a.provider, a.grant, err)
+		a.m.countRefresh(authErr.Kind.String())
 		a.m.logger.Warn("token refresh failed", "login", a.login, "provider", a.provider.Name,
 			"outcome", authErr.Kind.String(), "duration", elapsed, "err", err)
 		if authErr.Kind == AuthorizationFailed && isRevocation(err) {
@@ -339,9 +347,101 @@ func (p *persistingSource) Token() (*oauth2.Token, error) {
 	a.lastAccess = tok.AccessToken
 	a.generation = p.record.Info.Generation
 	a.mu.Unlock()
+	a.m.countRefresh("OK")
 	a.m.logger.Info("token refreshed", "login", a.login, "provider", a.provider.Name,
 		"duration", elapsed.Round(time.Millisecond), "expires_in", time.Until(tok.Expiry).Round(time.Second), "rotated", rotated)
 	return tok, nil
+}
+
+// Transient token endpoint failures (network errors, timeouts, 5xx, 429,
+// temporarily_unavailable) are retried refreshAttempts times in all, after
+// refreshBackoff, doubling, or after the endpoint's Retry-After (at most
+// maxRetryAfter). Anything else, invalid_grant above all, is final at once.
+// A stored refresh token is never discarded for a transient failure.
+const (
+	refreshAttempts = 3
+	refreshBackoff  = 500 * time.Millisecond
+	maxRetryAfter   = 10 * time.Second
+)
+
+// retrying calls fetch until it succeeds, fails for good, or has been
+// tried refreshAttempts times. It runs under ReuseTokenSource's mutex, so
+// concurrent logins of the account wait for the same attempts.
+func (a *Account) retrying(fetch func() (*oauth2.Token, error)) (*oauth2.Token, error) {
+	wait := refreshBackoff
+	for attempt := 1; ; attempt++ {
+		tok, err := fetch()
+		if err == nil || attempt == refreshAttempts || !isTransient(err) {
+			return tok, err
+		}
+		delay := wait
+		if after := retryAfter(err); after > 0 {
+			delay = min(after, maxRetryAfter)
+		}
+		a.m.logger.Info("token endpoint failed; retrying", "login", a.login, "provider", a.provider.Name,
+			"attempt", attempt, "retry_in", delay, "err", err)
+		timer := time.NewTimer(delay)
+		select {
+		case <-timer.C:
+		case <-a.m.ctx.Done():
+			timer.Stop()
+			return nil, err
+		}
+		wait *= 2
+	}
+}
+
+// isTransient reports whether a token request failure may pass by itself.
+func isTransient(err error) bool {
+	var re *oauth2.RetrieveError
+	if errors.As(err, &re) {
+		status := 0
+		if re.Response != nil {
+			status = re.Response.StatusCode
+		}
+		return re.ErrorCode == "temporarily_unavailable" || status >= 500 ||
+			status == http.StatusTooManyRequests || status == http.StatusRequestTimeout
+	}
+	var netErr net.Error
+	return errors.As(err, &netErr) || errors.Is(err, context.DeadlineExceeded)
+}
+
+// retryAfter returns the delay a Retry-After header (in seconds) asks for.
+func retryAfter(err error) time.Duration {
+	var re *oauth2.RetrieveError
+	if !errors.As(err, &re) || re.Response == nil {
+		return 0
+	}
+	secs, convErr := strconv.Atoi(strings.TrimSpace(re.Response.Header.Get("Retry-After")))
+	if convErr != nil || secs < 0 {
+		return 0
+	}
+	return time.Duration(secs) * time.Second
+}
+
+// refreshOutcomes are the label values of the token refresh counter.
+var refreshOutcomes = [...]string{"OK", "AUTHORIZATIONFAILED", "UNAVAILABLE", "AUTHENTICATIONFAILED"}
+
+func (m *Manager) countRefresh(outcome string) {
+	for i, o := range refreshOutcomes {
+		if o == outcome {
+			m.refreshes[i].Add(1)
+			return
+		}
+	}
+}
+
+// WriteMetrics writes the token refresh counters in the Prometheus text
+// format.
+func (m *Manager) WriteMetrics(w io.Writer) error {
+	var b strings.Builder
+	b.WriteString("# HELP imap_oauth_proxy_token_refreshes_total Token endpoint requests (after retries) by outcome.\n")
+	b.WriteString("# TYPE imap_oauth_proxy_token_refreshes_total counter\n")
+	for i, o := range refreshOutcomes[:3] {
+		fmt.Fprintf(&b, "imap_oauth_proxy_token_refreshes_total{outcome=%q} %d\n", o, m.refreshes[i].Load())
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
 }
 
 // isRevocation reports whether err says the refresh token itself is dead.

@@ -85,5 +85,8 @@ func (s *Server) WriteMetrics(w io.Writer) error {
 	p("imap_oauth_proxy_upstream_dial_seconds_bucket{le=\"+Inf\"} %d\n", count)
 	p("imap_oauth_proxy_upstream_dial_seconds_sum %g\n", float64(m.dialSumMicros.Load())/1e6)
 	p("imap_oauth_proxy_upstream_dial_seconds_count %d\n", count)
+	if err == nil {
+		err = s.auth.WriteMetrics(w) // token refreshes by outcome
+	}
 	return err
 }

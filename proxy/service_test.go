@@ -124,6 +124,7 @@ func TestMetrics(t *testing.T) {
 		`imap_oauth_proxy_sessions_active 2` + "\n",
 		`imap_oauth_proxy_upstream_dial_seconds_count 1` + "\n",
 		`imap_oauth_proxy_upstream_dial_seconds_bucket{le="+Inf"} 1` + "\n",
+		`imap_oauth_proxy_token_refreshes_total{outcome="OK"} 1` + "\n",
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("metrics lack %q:\n%s", want, text)

@@ -1,0 +1,208 @@
+package auth_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
+)
+
+const managerPassword = "local password"
+
+// managerRig is a Manager over a fresh store with one account per token
+// endpoint.
+type managerRig struct {
+	t     *testing.T
+	store *auth.Store
+	mgr   *auth.Manager
+}
+
+func newManagerRig(t *testing.T) *managerRig {
+	t.Helper()
+	store, err := auth.NewStore(t.TempDir(), &auth.StoreOptions{KDF: auth.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mgr, err := auth.NewManager(t.Context(), &auth.ManagerOptions{Store: store, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &managerRig{t: t, store: store, mgr: mgr}
+}
+
+// account configures login against tokens and stores a fresh grant.
+func (r *managerRig) account(login string, tokens *authtest.Server) *config.Account {
+	r.t.Helper()
+	acct := &config.Account{Login: login, Mailbox: login + "@contoso.test", Grant: "refresh_token",
+		Provider: &config.Provider{Name: "lab-" + login, Type: "generic", TokenURL: tokens.TokenURL(),
+			ClientID: "id", ClientSecret: "secret", Scopes: []string{"imap"}}}
+	if _, err := r.store.Create(login, managerPassword, auth.Secret{RefreshToken: tokens.Grant(acct.Mailbox)}); err != nil {
+		r.t.Fatal(err)
+	}
+	return acct
+}
+
+func (r *managerRig) token(acct *config.Account) error {
+	r.t.Helper()
+	a, err := r.mgr.Unlock(acct, managerPassword)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(r.t.Context(), 30*time.Second)
+	defer cancel()
+	_, err = a.Token(ctx)
+	return err
+}
+
+func newTokens(t *testing.T) *authtest.Server {
+	s := authtest.NewServer(authtest.Options{ClientID: "id", ClientSecret: "secret", Rotate: true})
+	t.Cleanup(s.Close)
+	return s
+}
+
+// TestTransientFailuresRetried: 5xx and 429 are retried with back-off and
+// the login succeeds; a longer outage gives Unavailable and keeps the
+// stored token, so the next login works.
+func TestTransientFailuresRetried(t *testing.T) {
+	r := newManagerRig(t)
+	tokens := newTokens(t)
+	acct := r.account("collector", tokens)
+
+	tokens.FailNext(2, 503)
+	if err := r.token(acct); err != nil {
+		t.Fatalf("two 503s then success: %v", err)
+	}
+	if n := tokens.Requests(); n != 3 {
+		t.Errorf("%d token requests, want 3 (two retried failures)", n)
+	}
+
+	acct2 := r.account("throttled", tokens)
+	tokens.FailNext(1, 429) // carries Retry-After: 1
+	if err := r.token(acct2); err != nil {
+		t.Fatalf("429 then success: %v", err)
+	}
+
+	acct3 := r.account("outage", tokens)
+	before, _ := r.store.Open("outage", managerPassword)
+	tokens.FailNext(3, 503)
+	err := r.token(acct3)
+	if auth.KindOf(err) != auth.Unavailable {
+		t.Fatalf("three 503s: %v, want Unavailable", err)
+	}
+	after, openErr := r.store.Open("outage", managerPassword)
+	if openErr != nil || after.Secret.RefreshToken != before.Secret.RefreshToken {
+		t.Fatal("a transient failure changed the stored refresh token")
+	}
+	if err := r.token(acct3); err != nil {
+		t.Fatalf("after the outage: %v", err)
+	}
+}
+
+// TestRevocationNotRetried: invalid_grant is final at the first answer.
+func TestRevocationNotRetried(t *testing.T) {
+	r := newManagerRig(t)
+	tokens := newTokens(t)
+	acct := r.account("collector", tokens)
+	tokens.Revoke(acct.Mailbox)
+	err := r.token(acct)
+	if auth.KindOf(err) != auth.AuthorizationFailed {
+		t.Fatalf("revoked: %v, want AuthorizationFailed", err)
+	}
+	if n := tokens.Requests(); n != 1 {
+		t.Errorf("%d token requests for a revoked grant, want 1", n)
+	}
+}
+
+// TestConcurrentLoginsShareOneRefresh: many simultaneous logins of one
+// account with a cold cache cause exactly one refresh.
+func TestConcurrentLoginsShareOneRefresh(t *testing.T) {
+	r := newManagerRig(t)
+	tokens := newTokens(t)
+	acct := r.account("collector", tokens)
+	var wg sync.WaitGroup
+	errs := make(chan error, 32)
+	for i := 0; i < 32; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- r.token(acct)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("concurrent login: %v", err)
+		}
+	}
+	if n := tokens.RefreshCount(acct.Mailbox); n != 1 {
+		t.Errorf("%d refreshes for 32 concurrent logins, want 1", n)
+	}
+}
+
+// TestSlowEndpointIsolated: an account whose token endpoint hangs does not
+// hold up another account's refresh, and its own login gives up at its
+// deadline with Unavailable.
+func TestSlowEndpointIsolated(t *testing.T) {
+	r := newManagerRig(t)
+	slow, fast := newTokens(t), newTokens(t)
+	slow.SetDelay(time.Hour) // answers only when closed
+	stuck := r.account("stuck", slow)
+	quick := r.account("quick", fast)
+
+	stuckA, err := r.mgr.Unlock(stuck, managerPassword)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	stuckDone := make(chan error, 1)
+	go func() {
+		_, err := stuckA.Token(ctx)
+		stuckDone <- err
+	}()
+	if err := r.token(quick); err != nil {
+		t.Fatalf("the other account: %v", err)
+	}
+	select {
+	case err := <-stuckDone:
+		t.Fatalf("the stuck account returned early: %v", err)
+	default:
+	}
+	cancel() // the login's deadline
+	err = <-stuckDone
+	if auth.KindOf(err) != auth.Unavailable || !errors.Is(err, context.Canceled) {
+		t.Errorf("stuck login: %v, want Unavailable wrapping the deadline", err)
+	}
+}
+
+// TestRefreshMetrics counts refreshes by outcome.
+func TestRefreshMetrics(t *testing.T) {
+	r := newManagerRig(t)
+	tokens := newTokens(t)
+	ok := r.account("ok", tokens)
+	revoked := r.account("revoked", tokens)
+	tokens.Revoke(revoked.Mailbox)
+	r.token(ok)
+	r.token(revoked)
+	var buf bytes.Buffer
+	if err := r.mgr.WriteMetrics(&buf); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`imap_oauth_proxy_token_refreshes_total{outcome="OK"} 1`,
+		`imap_oauth_proxy_token_refreshes_total{outcome="AUTHORIZATIONFAILED"} 1`,
+		`imap_oauth_proxy_token_refreshes_total{outcome="UNAVAILABLE"} 0`,
+	} {
+		if !strings.Contains(buf.String(), want+"\n") {
+			t.Errorf("metrics lack %q:\n%s", want, buf.String())
+		}
+	}
+}
