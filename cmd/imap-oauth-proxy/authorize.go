@@ -47,13 +47,9 @@ func cmdAuthorize(ctx context.Context, args []string, stdin io.Reader, stdout, s
 	if err != nil {
 		return err
 	}
-	cfg, err := config.Load(*configPath)
+	cfg, acct, err := loadAccount(*configPath, login)
 	if err != nil {
 		return err
-	}
-	acct := cfg.Accounts[login]
-	if acct == nil {
-		return fmt.Errorf("no [accounts.%s] in %s", login, cfg.Path)
 	}
 	appOnly := acct.Grant == "client_credentials" || acct.Grant == "service_account"
 	switch {

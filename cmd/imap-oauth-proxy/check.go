@@ -47,13 +47,9 @@ func cmdCheck(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	if err != nil {
 		return err
 	}
-	cfg, err := config.Load(*configPath)
+	cfg, acct, err := loadAccount(*configPath, login)
 	if err != nil {
 		return err
-	}
-	acct := cfg.Accounts[login]
-	if acct == nil {
-		return fmt.Errorf("no [accounts.%s] in %s", login, cfg.Path)
 	}
 	password, err := newInput(stdin, stderr).password(fmt.Sprintf("Local password of %s: ", login), "local password")
 	if err != nil {

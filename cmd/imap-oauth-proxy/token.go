@@ -26,13 +26,9 @@ func cmdTokenImport(args []string, stdin io.Reader, stdout, stderr io.Writer) er
 		return usageError("token import takes exactly one LOGIN")
 	}
 	login := fs.Arg(0)
-	cfg, err := config.Load(*configPath)
+	cfg, acct, err := loadAccount(*configPath, login)
 	if err != nil {
 		return err
-	}
-	acct := cfg.Accounts[login]
-	if acct == nil {
-		return fmt.Errorf("no [accounts.%s] in %s", login, cfg.Path)
 	}
 	if acct.Grant != "refresh_token" {
 		return fmt.Errorf("accounts.%s uses grant %q, which has no refresh token to import", login, acct.Grant)

@@ -1,0 +1,21 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
+)
+
+// loadAccount loads the mapping file at path and returns it with login's
+// account, or an error naming the missing [accounts.LOGIN] table.
+func loadAccount(path, login string) (*config.Config, *config.Account, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	acct := cfg.Accounts[login]
+	if acct == nil {
+		return nil, nil, fmt.Errorf("no [accounts.%s] in %s", login, cfg.Path)
+	}
+	return cfg, acct, nil
+}
