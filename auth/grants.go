@@ -320,13 +320,18 @@ func AppToken(ctx context.Context, acct *config.Account) (*oauth2.Token, error) 
 
 // appFetcher returns a function that gets a new access token for an
 // app-only account at every call: client credentials with the provider's
-// client secret (Microsoft: the app_scopes, https://outlook.office365.com/.default),
-// or a JWT signed with the Google service account key whose subject is the
-// mailbox (domain-wide delegation).
+// client secret or, when the provider has a certificate, a client assertion
+// signed with its key (Microsoft: the app_scopes,
+// https://outlook.office365.com/.default), or a JWT signed with the Google
+// service account key whose subject is the mailbox (domain-wide
+// delegation).
 func appFetcher(acct *config.Account) (func(context.Context) (*oauth2.Token, error), error) {
 	p := acct.Provider
 	switch acct.Grant {
 	case "client_credentials":
+		if p.ClientCertificateFile != "" {
+			return assertionFetcher(p)
+		}
 		cc := &clientcredentials.Config{
 			ClientID:     p.ClientID,
 			ClientSecret: p.ClientSecret,

@@ -115,7 +115,8 @@ var aadstsAdvice = map[int]advice{
 	65001:   {"admin consent missing", "grant admin consent for the app in Entra ID (App registrations > API permissions > Grant admin consent), then {after_consent}"},
 	7000215: {"client secret is wrong", "set providers.{provider}.client_secret to the secret's Value (not its Secret ID) from Entra ID > App registrations > Certificates & secrets"},
 	7000222: {"client secret has expired", "create a new client secret in Entra ID (App registrations > Certificates & secrets) and set providers.{provider}.client_secret"},
-	7000218: {"the app requires a client secret", "set providers.{provider}.client_secret, or set Allow public client flows to Yes in Entra ID (App registrations > Authentication)"},
+	7000218: {"the app requires a client secret or certificate", "set providers.{provider}.client_secret (or client_certificate_file and client_key_file), " +
+		"or set Allow public client flows to Yes in Entra ID (App registrations > Authentication)"},
 	700025:  {"the app is a public client and must not send a client secret", "remove client_secret from providers.{provider}"},
 	700016:  {"app {client_id} not found in the tenant", "check providers.{provider}.client_id and tenant ({tenant}), and that an admin consented to the app in that tenant"},
 	90002:   {"tenant {tenant} not found", "set providers.{provider}.tenant to the tenant ID or its onmicrosoft.com domain"},
@@ -128,6 +129,16 @@ var aadstsAdvice = map[int]advice{
 	1002012: {"the app-only scope is invalid", "set providers.{provider}.app_scopes = [\"https://outlook.office365.com/.default\"]"},
 	70011:   {"the requested scope is invalid", "check providers.{provider}.scopes (Microsoft 365: https://outlook.office365.com/IMAP.AccessAsUser.All offline_access)"},
 	700024:  {"the client assertion is outside its valid time range", "synchronize this host's clock (NTP)"},
+
+	// Certificate credentials (client_certificate_file): the client
+	// assertion the proxy signs for each client_credentials request.
+	700027: {"Entra ID does not accept the app's certificate: it is not uploaded to the app, it has expired there, or the key does not match it",
+		"upload providers.{provider}.client_certificate_file in Entra ID (App registrations > Certificates & secrets > Certificates) " +
+			"and check that client_key_file is its key, then run: imap-oauth-proxy check {login}"},
+	700021: {"the client assertion names another app than client_id", "check providers.{provider}.client_id against the app's Application (client) ID"},
+	700023: {"the client assertion's audience is not the tenant's token endpoint", "check providers.{provider}.tenant ({tenant}) and token_url"},
+	50027:  {"the client assertion is malformed", "check providers.{provider}.client_certificate_file and client_key_file, then run: imap-oauth-proxy check {login}"},
+	50013:  {"the client assertion was refused as invalid (replayed, expired or malformed)", "synchronize this host's clock (NTP), then run: imap-oauth-proxy check {login}"},
 }
 
 // appOnly reports whether grant gets tokens without any user's

@@ -498,6 +498,13 @@ func TestManagerAppOnlyGrants(t *testing.T) {
 	ms := tokenServer(t, authtest.Options{Flavor: authtest.Microsoft, ClientSecret: grantClientSecret,
 		Grants: []string{authtest.GrantClientCredentials}})
 	ms.AllowApp(sharedMailbox)
+	msCert := tokenServer(t, authtest.Options{Flavor: authtest.Microsoft, Grants: []string{authtest.GrantClientCredentials}})
+	msCert.AllowApp(sharedMailbox)
+	certPEM, keyPEM, err := msCert.NewClientCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	certLines, _, _ := writeCertificate(t, certPEM, keyPEM)
 	google := tokenServer(t, authtest.Options{Flavor: authtest.Google, Grants: []string{authtest.GrantJWTBearer}})
 	keyFile, clientID := serviceAccount(t, google, "sa@proj.iam.gserviceaccount.test")
 	google.DelegateDomainWide(clientID, "https://mail.google.com/")
@@ -509,6 +516,7 @@ func TestManagerAppOnlyGrants(t *testing.T) {
 	}{
 		{"client_credentials", account(t, ms, "microsoft", "client_credentials", sharedMailbox,
 			fmt.Sprintf("tenant = \"contoso.onmicrosoft.com\"\nclient_secret = %q\n", grantClientSecret)), ms},
+		{"client_credentials with a certificate", account(t, msCert, "microsoft", "client_credentials", sharedMailbox, certLines), msCert},
 		{"service_account", account(t, google, "google", "service_account", sharedMailbox,
 			fmt.Sprintf("service_account_file = %q\n", keyFile)), google},
 	} {

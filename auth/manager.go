@@ -212,6 +212,8 @@ func (a *Account) matches(acct *config.Account, recordID string, generation uint
 		a.provider.ClientID == p.ClientID &&
 		a.provider.ClientSecret == p.ClientSecret &&
 		a.provider.ServiceAccountFile == p.ServiceAccountFile &&
+		a.provider.ClientCertificateFile == p.ClientCertificateFile &&
+		a.provider.ClientKeyFile == p.ClientKeyFile &&
 		slices.Equal(a.provider.Scopes, p.Scopes) &&
 		slices.Equal(a.provider.AppScopes, p.AppScopes)
 }

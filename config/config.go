@@ -165,8 +165,19 @@ type Provider struct {
 	ClientID string
 	// ClientSecret is the OAuth client secret: the key client_secret, or the
 	// content of the file named by client_secret_file with surrounding white
-	// space trimmed. "" for a public client. Never log it.
+	// space trimmed. "" for a public client, and for a client that
+	// authenticates with a certificate. Never log it.
 	ClientSecret string
+	// ClientCertificateFile and ClientKeyFile are the app's certificate
+	// credential (keys client_certificate_file and client_key_file),
+	// resolved against the config file's directory: a certificate (PEM or
+	// DER) and its unencrypted PEM RSA private key, both set or both "".
+	// The client_credentials grant then authenticates with a client
+	// assertion signed by the key (RFC 7523 section 2.2, Entra ID's
+	// certificate credentials) instead of a client secret; ClientSecret is
+	// "" then. Validation has checked that the files were readable and
+	// belong together; LoadClientCertificate reads them.
+	ClientCertificateFile, ClientKeyFile string
 	// IMAPAddress is the upstream IMAP server's host:port (key
 	// imap_address).
 	IMAPAddress string
@@ -236,10 +247,12 @@ func Load(path string) (*Config, error) {
 }
 
 // Parse parses and validates a mapping file. Relative paths in it (tls_cert,
-// tls_key, state_dir, client_secret_file, ca_file, service_account_file) are
-// resolved against dir; with dir "" they stay relative to the working
-// directory. client_secret_file is read. Parse returns a TOML syntax error
-// wrapped, or a *ValidationError listing every problem.
+// tls_key, state_dir, client_secret_file, ca_file, service_account_file,
+// client_certificate_file, client_key_file) are resolved against dir; with
+// dir "" they stay relative to the working directory. client_secret_file
+// is read; client_certificate_file and client_key_file are read and
+// checked (an RSA key and its certificate) but not kept. Parse returns a
+// TOML syntax error wrapped, or a *ValidationError listing every problem.
 func Parse(data []byte, dir string) (*Config, error) {
 	return parse(data, dir)
 }

@@ -69,6 +69,22 @@ func TestLoadFull(t *testing.T) {
 			IMAPTLS:       "implicit",
 			Mechanism:     "OAUTHBEARER", // "oauthbearer" in the file
 		},
+		"contoso-app": {
+			Name:                  "contoso-app",
+			Type:                  "microsoft",
+			Tenant:                "contoso.onmicrosoft.com",
+			AuthURL:               ms + "authorize",
+			TokenURL:              ms + "token",
+			DeviceAuthURL:         ms + "devicecode",
+			Scopes:                []string{"https://outlook.office365.com/IMAP.AccessAsUser.All", "offline_access"},
+			AppScopes:             []string{"https://outlook.office365.com/.default"},
+			ClientID:              "66666666-7777-8888-9999-000000000000",
+			IMAPAddress:           "outlook.office365.com:993",
+			IMAPTLS:               "implicit",
+			Mechanism:             "XOAUTH2",
+			ClientCertificateFile: filepath.Join(dir, "contoso-app.pem"),
+			ClientKeyFile:         filepath.Join(dir, "contoso-app.key"),
+		},
 		"gmail": {
 			Name:               "gmail",
 			Type:               "google",
@@ -115,6 +131,7 @@ func TestLoadFull(t *testing.T) {
 	}{
 		{"glpi-collector", "contoso", "helpdesk@contoso.com", "refresh_token"},
 		{"shared@contoso", "contoso", "shared@contoso.com", "client_credentials"},
+		{"app-collector", "contoso-app", "app@contoso.com", "client_credentials"},
 		{"gmail-robot", "gmail", "robot@example.com", "service_account"},
 		{"lab", "lab", "tester", "refresh_token"},
 	}

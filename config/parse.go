@@ -71,6 +71,8 @@ type rawProvider struct {
 	CAFile             rawValue `toml:"ca_file"`
 	Mechanism          rawValue `toml:"mechanism"`
 	ServiceAccountFile rawValue `toml:"service_account_file"`
+	ClientCertFile     rawValue `toml:"client_certificate_file"`
+	ClientKeyFile      rawValue `toml:"client_key_file"`
 }
 
 // rawAccount is an [accounts.LOGIN] table before its values are checked.
@@ -358,6 +360,8 @@ func (p *parser) provider(name string, r *rawProvider) *Provider {
 		}
 	}
 	p.str(r.ServiceAccountFile, &pr.ServiceAccountFile, at("service_account_file")...)
+	certTypeOK := p.str(r.ClientCertFile, &pr.ClientCertificateFile, at("client_certificate_file")...) || !r.ClientCertFile.set
+	keyTypeOK := p.str(r.ClientKeyFile, &pr.ClientKeyFile, at("client_key_file")...) || !r.ClientKeyFile.set
 
 	// Required keys are checked only for a known type, so that a typo in
 	// type yields one problem rather than one for every key it implies, and
@@ -406,7 +410,64 @@ func (p *parser) provider(name string, r *rawProvider) *Provider {
 
 	pr.CAFile = p.resolve(pr.CAFile)
 	pr.ServiceAccountFile = p.resolve(pr.ServiceAccountFile)
+	pr.ClientCertificateFile = p.resolve(pr.ClientCertificateFile)
+	pr.ClientKeyFile = p.resolve(pr.ClientKeyFile)
+	if certTypeOK && keyTypeOK {
+		p.clientCertificate(&pr, typ, secretFile != "", at)
+	}
 	return &pr
+}
+
+// clientCertificate checks a provider's certificate credential
+// (client_certificate_file and client_key_file, already resolved): both or
+// neither, not together with a client secret, not for Google, and
+// readable files holding an RSA key and its certificate. hasSecretFile
+// reports whether client_secret_file was given.
+func (p *parser) clientCertificate(pr *Provider, typ string, hasSecretFile bool, at func(string) []string) {
+	certFile, keyFile := pr.ClientCertificateFile, pr.ClientKeyFile
+	if certFile == "" && keyFile == "" {
+		return
+	}
+	ok := true
+	if typ == "google" {
+		key := "client_certificate_file"
+		if certFile == "" {
+			key = "client_key_file"
+		}
+		p.addf(keyPath(at(key)...), "only for type microsoft or generic (Google takes no client certificates)")
+		ok = false
+	}
+	switch {
+	case certFile == "":
+		p.addf(keyPath(at("client_certificate_file")...), "missing (client_key_file is set)")
+		ok = false
+	case keyFile == "":
+		p.addf(keyPath(at("client_key_file")...), "missing (client_certificate_file is set)")
+		ok = false
+	}
+	if certFile != "" && (pr.ClientSecret != "" || hasSecretFile) {
+		// The secret's value never goes into a problem.
+		p.addf(keyPath(at("client_certificate_file")...),
+			"client_secret and client_certificate_file are exclusive: the app authenticates with one of them (remove client_secret or client_secret_file)")
+		ok = false
+	}
+	if !ok {
+		return
+	}
+	cert, err := loadCertificate(certFile)
+	if err != nil {
+		p.addf(keyPath(at("client_certificate_file")...), "%v", err)
+	}
+	key, keyErr := loadRSAKey(keyFile)
+	if keyErr != nil {
+		p.addf(keyPath(at("client_key_file")...), "%v", keyErr)
+	}
+	if err != nil || keyErr != nil {
+		return
+	}
+	if err := keyMatches(cert, key, certFile, keyFile); err != nil {
+		p.addf(keyPath(at("client_key_file")...), "%v", err)
+	}
 }
 
 func (p *parser) account(login string, r *rawAccount, providers map[string]*Provider) *Account {
@@ -446,8 +507,9 @@ func (p *parser) account(login string, r *rawAccount, providers map[string]*Prov
 	pr := a.Provider
 	switch a.Grant {
 	case "client_credentials":
-		if pr.ClientSecret == "" {
-			p.addf(keyPath(at("grant")...), "client_credentials needs providers.%s.client_secret or client_secret_file", keyPath(pr.Name))
+		if pr.ClientSecret == "" && pr.ClientCertificateFile == "" && pr.ClientKeyFile == "" {
+			p.addf(keyPath(at("grant")...), "client_credentials needs providers.%s.client_secret, client_secret_file, "+
+				"or client_certificate_file and client_key_file", keyPath(pr.Name))
 		}
 		if pr.Type == "microsoft" && pr.TokenURL == preset(pr.Type, pr.Tenant).TokenURL && isOneOf(pr.Tenant, "organizations", "common", "consumers") {
 			p.addf(keyPath(at("grant")...), "client_credentials needs providers.%s.tenant set to the tenant's ID or domain, not %q", keyPath(pr.Name), pr.Tenant)

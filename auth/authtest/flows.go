@@ -72,6 +72,9 @@ type flows struct {
 	accounts   map[string]*serviceAccount // by client_email
 	authorizes []url.Values               // queries of GET /authorize
 	forms      map[string][]url.Values    // token request forms by grant type
+
+	clientCerts []*clientCert        // AddClientCertificate, in flows_certificate.go
+	assertions  map[string]time.Time // jti of accepted client assertions: their exp
 }
 
 func (f *flows) init() {
@@ -82,6 +85,7 @@ func (f *flows) init() {
 	f.appBoxes = make(map[string]bool)
 	f.accounts = make(map[string]*serviceAccount)
 	f.forms = make(map[string][]url.Values)
+	f.assertions = make(map[string]time.Time)
 }
 
 type authCode struct {
@@ -163,8 +167,9 @@ func (s *Server) AuthorizeRequests() []url.Values {
 }
 
 // TokenRequests returns the forms of the token requests of grant type
-// grant that passed client authentication, oldest first. For
-// GrantJWTBearer every request is kept.
+// grant that passed client authentication, oldest first (for
+// GrantClientCredentials with a certificate, the client assertion
+// included). For GrantJWTBearer every request is kept.
 func (s *Server) TokenRequests(grant string) []url.Values {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -349,8 +354,15 @@ func (s *Server) fail(w http.ResponseWriter, status int, code string, msCode int
 }
 
 // serveGrant serves a grant other than refresh_token after the client
-// authenticated as clientID.
+// authenticated as clientID (for client_credentials: after its client
+// assertion is checked, when it sends one or the app has a certificate).
 func (s *Server) serveGrant(w http.ResponseWriter, grant string, form url.Values, clientID string) {
+	if grant == GrantClientCredentials && s.opts.Flavor == Microsoft {
+		if no := s.checkClientAssertion(form, clientID); no != nil {
+			s.writeError(w, no.status, no.code, no.text)
+			return
+		}
+	}
 	s.mu.Lock()
 	s.forms[grant] = append(s.forms[grant], cloneValues(form))
 	s.mu.Unlock()

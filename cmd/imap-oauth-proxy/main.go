@@ -28,6 +28,8 @@ commands:
                                        run LOGIN's grant (browser, pasted URL or device
                                        code; app-only grants: one token) and store it
                                        under a local password
+  passwd       [-config FILE] LOGIN    change LOGIN's local password, given the current one
+                                       (stdin not a terminal: current line, then new line)
   check        [-config FILE] [-v] LOGIN
                                        diagnose LOGIN end to end: token, TLS, greeting,
                                        XOAUTH2, LIST
@@ -61,6 +63,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = cmdTokenImport(args[2:], stdin, stdout, stderr)
 	case "authorize":
 		err = cmdAuthorize(ctx, args[1:], stdin, stdout, stderr)
+	case "passwd":
+		err = cmdPasswd(args[1:], stdin, stdout, stderr)
 	case "check":
 		err = cmdCheck(ctx, args[1:], stdin, stdout, stderr)
 	case "version":

@@ -1,0 +1,72 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
+)
+
+// cmdPasswd changes the local password of LOGIN's record: it opens the
+// record with the current password and re-encrypts it under the new one
+// (new salt, same authorization, generation + 1). A wrong current password
+// changes nothing. On a terminal it asks for the current password once and
+// the new one twice, without echo; otherwise stdin holds two lines, the
+// current password and the new one.
+func cmdPasswd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("passwd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", config.DefaultPath, "mapping file")
+	login, err := parseLoginFlags(fs, args, "passwd")
+	if err != nil {
+		return err
+	}
+	cfg, _, err := loadAccount(*configPath, login)
+	if err != nil {
+		return err
+	}
+	store, err := auth.NewStore(cfg.Server.StateDir, nil)
+	if err != nil {
+		return err
+	}
+	// Before asking for anything: is there a record to change?
+	if exists, err := store.Exists(login); err != nil {
+		return err
+	} else if !exists {
+		return fmt.Errorf("%s has no stored authorization (%s); create one with: imap-oauth-proxy authorize %s",
+			login, store.Path(login), login)
+	}
+
+	in := newInput(stdin, stderr)
+	current, err := in.password(fmt.Sprintf("Current local password for %s: ", login), "current local password")
+	if err != nil {
+		return err
+	}
+	rec, err := store.Open(login, current)
+	switch {
+	case errors.Is(err, auth.ErrWrongPassword):
+		return fmt.Errorf("the current local password of %s is wrong (or its record was altered); nothing was changed", login)
+	case err != nil:
+		return err
+	}
+	password, err := in.newPassword(login)
+	if err != nil {
+		return err
+	}
+	if err := store.SetPassword(rec, password); err != nil {
+		if errors.Is(err, auth.ErrRecordChanged) {
+			return fmt.Errorf("the record of %s changed on disk meanwhile (a running serve saved a rotated token, "+
+				"or another authorize or passwd ran); nothing was changed, run passwd again: %w", login, err)
+		}
+		return err
+	}
+	fmt.Fprintf(stdout, "Changed the local password of %s: %s is now encrypted under the new password "+
+		"(same authorization, generation %d).\n"+
+		"Give the collector the new password. A running serve uses it from the next login, and refuses the old one; "+
+		"there is no need to reload.\n",
+		login, store.Path(login), rec.Info.Generation)
+	return nil
+}
