@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"io"
+	"runtime"
 	"sync/atomic"
 	"time"
 )
@@ -88,5 +89,29 @@ func (s *Server) WriteMetrics(w io.Writer) error {
 	if err == nil {
 		err = s.auth.WriteMetrics(w) // token refreshes by outcome
 	}
+
+	// Go runtime gauges, named as Prometheus's Go client names them. They
+	// give the memory cost of a session (heap and goroutine stacks over
+	// sessions_active); ReadMemStats stops the world briefly, once per scrape.
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	p("# HELP go_goroutines Number of goroutines that currently exist.\n")
+	p("# TYPE go_goroutines gauge\n")
+	p("go_goroutines %d\n", runtime.NumGoroutine())
+	p("# HELP go_memstats_heap_alloc_bytes Heap bytes allocated and not yet freed (live and unswept).\n")
+	p("# TYPE go_memstats_heap_alloc_bytes gauge\n")
+	p("go_memstats_heap_alloc_bytes %d\n", ms.HeapAlloc)
+	p("# HELP go_memstats_heap_inuse_bytes Bytes in in-use heap spans.\n")
+	p("# TYPE go_memstats_heap_inuse_bytes gauge\n")
+	p("go_memstats_heap_inuse_bytes %d\n", ms.HeapInuse)
+	p("# HELP go_memstats_stack_inuse_bytes Bytes in goroutine stacks.\n")
+	p("# TYPE go_memstats_stack_inuse_bytes gauge\n")
+	p("go_memstats_stack_inuse_bytes %d\n", ms.StackInuse)
+	p("# HELP go_memstats_sys_bytes Bytes of memory obtained from the OS.\n")
+	p("# TYPE go_memstats_sys_bytes gauge\n")
+	p("go_memstats_sys_bytes %d\n", ms.Sys)
+	p("# HELP go_gc_cycles_total Completed garbage collection cycles.\n")
+	p("# TYPE go_gc_cycles_total counter\n")
+	p("go_gc_cycles_total %d\n", ms.NumGC)
 	return err
 }

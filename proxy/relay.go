@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -8,22 +9,56 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
-// relayBufferSize is the copy buffer per direction: one TLS record.
-const relayBufferSize = 16 * 1024
+// The relay's buffers. A direction waits for data in a small buffer, so an
+// idle session (a collector in IDLE, or between commands) holds
+// idleBufferSize per direction; it takes a large pooled buffer only while
+// data flows, and puts it back before it waits again.
+const (
+	// relayBufferSize is the large buffer: two TLS records of the largest
+	// plaintext (2^14 bytes), so that two records can go out in one write.
+	relayBufferSize = 2 * maxRecordPlaintext
+	// idleBufferSize is the buffer a direction waits in. Most IMAP
+	// commands and responses other than message bodies fit.
+	idleBufferSize = 4 * 1024
+	// maxRecordPlaintext is the most a TLS Read returns at once: one
+	// record's plaintext.
+	maxRecordPlaintext = 16 * 1024
+)
+
+// Coalescing limits. A TLS record on the wire is at most a 5-byte header
+// plus 2^14 bytes of plaintext plus 2048 bytes of expansion (TLS 1.2's
+// limit; TLS 1.3's is smaller).
+const (
+	maxRecordOverhead = 5 + 2048
+	maxRecordSize     = maxRecordPlaintext + maxRecordOverhead
+	// coalesceMinAhead is how many received bytes must be known to be
+	// waiting before the relay reads another record into the same write:
+	// room for the largest record, and for one more before it that
+	// carries no data (a post-handshake message). With that much already
+	// here, the extra Read never waits on the network.
+	coalesceMinAhead = 2 * maxRecordSize
+)
 
 // halfCloseGrace is how long the upstream may keep answering after the
 // collector has closed its sending side.
 const halfCloseGrace = 10 * time.Second
 
-// relayBuffers recycles copy buffers across sessions, so the relay
-// allocates nothing per byte and little per session.
-var relayBuffers = sync.Pool{New: func() any {
-	b := make([]byte, relayBufferSize)
-	return &b
-}}
+// relayBuffers and idleBuffers recycle copy buffers across sessions, so
+// the relay allocates nothing per byte and little per session.
+var (
+	relayBuffers = sync.Pool{New: func() any {
+		b := make([]byte, relayBufferSize)
+		return &b
+	}}
+	idleBuffers = sync.Pool{New: func() any {
+		b := make([]byte, idleBufferSize)
+		return &b
+	}}
+)
 
 // copyResult is what one direction of the relay did.
 type copyResult struct {
@@ -47,6 +82,7 @@ func (c *conn) relay(up *upstreamConn, log *slog.Logger) string {
 	results := make(chan copyResult, 2)
 	go proxyCopy(results, true, up.nc, c.nc, c.br, &c.srv.metrics.bytesToUpstream)
 	go proxyCopy(results, false, c.nc, up.nc, up.br, &c.srv.metrics.bytesToClient)
+	up.br = nil // proxyCopy drains it; its 4 KiB need not outlive that
 
 	var toUpstream, toClient int64
 	var firstErr error
@@ -95,6 +131,22 @@ type bufferedReader interface {
 // adds every byte written to counter. It is a named function so goroutine
 // dumps show what each goroutine is. A clean EOF from src is reported as a
 // nil error.
+//
+// Each Read's bytes are written at once; proxyCopy never waits for more
+// data before a write. Two things keep that cheap:
+//   - Buffers: while nothing is known to be waiting (the kernel holds no
+//     received bytes, and the TLS layer no rest of a record), the next Read
+//     goes into a small buffer, which is all an idle direction holds.
+//     Otherwise it goes into a large pooled buffer, which goes back to the
+//     pool as soon as the flow stops. (Where the receive queue cannot be
+//     measured, the large buffer is used throughout.)
+//   - Coalescing: a TLS source returns one record per Read. When the relay
+//     falls behind a fast upstream (many small FETCH responses, one record
+//     each), it reads further records into the same large buffer and writes
+//     them with one call, instead of one write (and one wake-up of the
+//     collector) per record. It does so only while coalesceMinAhead bytes
+//     are known to have arrived, so the extra Read never waits on the
+//     network, and only while a whole record fits, so no record is split.
 func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pending bufferedReader, counter *atomic.Int64) {
 	var written int64
 	if n := pending.Buffered(); n > 0 {
@@ -108,11 +160,65 @@ func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pe
 			return
 		}
 	}
-	bufp := relayBuffers.Get().(*[]byte)
-	defer relayBuffers.Put(bufp)
-	buf := *bufp
+	probe := newQueueProbe(src)
+	_, coalesce := src.(*tls.Conn)
+	var idle *[]byte // the small buffer; only with a probe to tell when to use it
+	if probe != nil {
+		idle = idleBuffers.Get().(*[]byte)
+		defer idleBuffers.Put(idle)
+	}
+	var large *[]byte // held only while data flows
+	defer func() {
+		if large != nil {
+			relayBuffers.Put(large)
+		}
+	}()
+	// leftover: the TLS layer may hold plaintext of a record that did not
+	// fit the small buffer. (A record always fits the large one.)
+	leftover := false
+	// ahead is a lower bound on the bytes received from the peer that src
+	// has not returned yet (in the kernel or inside the TLS layer): the
+	// last probe, less the most that the Reads since can have used up.
+	ahead := 0
+	perRead := 0 // what a Read may use up beyond the bytes it returns
+	if coalesce {
+		perRead = maxRecordOverhead
+	}
 	for {
+		if !leftover && ahead <= 0 {
+			ahead = probe.queued()
+		}
+		var buf []byte
+		// Without a probe nothing is known to be waiting, ever: always
+		// use the large buffer, as a plain copy loop would.
+		if leftover || ahead > 0 || probe == nil {
+			if large == nil {
+				large = relayBuffers.Get().(*[]byte)
+			}
+			buf = *large
+		} else {
+			if large != nil {
+				relayBuffers.Put(large)
+				large = nil
+			}
+			buf = *idle
+		}
 		n, rerr := src.Read(buf)
+		ahead -= n + perRead
+		if coalesce && large != nil {
+			for rerr == nil && len(buf)-n >= maxRecordPlaintext {
+				if ahead < coalesceMinAhead {
+					if ahead = max(ahead, probe.queued()); ahead < coalesceMinAhead {
+						break
+					}
+				}
+				var m int
+				m, rerr = src.Read(buf[n:])
+				n += m
+				ahead -= m + perRead
+			}
+		}
+		leftover = coalesce && large == nil && n == len(buf)
 		if n > 0 {
 			m, werr := dst.Write(buf[:n])
 			written += int64(m)
@@ -136,4 +242,51 @@ func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pe
 // connection or a shutdown deadline fired.
 func isClosedErr(err error) bool {
 	return errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// queueProbe reports how many received bytes wait in the kernel under a
+// connection (under the TLS layer for a TLS connection). A nil *queueProbe
+// knows nothing and always says 0.
+type queueProbe struct {
+	rc      syscall.RawConn
+	control func(fd uintptr) // p.read, bound once so probing does not allocate
+	n       int
+}
+
+// newQueueProbe returns a probe for src, or nil when this platform cannot
+// measure src's receive queue.
+func newQueueProbe(src net.Conn) *queueProbe {
+	if !canMeasureQueue {
+		return nil
+	}
+	var c net.Conn = src
+	if tc, ok := src.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	p := &queueProbe{rc: rc}
+	p.control = p.read
+	return p
+}
+
+func (p *queueProbe) read(fd uintptr) { p.n = queuedBytes(fd) }
+
+// queued returns how many bytes wait to be read from the socket, 0 if
+// unknown.
+func (p *queueProbe) queued() int {
+	if p == nil {
+		return 0
+	}
+	p.n = 0
+	if err := p.rc.Control(p.control); err != nil {
+		return 0
+	}
+	return p.n
 }

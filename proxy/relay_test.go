@@ -1,0 +1,92 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
+)
+
+// countingConn counts the Write calls on a connection.
+type countingConn struct {
+	net.Conn
+	writes atomic.Int64
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+// TestProxyCopyCoalescesWithoutWaiting: records that have already arrived
+// leave in fewer writes than records, every byte arrives unchanged and in
+// order, and the last record is delivered although the sender then stays
+// silent (coalescing never waits for data that is not there).
+func TestProxyCopyCoalescesWithoutWaiting(t *testing.T) {
+	sendSide, src := tcpPair(t)
+	dstConn, recvSide := tcpPair(t)
+	cert, caPEM, err := proxytest.NewCertificate("localhost", "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	server := tls.Server(sendSide, &tls.Config{Certificates: []tls.Certificate{cert}})
+	client := tls.Client(src, &tls.Config{RootCAs: roots, ServerName: "localhost"})
+	errc := make(chan error, 1)
+	go func() { errc <- server.Handshake() }()
+	if err := client.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []net.Conn{sendSide, src, dstConn, recvSide} {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+	}
+
+	// 60 records of 1 KiB, then a short last one: all in the receiver's
+	// kernel buffer before the relay starts, so they are queued when it
+	// reads, and nothing follows the last one.
+	var want bytes.Buffer
+	const records = 60
+	for i := 0; i < records; i++ {
+		rec := bytes.Repeat([]byte{byte('a' + i%26)}, 1024)
+		rec[0] = byte(i)
+		want.Write(rec)
+		if _, err := server.Write(rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want.WriteString("A1 OK done\r\n")
+	if _, err := server.Write([]byte("A1 OK done\r\n")); err != nil {
+		t.Fatal(err)
+	}
+
+	dst := &countingConn{Conn: dstConn}
+	results := make(chan copyResult, 1)
+	var counter atomic.Int64
+	go proxyCopy(results, false, dst, client, bufio.NewReader(client), &counter)
+
+	got := make([]byte, want.Len())
+	if _, err := io.ReadFull(recvSide, got); err != nil {
+		t.Fatalf("after the sender went silent, the relay delivered %d of %d bytes: %v", counter.Load(), want.Len(), err)
+	}
+	if !bytes.Equal(got, want.Bytes()) {
+		t.Fatal("relayed bytes differ from the bytes sent")
+	}
+	if n := dst.writes.Load(); canMeasureQueue && n >= records {
+		t.Errorf("%d writes for %d queued records: no coalescing", n, records+1)
+	}
+	server.Close()
+	if r := <-results; r.err != nil || r.n != int64(want.Len()) {
+		t.Errorf("proxyCopy: %d bytes, %v", r.n, r.err)
+	}
+}
