@@ -31,10 +31,9 @@ const (
 
 // Coalescing limits. A TLS record on the wire is at most a 5-byte header
 // plus 2^14 bytes of plaintext plus 2048 bytes of expansion (TLS 1.2's
-// limit; TLS 1.3's is smaller).
+// limit; TLS 1.3 allows 256, padding included).
 const (
-	maxRecordOverhead = 5 + 2048
-	maxRecordSize     = maxRecordPlaintext + maxRecordOverhead
+	maxRecordSize = 5 + maxRecordPlaintext + 2048
 	// coalesceMinAhead is how many received bytes must be known to be
 	// waiting before the relay reads another record into the same write:
 	// room for the largest record, and for one more before it that
@@ -178,11 +177,14 @@ func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pe
 	leftover := false
 	// ahead is a lower bound on the bytes received from the peer that src
 	// has not returned yet (in the kernel or inside the TLS layer): the
-	// last probe, less the most that the Reads since can have used up.
+	// last probe, less the most that the Reads since can have used up
+	// (a TLS Read, one record whatever it returns).
 	ahead := 0
-	perRead := 0 // what a Read may use up beyond the bytes it returns
-	if coalesce {
-		perRead = maxRecordOverhead
+	used := func(n int) int {
+		if coalesce {
+			return maxRecordSize
+		}
+		return n
 	}
 	for {
 		if !leftover && ahead <= 0 {
@@ -204,7 +206,7 @@ func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pe
 			buf = *idle
 		}
 		n, rerr := src.Read(buf)
-		ahead -= n + perRead
+		ahead -= used(n)
 		if coalesce && large != nil {
 			for rerr == nil && len(buf)-n >= maxRecordPlaintext {
 				if ahead < coalesceMinAhead {
@@ -215,7 +217,7 @@ func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pe
 				var m int
 				m, rerr = src.Read(buf[n:])
 				n += m
-				ahead -= m + perRead
+				ahead -= used(m)
 			}
 		}
 		leftover = coalesce && large == nil && n == len(buf)
