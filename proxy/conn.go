@@ -44,6 +44,7 @@ type conn struct {
 
 	mu       sync.Mutex
 	upstream net.Conn // set once relaying, so abort can close it too
+	aborted  bool     // abort was called: deadlines set later must not undo it
 }
 
 func (c *conn) serve() {
@@ -87,14 +88,24 @@ func (c *conn) handshake() error {
 	return nil
 }
 
-// abort ends the session from another goroutine.
+// abort ends the session from another goroutine. It is sticky: code that
+// moves a deadline afterwards checks isAborted (or registers the upstream
+// under c.mu, as relay does) so the session cannot outlive it.
 func (c *conn) abort() {
-	c.raw.SetDeadline(time.Now())
 	c.mu.Lock()
-	if c.upstream != nil {
-		c.upstream.SetDeadline(time.Now())
-	}
+	c.aborted = true
+	up := c.upstream
 	c.mu.Unlock()
+	c.raw.SetDeadline(time.Now())
+	if up != nil {
+		up.SetDeadline(time.Now())
+	}
+}
+
+func (c *conn) isAborted() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.aborted
 }
 
 // drain asks the session to end at its next command boundary: a pre-auth
@@ -140,6 +151,9 @@ func (c *conn) preauth() string {
 	loginBy := c.start.Add(srvCfg.PreauthMaxTime)
 	for n := 0; ; n++ {
 		c.raw.SetReadDeadline(earliest(time.Now().Add(srvCfg.PreauthTimeout), loginBy))
+		if c.isAborted() {
+			return "server closed"
+		}
 		if c.draining.Load() {
 			c.bye("Server shutting down")
 			return "shutdown"

@@ -70,12 +70,17 @@ type copyResult struct {
 // whatever the pre-auth readers had already buffered. It returns why the
 // session ended.
 func (c *conn) relay(up *upstreamConn, log *slog.Logger) string {
-	c.mu.Lock()
-	c.upstream = up.nc
-	c.mu.Unlock()
-	c.relaying.Store(true)
 	defer up.nc.Close()
 	c.nc.SetDeadline(time.Time{})
+	c.mu.Lock()
+	c.upstream = up.nc
+	aborted := c.aborted
+	c.mu.Unlock()
+	if aborted { // Close ran between the login and here
+		c.raw.SetDeadline(time.Now())
+		up.nc.SetDeadline(time.Now())
+	}
+	c.relaying.Store(true)
 	start := time.Now()
 
 	results := make(chan copyResult, 2)
