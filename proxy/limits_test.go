@@ -77,7 +77,12 @@ func TestLoginThrottle(t *testing.T) {
 	if got := other.line(); !strings.HasPrefix(got, "a1 OK") {
 		t.Fatalf("LOGIN from another address: %q", got)
 	}
-	// Nor is another login from the guesser's address.
+	// Nor is another login from the guesser's address: it is answered on
+	// its merits (no such login), not refused as locked.
+	r.send("b2 LOGIN someone-else whatever\r\n")
+	if got := r.line(); !strings.HasPrefix(got, "b2 NO [AUTHENTICATIONFAILED]") {
+		t.Fatalf("another login from the locked address: %q", got)
+	}
 	if !strings.Contains(h.logs.String(), "too many failures from this address") {
 		t.Error("the lockout is not logged")
 	}
