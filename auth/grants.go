@@ -201,12 +201,23 @@ func (l *Loopback) Wait(ctx context.Context) (*oauth2.Token, error) {
 	}
 }
 
-// Close stops listening.
+// loopbackDrain bounds how long Close waits for the browser's page to be
+// written after the result is in.
+const loopbackDrain = 5 * time.Second
+
+// Close stops listening. It lets a page being written finish first (for
+// at most a few seconds), so the browser does not see a dropped connection
+// in place of "you can close this window".
 func (l *Loopback) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), loopbackDrain)
+	defer cancel()
 	var first error
 	for _, srv := range l.servers {
-		if err := srv.Close(); err != nil && first == nil {
-			first = err
+		if err := srv.Shutdown(ctx); err != nil {
+			err = errors.Join(err, srv.Close())
+			if first == nil {
+				first = fmt.Errorf("closing the loopback redirect listener: %w", err)
+			}
 		}
 	}
 	return first

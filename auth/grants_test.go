@@ -85,6 +85,54 @@ func browser(t *testing.T, u string) (int, string) {
 	return resp.StatusCode, string(body)
 }
 
+// TestLoopbackCloseFinishesThePage closes the listener the moment the
+// result is in, as authorize does, while the browser still waits for its
+// page: the browser must get the page, not a dropped connection.
+func TestLoopbackCloseFinishesThePage(t *testing.T) {
+	s := tokenServer(t, authtest.Options{
+		Flavor: authtest.Microsoft, ClientSecret: grantClientSecret, RedirectURI: "http://localhost",
+		Grants: []string{authtest.GrantAuthorizationCode},
+	})
+	s.SignIn(operator)
+	acct := account(t, s, "microsoft", "refresh_token", operator, fmt.Sprintf("client_secret = %q\n", grantClientSecret))
+	for i := range 20 {
+		l, err := ListenLoopback(t.Context(), acct)
+		if err != nil {
+			t.Fatal(err)
+		}
+		type page struct {
+			body string
+			err  error
+		}
+		got := make(chan page, 1)
+		go func() {
+			resp, err := http.Get(l.Flow.URL)
+			if err != nil {
+				got <- page{err: err}
+				return
+			}
+			defer resp.Body.Close()
+			body, err := io.ReadAll(resp.Body)
+			got <- page{string(body), err}
+		}()
+		if _, err := l.Wait(t.Context()); err != nil {
+			t.Fatalf("Wait: %v", err)
+		}
+		if err := l.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+		p := <-got
+		if p.err != nil || !strings.Contains(p.body, "close this window") {
+			// The URL in a *url.Error carries the authorization code.
+			var ue *url.Error
+			if errors.As(p.err, &ue) {
+				p.err = ue.Err
+			}
+			t.Fatalf("round %d: browser got %q, %v; want the closing page", i, p.body, p.err)
+		}
+	}
+}
+
 // noFollow GETs u without following a redirect and returns Location.
 func noFollow(t *testing.T, u string) string {
 	t.Helper()

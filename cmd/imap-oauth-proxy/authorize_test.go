@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -135,6 +136,11 @@ func follow(t *testing.T, u string) string {
 	t.Helper()
 	resp, err := (&http.Client{Timeout: testDeadline}).Get(u)
 	if err != nil {
+		// Not the *url.Error itself: its URL carries the authorization code.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
 		t.Fatalf("browser: %v", err)
 	}
 	defer resp.Body.Close()
