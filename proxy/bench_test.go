@@ -45,22 +45,44 @@ var fetchCases = []struct {
 }
 
 // BenchmarkFetch fetches one large message, or many small ones, per op,
-// directly from the upstream and through the proxy.
+// directly from the in-process upstream and through the proxy.
 func BenchmarkFetch(b *testing.B) {
+	benchFetch(b, func(b *testing.B, bodies [][]byte) fetchClients {
+		h := newHarness(b, harnessOptions{})
+		seed := h.login()
+		for _, body := range bodies {
+			appendMessage(b, seed, body)
+		}
+		seed.Close()
+		return fetchClients{
+			direct:    h.direct(nil),
+			proxied:   benchLogin(h),
+			forwarded: benchDirectVia(b, h, tcpForwarder(b, h.upstream.Addr)),
+		}
+	})
+}
+
+// fetchClients are three clients of the same mailbox: straight to the
+// upstream with XOAUTH2, through the proxy with LOGIN, and straight to the
+// upstream through a bare TCP forwarder.
+type fetchClients struct {
+	direct, proxied, forwarded *imapclient.Client
+}
+
+// benchFetch runs fetchCases against the clients that setup returns for a
+// mailbox holding bodies.
+func benchFetch(b *testing.B, setup func(b *testing.B, bodies [][]byte) fetchClients) {
 	for _, tc := range fetchCases {
 		b.Run(tc.name, func(b *testing.B) {
-			h := newHarness(b, harnessOptions{})
-			seed := h.login()
 			line := []byte("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.\r\n")
 			body := bytes.Repeat(line, tc.size/len(line)+1)[:tc.size]
 			copy(body, message("bench", ""))
-			for i := 0; i < tc.count; i++ {
-				appendMessage(b, seed, body)
+			bodies := make([][]byte, tc.count)
+			for i := range bodies {
+				bodies[i] = body
 			}
-			seed.Close()
-			direct, proxied := h.direct(nil), benchLogin(h)
-			forwarded := benchDirectVia(b, h, tcpForwarder(b, h.upstream.Addr))
-			for _, c := range []*imapclient.Client{direct, proxied, forwarded} {
+			cs := setup(b, bodies)
+			for _, c := range []*imapclient.Client{cs.direct, cs.proxied, cs.forwarded} {
 				if _, err := c.Select("INBOX", nil).Wait(); err != nil {
 					b.Fatal(err)
 				}
@@ -77,17 +99,17 @@ func BenchmarkFetch(b *testing.B) {
 			b.Run("direct", func(b *testing.B) {
 				b.SetBytes(perOp)
 				for i := 0; i < b.N; i++ {
-					fetch(b, direct)
+					fetch(b, cs.direct)
 				}
 			})
 			b.Run("proxy", func(b *testing.B) {
 				b.SetBytes(perOp)
 				for i := 0; i < b.N; i++ {
-					fetch(b, proxied)
+					fetch(b, cs.proxied)
 				}
 			})
 			b.Run("paired", func(b *testing.B) {
-				r := paired(b.N, func() { fetch(b, direct) }, func() { fetch(b, proxied) })
+				r := paired(b.N, func() { fetch(b, cs.direct) }, func() { fetch(b, cs.proxied) })
 				mb := float64(perOp) / 1e6
 				b.ReportMetric(mb/r.direct.Seconds(), "direct-MB/s")
 				b.ReportMetric(mb/r.proxied.Seconds(), "proxy-MB/s")
@@ -98,7 +120,7 @@ func BenchmarkFetch(b *testing.B) {
 			// bare TCP forwarder (a read/write loop, no TLS termination),
 			// against the same client without it.
 			b.Run("forwarder-paired", func(b *testing.B) {
-				r := paired(b.N, func() { fetch(b, direct) }, func() { fetch(b, forwarded) })
+				r := paired(b.N, func() { fetch(b, cs.direct) }, func() { fetch(b, cs.forwarded) })
 				b.ReportMetric(r.ratio, "forwarder/direct")
 				b.ReportMetric(r.cpuRatio, "cpu-forwarder/direct")
 			})

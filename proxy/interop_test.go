@@ -58,7 +58,7 @@ type interopAccount struct {
 // interopEnv is a token endpoint, a Dovecot that checks tokens against it,
 // and a proxy in front of Dovecot with one account per collector.
 type interopEnv struct {
-	t        *testing.T
+	t        testing.TB
 	tokens   *authtest.Server
 	dovecot  *dovecot
 	addr     string // the proxy's
@@ -73,7 +73,7 @@ type interopEnv struct {
 // newInteropEnv starts the token endpoint, Dovecot and the proxy, with an
 // account for each login in logins (mailbox LOGIN@contoso.test). A login
 // ending in "-bearer" logs in upstream with OAUTHBEARER.
-func newInteropEnv(t *testing.T, logins ...string) *interopEnv {
+func newInteropEnv(t testing.TB, logins ...string) *interopEnv {
 	t.Helper()
 	e := &interopEnv{t: t, logs: &syncBuffer{}, accounts: make(map[string]*interopAccount)}
 	e.tokens = authtest.NewServer(authtest.Options{
