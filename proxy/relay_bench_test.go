@@ -72,7 +72,7 @@ func benchProxyCopy(b *testing.B, useTLS bool, chunk, size int) {
 
 	results := make(chan copyResult, 1)
 	var counter atomic.Int64
-	go proxyCopy(results, false, dst, src, bufio.NewReader(src), &counter)
+	go proxyCopy(results, false, dst, src, bufio.NewReader(src), &readGate{conn: src}, &counter)
 
 	ops := make(chan struct{})
 	sendErr := make(chan error, 1)

@@ -5,8 +5,10 @@ import (
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"io"
 	"net"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -28,8 +30,28 @@ func (c *countingConn) Write(p []byte) (int, error) {
 // TestProxyCopyCoalescesWithoutWaiting: records that have already arrived
 // leave in fewer writes than records, every byte arrives unchanged and in
 // order, and the last record is delivered although the sender then stays
-// silent (coalescing never waits for data that is not there).
+// silent (coalescing never waits for data that is not there). With the
+// kernel's receive queue hidden, only the records the TLS layer has read
+// ahead can be coalesced (through the read gate).
 func TestProxyCopyCoalescesWithoutWaiting(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		hideQueue bool
+	}{{"kernel-queue", false}, {"tls-buffer-only", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			if !canMeasureQueue && !tc.hideQueue {
+				t.Skip("this platform cannot measure a socket's receive queue")
+			}
+			testProxyCopyCoalesces(t, tc.hideQueue)
+		})
+	}
+}
+
+// opaqueConn hides a connection's file descriptor (no SyscallConn), so the
+// relay cannot probe its receive queue.
+type opaqueConn struct{ net.Conn }
+
+func testProxyCopyCoalesces(t *testing.T, hideQueue bool) {
 	sendSide, src := tcpPair(t)
 	dstConn, recvSide := tcpPair(t)
 	cert, caPEM, err := proxytest.NewCertificate("localhost", "127.0.0.1")
@@ -38,8 +60,12 @@ func TestProxyCopyCoalescesWithoutWaiting(t *testing.T) {
 	}
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(caPEM)
+	var under net.Conn = src
+	if hideQueue {
+		under = opaqueConn{src}
+	}
 	server := tls.Server(sendSide, &tls.Config{Certificates: []tls.Certificate{cert}})
-	client := tls.Client(src, &tls.Config{RootCAs: roots, ServerName: "localhost"})
+	client := tls.Client(under, &tls.Config{RootCAs: roots, ServerName: "localhost"})
 	errc := make(chan error, 1)
 	go func() { errc <- server.Handshake() }()
 	if err := client.Handshake(); err != nil {
@@ -51,29 +77,33 @@ func TestProxyCopyCoalescesWithoutWaiting(t *testing.T) {
 	for _, c := range []net.Conn{sendSide, src, dstConn, recvSide} {
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 	}
+	gate := &readGate{conn: client}
+	gate.setReadDeadline(time.Now().Add(10 * time.Second))
 
-	// 60 records of 1 KiB, then a short last one: all in the receiver's
-	// kernel buffer before the relay starts, so they are queued when it
-	// reads, and nothing follows the last one.
+	// One full record first (as a large literal would), which grows the
+	// TLS layer's read buffer, then 60 records of 1 KiB and a short last
+	// one: all in the receiver's kernel buffer before the relay starts,
+	// and nothing follows the last one.
 	var want bytes.Buffer
-	const records = 60
-	for i := 0; i < records; i++ {
-		rec := bytes.Repeat([]byte{byte('a' + i%26)}, 1024)
-		rec[0] = byte(i)
+	send := func(rec []byte) {
 		want.Write(rec)
 		if _, err := server.Write(rec); err != nil {
 			t.Fatal(err)
 		}
 	}
-	want.WriteString("A1 OK done\r\n")
-	if _, err := server.Write([]byte("A1 OK done\r\n")); err != nil {
-		t.Fatal(err)
+	send(bytes.Repeat([]byte{'L'}, maxRecordPlaintext))
+	const records = 60
+	for i := 0; i < records; i++ {
+		rec := bytes.Repeat([]byte{byte('a' + i%26)}, 1024)
+		rec[0] = byte(i)
+		send(rec)
 	}
+	send([]byte("A1 OK done\r\n"))
 
 	dst := &countingConn{Conn: dstConn}
 	results := make(chan copyResult, 1)
 	var counter atomic.Int64
-	go proxyCopy(results, false, dst, client, bufio.NewReader(client), &counter)
+	go proxyCopy(results, false, dst, client, bufio.NewReader(client), gate, &counter)
 
 	got := make([]byte, want.Len())
 	if _, err := io.ReadFull(recvSide, got); err != nil {
@@ -82,11 +112,64 @@ func TestProxyCopyCoalescesWithoutWaiting(t *testing.T) {
 	if !bytes.Equal(got, want.Bytes()) {
 		t.Fatal("relayed bytes differ from the bytes sent")
 	}
-	if n := dst.writes.Load(); canMeasureQueue && n >= records {
-		t.Errorf("%d writes for %d queued records: no coalescing", n, records+1)
+	if n := dst.writes.Load(); n >= records {
+		t.Errorf("%d writes for %d queued records: no coalescing", n, records+2)
+	} else {
+		t.Logf("%d writes for %d records", n, records+2)
 	}
 	server.Close()
 	if r := <-results; r.err != nil || r.n != int64(want.Len()) {
 		t.Errorf("proxyCopy: %d bytes, %v", r.n, r.err)
+	}
+}
+
+// TestReadGate: a deadline set while the relay reads buffered records
+// applies when it is done, and an expiry then stays: a later Read fails at
+// once instead of waiting on a silent peer.
+func TestReadGate(t *testing.T) {
+	a, b := tcpPair(t)
+	defer b.Close()
+	g := &readGate{conn: a}
+	readErr := func() error {
+		var buf [1]byte
+		done := make(chan error, 1)
+		go func() {
+			_, err := a.Read(buf[:])
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(10 * time.Second):
+			a.Close()
+			<-done
+			return errors.New("Read still waiting after 10s")
+		}
+	}
+
+	if !g.beginBuffered() {
+		t.Fatal("beginBuffered refused before any expiry")
+	}
+	if err := readErr(); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read during beginBuffered: %v, want an immediate deadline error", err)
+	}
+	g.setReadDeadline(time.Now().Add(time.Millisecond))
+	g.endBuffered()
+	if err := readErr(); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("the deadline set while buffering was lost: Read gave %v", err)
+	}
+
+	g.setReadDeadline(time.Time{})
+	if !g.beginBuffered() {
+		t.Fatal("beginBuffered refused before any expiry")
+	}
+	g.expire()
+	g.setReadDeadline(time.Time{}) // the half-close grace, say, after abort
+	g.endBuffered()
+	if err := readErr(); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("expire during buffered reads was undone: Read gave %v", err)
+	}
+	if g.beginBuffered() {
+		t.Error("beginBuffered after expire")
 	}
 }
