@@ -43,8 +43,8 @@ type conn struct {
 	draining atomic.Bool // the server is shutting down
 
 	mu       sync.Mutex
-	upstream *readGate // set once relaying, so abort can end it too
-	aborted  bool      // abort was called: deadlines set later must not undo it
+	upstream net.Conn // set once relaying, so abort can close it too
+	aborted  bool     // abort was called: deadlines set later must not undo it
 }
 
 func (c *conn) serve() {
@@ -98,7 +98,7 @@ func (c *conn) abort() {
 	c.mu.Unlock()
 	c.raw.SetDeadline(time.Now())
 	if up != nil {
-		up.expire()
+		up.SetDeadline(time.Now())
 	}
 }
 

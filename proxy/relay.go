@@ -72,21 +72,20 @@ type copyResult struct {
 func (c *conn) relay(up *upstreamConn, log *slog.Logger) string {
 	defer up.nc.Close()
 	c.nc.SetDeadline(time.Time{})
-	gate := &readGate{conn: up.nc}
 	c.mu.Lock()
-	c.upstream = gate
+	c.upstream = up.nc
 	aborted := c.aborted
 	c.mu.Unlock()
 	if aborted { // Close ran between the login and here
 		c.raw.SetDeadline(time.Now())
-		gate.expire()
+		up.nc.SetDeadline(time.Now())
 	}
 	c.relaying.Store(true)
 	start := time.Now()
 
 	results := make(chan copyResult, 2)
 	go proxyCopy(results, true, up.nc, c.nc, c.br, nil, &c.srv.metrics.bytesToUpstream)
-	go proxyCopy(results, false, c.nc, up.nc, up.br, gate, &c.srv.metrics.bytesToClient)
+	go proxyCopy(results, false, c.nc, up.nc, up.br, up.records, &c.srv.metrics.bytesToClient)
 	up.br = nil // proxyCopy drains it; its 4 KiB need not outlive that
 
 	var toUpstream, toClient int64
@@ -108,7 +107,7 @@ func (c *conn) relay(up *upstreamConn, log *slog.Logger) string {
 				if cw, ok := up.nc.(interface{ CloseWrite() error }); ok {
 					cw.CloseWrite()
 				}
-				gate.setReadDeadline(time.Now().Add(halfCloseGrace))
+				up.nc.SetReadDeadline(time.Now().Add(halfCloseGrace))
 			} else {
 				// The upstream is gone (or a side failed): end both.
 				c.nc.Close()
@@ -147,18 +146,16 @@ type bufferedReader interface {
 //     measured, the large buffer is used throughout.)
 //   - Coalescing: a TLS source returns one record per Read. When more
 //     records have already arrived (many small FETCH responses, one record
-//     each, or a large one faster than the collector reads), the relay
+//     each, or a large message faster than the collector reads), the relay
 //     reads them into the same buffer and writes them with one call,
 //     instead of one write (and one wake-up of the collector) per record.
-//     It takes only what cannot make it wait on the network: the records
-//     the TLS layer holds in its own buffer (read through gate, with the
-//     read deadline in the past, so a Read that would need the socket
-//     fails at once), and records in the kernel while coalesceMinAhead
-//     bytes are known to be there.
+//     It takes only what cannot make it wait on the network: whole records
+//     that crypto/tls has already read ahead (records tells when, and keeps
+//     such a Read off the socket), and records in the kernel while
+//     coalesceMinAhead bytes are known to be there.
 //
-// gate, for a TLS src only, may be nil: then only the kernel's records are
-// coalesced.
-func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pending bufferedReader, gate *readGate, counter *atomic.Int64) {
+// records is the recordConn under a TLS src, or nil.
+func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pending bufferedReader, records *recordConn, counter *atomic.Int64) {
 	var written int64
 	if n := pending.Buffered(); n > 0 {
 		b, _ := pending.Peek(n)
@@ -219,22 +216,23 @@ func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pe
 		}
 		n, rerr := src.Read(buf)
 		ahead -= used(n)
+		if records != nil && n > 0 {
+			records.noteReturned()
+		}
 		if coalesce {
 			for rerr == nil && n < len(buf) {
-				// What the TLS layer already holds (into the small buffer
-				// too: a full one sends the next Read to the large one).
-				if gate != nil && gate.beginBuffered() {
-					for n < len(buf) {
-						m, err := src.Read(buf[n:])
-						n += m
-						ahead -= used(m)
-						if err != nil || m == 0 {
-							break // nothing more without the socket; an error stays for the next Read
-						}
+				// Whole records crypto/tls already holds (into the small
+				// buffer too: filling it sends the next Read to the large
+				// one).
+				for records != nil && n < len(buf) && records.holdsRecord() {
+					m, err := records.readBuffered(src, buf[n:])
+					n += m
+					ahead -= used(m)
+					if err != nil || m == 0 {
+						break // an error other than errOnlyBuffered comes back at the next Read
 					}
-					gate.endBuffered()
 				}
-				// What the kernel holds, while a Read cannot wait for it.
+				// Records in the kernel, while a Read cannot wait for them.
 				if large == nil || len(buf)-n < maxRecordPlaintext {
 					break
 				}
@@ -247,6 +245,9 @@ func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pe
 				m, rerr = src.Read(buf[n:])
 				n += m
 				ahead -= used(m)
+				if records != nil && m > 0 {
+					records.noteReturned()
+				}
 			}
 		}
 		leftover = coalesce && large == nil && n == len(buf)
@@ -321,63 +322,3 @@ func (p *queueProbe) queued() int {
 	}
 	return p.n
 }
-
-// readGate owns the read deadline of a relayed upstream connection, so that
-// the relay can take a TLS connection's already-received records without
-// waiting (beginBuffered puts the deadline in the past for a moment) while
-// other goroutines move the deadline: the half-close grace, and abort,
-// which must stick.
-type readGate struct {
-	mu        sync.Mutex
-	conn      net.Conn
-	at        time.Time // the read deadline wanted outside beginBuffered
-	buffering bool
-	expired   bool // expire ran: the deadlines stay in the past
-}
-
-// setReadDeadline sets the read deadline, now or (while the relay reads
-// buffered records) as soon as it is done.
-func (g *readGate) setReadDeadline(t time.Time) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.at = t
-	if !g.buffering && !g.expired {
-		g.conn.SetReadDeadline(t)
-	}
-}
-
-// expire ends every read and write on the connection, for good.
-func (g *readGate) expire() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.expired = true
-	g.conn.SetDeadline(time.Now())
-}
-
-// beginBuffered makes Reads return only what the TLS layer has already
-// received; a Read that needs the socket fails at once with
-// os.ErrDeadlineExceeded, which leaves the TLS state intact. It reports
-// false (and changes nothing) once the connection has expired.
-func (g *readGate) beginBuffered() bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.expired {
-		return false
-	}
-	g.buffering = true
-	g.conn.SetReadDeadline(pastDeadline)
-	return true
-}
-
-// endBuffered puts back the read deadline that is wanted now.
-func (g *readGate) endBuffered() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.buffering = false
-	if !g.expired {
-		g.conn.SetReadDeadline(g.at)
-	}
-}
-
-// pastDeadline is a read deadline that has always passed.
-var pastDeadline = time.Unix(1, 0)

@@ -50,6 +50,7 @@ func benchProxyCopy(b *testing.B, useTLS bool, chunk, size int) {
 	sendSide, src := tcpPair(b)
 	dst, recvSide := tcpPair(b)
 	var sender io.Writer = sendSide
+	var records *recordConn
 	if useTLS {
 		cert, caPEM, err := proxytest.NewCertificate("localhost", "127.0.0.1")
 		if err != nil {
@@ -58,7 +59,8 @@ func benchProxyCopy(b *testing.B, useTLS bool, chunk, size int) {
 		roots := x509.NewCertPool()
 		roots.AppendCertsFromPEM(caPEM)
 		server := tls.Server(sendSide, &tls.Config{Certificates: []tls.Certificate{cert}})
-		client := tls.Client(src, &tls.Config{RootCAs: roots, ServerName: "localhost"})
+		records = &recordConn{Conn: src}
+		client := tls.Client(records, &tls.Config{RootCAs: roots, ServerName: "localhost"})
 		errc := make(chan error, 1)
 		go func() { errc <- server.Handshake() }()
 		if err := client.Handshake(); err != nil {
@@ -72,7 +74,7 @@ func benchProxyCopy(b *testing.B, useTLS bool, chunk, size int) {
 
 	results := make(chan copyResult, 1)
 	var counter atomic.Int64
-	go proxyCopy(results, false, dst, src, bufio.NewReader(src), &readGate{conn: src}, &counter)
+	go proxyCopy(results, false, dst, src, bufio.NewReader(src), records, &counter)
 
 	ops := make(chan struct{})
 	sendErr := make(chan error, 1)

@@ -5,10 +5,8 @@ import (
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"io"
 	"net"
-	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -32,7 +30,7 @@ func (c *countingConn) Write(p []byte) (int, error) {
 // order, and the last record is delivered although the sender then stays
 // silent (coalescing never waits for data that is not there). With the
 // kernel's receive queue hidden, only the records the TLS layer has read
-// ahead can be coalesced (through the read gate).
+// ahead can be coalesced (recordConn tells when).
 func TestProxyCopyCoalescesWithoutWaiting(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
@@ -64,8 +62,9 @@ func testProxyCopyCoalesces(t *testing.T, hideQueue bool) {
 	if hideQueue {
 		under = opaqueConn{src}
 	}
+	rc := &recordConn{Conn: under}
 	server := tls.Server(sendSide, &tls.Config{Certificates: []tls.Certificate{cert}})
-	client := tls.Client(under, &tls.Config{RootCAs: roots, ServerName: "localhost"})
+	client := tls.Client(rc, &tls.Config{RootCAs: roots, ServerName: "localhost"})
 	errc := make(chan error, 1)
 	go func() { errc <- server.Handshake() }()
 	if err := client.Handshake(); err != nil {
@@ -77,8 +76,6 @@ func testProxyCopyCoalesces(t *testing.T, hideQueue bool) {
 	for _, c := range []net.Conn{sendSide, src, dstConn, recvSide} {
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 	}
-	gate := &readGate{conn: client}
-	gate.setReadDeadline(time.Now().Add(10 * time.Second))
 
 	// One full record first (as a large literal would), which grows the
 	// TLS layer's read buffer, then 60 records of 1 KiB and a short last
@@ -103,7 +100,7 @@ func testProxyCopyCoalesces(t *testing.T, hideQueue bool) {
 	dst := &countingConn{Conn: dstConn}
 	results := make(chan copyResult, 1)
 	var counter atomic.Int64
-	go proxyCopy(results, false, dst, client, bufio.NewReader(client), gate, &counter)
+	go proxyCopy(results, false, dst, client, bufio.NewReader(client), rc, &counter)
 
 	got := make([]byte, want.Len())
 	if _, err := io.ReadFull(recvSide, got); err != nil {
@@ -120,56 +117,5 @@ func testProxyCopyCoalesces(t *testing.T, hideQueue bool) {
 	server.Close()
 	if r := <-results; r.err != nil || r.n != int64(want.Len()) {
 		t.Errorf("proxyCopy: %d bytes, %v", r.n, r.err)
-	}
-}
-
-// TestReadGate: a deadline set while the relay reads buffered records
-// applies when it is done, and an expiry then stays: a later Read fails at
-// once instead of waiting on a silent peer.
-func TestReadGate(t *testing.T) {
-	a, b := tcpPair(t)
-	defer b.Close()
-	g := &readGate{conn: a}
-	readErr := func() error {
-		var buf [1]byte
-		done := make(chan error, 1)
-		go func() {
-			_, err := a.Read(buf[:])
-			done <- err
-		}()
-		select {
-		case err := <-done:
-			return err
-		case <-time.After(10 * time.Second):
-			a.Close()
-			<-done
-			return errors.New("Read still waiting after 10s")
-		}
-	}
-
-	if !g.beginBuffered() {
-		t.Fatal("beginBuffered refused before any expiry")
-	}
-	if err := readErr(); !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("Read during beginBuffered: %v, want an immediate deadline error", err)
-	}
-	g.setReadDeadline(time.Now().Add(time.Millisecond))
-	g.endBuffered()
-	if err := readErr(); !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Errorf("the deadline set while buffering was lost: Read gave %v", err)
-	}
-
-	g.setReadDeadline(time.Time{})
-	if !g.beginBuffered() {
-		t.Fatal("beginBuffered refused before any expiry")
-	}
-	g.expire()
-	g.setReadDeadline(time.Time{}) // the half-close grace, say, after abort
-	g.endBuffered()
-	if err := readErr(); !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Errorf("expire during buffered reads was undone: Read gave %v", err)
-	}
-	if g.beginBuffered() {
-		t.Error("beginBuffered after expire")
 	}
 }

@@ -30,9 +30,11 @@ var errTokenRefused = errors.New("upstream refused the token")
 
 // upstreamConn is an upstream IMAP connection in the authenticated state.
 type upstreamConn struct {
-	nc   net.Conn      // the TLS connection
-	br   *bufio.Reader // may hold bytes the relay must forward first
-	caps string        // post-login capabilities, "" when the server gave none
+	nc net.Conn      // the TLS connection
+	br *bufio.Reader // may hold bytes the relay must forward first
+	// records is the socket under nc, following its TLS records.
+	records *recordConn
+	caps    string // post-login capabilities, "" when the server gave none
 	// dialTime is how long TCP connect and TLS handshake took.
 	dialTime time.Duration
 	// trace logs protocol lines at debug level; nil disables it.
@@ -78,7 +80,8 @@ func loginUpstream(ctx context.Context, l *upstreamLogin) (*upstreamConn, error)
 			return nil, err
 		}
 	}
-	tc := tls.Client(raw, l.tlsConfig)
+	up.records = &recordConn{Conn: raw}
+	tc := tls.Client(up.records, l.tlsConfig)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return nil, unavailable(fmt.Sprintf("TLS with upstream %s failed", addr), err)
 	}
