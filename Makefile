@@ -43,9 +43,10 @@ fuzz:
 	done
 
 # Proxy against direct access to the same upstream, in the same run: relay
-# throughput, login latency (warm and cold token cache) and login rate under
-# parallel collectors, the relay's allocations, then the real daemon's
-# memory per idle session (1,000 at a time). About four minutes.
+# throughput (in-process upstream, and Dovecot when installed), login
+# latency (warm and cold token cache) and login rate under parallel
+# collectors, the relay's allocations, then the real daemon's memory per
+# idle session (1,000 at a time). About six minutes.
 bench:
 	$(GO) test -run '^$$' -bench 'Fetch|Login|ProxyCopy' -benchmem -benchtime 2s -count 3 ./proxy/
 	$(GO) test -run '^$$' -bench 'IdleSessions' -benchtime 1x -count 3 ./proxy/
