@@ -135,11 +135,13 @@ func (m *Manager) Unlock(acct *config.Account, password string) (*Account, error
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if a, ok := m.sources.Get(acct.Login); ok && a.matches(acct, rec.Info.ID, rec.Info.Generation) {
+	if a, ok := m.sources.Get(acct.Login); ok && a.matches(acct, rec.Info.ID, rec.Info.SecretGeneration) {
+		// Also after passwd: a new password does not change the secret,
+		// and this account holds the newest refresh token.
 		return a, nil
 	}
-	// A new authorization (new record ID), a record rewritten by another
-	// process (passwd: newer generation), a changed provider, or a cold
+	// A new authorization (new record ID), a secret rewritten by another
+	// process (a newer secret generation), a changed provider, or a cold
 	// cache: start from what is on disk.
 	a, err := newAccount(m, acct, rec)
 	if err != nil {
@@ -166,7 +168,7 @@ type Account struct {
 	mu         sync.Mutex
 	reuse      oauth2.TokenSource // ReuseTokenSource over source; replaced by Refused
 	source     oauth2.TokenSource // *persistingSource, or *appSource for app-only grants
-	generation uint64             // newest record generation this account wrote or read
+	generation uint64             // newest secret generation of the record this account wrote or read
 	revoked    error              // sticky AuthorizationFailed after invalid_grant, until the record changes
 	lastAccess string             // newest access token, so Refused ignores stale refusals
 	refreshN   int                // refreshes attempted, for tests
@@ -179,7 +181,7 @@ func newAccount(m *Manager, acct *config.Account, rec *Unlocked) (*Account, erro
 		mailbox:    acct.Mailbox,
 		grant:      acct.Grant,
 		recordID:   rec.Info.ID,
-		generation: rec.Info.Generation,
+		generation: rec.Info.SecretGeneration,
 		provider:   *acct.Provider,
 	}
 	if isDelegated(acct.Grant) {
@@ -202,7 +204,8 @@ func newAccount(m *Manager, acct *config.Account, rec *Unlocked) (*Account, erro
 }
 
 // matches reports whether a still serves acct as configured now, for the
-// authorization stored under recordID, and has written or seen generation.
+// authorization stored under recordID, and has written or seen its secret
+// generation.
 func (a *Account) matches(acct *config.Account, recordID string, generation uint64) bool {
 	p := acct.Provider
 	return a.recordID == recordID && a.currentGeneration() >= generation &&
@@ -336,7 +339,7 @@ func (p *persistingSource) Token() (*oauth2.Token, error) {
 		// disk: an Unlock that reads it meanwhile must keep using this
 		// account, not build a second source that the next rotation kills.
 		a.mu.Lock()
-		a.generation = p.record.Info.Generation + 1
+		a.generation = p.record.Info.SecretGeneration + 1
 		a.mu.Unlock()
 		if err := a.m.store.Update(p.record, Secret{RefreshToken: p.refreshToken}); err != nil {
 			// The next refresh uses the new token and tries to save again.
@@ -347,7 +350,7 @@ func (p *persistingSource) Token() (*oauth2.Token, error) {
 	}
 	a.mu.Lock()
 	a.lastAccess = tok.AccessToken
-	a.generation = p.record.Info.Generation
+	a.generation = p.record.Info.SecretGeneration
 	a.mu.Unlock()
 	a.m.countRefresh("OK")
 	a.m.logger.Info("token refreshed", "login", a.login, "provider", a.provider.Name,

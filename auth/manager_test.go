@@ -206,3 +206,98 @@ func TestRefreshMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestRotationSurvivesPasswordChange: passwd changes an account's local
+// password (another process, another Store) while the daemon holds the
+// account; the daemon's next refresh rotates the refresh token and must
+// save it, so that logins with the new password keep working, also after
+// a restart, while the old password is refused.
+func TestRotationSurvivesPasswordChange(t *testing.T) {
+	r := newManagerRig(t)
+	// Access tokens shorter than the refresh margin: every Token refreshes.
+	tokens := authtest.NewServer(authtest.Options{ClientID: "id", ClientSecret: "secret", Rotate: true, AccessTTL: time.Minute})
+	t.Cleanup(tokens.Close)
+	acct := r.account("collector", tokens)
+	if err := r.token(acct); err != nil {
+		t.Fatal(err)
+	}
+
+	const newPassword = "new local password"
+	cli, err := auth.NewStore(r.store.Dir(), &auth.StoreOptions{KDF: auth.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := cli.Open("collector", managerPassword)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cli.SetPassword(u, newPassword); err != nil {
+		t.Fatal(err)
+	}
+
+	a, err := r.mgr.Unlock(acct, newPassword)
+	if err != nil {
+		t.Fatalf("login with the new password: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if _, err := a.Token(ctx); err != nil {
+		t.Fatalf("refresh after the password change: %v", err)
+	}
+	if _, err := r.mgr.Unlock(acct, managerPassword); err == nil {
+		t.Error("the old password still logs in")
+	}
+	onDisk, err := cli.Open("collector", newPassword)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if onDisk.Secret.RefreshToken != tokens.CurrentRefreshToken(acct.Mailbox) {
+		t.Fatal("the rotated refresh token was not saved: the record holds a dead one")
+	}
+
+	// A restart: a new Manager reads the record with the new password.
+	restarted, err := auth.NewManager(t.Context(), &auth.ManagerOptions{Store: cli, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err = restarted.Unlock(acct, newPassword)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Token(ctx); err != nil {
+		t.Errorf("refresh after a restart: %v", err)
+	}
+}
+
+// TestPasswordChangeKeepsAccount: a new local password does not change
+// the authorization, so the first login with it uses the access token
+// already cached instead of refreshing.
+func TestPasswordChangeKeepsAccount(t *testing.T) {
+	r := newManagerRig(t)
+	tokens := newTokens(t) // access tokens for an hour: no refresh needed
+	acct := r.account("collector", tokens)
+	if err := r.token(acct); err != nil {
+		t.Fatal(err)
+	}
+	before := tokens.RefreshCount(acct.Mailbox)
+
+	u, err := r.store.Open("collector", managerPassword)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.store.SetPassword(u, "new local password"); err != nil {
+		t.Fatal(err)
+	}
+	a, err := r.mgr.Unlock(acct, "new local password")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if _, err := a.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := tokens.RefreshCount(acct.Mailbox) - before; n != 0 {
+		t.Errorf("the login after passwd refreshed %d times; want the cached access token", n)
+	}
+}

@@ -25,11 +25,20 @@ import (
 
 	lru "github.com/hashicorp/golang-lru/v2"
 	"golang.org/x/crypto/argon2"
+	"golang.org/x/sys/unix"
 )
 
 // Token record format. A record is a JSON file; see recordFile.
 const (
-	recordVersion   = 1
+	// recordVersion1 records hold the secret encrypted directly under the
+	// key derived from the password. They are still read, and rewritten as
+	// recordVersion at their next write.
+	recordVersion1 = 1
+	// recordVersion records hold the secret under a random data key, which
+	// is stored wrapped (encrypted) under the key derived from the
+	// password. A password change rewraps the data key, so another process
+	// that holds the data key can still save a rotated token afterwards.
+	recordVersion   = 2
 	recordSuffix    = ".token"
 	kdfAlgArgon2id  = "argon2id"
 	saltSize        = 16
@@ -67,6 +76,18 @@ var ErrRecordChanged = errors.New("token record changed on disk")
 type Secret struct {
 	RefreshToken string `json:"refresh_token,omitempty"`
 }
+
+// String redacts the secret, so that no log line or test failure that
+// prints a Secret shows the token.
+func (s Secret) String() string {
+	if s.RefreshToken == "" {
+		return "{no refresh token}"
+	}
+	return "{refresh token [redacted]}"
+}
+
+// GoString is String, for %#v.
+func (s Secret) GoString() string { return s.String() }
 
 // KDFParams are argon2id parameters. They are stored in each record, so a
 // record is always opened with the parameters it was written with.
@@ -107,8 +128,9 @@ type StoreOptions struct {
 }
 
 // Store is a directory of encrypted token records, one file per login. It
-// is safe for concurrent use; several processes may share a directory (each
-// write replaces a whole file atomically).
+// is safe for concurrent use; several processes may share a directory
+// (each write replaces a whole file atomically, under a lock on the
+// directory).
 type Store struct {
 	dir string
 	kdf KDFParams
@@ -120,7 +142,7 @@ type Store struct {
 	macKey []byte
 
 	kdfSem  chan struct{} // bounds concurrent argon2 runs (each takes MemoryKiB)
-	writeMu sync.Mutex    // serializes check-and-replace of record files
+	writeMu sync.Mutex    // serializes check-and-replace of record files (see lock)
 	kdfRuns atomic.Int64  // argon2 runs so far, for tests
 
 	// beforeRename, if set (by tests), runs on the synced and closed
@@ -213,35 +235,62 @@ func recordFileName(login string) string {
 // (it is bound to the ciphertext); Info does not.
 type RecordInfo struct {
 	Login      string
-	ID         string    // random, new on every Create: one authorization
-	Generation uint64    // 1 on Create, +1 on every Update and SetPassword
-	Updated    time.Time // time of the last write
+	ID         string // random, new on every Create: one authorization
+	Generation uint64 // 1 on Create, +1 on every Update and SetPassword
+	// SecretGeneration counts the writes that changed the secret: 1 on
+	// Create, +1 on every Update; SetPassword keeps it.
+	SecretGeneration uint64
+	Updated          time.Time // time of the last write
 }
 
-// Unlocked is an opened record: its metadata, its secret, and the derived
-// key, so that it can be rewritten without the password. It is not safe
-// for concurrent use: callers serialize Update and SetPassword of one
+// Unlocked is an opened record: its metadata, its secret, and its keys, so
+// that it can be rewritten without the password. It is not safe for
+// concurrent use: callers serialize Update and SetPassword of one
 // Unlocked, and do not read Info or Secret during them.
 type Unlocked struct {
 	Info   RecordInfo
 	Secret Secret
 
-	key      []byte
-	salt     []byte
-	kdf      KDFParams
+	version int    // of the record as last read or written
+	dataKey []byte // the secret's key; nil for a version 1 record not yet rewritten
+	// passKey is derived from the password and salt. It is nil once
+	// another process has changed the password (its wrapping is kept).
+	passKey  []byte
+	wrap     wrapping
 	cacheKey [sha256.Size]byte
+}
+
+// String shows the record's metadata only: never its secret or keys.
+func (u Unlocked) String() string {
+	return fmt.Sprintf("{%+v %v}", u.Info, u.Secret)
+}
+
+// GoString is String, for %#v.
+func (u Unlocked) GoString() string { return u.String() }
+
+// wrapping is how a record's data key is protected: argon2id parameters
+// and salt for the password's key, and the data key sealed under it.
+type wrapping struct {
+	kdf           KDFParams
+	salt          []byte
+	nonce, sealed []byte // empty in a version 1 record
 }
 
 // recordFile is the JSON form of a record.
 type recordFile struct {
-	Version    int       `json:"version"`
-	Login      string    `json:"login"`
-	ID         string    `json:"id"`
-	Generation uint64    `json:"generation"`
-	Updated    string    `json:"updated"` // RFC 3339, as authenticated
-	KDF        kdfRecord `json:"kdf"`
-	Nonce      []byte    `json:"nonce"`      // base64, 12 bytes, new on every write
-	Ciphertext []byte    `json:"ciphertext"` // base64, AES-256-GCM of the JSON Secret
+	Version          int       `json:"version"`
+	Login            string    `json:"login"`
+	ID               string    `json:"id"`
+	Generation       uint64    `json:"generation"`
+	SecretGeneration uint64    `json:"secret_generation,omitempty"` // version 2
+	Updated          string    `json:"updated"`                     // RFC 3339, as authenticated
+	KDF              kdfRecord `json:"kdf"`
+	// KeyNonce and WrappedKey (version 2): AES-256-GCM of the data key
+	// under the password's key.
+	KeyNonce   []byte `json:"key_nonce,omitempty"`
+	WrappedKey []byte `json:"wrapped_key,omitempty"`
+	Nonce      []byte `json:"nonce"`      // base64, 12 bytes, new on every write
+	Ciphertext []byte `json:"ciphertext"` // base64, AES-256-GCM of the JSON Secret
 }
 
 type kdfRecord struct {
@@ -256,33 +305,81 @@ func (r *recordFile) params() KDFParams {
 	return KDFParams{Time: r.KDF.Time, MemoryKiB: r.KDF.MemoryKiB, Threads: r.KDF.Threads}
 }
 
+func (r *recordFile) wrapping() wrapping {
+	return wrapping{kdf: r.params(), salt: r.KDF.Salt, nonce: r.KeyNonce, sealed: r.WrappedKey}
+}
+
 func (r *recordFile) info() (RecordInfo, error) {
 	updated, err := time.Parse(time.RFC3339, r.Updated)
 	if err != nil {
 		return RecordInfo{}, fmt.Errorf("%w: bad updated time", ErrCorruptRecord)
 	}
-	return RecordInfo{Login: r.Login, ID: r.ID, Generation: r.Generation, Updated: updated}, nil
+	secretGen := r.SecretGeneration
+	if r.Version == recordVersion1 {
+		secretGen = r.Generation
+	}
+	return RecordInfo{Login: r.Login, ID: r.ID, Generation: r.Generation,
+		SecretGeneration: secretGen, Updated: updated}, nil
 }
 
-// aad is the additional authenticated data of a record: everything in the
-// clear that the ciphertext is bound to. Each field is length-prefixed.
-func (r *recordFile) aad() []byte {
-	var b []byte
-	str := func(s string) {
-		b = binary.AppendUvarint(b, uint64(len(s)))
-		b = append(b, s...)
-	}
-	str("imap-oauth-proxy token record")
-	b = binary.AppendUvarint(b, uint64(r.Version))
-	str(r.Login)
-	str(r.ID)
-	b = binary.AppendUvarint(b, r.Generation)
-	str(r.Updated)
-	str(r.KDF.Alg)
-	b = binary.AppendUvarint(b, uint64(r.KDF.Time))
-	b = binary.AppendUvarint(b, uint64(r.KDF.MemoryKiB))
-	b = binary.AppendUvarint(b, uint64(r.KDF.Threads))
-	str(string(r.KDF.Salt))
+// aadBuilder builds additional authenticated data; each string is
+// length-prefixed.
+type aadBuilder []byte
+
+func (b *aadBuilder) str(s string) {
+	*b = binary.AppendUvarint(*b, uint64(len(s)))
+	*b = append(*b, s...)
+}
+
+func (b *aadBuilder) num(n uint64) { *b = binary.AppendUvarint(*b, n) }
+
+func (b *aadBuilder) kdf(r *recordFile) {
+	b.str(r.KDF.Alg)
+	b.num(uint64(r.KDF.Time))
+	b.num(uint64(r.KDF.MemoryKiB))
+	b.num(uint64(r.KDF.Threads))
+	b.str(string(r.KDF.Salt))
+}
+
+// v1AAD is what a version 1 record's ciphertext is bound to: everything
+// in the clear.
+func (r *recordFile) v1AAD() []byte {
+	var b aadBuilder
+	b.str("imap-oauth-proxy token record")
+	b.num(uint64(r.Version))
+	b.str(r.Login)
+	b.str(r.ID)
+	b.num(r.Generation)
+	b.str(r.Updated)
+	b.kdf(r)
+	return b
+}
+
+// wrapAAD is what the wrapped data key is bound to: the record's identity
+// and the parameters of the password's key.
+func (r *recordFile) wrapAAD() []byte {
+	var b aadBuilder
+	b.str("imap-oauth-proxy record key")
+	b.num(uint64(r.Version))
+	b.str(r.Login)
+	b.str(r.ID)
+	b.kdf(r)
+	return b
+}
+
+// secretAAD is what a version 2 record's ciphertext is bound to: its
+// identity, generations and time, and the wrapped key beside it.
+func (r *recordFile) secretAAD() []byte {
+	var b aadBuilder
+	b.str("imap-oauth-proxy token record")
+	b.num(uint64(r.Version))
+	b.str(r.Login)
+	b.str(r.ID)
+	b.num(r.Generation)
+	b.num(r.SecretGeneration)
+	b.str(r.Updated)
+	b.str(string(r.KeyNonce))
+	b.str(string(r.WrappedKey))
 	return b
 }
 
@@ -296,20 +393,25 @@ func (s *Store) Create(login, password string, secret Secret) (*Unlocked, error)
 	if err := checkPassword(password); err != nil {
 		return nil, fmt.Errorf("creating token record for %q: %w", login, err)
 	}
-	u := &Unlocked{
-		Info: RecordInfo{Login: login, ID: newID()},
-		salt: randomBytes(saltSize),
-		kdf:  s.kdf,
-	}
-	u.cacheKey = s.cacheKey(login, u.kdf, u.salt, password)
-	u.key = s.deriveKey(password, u.salt, u.kdf)
-
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
-	if err := s.write(u, secret, 1, u.salt, u.kdf, u.key); err != nil {
+	u := &Unlocked{Info: RecordInfo{Login: login, ID: newID()}}
+	salt := randomBytes(saltSize)
+	passKey := s.deriveKey(password, salt, s.kdf)
+	dataKey := randomBytes(keySize)
+	w, err := wrapKey(login, u.Info.ID, passKey, dataKey, s.kdf, salt)
+	if err != nil {
 		return nil, fmt.Errorf("creating token record for %q: %w", login, err)
 	}
-	s.keys.Add(u.cacheKey, u.key)
+
+	unlock, err := s.lock()
+	if err != nil {
+		return nil, fmt.Errorf("creating token record for %q: %w", login, err)
+	}
+	defer unlock()
+	if err := s.write(u, secret, 1, 1, w, dataKey, passKey); err != nil {
+		return nil, fmt.Errorf("creating token record for %q: %w", login, err)
+	}
+	u.cacheKey = s.cacheKey(login, s.kdf, salt, password)
+	s.keys.Add(u.cacheKey, passKey)
 	return u, nil
 }
 
@@ -335,11 +437,19 @@ func (s *Store) open(login, password string) (*Unlocked, error) {
 	}
 	kdf := rec.params()
 	ck := s.cacheKey(login, kdf, rec.KDF.Salt, password)
-	key, cached := s.keys.Get(ck)
+	passKey, cached := s.keys.Get(ck)
 	if !cached {
-		key = s.deriveKey(password, rec.KDF.Salt, kdf)
+		passKey = s.deriveKey(password, rec.KDF.Salt, kdf)
 	}
-	plain, err := gcmOpen(key, rec.Nonce, rec.Ciphertext, rec.aad())
+	var plain, dataKey []byte
+	if rec.Version == recordVersion1 {
+		plain, err = gcmOpen(passKey, rec.Nonce, rec.Ciphertext, rec.v1AAD())
+	} else if dataKey, err = gcmOpen(passKey, rec.KeyNonce, rec.WrappedKey, rec.wrapAAD()); err == nil {
+		if len(dataKey) != keySize {
+			return nil, fmt.Errorf("%w: data key of %d bytes", ErrCorruptRecord, len(dataKey))
+		}
+		plain, err = gcmOpen(dataKey, rec.Nonce, rec.Ciphertext, rec.secretAAD())
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -351,14 +461,15 @@ func (s *Store) open(login, password string) (*Unlocked, error) {
 		return nil, fmt.Errorf("%w: undecodable secret", ErrCorruptRecord)
 	}
 	if !cached {
-		s.keys.Add(ck, key)
+		s.keys.Add(ck, passKey)
 	}
 	return &Unlocked{
 		Info:     info,
 		Secret:   secret,
-		key:      key,
-		salt:     rec.KDF.Salt,
-		kdf:      kdf,
+		version:  rec.Version,
+		dataKey:  dataKey,
+		passKey:  passKey,
+		wrap:     rec.wrapping(),
 		cacheKey: ck,
 	}, nil
 }
@@ -392,98 +503,173 @@ func (s *Store) Exists(login string) (bool, error) {
 	return false, fmt.Errorf("looking for token record of %q: %w", login, err)
 }
 
-// Update re-encrypts secret under u's key and salt with Generation+1 and a
-// new nonce, replaces the record atomically, and updates u in place.
-// Callers serialize Updates of one record. If the record on disk is not
-// the one u was read from (see ErrRecordChanged), nothing is written; the
-// check is exact within one Store and best effort between processes (no
-// file locking: of two racing renames, the last wins).
+// Update encrypts secret as the next generation of u's record (new nonce),
+// replaces the record atomically, and updates u in place. Callers
+// serialize Updates of one record.
+//
+// The record on disk must still hold the secret u was read with: same ID
+// (no new authorization since) and same SecretGeneration (no other
+// rotation saved since); otherwise nothing is written (ErrRecordChanged).
+// A password change by another process since is not a conflict: the
+// secret is written under the data key u holds, with that process's
+// wrapping of it, so it opens with the new password. Writers in other
+// processes are kept out by a lock on the store directory.
 // If only syncing the directory fails, the new record is in place, u is
 // updated, and the error is returned.
 func (s *Store) Update(u *Unlocked, secret Secret) error {
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
-	if err := s.checkCurrent(u); err != nil {
-		return fmt.Errorf("updating token record for %q: %w", u.Info.Login, err)
-	}
-	if err := s.write(u, secret, u.Info.Generation+1, u.salt, u.kdf, u.key); err != nil {
+	if err := s.update(u, secret); err != nil {
 		return fmt.Errorf("updating token record for %q: %w", u.Info.Login, err)
 	}
 	return nil
 }
 
-// SetPassword re-encrypts u's secret under newPassword with a new salt
-// (and the Store's current KDF parameters), keeping the ID, with
-// Generation+1, and updates u in place. Callers serialize it with Update.
-// Like Update, it writes nothing if the record changed on disk.
-func (s *Store) SetPassword(u *Unlocked, newPassword string) error {
-	if err := checkPassword(newPassword); err != nil {
-		return fmt.Errorf("changing password of token record for %q: %w", u.Info.Login, err)
-	}
-	salt := randomBytes(saltSize)
-	kdf := s.kdf
-	key := s.deriveKey(newPassword, salt, kdf)
-	ck := s.cacheKey(u.Info.Login, kdf, salt, newPassword)
-
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
-	if err := s.checkCurrent(u); err != nil {
-		return fmt.Errorf("changing password of token record for %q: %w", u.Info.Login, err)
-	}
-	oldCK := u.cacheKey
-	if err := s.write(u, u.Secret, u.Info.Generation+1, salt, kdf, key); err != nil {
-		return fmt.Errorf("changing password of token record for %q: %w", u.Info.Login, err)
-	}
-	s.keys.Remove(oldCK)
-	u.cacheKey = ck
-	s.keys.Add(ck, key)
-	return nil
-}
-
-// checkCurrent returns an error wrapping ErrRecordChanged unless the record
-// on disk has u's ID and generation. s.writeMu is held.
-func (s *Store) checkCurrent(u *Unlocked) error {
-	if u == nil || u.key == nil {
+func (s *Store) update(u *Unlocked, secret Secret) error {
+	if u == nil || u.passKey == nil && u.dataKey == nil {
 		return errors.New("record is not unlocked")
 	}
-	rec, err := s.read(u.Info.Login)
-	if errors.Is(err, ErrNoRecord) {
-		return fmt.Errorf("%w: %w", ErrRecordChanged, err)
-	}
+	unlock, err := s.lock()
 	if err != nil {
 		return err
 	}
-	if rec.ID != u.Info.ID || rec.Generation != u.Info.Generation {
-		return fmt.Errorf("%w: on disk id %s generation %d, have id %s generation %d",
-			ErrRecordChanged, rec.ID, rec.Generation, u.Info.ID, u.Info.Generation)
+	defer unlock()
+	disk, err := s.current(u)
+	if err != nil {
+		return err
+	}
+	dataKey, passKey, w := u.dataKey, u.passKey, disk.wrapping()
+	switch {
+	case disk.Version == recordVersion1:
+		// u read this very version 1 record (current checked the
+		// generation): give it a data key, wrapped under the same key.
+		dataKey = randomBytes(keySize)
+		if w, err = wrapKey(u.Info.Login, u.Info.ID, passKey, dataKey, u.wrap.kdf, u.wrap.salt); err != nil {
+			return err
+		}
+	case u.dataKey == nil:
+		// u read a version 1 record that another process has rewritten.
+		return fmt.Errorf("%w: rewritten as version %d", ErrRecordChanged, disk.Version)
+	case !bytes.Equal(disk.KDF.Salt, u.wrap.salt):
+		passKey = nil // another process changed the password; keep its wrapping
+	}
+	return s.write(u, secret, disk.Generation+1, u.Info.SecretGeneration+1, w, dataKey, passKey)
+}
+
+// SetPassword wraps u's data key under newPassword with a new salt (and
+// the Store's current KDF parameters), keeping the ID and the secret, with
+// Generation+1, and updates u in place. Callers serialize it with Update.
+// Unlike Update it writes nothing if the record changed on disk in any way
+// since u was read (ErrRecordChanged): Open it again and retry.
+func (s *Store) SetPassword(u *Unlocked, newPassword string) error {
+	if err := s.setPassword(u, newPassword); err != nil {
+		return fmt.Errorf("changing password of token record for %q: %w", u.Info.Login, err)
 	}
 	return nil
 }
 
-// write encrypts secret into a record with u's login and ID and the given
-// generation, salt, params and key, replaces the file, and on success
-// updates u. s.writeMu is held.
-func (s *Store) write(u *Unlocked, secret Secret, gen uint64, salt []byte, kdf KDFParams, key []byte) error {
-	rec := &recordFile{
-		Version:    recordVersion,
-		Login:      u.Info.Login,
-		ID:         u.Info.ID,
-		Generation: gen,
-		Updated:    time.Now().UTC().Format(time.RFC3339Nano),
-		KDF: kdfRecord{
-			Alg:       kdfAlgArgon2id,
-			Time:      kdf.Time,
-			MemoryKiB: kdf.MemoryKiB,
-			Threads:   kdf.Threads,
-			Salt:      salt,
-		},
+func (s *Store) setPassword(u *Unlocked, newPassword string) error {
+	if err := checkPassword(newPassword); err != nil {
+		return err
 	}
+	if u == nil || u.passKey == nil && u.dataKey == nil {
+		return errors.New("record is not unlocked")
+	}
+	salt := randomBytes(saltSize)
+	kdf := s.kdf
+	passKey := s.deriveKey(newPassword, salt, kdf)
+	ck := s.cacheKey(u.Info.Login, kdf, salt, newPassword)
+	dataKey := u.dataKey
+	if dataKey == nil { // a version 1 record: it gets a data key now
+		dataKey = randomBytes(keySize)
+	}
+	w, err := wrapKey(u.Info.Login, u.Info.ID, passKey, dataKey, kdf, salt)
+	if err != nil {
+		return err
+	}
+
+	unlock, err := s.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	disk, err := s.current(u)
+	if err != nil {
+		return err
+	}
+	if disk.Generation != u.Info.Generation {
+		return fmt.Errorf("%w: on disk generation %d, have %d", ErrRecordChanged, disk.Generation, u.Info.Generation)
+	}
+	oldCK := u.cacheKey
+	if err := s.write(u, u.Secret, disk.Generation+1, u.Info.SecretGeneration, w, dataKey, passKey); err != nil {
+		return err
+	}
+	s.keys.Remove(oldCK)
+	u.cacheKey = ck
+	s.keys.Add(ck, passKey)
+	return nil
+}
+
+// current reads u's record and returns it if it still holds the secret u
+// was read with: same ID and SecretGeneration, and for a version 1 record
+// the same generation. Otherwise the error wraps ErrRecordChanged. The
+// store is locked.
+func (s *Store) current(u *Unlocked) (*recordFile, error) {
+	disk, err := s.read(u.Info.Login)
+	if errors.Is(err, ErrNoRecord) {
+		return nil, fmt.Errorf("%w: %w", ErrRecordChanged, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	info, err := disk.info()
+	if err != nil {
+		return nil, err
+	}
+	if info.ID != u.Info.ID || info.SecretGeneration != u.Info.SecretGeneration ||
+		disk.Version == recordVersion1 && info.Generation != u.Info.Generation {
+		return nil, fmt.Errorf("%w: on disk id %s generation %d (secret %d), have id %s generation %d (secret %d)",
+			ErrRecordChanged, info.ID, info.Generation, info.SecretGeneration,
+			u.Info.ID, u.Info.Generation, u.Info.SecretGeneration)
+	}
+	return disk, nil
+}
+
+// wrapKey seals dataKey under passKey for the record of login and id whose
+// password key has the given parameters and salt.
+func wrapKey(login, id string, passKey, dataKey []byte, kdf KDFParams, salt []byte) (wrapping, error) {
+	rec := &recordFile{Version: recordVersion, Login: login, ID: id}
+	rec.setKDF(kdf, salt)
+	nonce, sealed, err := gcmSeal(passKey, dataKey, rec.wrapAAD())
+	if err != nil {
+		return wrapping{}, err
+	}
+	return wrapping{kdf: kdf, salt: salt, nonce: nonce, sealed: sealed}, nil
+}
+
+func (r *recordFile) setKDF(kdf KDFParams, salt []byte) {
+	r.KDF = kdfRecord{Alg: kdfAlgArgon2id, Time: kdf.Time, MemoryKiB: kdf.MemoryKiB, Threads: kdf.Threads, Salt: salt}
+}
+
+// write encrypts secret under dataKey into a version 2 record with u's
+// login and ID, the given generations and the wrapping w of dataKey,
+// replaces the file, and on success updates u. The store is locked.
+func (s *Store) write(u *Unlocked, secret Secret, gen, secretGen uint64, w wrapping, dataKey, passKey []byte) error {
+	rec := &recordFile{
+		Version:          recordVersion,
+		Login:            u.Info.Login,
+		ID:               u.Info.ID,
+		Generation:       gen,
+		SecretGeneration: secretGen,
+		Updated:          time.Now().UTC().Format(time.RFC3339Nano),
+		KeyNonce:         w.nonce,
+		WrappedKey:       w.sealed,
+	}
+	rec.setKDF(w.kdf, w.salt)
 	plain, err := json.Marshal(secret)
 	if err != nil {
 		return fmt.Errorf("encoding secret: %w", err)
 	}
 	defer clear(plain)
-	rec.Nonce, rec.Ciphertext, err = gcmSeal(key, plain, rec.aad())
+	rec.Nonce, rec.Ciphertext, err = gcmSeal(dataKey, plain, rec.secretAAD())
 	if err != nil {
 		return err
 	}
@@ -500,11 +686,39 @@ func (s *Store) write(u *Unlocked, secret Secret, gen uint64, salt []byte, kdf K
 	if renamed {
 		u.Info = info
 		u.Secret = secret
-		u.salt = salt
-		u.kdf = kdf
-		u.key = key
+		u.version = recordVersion
+		u.dataKey = dataKey
+		u.passKey = passKey
+		u.wrap = w
 	}
 	return err
+}
+
+// lock serializes writes to the store: within this process, and with
+// other processes on the same directory (the CLI beside the daemon), by an
+// exclusive flock on the directory. It returns the release.
+func (s *Store) lock() (func(), error) {
+	s.writeMu.Lock()
+	d, err := os.Open(s.dir)
+	if err != nil {
+		s.writeMu.Unlock()
+		return nil, fmt.Errorf("opening token store directory to lock it: %w", err)
+	}
+	for {
+		err = unix.Flock(int(d.Fd()), unix.LOCK_EX)
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		d.Close()
+		s.writeMu.Unlock()
+		return nil, fmt.Errorf("locking token store directory: %w", err)
+	}
+	return func() {
+		d.Close() // releases the flock
+		s.writeMu.Unlock()
+	}, nil
 }
 
 // replaceFile atomically replaces name in the store directory with data:
@@ -637,8 +851,10 @@ func (s *Store) read(login string) (*recordFile, error) {
 		return nil, fmt.Errorf("%w: %v", ErrCorruptRecord, err)
 	}
 	switch {
-	case rec.Version != recordVersion:
+	case rec.Version != recordVersion && rec.Version != recordVersion1:
 		return nil, fmt.Errorf("%w: unsupported version %d", ErrCorruptRecord, rec.Version)
+	case rec.Version == recordVersion && (len(rec.KeyNonce) != gcmNonceSize || len(rec.WrappedKey) != keySize+gcmTagSize):
+		return nil, fmt.Errorf("%w: wrapped key of %d bytes", ErrCorruptRecord, len(rec.WrappedKey))
 	case rec.Login != login:
 		return nil, fmt.Errorf("%w: file holds the record of %q", ErrCorruptRecord, rec.Login)
 	case rec.KDF.Alg != kdfAlgArgon2id:
@@ -686,7 +902,10 @@ func (s *Store) deriveKey(password string, salt []byte, kdf KDFParams) []byte {
 	return argon2.IDKey(pw, salt, kdf.Time, kdf.MemoryKiB, kdf.Threads, keySize)
 }
 
-const gcmNonceSize = 12
+const (
+	gcmNonceSize = 12
+	gcmTagSize   = 16
+)
 
 func gcmSeal(key, plain, aad []byte) (nonce, ciphertext []byte, err error) {
 	aead, err := newGCM(key)

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -299,7 +300,20 @@ func TestStoreTamper(t *testing.T) {
 		{"change salt", func(r map[string]any) {
 			r["kdf"].(map[string]any)["salt"] = base64.StdEncoding.EncodeToString(make([]byte, 16))
 		}, ErrWrongPassword},
-		{"change version", func(r map[string]any) { r["version"] = 2 }, ErrCorruptRecord},
+		{"change version", func(r map[string]any) { r["version"] = 3 }, ErrCorruptRecord},
+		{"claim version 1", func(r map[string]any) { r["version"] = 1 }, ErrWrongPassword},
+		{"change secret generation", func(r map[string]any) { r["secret_generation"] = 9 }, ErrWrongPassword},
+		{"flip wrapped key byte", func(r map[string]any) {
+			k, _ := base64.StdEncoding.DecodeString(r["wrapped_key"].(string))
+			k[3] ^= 1
+			r["wrapped_key"] = base64.StdEncoding.EncodeToString(k)
+		}, ErrWrongPassword},
+		{"flip key nonce byte", func(r map[string]any) {
+			n, _ := base64.StdEncoding.DecodeString(r["key_nonce"].(string))
+			n[0] ^= 1
+			r["key_nonce"] = base64.StdEncoding.EncodeToString(n)
+		}, ErrWrongPassword},
+		{"short wrapped key", func(r map[string]any) { r["wrapped_key"] = "AAAA" }, ErrCorruptRecord},
 		{"short salt", func(r map[string]any) { r["kdf"].(map[string]any)["salt"] = "AAAA" }, ErrCorruptRecord},
 		{"unknown kdf", func(r map[string]any) { r["kdf"].(map[string]any)["alg"] = "scrypt" }, ErrCorruptRecord},
 		{"huge kdf memory", func(r map[string]any) { r["kdf"].(map[string]any)["memory_kib"] = 1 << 30 }, ErrCorruptRecord},
@@ -325,7 +339,7 @@ func TestStoreTamper(t *testing.T) {
 			}
 			// The same Store: a warm key cache must not help a tampered record.
 			if u, err := s.Open(testLogin, testPassword); !errors.Is(err, tt.wantErr) {
-				t.Errorf("Open = %v, %v; want %v", u, err, tt.wantErr)
+				t.Errorf("Open opened=%v, %v; want %v", u != nil, err, tt.wantErr) // u holds the token: never printed
 			}
 		})
 	}
@@ -496,22 +510,28 @@ func TestStoreNoSecretsInFile(t *testing.T) {
 			}
 		}
 	}
-	// Keys are not stored either.
-	if bytes.Contains(data, u.key) || bytes.Contains(data, []byte(base64.StdEncoding.EncodeToString(u.key))) {
-		t.Error("record contains the key")
+	// Keys are not stored in clear either.
+	for _, key := range [][]byte{u.passKey, u.dataKey} {
+		if len(key) != keySize {
+			t.Fatalf("unlocked record holds a key of %d bytes", len(key))
+		}
+		if bytes.Contains(data, key) || bytes.Contains(data, []byte(base64.StdEncoding.EncodeToString(key))) {
+			t.Error("record contains a key in clear")
+		}
 	}
 	// The record is the documented JSON.
 	var r map[string]any
 	if err := json.Unmarshal(data, &r); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{"version", "login", "id", "generation", "updated", "kdf", "nonce", "ciphertext"} {
+	for _, k := range []string{"version", "login", "id", "generation", "secret_generation", "updated", "kdf",
+		"key_nonce", "wrapped_key", "nonce", "ciphertext"} {
 		if _, ok := r[k]; !ok {
 			t.Errorf("record lacks %q", k)
 		}
 	}
-	if r["version"] != 1.0 || r["login"] != testLogin || r["generation"] != 2.0 {
-		t.Errorf("record header = %v %v %v", r["version"], r["login"], r["generation"])
+	if r["version"] != 2.0 || r["login"] != testLogin || r["generation"] != 2.0 || r["secret_generation"] != 2.0 {
+		t.Errorf("record header = %v %v %v %v", r["version"], r["login"], r["generation"], r["secret_generation"])
 	}
 	kdf, _ := r["kdf"].(map[string]any)
 	if kdf["alg"] != "argon2id" || kdf["time"] != 1.0 || kdf["memory_kib"] != 64.0 || kdf["threads"] != 1.0 {
@@ -777,5 +797,26 @@ func TestStaleTempsRemoved(t *testing.T) {
 		if _, err := os.Stat(p); err != nil {
 			t.Errorf("%s removed: %v", filepath.Base(p), err)
 		}
+	}
+}
+
+// TestStoreRecordsPrintRedacted: printing an opened record or its secret,
+// as a failing test or a careless log line would, shows no token or key.
+func TestStoreRecordsPrintRedacted(t *testing.T) {
+	s := newTestStore(t, "")
+	u, err := s.Create(testLogin, testPassword, Secret{RefreshToken: testRT})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, format := range []string{"%v", "%+v", "%#v", "%s"} {
+		for _, x := range []any{u, *u, u.Secret, []*Unlocked{u}} {
+			out := fmt.Sprintf(format, x)
+			if strings.Contains(out, testRT) || strings.Contains(out, fmt.Sprint(u.dataKey)) || strings.Contains(out, fmt.Sprint(u.passKey)) {
+				t.Errorf("%s of %T shows a secret", format, x)
+			}
+		}
+	}
+	if out := fmt.Sprint(u); !strings.Contains(out, u.Info.ID) || !strings.Contains(out, "[redacted]") {
+		t.Errorf("an opened record prints as %q; want its metadata and [redacted]", out)
 	}
 }

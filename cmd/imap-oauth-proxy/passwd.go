@@ -56,12 +56,22 @@ func cmdPasswd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := store.SetPassword(rec, password); err != nil {
-		if errors.Is(err, auth.ErrRecordChanged) {
-			return fmt.Errorf("the record of %s changed on disk meanwhile (a running serve saved a rotated token, "+
-				"or another authorize or passwd ran); nothing was changed, run passwd again: %w", login, err)
+	// A running serve may save a rotated token between the Open above and
+	// the write: then open the newer record with the same password and try
+	// again. A record that no longer opens with it was replaced (authorize,
+	// token import or another passwd).
+	for attempt := 1; ; attempt++ {
+		err := store.SetPassword(rec, password)
+		if err == nil {
+			break
 		}
-		return err
+		if !errors.Is(err, auth.ErrRecordChanged) || attempt == 3 {
+			return err
+		}
+		if rec, err = store.Open(login, current); err != nil {
+			return fmt.Errorf("the record of %s was replaced meanwhile (authorize, token import or another passwd ran); "+
+				"nothing was changed: %w", login, err)
+		}
 	}
 	fmt.Fprintf(stdout, "Changed the local password of %s: %s is now encrypted under the new password "+
 		"(same authorization, generation %d).\n"+

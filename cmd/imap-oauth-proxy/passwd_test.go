@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -218,4 +219,71 @@ func TestPasswdWhileServing(t *testing.T) {
 	if code := b.stop(); code != 0 {
 		t.Errorf("serve exit %d, want 0", code)
 	}
+}
+
+// TestPasswdWhileServeRotates: a running serve saves a rotated refresh
+// token after passwd has opened the record and before it writes. passwd
+// reopens the newer record and changes its password; the rotated token is
+// kept.
+func TestPasswdWhileServeRotates(t *testing.T) {
+	c := newCLI(t)
+	path, stateDir := importConfig(t)
+	const oldPassword, newPassword = "passwd-old-canary-59b2", "passwd-new-canary-0ad4"
+	const rotated = "passwd-rotated-canary-6c1e"
+	passwdRecord(t, c, stateDir, "collector", oldPassword, "passwd-refresh-canary-3d77")
+	c.secret(newPassword)
+	c.secret(rotated)
+
+	rotations := 0
+	rotate := func() { // the daemon's save, in its own Store
+		rotations++
+		daemon, err := auth.NewStore(stateDir, &auth.StoreOptions{KDF: testKDF})
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		u, err := daemon.Open("collector", oldPassword)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		if err := daemon.Update(u, auth.Secret{RefreshToken: rotated}); err != nil {
+			t.Error(err)
+		}
+	}
+	// passwd reads the new password only after opening the record with
+	// the current one: the rotation lands between its read and its write.
+	stdin := &stagedReader{lines: []string{oldPassword + "\n", newPassword + "\n"}, before: map[int]func(){1: rotate}}
+	args := []string{"passwd", "-config", path, "collector"}
+	stdout, stderr := c.capture(args)
+	if code := run(t.Context(), args, stdin, stdout, stderr); code != 0 {
+		t.Fatalf("passwd: exit %d, stderr:\n%s", code, stderr.String())
+	}
+	if rotations != 1 {
+		t.Fatalf("passwd read %d lines after the first; want 1", rotations)
+	}
+	wantWrongPassword(t, stateDir, "collector", oldPassword)
+	if got := openRecord(t, stateDir, "collector", newPassword); got.Secret.RefreshToken != rotated {
+		t.Error("passwd lost the token the daemon rotated meanwhile")
+	}
+}
+
+// stagedReader returns one line per Read, running before[i] before it
+// returns line i.
+type stagedReader struct {
+	lines  []string
+	before map[int]func()
+	next   int
+}
+
+func (r *stagedReader) Read(p []byte) (int, error) {
+	if r.next == len(r.lines) {
+		return 0, io.EOF
+	}
+	if f := r.before[r.next]; f != nil {
+		f()
+	}
+	n := copy(p, r.lines[r.next])
+	r.next++
+	return n, nil
 }
