@@ -341,14 +341,21 @@ func (b *aadBuilder) kdf(r *recordFile) {
 	b.str(string(r.KDF.Salt))
 }
 
-// v1AAD is what a version 1 record's ciphertext is bound to: everything
-// in the clear.
-func (r *recordFile) v1AAD() []byte {
+// identity starts additional authenticated data with label and the
+// record's version, login and ID.
+func (r *recordFile) identity(label string) aadBuilder {
 	var b aadBuilder
-	b.str("imap-oauth-proxy token record")
+	b.str(label)
 	b.num(uint64(r.Version))
 	b.str(r.Login)
 	b.str(r.ID)
+	return b
+}
+
+// v1AAD is what a version 1 record's ciphertext is bound to: everything
+// in the clear.
+func (r *recordFile) v1AAD() []byte {
+	b := r.identity("imap-oauth-proxy token record")
 	b.num(r.Generation)
 	b.str(r.Updated)
 	b.kdf(r)
@@ -358,11 +365,7 @@ func (r *recordFile) v1AAD() []byte {
 // wrapAAD is what the wrapped data key is bound to: the record's identity
 // and the parameters of the password's key.
 func (r *recordFile) wrapAAD() []byte {
-	var b aadBuilder
-	b.str("imap-oauth-proxy record key")
-	b.num(uint64(r.Version))
-	b.str(r.Login)
-	b.str(r.ID)
+	b := r.identity("imap-oauth-proxy record key")
 	b.kdf(r)
 	return b
 }
@@ -370,11 +373,7 @@ func (r *recordFile) wrapAAD() []byte {
 // secretAAD is what a version 2 record's ciphertext is bound to: its
 // identity, generations and time, and the wrapped key beside it.
 func (r *recordFile) secretAAD() []byte {
-	var b aadBuilder
-	b.str("imap-oauth-proxy token record")
-	b.num(uint64(r.Version))
-	b.str(r.Login)
-	b.str(r.ID)
+	b := r.identity("imap-oauth-proxy token record")
 	b.num(r.Generation)
 	b.num(r.SecretGeneration)
 	b.str(r.Updated)
