@@ -2,6 +2,7 @@ package auth
 
 import (
 	"encoding/json"
+	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
@@ -250,4 +251,28 @@ func (e *AuthorizeError) Error() string {
 		msg += " (an admin must grant consent: Entra ID > App registrations > API permissions > Grant admin consent)"
 	}
 	return msg
+}
+
+// RefusalAdvice lists, for an operator, the usual reasons why acct's
+// provider's IMAP server refuses a token its token endpoint just issued.
+func RefusalAdvice(acct *config.Account) string {
+	m, p := acct.Mailbox, acct.Provider
+	switch {
+	case p.Type == "microsoft" && acct.Grant == "client_credentials":
+		return fmt.Sprintf("Microsoft 365 refuses app-only tokens when the app lacks the IMAP.AccessAsApp permission with admin consent, "+
+			"when its service principal is not registered in Exchange Online (New-ServicePrincipal -AppId %s -ObjectId <Enterprise application Object ID>), "+
+			"when it has no access to the mailbox (Add-MailboxPermission -Identity %s -User <Enterprise application Object ID> -AccessRights FullAccess), "+
+			"or when IMAP is disabled for the mailbox (Set-CASMailbox -Identity %s -ImapEnabled $true)", p.ClientID, m, m)
+	case p.Type == "microsoft":
+		return fmt.Sprintf("Microsoft 365 answers this when IMAP is disabled for the mailbox (Set-CASMailbox -Identity %s -ImapEnabled $true), "+
+			"when the mailbox has no Exchange Online license, or when the account that authorized is not %s and has no Full Access to it "+
+			"(Add-MailboxPermission -Identity %s -User <that account> -AccessRights FullAccess); then wait up to an hour for Exchange to apply it", m, m, m)
+	case p.Type == "google" && acct.Grant == "service_account":
+		return fmt.Sprintf("Gmail refuses when IMAP access is off for %s (Admin console > Apps > Google Workspace > Gmail > End User Access) "+
+			"or when the domain-wide delegation does not cover https://mail.google.com/", m)
+	case p.Type == "google":
+		return fmt.Sprintf("Gmail refuses when %s is not the Google account that authorized (run authorize again signed in as %s), "+
+			"or when IMAP access is off for it (Admin console > Apps > Google Workspace > Gmail > End User Access)", m, m)
+	}
+	return fmt.Sprintf("check accounts.%s.mailbox and that provider %s's scopes allow IMAP", acct.Login, p.Name)
 }

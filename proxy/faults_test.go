@@ -608,6 +608,7 @@ type faultCase struct {
 	// host replaces 127.0.0.1 in the provider's imap_address, if set.
 	host     string
 	wantCode string // response code of the NO the collector gets
+	wantText string // if set, in the text of that NO
 	// wantLog must each be in the "login failed" log line; "a|b" means
 	// either a or b.
 	wantLog []string
@@ -828,7 +829,8 @@ var faultCases = []faultCase{
 		name:     "refused-microsoft",
 		upstream: tlsIMAP(fakeIMAP(refuseMicrosoft, nil)),
 		wantCode: "AUTHORIZATIONFAILED",
-		wantLog:  []string{"upstream refused the token", "AUTHENTICATE failed."},
+		wantLog:  []string{"upstream refused the token", "AUTHENTICATE failed.", "likely causes: check accounts.fault-refused-microsoft.mailbox"},
+		wantText: "for the likely causes run: imap-oauth-proxy check fault-refused-microsoft",
 		check:    wantAttempts(2),
 	},
 	{
@@ -926,6 +928,9 @@ func TestFaultUpstreamLogin(t *testing.T) {
 				}
 				if want := "a1 NO [" + tc.wantCode + "] "; !strings.HasPrefix(got, want) {
 					t.Errorf("LOGIN = %q, want %q...", got, want)
+				}
+				if !strings.Contains(got, tc.wantText) {
+					t.Errorf("LOGIN = %q, want it to say %q", got, tc.wantText)
 				}
 				// Logged before the answer is written.
 				lines := rg.logs.lines(`msg="login failed"`, " login="+login+" ")

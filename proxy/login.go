@@ -97,6 +97,7 @@ func (c *conn) connectUpstream(login, password string) (*upstreamConn, error) {
 		tlsConfig:   c.cfg.upstreamTLS[acct.Provider.Name],
 		dialTimeout: c.cfg.Server.DialTimeout,
 		mailbox:     acct.Mailbox,
+		account:     acct,
 	}
 	for attempt := 0; ; attempt++ {
 		tok, err := account.Token(ctx)

@@ -50,6 +50,9 @@ type upstreamLogin struct {
 	dialTimeout time.Duration
 	mailbox     string
 	token       string
+	// account is what the token is for; a refusal's log line gives
+	// auth.RefusalAdvice for it.
+	account *config.Account
 }
 
 // loginUpstream dials the provider's IMAP server, secures the connection,
@@ -267,9 +270,14 @@ func (up *upstreamConn) authenticate(l *upstreamLogin, saslIR bool) error {
 				if challengeErr != nil {
 					cause = fmt.Errorf("%w: %w", errTokenRefused, challengeErr)
 				}
-				return &auth.Error{Kind: auth.AuthorizationFailed, Err: cause, Message: auth.OneLine(fmt.Sprintf(
-					"upstream refused the token for %s: %s (check that IMAP is enabled for the mailbox and the authorization covers it)",
-					l.mailbox, r.text), 400)}
+				if l.account != nil {
+					cause = fmt.Errorf("%w; likely causes: %s", cause, auth.RefusalAdvice(l.account))
+				}
+				msg := fmt.Sprintf("upstream refused the token for %s: %s", l.mailbox, r.text)
+				if l.account != nil {
+					msg = auth.OneLine(msg, 300) + "; for the likely causes run: imap-oauth-proxy check " + l.account.Login
+				}
+				return &auth.Error{Kind: auth.AuthorizationFailed, Err: cause, Message: auth.OneLine(msg, 400)}
 			default:
 				return &auth.Error{Kind: auth.AuthorizationFailed, Err: fmt.Errorf("AUTHENTICATE %s: %s", r.status, r.text),
 					Message: auth.OneLine(fmt.Sprintf("upstream rejected the login for %s: %s", l.mailbox, r.text), 400)}

@@ -365,7 +365,6 @@ func (c *checker) run(ctx context.Context, password string) {
 // refusalDetail explains an AUTHENTICATE failure: the server's answer and
 // the usual causes for the provider and grant.
 func refusalDetail(err error, acct *config.Account) string {
-	p := acct.Provider
 	var answer string
 	var ie *imap.Error
 	var xe *auth.XOAUTH2Error
@@ -385,31 +384,7 @@ func refusalDetail(err error, acct *config.Account) string {
 	default:
 		return fmt.Sprintf("AUTHENTICATE failed: %v", err)
 	}
-	return strings.TrimSuffix(answer, ".") + ". " + refusalAdvice(acct, p)
-}
-
-// refusalAdvice lists the usual reasons why a provider's IMAP server
-// refuses a token the token endpoint just issued.
-func refusalAdvice(acct *config.Account, p *config.Provider) string {
-	m := acct.Mailbox
-	switch {
-	case p.Type == "microsoft" && acct.Grant == "client_credentials":
-		return fmt.Sprintf("Microsoft 365 refuses app-only tokens when the app lacks the IMAP.AccessAsApp permission with admin consent, "+
-			"when its service principal is not registered in Exchange Online (New-ServicePrincipal -AppId %s -ObjectId <Enterprise application Object ID>), "+
-			"when it has no access to the mailbox (Add-MailboxPermission -Identity %s -User <Enterprise application Object ID> -AccessRights FullAccess), "+
-			"or when IMAP is disabled for the mailbox (Set-CASMailbox -Identity %s -ImapEnabled $true)", p.ClientID, m, m)
-	case p.Type == "microsoft":
-		return fmt.Sprintf("Microsoft 365 answers this when IMAP is disabled for the mailbox (Set-CASMailbox -Identity %s -ImapEnabled $true), "+
-			"when the mailbox has no Exchange Online license, or when the account that authorized is not %s and has no Full Access to it "+
-			"(Add-MailboxPermission -Identity %s -User <that account> -AccessRights FullAccess); then wait up to an hour for Exchange to apply it", m, m, m)
-	case p.Type == "google" && acct.Grant == "service_account":
-		return fmt.Sprintf("Gmail refuses when IMAP access is off for %s (Admin console > Apps > Google Workspace > Gmail > End User Access) "+
-			"or when the domain-wide delegation does not cover https://mail.google.com/", m)
-	case p.Type == "google":
-		return fmt.Sprintf("Gmail refuses when %s is not the Google account that authorized (run authorize again signed in as %s), "+
-			"or when IMAP access is off for it (Admin console > Apps > Google Workspace > Gmail > End User Access)", m, m)
-	}
-	return fmt.Sprintf("check accounts.%s.mailbox and that provider %s's scopes allow IMAP", acct.Login, p.Name)
+	return strings.TrimSuffix(answer, ".") + ". " + auth.RefusalAdvice(acct)
 }
 
 // tlsReason explains a failed TLS handshake.
