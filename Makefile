@@ -57,13 +57,18 @@ LOAD_FLAGS ?= -collectors 50 -duration 10s
 load:
 	$(GO) run ./cmd/imap-oauth-proxy-load $(LOAD_FLAGS)
 
-# Binary, systemd unit and an example config (never overwriting a config).
+# Binary, systemd units (the service, and the socket units for ports 143
+# and 993, installed but not enabled) and an example config (never
+# overwriting a config).
+UNITS := $(wildcard dist/*.service dist/*.socket)
 install: build
 	install -D -m 0755 imap-oauth-proxy $(DESTDIR)$(BINDIR)/imap-oauth-proxy
 	install -d -m 0755 $(DESTDIR)$(UNITDIR)
-	sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' dist/imap-oauth-proxy.service \
-		> $(DESTDIR)$(UNITDIR)/imap-oauth-proxy.service
-	chmod 0644 $(DESTDIR)$(UNITDIR)/imap-oauth-proxy.service
+	for unit in $(UNITS); do \
+		sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' $$unit \
+			> $(DESTDIR)$(UNITDIR)/$${unit#dist/} && \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$${unit#dist/} || exit 1; \
+	done
 	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
 	install -d -m 0750 $(DESTDIR)$(SYSCONFDIR)/imap-oauth-proxy
 	test -e $(DESTDIR)$(SYSCONFDIR)/imap-oauth-proxy/config.toml || \

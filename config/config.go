@@ -60,7 +60,8 @@ type Config struct {
 type Server struct {
 	// Listen is the plain IMAP listener address (key listen), on which
 	// STARTTLS is offered when TLSCert is set. "" disables the plain listener
-	// and is allowed only when ListenTLS is set. Port 0 picks a free port.
+	// and is allowed only when ListenTLS is set or a listener is inherited
+	// (see LoadOptions). Port 0 picks a free port.
 	Listen string
 	// ListenTLS is the implicit-TLS listener address (key listen_tls); ""
 	// disables it. Setting it requires TLSCert and TLSKey.
@@ -234,11 +235,32 @@ func (e *ValidationError) Error() string {
 // carries a toml.ParseError with its line, an invalid file a
 // *ValidationError.
 func Load(path string) (*Config, error) {
+	return LoadWithOptions(path, nil)
+}
+
+// LoadOptions adjust validation to listeners a process already holds, for
+// systemd socket activation. The zero value, like a nil *LoadOptions,
+// validates as Load does.
+type LoadOptions struct {
+	// InheritedListen reports that the plain IMAP listener is a socket the
+	// process was given, which replaces server.listen.
+	InheritedListen bool
+	// InheritedListenTLS reports that the implicit-TLS IMAP listener is a
+	// socket the process was given, which replaces server.listen_tls. It
+	// needs tls_cert and tls_key, as listen_tls does.
+	//
+	// With either field set, listen and listen_tls may both be empty: there
+	// is something to listen on all the same.
+	InheritedListenTLS bool
+}
+
+// LoadWithOptions is Load with validation adjusted by opts (nil: none).
+func LoadWithOptions(path string, opts *LoadOptions) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("loading config: %w", err)
 	}
-	cfg, err := Parse(data, filepath.Dir(path))
+	cfg, err := parse(data, filepath.Dir(path), opts)
 	if err != nil {
 		return nil, fmt.Errorf("loading config %s: %w", path, err)
 	}
@@ -254,5 +276,5 @@ func Load(path string) (*Config, error) {
 // checked (an RSA key and its certificate) but not kept. Parse returns a
 // TOML syntax error wrapped, or a *ValidationError listing every problem.
 func Parse(data []byte, dir string) (*Config, error) {
-	return parse(data, dir)
+	return parse(data, dir, nil)
 }

@@ -774,3 +774,62 @@ client_secret = "x" ` + secret},
 		})
 	}
 }
+
+// TestLoadWithOptions checks validation with sockets inherited from systemd:
+// listen and listen_tls may then both be empty, an inherited implicit-TLS
+// socket needs the local certificate, and without inherited sockets
+// validation is what Load does.
+func TestLoadWithOptions(t *testing.T) {
+	const noListen = "[server]\nlisten = \"\"\nstate_dir = \"state\"\n"
+	tests := []struct {
+		name string
+		data string
+		opts *LoadOptions
+		want []string // key paths of the problems; nil: valid
+	}{
+		{"nil options", noListen, nil, []string{"server.listen"}},
+		{"zero options", noListen, &LoadOptions{}, []string{"server.listen"}},
+		{"inherited plain", noListen, &LoadOptions{InheritedListen: true}, nil},
+		{"inherited tls without cert", noListen, &LoadOptions{InheritedListenTLS: true}, []string{"server.tls_cert"}},
+		{"inherited tls and listen_tls without cert",
+			"[server]\nlisten_tls = \"127.0.0.1:993\"\n", &LoadOptions{InheritedListenTLS: true}, []string{"server.tls_cert"}},
+		{"inherited tls with cert", noListen + "tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n", &LoadOptions{InheritedListenTLS: true}, nil},
+		{"inherited plain, listen_tls without cert",
+			"[server]\nlisten_tls = \"127.0.0.1:993\"\n", &LoadOptions{InheritedListen: true}, []string{"server.listen_tls"}},
+		{"inherited plain, bad listen address still reported",
+			"[server]\nlisten = \"x\"\n", &LoadOptions{InheritedListen: true}, []string{"server.listen"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "config.toml")
+			if err := os.WriteFile(path, []byte(tt.data), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := LoadWithOptions(path, tt.opts)
+			if tt.want == nil {
+				if err != nil {
+					t.Fatalf("LoadWithOptions: %v", err)
+				}
+				if cfg.Path != path {
+					t.Errorf("Path = %q, want %q", cfg.Path, path)
+				}
+				return
+			}
+			var verr *ValidationError
+			if !errors.As(err, &verr) {
+				t.Fatalf("got %v, want a *ValidationError", err)
+			}
+			if len(verr.Problems) != len(tt.want) {
+				t.Fatalf("problems %q, want key paths %q", verr.Problems, tt.want)
+			}
+			for i, want := range tt.want {
+				if !strings.HasPrefix(verr.Problems[i], want+": ") {
+					t.Errorf("problem %d = %q, want key path %q", i, verr.Problems[i], want)
+				}
+			}
+			if tt.opts != nil && tt.opts.InheritedListenTLS && !strings.Contains(err.Error(), "imaps") {
+				t.Errorf("error %q does not name the imaps socket", err)
+			}
+		})
+	}
+}

@@ -105,7 +105,10 @@ type parser struct {
 	badTables []toml.Key
 }
 
-func parse(data []byte, dir string) (*Config, error) {
+func parse(data []byte, dir string, opts *LoadOptions) (*Config, error) {
+	if opts == nil {
+		opts = &LoadOptions{}
+	}
 	var raw rawFile
 	md, err := toml.Decode(string(data), &raw)
 	if err != nil {
@@ -120,7 +123,7 @@ func parse(data []byte, dir string) (*Config, error) {
 	p.unknownKeys()
 
 	cfg := &Config{
-		Server:    p.server(&rs),
+		Server:    p.server(&rs, opts),
 		Providers: make(map[string]*Provider, len(rps)),
 		Accounts:  make(map[string]*Account, len(ras)),
 	}
@@ -250,7 +253,7 @@ outer:
 	}
 }
 
-func (p *parser) server(r *rawServer) Server {
+func (p *parser) server(r *rawServer, opts *LoadOptions) Server {
 	s := Defaults()
 	p.str(r.Listen, &s.Listen, "server", "listen")
 	p.str(r.ListenTLS, &s.ListenTLS, "server", "listen_tls")
@@ -276,8 +279,9 @@ func (p *parser) server(r *rawServer) Server {
 		p.address(s.MetricsListen, true, "server", "metrics_listen")
 	}
 
+	inherited := opts.InheritedListen || opts.InheritedListenTLS
 	switch {
-	case s.Listen == "" && s.ListenTLS == "":
+	case s.Listen == "" && s.ListenTLS == "" && !inherited:
 		p.addf("server.listen", "empty, and server.listen_tls is not set: nothing to listen on")
 	case s.Listen != "" && s.Listen == s.ListenTLS && !strings.HasSuffix(s.Listen, ":0"):
 		p.addf("server.listen_tls", "same address as server.listen")
@@ -287,7 +291,12 @@ func (p *parser) server(r *rawServer) Server {
 	}
 	if s.ListenTLS != "" {
 		p.address(s.ListenTLS, true, "server", "listen_tls")
-		if s.TLSCert == "" && s.TLSKey == "" {
+	}
+	if s.TLSCert == "" && s.TLSKey == "" {
+		switch {
+		case opts.InheritedListenTLS:
+			p.addf("server.tls_cert", "missing: the implicit-TLS socket from systemd (FileDescriptorName=imaps) needs server.tls_cert and server.tls_key")
+		case s.ListenTLS != "":
 			p.addf("server.listen_tls", "needs server.tls_cert and server.tls_key")
 		}
 	}

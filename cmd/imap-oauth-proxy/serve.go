@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -30,11 +31,29 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if fs.NArg() != 0 {
 		return usageError("serve takes no arguments")
 	}
-	cfg, err := config.Load(*configPath)
+	// Sockets from systemd first: they decide what the config must name.
+	in, err := inheritListeners()
+	if err != nil {
+		return err
+	}
+	// Every listener, inherited or bound, is closed on return; srv and the
+	// metrics server may have closed them already.
+	listeners := []net.Listener{in.plain, in.tls, in.metrics}
+	defer func() {
+		for _, ln := range listeners {
+			if ln != nil {
+				ln.Close()
+			}
+		}
+	}()
+	cfg, err := config.LoadWithOptions(*configPath, in.loadOptions())
 	if err != nil {
 		return err
 	}
 	logger := newLogger(stderr, cfg.Server.LogFormat, cfg.Server.LogLevel)
+	if in.ignored != "" {
+		logger.Warn("sockets from systemd ignored; binding the configured addresses", "reason", in.ignored)
+	}
 	notify := newNotifier()
 	if cfg.Server.TLSCert != "" {
 		// Fail before touching the state directory or binding ports.
@@ -43,41 +62,42 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 	}
 
-	// Bind everything before announcing readiness.
-	var listeners []net.Listener
-	closeAll := func() {
-		for _, ln := range listeners {
-			ln.Close()
+	// Bind everything before announcing readiness. A socket from systemd
+	// replaces binding the address of its key.
+	listen := func(key, addr string) (net.Listener, error) {
+		if ln := in.listener(key); ln != nil {
+			logger.Info("using the socket from systemd", "key", "server."+key,
+				"address", ln.Addr().String(), "configured", addr)
+			return ln, nil
 		}
-	}
-	listen := func(addr string) (net.Listener, error) {
+		if addr == "" {
+			return nil, nil
+		}
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
-			closeAll()
 			return nil, fmt.Errorf("listening on %s: %w", addr, err)
 		}
 		listeners = append(listeners, ln)
 		return ln, nil
 	}
-	var plainLn, tlsLn, metricsLn net.Listener
-	if cfg.Server.Listen != "" {
-		if plainLn, err = listen(cfg.Server.Listen); err != nil {
-			return err
-		}
+	plainLn, err := listen("listen", cfg.Server.Listen)
+	if err != nil {
+		return err
 	}
-	if cfg.Server.ListenTLS != "" {
-		if tlsLn, err = listen(cfg.Server.ListenTLS); err != nil {
-			return err
-		}
+	tlsLn, err := listen("listen_tls", cfg.Server.ListenTLS)
+	if err != nil {
+		return err
 	}
-	if cfg.Server.MetricsListen != "" {
-		if metricsLn, err = listen(cfg.Server.MetricsListen); err != nil {
-			return err
-		}
+	metricsLn, err := listen("metrics_listen", cfg.Server.MetricsListen)
+	if err != nil {
+		return err
+	}
+	if plainLn == nil && tlsLn == nil {
+		// config validation should have said so already.
+		return errors.New("nothing to listen on: set server.listen or server.listen_tls, or pass an imap or imaps socket")
 	}
 	srv, err := newServer(ctx, cfg, logger, nil)
 	if err != nil {
-		closeAll()
 		return err
 	}
 	defer srv.Close()
@@ -102,6 +122,9 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		}()
 		attrs = append(attrs, "metrics", metricsLn.Addr().String())
 	}
+	if len(in.names) > 0 {
+		attrs = append(attrs, "systemd_sockets", strings.Join(in.names, ","))
+	}
 	attrs = append(attrs, "config", cfg.Path, "accounts", len(cfg.Accounts), "version", version)
 
 	hup := make(chan os.Signal, 1)
@@ -121,7 +144,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 			return err
 		case <-hup:
 			notify.send(reloading())
-			reload(srv, *configPath, cfg, logger)
+			reload(srv, *configPath, cfg, in, logger)
 			notify.send("READY=1\nSTATUS=serving")
 		case <-ctx.Done():
 			notify.send("STOPPING=1")
@@ -149,9 +172,11 @@ func metricsServer(srv *proxy.Server) *http.Server {
 
 // reload swaps in a new mapping file for new sessions, keeping the old one
 // if the new one is invalid. Settings bound at start (listeners, state
-// directory, logging, token timeouts) need a restart; reload says so.
-func reload(srv *proxy.Server, path string, started *config.Config, logger *slog.Logger) {
-	cfg, err := config.Load(path)
+// directory, logging, token timeouts) need a restart; reload says so. The
+// address of a listener inherited from systemd is not used at all, then
+// or later; reload says that instead.
+func reload(srv *proxy.Server, path string, started *config.Config, in *inherited, logger *slog.Logger) {
+	cfg, err := config.LoadWithOptions(path, in.loadOptions())
 	if err == nil {
 		err = srv.SetConfig(cfg)
 	}
@@ -173,7 +198,11 @@ func reload(srv *proxy.Server, path string, started *config.Config, logger *slog
 		{"token_timeout", a.TokenTimeout != b.TokenTimeout},
 		{"refresh_margin", a.RefreshMargin != b.RefreshMargin},
 	} {
-		if k.changed {
+		switch {
+		case !k.changed:
+		case in.listener(k.key) != nil:
+			logger.Info("setting changed; not used: the listener is the socket from systemd", "key", "server."+k.key)
+		default:
 			logger.Warn("setting changed; it takes effect at the next restart", "key", "server."+k.key)
 		}
 	}

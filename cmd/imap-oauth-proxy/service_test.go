@@ -49,7 +49,16 @@ type daemon struct {
 	err    error         // Wait's result, once exited is closed
 }
 
+// startDaemon starts the binary with `serve -config configPath`.
 func startDaemon(t *testing.T, c *cli, configPath string) *daemon {
+	t.Helper()
+	return startDaemonWith(t, c, configPath, nil)
+}
+
+// startDaemonWith is startDaemon with setup, if not nil, adjusting the
+// command before it starts. The environment given to setup holds no
+// LISTEN_* variables.
+func startDaemonWith(t *testing.T, c *cli, configPath string, setup func(*exec.Cmd)) *daemon {
 	t.Helper()
 	bin, err := buildBinary()
 	if err != nil {
@@ -64,8 +73,16 @@ func startDaemon(t *testing.T, c *cli, configPath string) *daemon {
 	args := []string{"serve", "-config", configPath}
 	_, stderr := c.capture(args)
 	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "LISTEN_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, "NOTIFY_SOCKET="+sock)
 	cmd.Stderr = stderr
+	if setup != nil {
+		setup(cmd)
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
