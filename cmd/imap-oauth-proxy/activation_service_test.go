@@ -369,3 +369,54 @@ func TestSocketActivationOtherProcess(t *testing.T) {
 	}
 	loginSelect(t, addr, "collector", password)
 }
+
+// TestReloadKeepsCertificateForBoundTLSListener: the implicit-TLS listener
+// bound at start keeps serving until a restart, so a reload that drops
+// listen_tls together with the certificate is refused (the new listen_tls
+// would only apply at a restart, the missing certificate at once), and
+// implicit TLS keeps working.
+func TestReloadKeepsCertificateForBoundTLSListener(t *testing.T) {
+	c := newCLI(t)
+	l := newLab(t, c, "collector")
+	const password = "reload-tls-pw-canary-71"
+	l.authorize(t, c, "collector", password)
+	certPEM, keyPEM, err := proxytest.NewCertificatePEM("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, l.dir, "cert.pem", string(certPEM))
+	writeFile(t, l.dir, "key.pem", string(keyPEM))
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(certPEM)
+	const server = "listen_tls = \"127.0.0.1:0\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n"
+	text := labConfig(l.tokens.TokenURL(), l.upstream.Addr, server, "collector")
+	d := startDaemon(t, c, writeFile(t, l.dir, "config.toml", text))
+	if msg := d.nextNotify(); !strings.Contains(msg, "READY=1") {
+		t.Fatalf("first sd_notify = %q, want READY=1\nstderr:\n%s", msg, d.stderr)
+	}
+	tlsAddr := d.waitLog(regexp.MustCompile(`msg=serving .*listen_tls=(\S+)`))[1]
+	implicitTLS := func(when string) {
+		t.Helper()
+		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: testDeadline}, "tcp", tlsAddr,
+			&tls.Config{RootCAs: roots, ServerName: "127.0.0.1"})
+		if err != nil {
+			t.Fatalf("implicit TLS %s: %v", when, err)
+		}
+		conn.SetDeadline(time.Now().Add(testDeadline))
+		cl := imapclient.New(conn, nil)
+		defer cl.Close()
+		if err := cl.Login("collector", password).Wait(); err != nil {
+			t.Fatalf("LOGIN over implicit TLS %s: %v", when, err)
+		}
+	}
+	implicitTLS("before the reload")
+
+	dropped := strings.Replace(text, server, "listen_tls = \"\"\n", 1)
+	if dropped == text {
+		t.Fatal("the test's config has no TLS settings to drop")
+	}
+	writeFile(t, l.dir, "config.toml", dropped)
+	d.signal(syscall.SIGHUP)
+	d.waitLog(regexp.MustCompile(`reload failed.*server\.tls_cert: missing: the implicit-TLS listener`))
+	implicitTLS("after the refused reload")
+}

@@ -144,7 +144,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 			return err
 		case <-hup:
 			notify.send(reloading())
-			reload(srv, *configPath, cfg, in, logger)
+			reload(srv, *configPath, cfg, in, tlsLn, logger)
 			notify.send("READY=1\nSTATUS=serving")
 		case <-ctx.Done():
 			notify.send("STOPPING=1")
@@ -175,8 +175,16 @@ func metricsServer(srv *proxy.Server) *http.Server {
 // directory, logging, token timeouts) need a restart; reload says so. The
 // address of a listener inherited from systemd is not used at all, then
 // or later; reload says that instead.
-func reload(srv *proxy.Server, path string, started *config.Config, in *inherited, logger *slog.Logger) {
+//
+// tlsListener is the implicit-TLS listener in use, or nil: it keeps
+// serving until a restart, so a file without a local certificate is
+// refused while it runs.
+func reload(srv *proxy.Server, path string, started *config.Config, in *inherited, tlsListener net.Listener, logger *slog.Logger) {
 	cfg, err := config.LoadWithOptions(path, in.loadOptions())
+	if err == nil && tlsListener != nil && cfg.Server.TLSCert == "" {
+		err = fmt.Errorf("server.tls_cert: missing: the implicit-TLS listener on %s keeps serving until a restart and needs it",
+			tlsListener.Addr())
+	}
 	if err == nil {
 		err = srv.SetConfig(cfg)
 	}
