@@ -526,15 +526,11 @@ func (s *Store) update(u *Unlocked, secret Secret) error {
 	if u == nil || u.passKey == nil && u.dataKey == nil {
 		return errors.New("record is not unlocked")
 	}
-	unlock, err := s.lock()
+	disk, unlock, err := s.lockCurrent(u)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	disk, err := s.current(u)
-	if err != nil {
-		return err
-	}
 	dataKey, passKey, w := u.dataKey, u.passKey, disk.wrapping()
 	switch {
 	case disk.Version == recordVersion1:
@@ -585,15 +581,11 @@ func (s *Store) setPassword(u *Unlocked, newPassword string) error {
 		return err
 	}
 
-	unlock, err := s.lock()
+	disk, unlock, err := s.lockCurrent(u)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	disk, err := s.current(u)
-	if err != nil {
-		return err
-	}
 	if disk.Generation != u.Info.Generation {
 		return fmt.Errorf("%w: on disk generation %d, have %d", ErrRecordChanged, disk.Generation, u.Info.Generation)
 	}
@@ -605,6 +597,21 @@ func (s *Store) setPassword(u *Unlocked, newPassword string) error {
 	u.cacheKey = ck
 	s.keys.Add(ck, passKey)
 	return nil
+}
+
+// lockCurrent locks the store and returns u's record as current does,
+// with the release of the lock; on error the store is not locked.
+func (s *Store) lockCurrent(u *Unlocked) (*recordFile, func(), error) {
+	unlock, err := s.lock()
+	if err != nil {
+		return nil, nil, err
+	}
+	disk, err := s.current(u)
+	if err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	return disk, unlock, nil
 }
 
 // current reads u's record and returns it if it still holds the secret u

@@ -85,6 +85,21 @@ func (d *daemon) noNotify() {
 	}
 }
 
+// localCertificate writes cert.pem and key.pem for 127.0.0.1 into the
+// lab's directory and returns a pool that trusts the certificate.
+func (l *lab) localCertificate(t *testing.T) *x509.CertPool {
+	t.Helper()
+	certPEM, keyPEM, err := proxytest.NewCertificatePEM("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, l.dir, "cert.pem", string(certPEM))
+	writeFile(t, l.dir, "key.pem", string(keyPEM))
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(certPEM)
+	return roots
+}
+
 // configListening is the lab's mapping file with listen = addr.
 func (l *lab) configListening(t *testing.T, addr, server string, logins ...string) string {
 	t.Helper()
@@ -167,14 +182,7 @@ func TestSocketActivationAllSockets(t *testing.T) {
 	l := newLab(t, c, "collector")
 	const password = "activation-pw-canary-32"
 	l.authorize(t, c, "collector", password)
-	certPEM, keyPEM, err := proxytest.NewCertificatePEM("127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, l.dir, "cert.pem", string(certPEM))
-	writeFile(t, l.dir, "key.pem", string(keyPEM))
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(certPEM)
+	roots := l.localCertificate(t)
 	tlsConfig := &tls.Config{RootCAs: roots, ServerName: "127.0.0.1"}
 	const server = "listen_tls = \"\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n"
 	path := l.configListening(t, busyAddr(t), server, "collector")
@@ -380,14 +388,7 @@ func TestReloadKeepsCertificateForBoundTLSListener(t *testing.T) {
 	l := newLab(t, c, "collector")
 	const password = "reload-tls-pw-canary-71"
 	l.authorize(t, c, "collector", password)
-	certPEM, keyPEM, err := proxytest.NewCertificatePEM("127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, l.dir, "cert.pem", string(certPEM))
-	writeFile(t, l.dir, "key.pem", string(keyPEM))
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(certPEM)
+	roots := l.localCertificate(t)
 	const server = "listen_tls = \"127.0.0.1:0\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n"
 	text := labConfig(l.tokens.TokenURL(), l.upstream.Addr, server, "collector")
 	d := startDaemon(t, c, writeFile(t, l.dir, "config.toml", text))
