@@ -251,7 +251,6 @@ type Unlocked struct {
 	Info   RecordInfo
 	Secret Secret
 
-	version int    // of the record as last read or written
 	dataKey []byte // the secret's key; nil for a version 1 record not yet rewritten
 	// passKey is derived from the password and salt. It is nil once
 	// another process has changed the password (its wrapping is kept).
@@ -465,7 +464,6 @@ func (s *Store) open(login, password string) (*Unlocked, error) {
 	return &Unlocked{
 		Info:     info,
 		Secret:   secret,
-		version:  rec.Version,
 		dataKey:  dataKey,
 		passKey:  passKey,
 		wrap:     rec.wrapping(),
@@ -692,7 +690,6 @@ func (s *Store) write(u *Unlocked, secret Secret, gen, secretGen uint64, w wrapp
 	if renamed {
 		u.Info = info
 		u.Secret = secret
-		u.version = recordVersion
 		u.dataKey = dataKey
 		u.passKey = passKey
 		u.wrap = w
