@@ -93,11 +93,9 @@ func (c *conn) connectUpstream(login, password string) (*upstreamConn, error) {
 	}
 	l := &upstreamLogin{
 		trace:       c.trace,
-		provider:    acct.Provider,
+		account:     acct,
 		tlsConfig:   c.cfg.upstreamTLS[acct.Provider.Name],
 		dialTimeout: c.cfg.Server.DialTimeout,
-		mailbox:     acct.Mailbox,
-		account:     acct,
 	}
 	for attempt := 0; ; attempt++ {
 		tok, err := account.Token(ctx)

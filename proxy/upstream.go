@@ -44,22 +44,20 @@ type upstreamConn struct {
 // upstreamLogin describes one upstream login.
 type upstreamLogin struct {
 	// trace logs protocol lines at debug level; nil disables it.
-	trace       func(dir, line string)
-	provider    *config.Provider
+	trace func(dir, line string)
+	// account is what the token is for: its provider's server and
+	// mechanism, its mailbox, and for a refusal auth.RefusalAdvice.
+	account     *config.Account
 	tlsConfig   *tls.Config
 	dialTimeout time.Duration
-	mailbox     string
 	token       string
-	// account is what the token is for; a refusal's log line gives
-	// auth.RefusalAdvice for it.
-	account *config.Account
 }
 
 // loginUpstream dials the provider's IMAP server, secures the connection,
 // and authenticates with the OAuth token. Failures are *auth.Error values;
 // a refused token also matches errTokenRefused.
 func loginUpstream(ctx context.Context, l *upstreamLogin) (*upstreamConn, error) {
-	addr := l.provider.IMAPAddress
+	addr := l.account.Provider.IMAPAddress
 	start := time.Now()
 	dialer := &net.Dialer{Timeout: l.dialTimeout, KeepAlive: time.Minute}
 	raw, err := dialer.DialContext(ctx, "tcp", addr)
@@ -78,7 +76,7 @@ func loginUpstream(ctx context.Context, l *upstreamLogin) (*upstreamConn, error)
 
 	up := &upstreamConn{nc: raw, br: bufio.NewReader(raw), trace: l.trace}
 	var caps string
-	if l.provider.IMAPTLS == "starttls" {
+	if l.account.Provider.IMAPTLS == "starttls" {
 		if err := up.startTLS(addr); err != nil {
 			return nil, err
 		}
@@ -90,7 +88,7 @@ func loginUpstream(ctx context.Context, l *upstreamLogin) (*upstreamConn, error)
 	}
 	up.nc, up.br = tc, bufio.NewReader(tc)
 	up.dialTime = time.Since(start)
-	if l.provider.IMAPTLS != "starttls" {
+	if l.account.Provider.IMAPTLS != "starttls" {
 		if caps, err = up.readGreeting(addr); err != nil {
 			return nil, err
 		}
@@ -205,17 +203,17 @@ func (up *upstreamConn) capability(addr string) (string, error) {
 // authenticate runs AUTHENTICATE XOAUTH2 or OAUTHBEARER. On success up.caps
 // holds the capabilities the server announced with its OK, if any.
 func (up *upstreamConn) authenticate(l *upstreamLogin, saslIR bool) error {
-	addr := l.provider.IMAPAddress
+	addr := l.account.Provider.IMAPAddress
 	var client sasl.Client
 	abort := "" // answer to an error challenge: empty for XOAUTH2
-	if l.provider.Mechanism == sasl.OAuthBearer {
+	if l.account.Provider.Mechanism == sasl.OAuthBearer {
 		host, portStr, _ := net.SplitHostPort(addr)
 		port, _ := strconv.Atoi(portStr)
 		client = sasl.NewOAuthBearerClient(&sasl.OAuthBearerOptions{
-			Username: l.mailbox, Token: l.token, Host: host, Port: port})
+			Username: l.account.Mailbox, Token: l.token, Host: host, Port: port})
 		abort = base64.StdEncoding.EncodeToString([]byte{0x01}) // RFC 7628 section 3.2.3
 	} else {
-		client = auth.NewXOAUTH2Client(l.mailbox, l.token)
+		client = auth.NewXOAUTH2Client(l.account.Mailbox, l.token)
 	}
 	mech, ir, err := client.Start()
 	if err != nil {
@@ -270,17 +268,13 @@ func (up *upstreamConn) authenticate(l *upstreamLogin, saslIR bool) error {
 				if challengeErr != nil {
 					cause = fmt.Errorf("%w: %w", errTokenRefused, challengeErr)
 				}
-				if l.account != nil {
-					cause = fmt.Errorf("%w; likely causes: %s", cause, auth.RefusalAdvice(l.account))
-				}
-				msg := fmt.Sprintf("upstream refused the token for %s: %s", l.mailbox, r.text)
-				if l.account != nil {
-					msg = auth.OneLine(msg, 300) + "; for the likely causes run: imap-oauth-proxy check " + l.account.Login
-				}
+				cause = fmt.Errorf("%w; likely causes: %s", cause, auth.RefusalAdvice(l.account))
+				msg := auth.OneLine(fmt.Sprintf("upstream refused the token for %s: %s", l.account.Mailbox, r.text), 300) +
+					"; for the likely causes run: imap-oauth-proxy check " + l.account.Login
 				return &auth.Error{Kind: auth.AuthorizationFailed, Err: cause, Message: auth.OneLine(msg, 400)}
 			default:
 				return &auth.Error{Kind: auth.AuthorizationFailed, Err: fmt.Errorf("AUTHENTICATE %s: %s", r.status, r.text),
-					Message: auth.OneLine(fmt.Sprintf("upstream rejected the login for %s: %s", l.mailbox, r.text), 400)}
+					Message: auth.OneLine(fmt.Sprintf("upstream rejected the login for %s: %s", l.account.Mailbox, r.text), 400)}
 			}
 		default:
 			return protocolError(addr, "unexpected response to AUTHENTICATE")

@@ -254,9 +254,9 @@ var testIR64 = base64.StdEncoding.EncodeToString([]byte(testIR))
 
 func testUpstreamLogin(mech string) *upstreamLogin {
 	return &upstreamLogin{
-		provider: &config.Provider{Name: "lab", IMAPAddress: testUpstreamAddr, IMAPTLS: "implicit", Mechanism: mech},
-		mailbox:  "M",
-		token:    "T",
+		account: &config.Account{Login: "lab-login", Mailbox: "M",
+			Provider: &config.Provider{Name: "lab", Type: "generic", IMAPAddress: testUpstreamAddr, IMAPTLS: "implicit", Mechanism: mech}},
+		token: "T",
 	}
 }
 
