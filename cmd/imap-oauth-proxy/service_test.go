@@ -98,19 +98,68 @@ func startDaemonWith(t *testing.T, c *cli, configPath string, setup func(*exec.C
 	return d
 }
 
-// nextNotify returns the next sd_notify message.
+// nextNotify returns the next sd_notify message. If the daemon exits
+// first, it fails at once rather than at the deadline.
 func (d *daemon) nextNotify() string {
 	d.t.Helper()
 	buf := make([]byte, 4096)
 	d.notify.SetReadDeadline(time.Now().Add(testDeadline))
+	// An exit wakes the Read below through a past deadline. The goroutine
+	// is waited for, so it cannot move the deadline of a later call.
+	wake, woken := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(woken)
+		select {
+		case <-d.exited:
+			d.notify.SetReadDeadline(time.Now())
+		case <-wake:
+		}
+	}()
 	n, err := d.notify.Read(buf)
+	close(wake)
+	<-woken
+	if err != nil && d.hasExited() {
+		// What the daemon sent before it exited is queued already.
+		n, err = readQueued(d.notify, buf)
+		if err != nil {
+			d.t.Fatalf("the daemon exited (%v) without sending the sd_notify message awaited\nstderr:\n%s", d.err, d.stderr)
+		}
+	}
 	if err != nil {
 		d.t.Fatalf("waiting for sd_notify: %v\nstderr:\n%s", err, d.stderr)
 	}
 	return string(buf[:n])
 }
 
-// waitLog waits until the log matches re.
+// hasExited reports whether the daemon's process has ended.
+func (d *daemon) hasExited() bool {
+	select {
+	case <-d.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+// readQueued reads one datagram already queued on conn, without waiting.
+func readQueued(conn *net.UnixConn, buf []byte) (int, error) {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	conn.SetReadDeadline(time.Time{})
+	n, rerr := 0, error(nil)
+	if err := rc.Read(func(fd uintptr) bool {
+		n, _, rerr = syscall.Recvfrom(int(fd), buf, syscall.MSG_DONTWAIT)
+		return true
+	}); err != nil {
+		return 0, err
+	}
+	return n, rerr
+}
+
+// waitLog waits until the log matches re. If the daemon exits first, it
+// fails at once rather than at the deadline.
 func (d *daemon) waitLog(re *regexp.Regexp) []string {
 	d.t.Helper()
 	deadline := time.After(testDeadline)
@@ -121,6 +170,12 @@ func (d *daemon) waitLog(re *regexp.Regexp) []string {
 		}
 		select {
 		case <-changed:
+		case <-d.exited:
+			// Wait has returned, so stderr is complete: one last look.
+			if m, _ := d.stderr.match(re); m != nil {
+				return m
+			}
+			d.t.Fatalf("the daemon exited (%v) before a log line matched %q\nstderr:\n%s", d.err, re, d.stderr)
 		case <-deadline:
 			d.t.Fatalf("no log line matched %q\nstderr:\n%s", re, d.stderr)
 		}
