@@ -1,28 +1,30 @@
 package proxy
 
 import (
-	"errors"
+	"io"
 	"net"
-	"syscall"
 )
 
 // recordConn sits between an upstream's socket and its TLS client. It
 // follows the TLS record framing of the bytes it passes up, so that the
 // relay can tell when crypto/tls holds a whole record it has not returned
-// yet, and it can refuse socket reads for a moment (onlyBuffered), so that
-// a Read on the TLS connection returns what is already buffered or fails
-// at once, never waiting on the network. Only the goroutine reading the TLS
-// connection uses it.
+// yet, and it can keep a Read on the TLS connection from waiting on the
+// network for a moment (onlyBuffered): the Read then returns what is
+// already buffered, in crypto/tls or in the kernel, or fails at once. Only
+// the goroutine reading the TLS connection uses it.
 type recordConn struct {
 	net.Conn
 	onlyBuffered bool
+	// drained: the last socket read returned less than it asked for, so
+	// the kernel held nothing more at that moment.
+	drained bool
+	now     nonblockingReader // reads the socket without waiting; zero if it cannot
+	ended   error             // EOF or the error a read without waiting met
 
-	header   [5]byte // the record header being received
-	headerN  int
-	bodyLeft int   // bytes of the current record's body still to come
-	complete int64 // whole records passed up to crypto/tls
-	// crypto/tls reads the socket only when it holds no whole record, so
-	// at each socket read every whole record so far has been used.
+	header     [5]byte // the record header being received
+	headerN    int
+	bodyLeft   int   // bytes of the current record's body still to come
+	complete   int64 // whole records passed up to crypto/tls
 	usedBefore int64 // complete at the last socket read
 	returned   int64 // records returned by TLS Reads since then
 }
@@ -38,16 +40,58 @@ func (onlyBufferedError) Error() string   { return "relay: only buffered records
 func (onlyBufferedError) Timeout() bool   { return true }
 func (onlyBufferedError) Temporary() bool { return true }
 
-// Read reads the socket unless onlyBuffered is set, and follows the
-// framing of what it returns.
+// newRecordConn returns a recordConn over an upstream's socket.
+func newRecordConn(nc net.Conn) *recordConn {
+	c := &recordConn{Conn: nc}
+	c.now.init(nc)
+	return c
+}
+
+// Read reads the socket and follows the framing of what it returns. Under
+// onlyBuffered it takes only bytes the kernel already holds, and fails with
+// errOnlyBuffered when there are none (or none are known to be there).
 func (c *recordConn) Read(p []byte) (int, error) {
-	if c.onlyBuffered {
-		return 0, errOnlyBuffered
-	}
+	// crypto/tls reads only when it holds no whole record: every whole
+	// record so far has been used.
 	c.usedBefore, c.returned = c.complete, 0
-	n, err := c.Conn.Read(p)
+	var n int
+	var err error
+	switch {
+	case c.onlyBuffered && c.drained:
+		return 0, errOnlyBuffered
+	case c.onlyBuffered:
+		if n, err = c.now.read(p); n == 0 {
+			// Nothing queued, or the end of the stream: keep an EOF or
+			// an error for the next Read, which crypto/tls treats as
+			// final (it sees a temporary error now).
+			c.drained = true
+			if err != nil && err != io.EOF {
+				err = &net.OpError{Op: "read", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+			}
+			c.ended = err
+			return 0, errOnlyBuffered
+		}
+	case c.ended != nil:
+		return 0, c.ended
+	default:
+		n, err = c.Conn.Read(p)
+	}
+	c.drained = n < len(p)
 	c.frame(p[:n])
 	return n, err
+}
+
+// more reports whether a Read of the TLS connection above c may have data
+// without waiting on the network: a whole record crypto/tls has not
+// returned, or bytes the kernel may hold.
+func (c *recordConn) more() bool {
+	return c.holdsRecord() || !c.drained
+}
+
+// midRecord reports whether crypto/tls holds part of a record: the rest is
+// on its way.
+func (c *recordConn) midRecord() bool {
+	return c.headerN > 0 || c.bodyLeft > 0
 }
 
 // frame advances the record framing over b.
@@ -94,14 +138,4 @@ func (c *recordConn) readBuffered(src net.Conn, p []byte) (int, error) {
 		c.noteReturned()
 	}
 	return n, err
-}
-
-// SyscallConn gives the socket's descriptor, so the relay can measure the
-// receive queue under the TLS layer.
-func (c *recordConn) SyscallConn() (syscall.RawConn, error) {
-	sc, ok := c.Conn.(syscall.Conn)
-	if !ok {
-		return nil, errors.ErrUnsupported
-	}
-	return sc.SyscallConn()
 }

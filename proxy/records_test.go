@@ -2,9 +2,14 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
+	"io"
 	"math/rand/v2"
 	"net"
+	"os"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // TestRecordConnFraming feeds a stream of TLS records through recordConn
@@ -87,5 +92,83 @@ func TestRecordConnOnlyBuffered(t *testing.T) {
 	c.noteReturned()
 	if c.holdsRecord() {
 		t.Error("both records returned: holdsRecord still true")
+	}
+}
+
+// TestRecordConnReadsQueuedBytesWithoutWaiting: under onlyBuffered a read
+// takes what the kernel already holds, and once a read has emptied the
+// queue the next one fails at once instead of waiting for the peer.
+func TestRecordConnReadsQueuedBytesWithoutWaiting(t *testing.T) {
+	if !canReadWithoutWaiting {
+		t.Skip("on this platform the relay does not read a socket without waiting")
+	}
+	peer, local := tcpPair(t)
+	local.SetDeadline(time.Now().Add(10 * time.Second)) // a read that waits fails the test, not hangs it
+	c := newRecordConn(local)
+
+	two := []byte{23, 3, 3, 0, 1, 'x', 23, 3, 3, 0, 1, 'y'}
+	if _, err := peer.Write(two); err != nil {
+		t.Fatal(err)
+	}
+	// A waiting read of a piece: the rest came in the same segment, so it
+	// is queued now.
+	if n, err := c.Read(make([]byte, 3)); n != 3 || err != nil {
+		t.Fatalf("first read: %d, %v", n, err)
+	}
+	c.onlyBuffered = true
+	buf := make([]byte, 64)
+	n, err := c.Read(buf)
+	if n != len(two)-3 || err != nil {
+		t.Fatalf("read of the queued rest: %d, %v; want %d bytes", n, err, len(two)-3)
+	}
+	if c.complete != 2 || c.more() != true {
+		t.Fatalf("after the queued rest: complete %d, more %v; want 2 and true (two records for crypto/tls)", c.complete, c.more())
+	}
+	c.noteReturned()
+	c.noteReturned()
+	if c.more() {
+		t.Error("both records returned and the queue emptied: more still true")
+	}
+	n, err = c.Read(buf)
+	if ne, ok := err.(net.Error); n != 0 || !ok || !ne.Timeout() || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read of an empty queue: %d, %v; want 0 and errOnlyBuffered at once", n, err)
+	}
+}
+
+// TestRecordConnKeepsResetForNextRead: a connection reset met by a read
+// that does not wait is reported by the next waiting read, not lost (the
+// kernel reports it once, then only EOF).
+func TestRecordConnKeepsResetForNextRead(t *testing.T) {
+	if !canReadWithoutWaiting {
+		t.Skip("on this platform the relay does not read a socket without waiting")
+	}
+	peer, local := tcpPair(t)
+	local.SetDeadline(time.Now().Add(10 * time.Second))
+	c := newRecordConn(local)
+	if _, err := peer.Write([]byte{23, 3, 3, 0, 1, 'x'}); err != nil {
+		t.Fatal(err)
+	}
+	peer.(*net.TCPConn).SetLinger(0)
+	peer.Close() // RST
+	if n, err := io.ReadFull(c, make([]byte, 6)); n != 6 {
+		t.Fatalf("record before the reset: %d bytes, %v", n, err)
+	}
+	// Under onlyBuffered, read until the reset has been met: the RST may
+	// still be on its way when the first read runs.
+	c.onlyBuffered = true
+	deadline := time.Now().Add(10 * time.Second)
+	for c.ended == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("no reset seen by reads that do not wait")
+		}
+		c.drained = false
+		if _, err := c.Read(make([]byte, 64)); err != errOnlyBuffered {
+			t.Fatalf("read under onlyBuffered: %v; want errOnlyBuffered", err)
+		}
+	}
+	c.onlyBuffered = false
+	_, err := c.Read(make([]byte, 64))
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("next waiting read: %v; want the connection reset", err)
 	}
 }

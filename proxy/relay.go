@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -9,7 +8,6 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
@@ -27,19 +25,6 @@ const (
 	// maxRecordPlaintext is the most a TLS Read returns at once: one
 	// record's plaintext.
 	maxRecordPlaintext = 16 * 1024
-)
-
-// Coalescing limits. A TLS record on the wire is at most a 5-byte header
-// plus 2^14 bytes of plaintext plus 2048 bytes of expansion (TLS 1.2's
-// limit; TLS 1.3 allows 256, padding included).
-const (
-	maxRecordSize = 5 + maxRecordPlaintext + 2048
-	// coalesceMinAhead is how many received bytes must be known to be
-	// waiting before the relay reads another record into the same write:
-	// room for the largest record, and for one more before it that
-	// carries no data (a post-handshake message). With that much already
-	// here, the extra Read never waits on the network.
-	coalesceMinAhead = 2 * maxRecordSize
 )
 
 // halfCloseGrace is how long the upstream may keep answering after the
@@ -138,21 +123,20 @@ type bufferedReader interface {
 //
 // Each Read's bytes are written at once; proxyCopy never waits for more
 // data before a write. Two things keep that cheap:
-//   - Buffers: while nothing is known to be waiting (the kernel holds no
-//     received bytes, and the TLS layer no rest of a record), the next Read
-//     goes into a small buffer, which is all an idle direction holds.
-//     Otherwise it goes into a large pooled buffer, which goes back to the
-//     pool as soon as the flow stops. (Where the receive queue cannot be
-//     measured, the large buffer is used throughout.)
+//   - Buffers: after a Read that emptied what had arrived, the next Read
+//     waits in a small buffer, which is all an idle direction holds. A Read
+//     that fills its buffer, or leaves records or part of one in the TLS
+//     layer, sends the next one to a large pooled buffer, which goes back
+//     to the pool as soon as the flow stops.
 //   - Coalescing: a TLS source returns one record per Read. When more
 //     records have already arrived (many small FETCH responses, one record
 //     each, or a large message faster than the collector reads), the relay
 //     reads them into the same buffer and writes them with one call,
 //     instead of one write (and one wake-up of the collector) per record.
-//     It takes only what cannot make it wait on the network: whole records
-//     that crypto/tls has already read ahead (records tells when, and keeps
-//     such a Read off the socket), and records in the kernel while
-//     coalesceMinAhead bytes are known to be there.
+//     It takes only what cannot make it wait on the network: for those
+//     extra Reads, records (the socket under a TLS src) hands crypto/tls
+//     only what the kernel already holds, and fails them once it has
+//     nothing more.
 //
 // records is the recordConn under a TLS src, or nil.
 func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pending bufferedReader, records *recordConn, counter *atomic.Int64) {
@@ -168,41 +152,18 @@ func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pe
 			return
 		}
 	}
-	probe := newQueueProbe(src)
-	_, coalesce := src.(*tls.Conn)
-	var idle *[]byte // the small buffer; only with a probe to tell when to use it
-	if probe != nil {
-		idle = idleBuffers.Get().(*[]byte)
-		defer idleBuffers.Put(idle)
-	}
+	idle := idleBuffers.Get().(*[]byte)
+	defer idleBuffers.Put(idle)
 	var large *[]byte // held only while data flows
 	defer func() {
 		if large != nil {
 			relayBuffers.Put(large)
 		}
 	}()
-	// leftover: the TLS layer may hold plaintext of a record that did not
-	// fit the small buffer. (A record always fits the large one.)
-	leftover := false
-	// ahead is a lower bound on the bytes received from the peer that src
-	// has not returned yet (in the kernel or inside the TLS layer): the
-	// last probe, less the most that the Reads since can have used up
-	// (a TLS Read, one record whatever it returns).
-	ahead := 0
-	used := func(n int) int {
-		if coalesce {
-			return maxRecordSize
-		}
-		return n
-	}
+	flowing := false // the last Read may have left data waiting
 	for {
-		if !leftover && ahead <= 0 {
-			ahead = probe.queued()
-		}
 		var buf []byte
-		// Without a probe nothing is known to be waiting, ever: always
-		// use the large buffer, as a plain copy loop would.
-		if leftover || ahead > 0 || probe == nil {
+		if flowing {
 			if large == nil {
 				large = relayBuffers.Get().(*[]byte)
 			}
@@ -215,42 +176,30 @@ func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pe
 			buf = *idle
 		}
 		n, rerr := src.Read(buf)
-		ahead -= used(n)
 		if records != nil && n > 0 {
 			records.noteReturned()
 		}
-		if coalesce {
-			for rerr == nil && n < len(buf) {
-				// Whole records crypto/tls already holds (into the small
-				// buffer too: filling it sends the next Read to the large
-				// one).
-				for records != nil && n < len(buf) && records.holdsRecord() {
-					m, err := records.readBuffered(src, buf[n:])
-					n += m
-					ahead -= used(m)
-					if err != nil || m == 0 {
-						break // an error other than errOnlyBuffered comes back at the next Read
-					}
-				}
-				// Records in the kernel, while a Read cannot wait for them.
-				if large == nil || len(buf)-n < maxRecordPlaintext {
+		for records != nil && rerr == nil {
+			if n == len(buf) {
+				if large != nil {
 					break
 				}
-				if ahead < coalesceMinAhead {
-					if ahead = max(ahead, probe.queued()); ahead < coalesceMinAhead {
-						break
-					}
-				}
-				var m int
-				m, rerr = src.Read(buf[n:])
-				n += m
-				ahead -= used(m)
-				if records != nil && m > 0 {
-					records.noteReturned()
-				}
+				// The small buffer is full, and the rest of a record may
+				// wait in the TLS layer: go on in the large one, so that
+				// one write carries it all.
+				large = relayBuffers.Get().(*[]byte)
+				n = copy(*large, buf)
+				buf = *large
+			} else if !records.more() {
+				break
+			}
+			m, err := records.readBuffered(src, buf[n:])
+			n += m
+			if err != nil || m == 0 {
+				break // an error other than errOnlyBuffered comes back at the next Read
 			}
 		}
-		leftover = coalesce && large == nil && n == len(buf)
+		flowing = n == len(buf) || (records != nil && (records.more() || records.midRecord()))
 		if n > 0 {
 			m, werr := dst.Write(buf[:n])
 			written += int64(m)
@@ -274,51 +223,4 @@ func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pe
 // connection or a shutdown deadline fired.
 func isClosedErr(err error) bool {
 	return errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded)
-}
-
-// queueProbe reports how many received bytes wait in the kernel under a
-// connection (under the TLS layer for a TLS connection). A nil *queueProbe
-// knows nothing and always says 0.
-type queueProbe struct {
-	rc      syscall.RawConn
-	control func(fd uintptr) // p.read, bound once so probing does not allocate
-	n       int
-}
-
-// newQueueProbe returns a probe for src, or nil when this platform cannot
-// measure src's receive queue.
-func newQueueProbe(src net.Conn) *queueProbe {
-	if !canMeasureQueue {
-		return nil
-	}
-	var c net.Conn = src
-	if tc, ok := src.(*tls.Conn); ok {
-		c = tc.NetConn()
-	}
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	p := &queueProbe{rc: rc}
-	p.control = p.read
-	return p
-}
-
-func (p *queueProbe) read(fd uintptr) { p.n = queuedBytes(fd) }
-
-// queued returns how many bytes wait to be read from the socket, 0 if
-// unknown.
-func (p *queueProbe) queued() int {
-	if p == nil {
-		return 0
-	}
-	p.n = 0
-	if err := p.rc.Control(p.control); err != nil {
-		return 0
-	}
-	return p.n
 }

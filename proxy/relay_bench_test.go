@@ -21,10 +21,11 @@ import (
 // The "tls" cases read from a TLS client connection, as the upstream side
 // of a session does, with the peer writing records of 4 KiB; this is the
 // path that coalesces records. Their allocs/op grow with the bytes, but
-// none is the relay's: crypto/tls allocates one 32-byte reader per socket
-// read (Conn.readFromUntil), as it does for any TLS client, the collector's
-// own included when it talks to the upstream directly (check with
-// -memprofile).
+// none is the relay's: crypto/tls allocates one small reader each time it
+// reads the socket (Conn.readFromUntil), as it does for any TLS client,
+// the collector's own included when it talks to the upstream directly;
+// the relay's reads that do not wait count too, those that find nothing
+// included (check with -memprofile).
 func BenchmarkProxyCopy(b *testing.B) {
 	for _, tc := range []struct {
 		tls   bool
@@ -59,7 +60,7 @@ func benchProxyCopy(b *testing.B, useTLS bool, chunk, size int) {
 		roots := x509.NewCertPool()
 		roots.AppendCertsFromPEM(caPEM)
 		server := tls.Server(sendSide, &tls.Config{Certificates: []tls.Certificate{cert}})
-		records = &recordConn{Conn: src}
+		records = newRecordConn(src)
 		client := tls.Client(records, &tls.Config{RootCAs: roots, ServerName: "localhost"})
 		errc := make(chan error, 1)
 		go func() { errc <- server.Handshake() }()

@@ -81,7 +81,7 @@ func loginUpstream(ctx context.Context, l *upstreamLogin) (*upstreamConn, error)
 			return nil, err
 		}
 	}
-	up.records = &recordConn{Conn: raw}
+	up.records = newRecordConn(raw)
 	tc := tls.Client(up.records, l.tlsConfig)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return nil, unavailable(fmt.Sprintf("TLS with upstream %s failed", addr), err)
