@@ -46,6 +46,7 @@ type testProxy struct {
 	store *auth.Store
 	srv   *proxy.Server
 	addr  string // host:port to dial
+	port  int    // addr's port
 
 	cancel  context.CancelFunc // the token manager's context
 	served  chan error         // Serve's error, once it returned
@@ -100,7 +101,8 @@ func startTestProxy(t testing.TB, cfg *config.Config, store *auth.Store, opts te
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &testProxy{cfg: cfg, store: store, srv: srv, addr: ln.Addr().String(), cancel: cancel, served: make(chan error, 1)}
+	p := &testProxy{cfg: cfg, store: store, srv: srv, addr: ln.Addr().String(), port: ln.Addr().(*net.TCPAddr).Port,
+		cancel: cancel, served: make(chan error, 1)}
 	go func() { p.served <- srv.Serve(ln) }()
 	t.Cleanup(func() {
 		p.endOnce.Do(func() {
