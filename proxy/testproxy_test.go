@@ -28,6 +28,8 @@ type testProxyOptions struct {
 	records []tokenRecord
 	// logger gets the proxy's and its token manager's logs.
 	logger *slog.Logger
+	// failureDelay is proxy.Options.FailureDelay; zero: the proxy's default.
+	failureDelay time.Duration
 }
 
 // tokenRecord is a collector's login and local password and the refresh
@@ -48,6 +50,7 @@ type testProxy struct {
 	addr  string // host:port to dial
 	port  int    // addr's port
 
+	options testProxyOptions
 	cancel  context.CancelFunc // the token manager's context
 	served  chan error         // Serve's error, once it returned
 	endOnce sync.Once
@@ -93,7 +96,7 @@ func startTestProxy(t testing.TB, cfg *config.Config, store *auth.Store, opts te
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := proxy.New(&proxy.Options{Config: cfg, Auth: mgr, Logger: opts.logger})
+	srv, err := proxy.New(&proxy.Options{Config: cfg, Auth: mgr, Logger: opts.logger, FailureDelay: opts.failureDelay})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +105,7 @@ func startTestProxy(t testing.TB, cfg *config.Config, store *auth.Store, opts te
 		t.Fatal(err)
 	}
 	p := &testProxy{cfg: cfg, store: store, srv: srv, addr: ln.Addr().String(), port: ln.Addr().(*net.TCPAddr).Port,
-		cancel: cancel, served: make(chan error, 1)}
+		options: opts, cancel: cancel, served: make(chan error, 1)}
 	go func() { p.served <- srv.Serve(ln) }()
 	t.Cleanup(func() {
 		p.endOnce.Do(func() {
@@ -135,4 +138,13 @@ func (p *testProxy) finish(err error) error {
 		err = fmt.Errorf("Serve: %w", serr)
 	}
 	return err
+}
+
+// restart closes the proxy, cutting its sessions, and starts a new one
+// over the same mapping file and token state, as a daemon restart would.
+// The old proxy's token manager is cancelled when the test ends.
+func (p *testProxy) restart(t testing.TB) *testProxy {
+	t.Helper()
+	p.srv.Close()
+	return startTestProxy(t, p.cfg, p.store, p.options)
 }
