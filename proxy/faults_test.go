@@ -3,7 +3,6 @@ package proxy_test
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/base64"
@@ -23,10 +22,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 
-	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
-	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
-	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
 )
 
@@ -69,19 +65,14 @@ type rigOptions struct {
 // rig is a proxy configured from a mapping file with several providers,
 // with its token store and logs, serving on loopback.
 type rig struct {
-	t     testing.TB
-	dir   string
-	cfg   *config.Config
-	store *auth.Store
-	srv   *proxy.Server
-	addr  string
-	logs  *logSink
-
-	stopOnce sync.Once
-	stopErr  error
-	stopFn   func() error
+	t    testing.TB
+	dir  string
+	logs *logSink
+	*testProxy
 }
 
+// newRig starts a proxy for opts. It is stopped (see testProxy.stop) when
+// the test ends, failing the test if sessions had to be cut.
 func newRig(t testing.TB, opts rigOptions) *rig {
 	t.Helper()
 	r := &rig{t: t, dir: t.TempDir(), logs: &logSink{}}
@@ -104,76 +95,19 @@ func newRig(t testing.TB, opts rigOptions) *rig {
 		}
 		sb.WriteString("\n")
 	}
+	var records []tokenRecord
 	for _, a := range opts.accounts {
 		fmt.Fprintf(&sb, "[accounts.%s]\nprovider = %q\nmailbox = %q\n\n", a.login, a.provider, a.mailbox)
+		records = append(records, tokenRecord{a.login, a.password, a.refreshToken})
 	}
-	path := filepath.Join(r.dir, "config.toml")
-	if err := os.WriteFile(path, []byte(sb.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.cfg = cfg
-	r.store, err = auth.NewStore(cfg.Server.StateDir, &auth.StoreOptions{KDF: testKDF})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range opts.accounts {
-		if _, err := r.store.Create(a.login, a.password, auth.Secret{RefreshToken: a.refreshToken}); err != nil {
-			t.Fatal(err)
-		}
-	}
-
 	logger := slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: opts.logLevel}))
-	store, err := auth.NewStore(cfg.Server.StateDir, &auth.StoreOptions{KDF: testKDF})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	mgr, err := auth.NewManager(ctx, &auth.ManagerOptions{Store: store, Logger: logger,
-		RefreshMargin: cfg.Server.RefreshMargin, TokenTimeout: cfg.Server.TokenTimeout})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	srv, err := proxy.New(&proxy.Options{Config: cfg, Auth: mgr, Logger: logger})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
-	r.srv, r.addr = srv, ln.Addr().String()
-	r.stopFn = func() error {
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer scancel()
-		err := srv.Shutdown(sctx)
-		cancel()
-		if serr := <-done; serr != nil && err == nil {
-			err = fmt.Errorf("Serve: %w", serr)
-		}
-		return err
-	}
+	r.testProxy = newTestProxy(t, testProxyOptions{dir: r.dir, config: sb.String(), records: records, logger: logger})
 	t.Cleanup(func() {
 		if err := r.stop(); err != nil {
 			t.Errorf("stopping the proxy: %v", err)
 		}
 	})
 	return r
-}
-
-// stop shuts the proxy down (once) and returns Shutdown's error: non-nil
-// when sessions had to be cut.
-func (r *rig) stop() error {
-	r.stopOnce.Do(func() { r.stopErr = r.stopFn() })
-	return r.stopErr
 }
 
 // waitIdle waits until the proxy has no open session, or fails.

@@ -24,8 +24,6 @@ import (
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
-	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
-	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
 )
 
@@ -66,15 +64,13 @@ type harnessOptions struct {
 // a proxy in front of them, all in process on loopback.
 type harness struct {
 	t        testing.TB
-	opts     harnessOptions
 	tokens   *authtest.Server
 	upstream *proxytest.Upstream
 	dir      string
-	cfg      *config.Config
-	store    *auth.Store
 	logs     *syncBuffer
-	srv      *proxy.Server
-	addr     string
+	// testProxy is the running proxy, with its config and token store;
+	// restart replaces it.
+	*testProxy
 	// grants holds every refresh token the harness minted, for leak checks.
 	grants []string
 	// localCA trusts the proxy's certificate when opts.localTLS is set.
@@ -91,9 +87,11 @@ func (h *harness) accessTokens() []string {
 	return append([]string(nil), h.seen...)
 }
 
+// newHarness starts a token endpoint, an upstream with the test mailbox
+// and a proxy with the test account, as opts asks.
 func newHarness(t testing.TB, opts harnessOptions) *harness {
 	t.Helper()
-	h := &harness{t: t, opts: opts, dir: t.TempDir(), logs: &syncBuffer{}}
+	h := &harness{t: t, dir: t.TempDir(), logs: &syncBuffer{}}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("proxy log:\n%s", h.logs.String())
@@ -164,64 +162,16 @@ ca_file = "ca.pem"
 provider = "lab"
 mailbox = %q
 `, tokenURL, testClientID, testSecret, imapAddress, testLogin, testMailbox)
-	path := filepath.Join(h.dir, "config.toml")
-	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	h.cfg, err = config.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.store, err = auth.NewStore(h.cfg.Server.StateDir, &auth.StoreOptions{KDF: testKDF})
-	if err != nil {
-		t.Fatal(err)
-	}
 	rt := h.tokens.Grant(testMailbox)
 	h.grants = append(h.grants, rt)
-	if _, err := h.store.Create(testLogin, testPassword, auth.Secret{RefreshToken: rt}); err != nil {
-		t.Fatal(err)
+	failureDelay := opts.failureDelay
+	if failureDelay == 0 {
+		failureDelay = 10 * time.Millisecond
 	}
-	h.start()
-	return h
-}
-
-// start runs a fresh proxy (token manager and server) over the harness's
-// state directory, as a daemon restart would.
-func (h *harness) start() {
-	h.t.Helper()
 	logger := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	store, err := auth.NewStore(h.cfg.Server.StateDir, &auth.StoreOptions{KDF: testKDF})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	mgr, err := auth.NewManager(ctx, &auth.ManagerOptions{Store: store, Logger: logger,
-		RefreshMargin: h.cfg.Server.RefreshMargin})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	delay := h.opts.failureDelay
-	if delay == 0 {
-		delay = 10 * time.Millisecond
-	}
-	srv, err := proxy.New(&proxy.Options{Config: h.cfg, Auth: mgr, Logger: logger, FailureDelay: delay})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
-	h.srv, h.addr = srv, ln.Addr().String()
-	h.t.Cleanup(func() {
-		srv.Close()
-		cancel()
-		if err := <-done; err != nil {
-			h.t.Errorf("Serve: %v", err)
-		}
-	})
+	h.testProxy = newTestProxy(t, testProxyOptions{dir: h.dir, config: text,
+		records: []tokenRecord{{testLogin, testPassword, rt}}, logger: logger, failureDelay: failureDelay})
+	return h
 }
 
 // serveOn makes the running proxy also accept on listenAddr (implicit TLS
@@ -254,8 +204,7 @@ func (h *harness) serveOn(listenAddr string, implicitTLS bool) string {
 // restart stops the proxy and starts a new one on the same state.
 func (h *harness) restart() {
 	h.t.Helper()
-	h.srv.Close()
-	h.start()
+	h.testProxy = h.testProxy.restart(h.t)
 }
 
 // dial connects an imapclient collector to the proxy.

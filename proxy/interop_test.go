@@ -37,8 +37,6 @@ import (
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
-	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
-	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
 )
 
 // interopClientTimeout bounds one run of a legacy client.
@@ -119,56 +117,16 @@ mechanism = %q
 		}
 		fmt.Fprintf(&text, "\n[accounts.%s]\nprovider = %q\nmailbox = %q\n", login, provider, a.Mailbox)
 	}
-	path := filepath.Join(dir, "config.toml")
-	if err := os.WriteFile(path, []byte(text.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := auth.NewStore(cfg.Server.StateDir, &auth.StoreOptions{KDF: testKDF})
-	if err != nil {
-		t.Fatal(err)
-	}
+	var records []tokenRecord
 	for _, login := range logins {
 		a := e.accounts[login]
 		rt := e.tokens.Grant(a.Mailbox)
 		e.addSecret(rt)
-		if _, err := store.Create(a.Login, a.Password, auth.Secret{RefreshToken: rt}); err != nil {
-			t.Fatal(err)
-		}
+		records = append(records, tokenRecord{a.Login, a.Password, rt})
 	}
-
 	logger := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	ctx, cancel := context.WithCancel(context.Background())
-	mgr, err := auth.NewManager(ctx, &auth.ManagerOptions{Store: store, Logger: logger,
-		RefreshMargin: cfg.Server.RefreshMargin})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	srv, err := proxy.New(&proxy.Options{Config: cfg, Auth: mgr, Logger: logger})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
-	t.Cleanup(func() {
-		srv.Close()
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	e.addr = ln.Addr().String()
-	e.port = ln.Addr().(*net.TCPAddr).Port
+	p := newTestProxy(t, testProxyOptions{dir: dir, config: text.String(), records: records, logger: logger})
+	e.addr, e.port = p.addr, p.port
 	return e
 }
 
