@@ -43,10 +43,11 @@ func (r *nonblockingReader) read(p []byte) (int, error) {
 		return 0, nil
 	}
 	r.buf, r.n, r.err = p, 0, nil
-	if err := r.rc.Read(r.fn); err != nil {
-		r.n, r.err = 0, nil
-	}
+	err := r.rc.Read(r.fn) // fails only before reading: closed, or past the deadline
 	r.buf = nil
+	if err != nil {
+		return 0, nil
+	}
 	return r.n, r.err
 }
 
