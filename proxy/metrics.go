@@ -57,26 +57,26 @@ func (s *Server) WriteMetrics(w io.Writer) error {
 			_, err = fmt.Fprintf(w, format, args...)
 		}
 	}
-	p("# HELP imap_oauth_proxy_sessions_active Collector connections open now.\n")
-	p("# TYPE imap_oauth_proxy_sessions_active gauge\n")
-	p("imap_oauth_proxy_sessions_active %d\n", s.ActiveSessions())
-	p("# HELP imap_oauth_proxy_sessions_total Collector connections accepted.\n")
-	p("# TYPE imap_oauth_proxy_sessions_total counter\n")
-	p("imap_oauth_proxy_sessions_total %d\n", m.sessionsTotal.Load())
-	p("# HELP imap_oauth_proxy_connections_refused_total Connections refused at a connection limit.\n")
-	p("# TYPE imap_oauth_proxy_connections_refused_total counter\n")
-	p("imap_oauth_proxy_connections_refused_total %d\n", m.rejectedTotal.Load())
-	p("# HELP imap_oauth_proxy_logins_total Logins by outcome (OK or the RFC 5530 code of the NO).\n")
-	p("# TYPE imap_oauth_proxy_logins_total counter\n")
+	// head writes a metric's HELP and TYPE lines; single adds its one
+	// unlabelled sample.
+	head := func(name, kind, help string) {
+		p("# HELP %s %s\n# TYPE %s %s\n", name, help, name, kind)
+	}
+	single := func(name, kind, help string, value any) {
+		head(name, kind, help)
+		p("%s %v\n", name, value)
+	}
+	single("imap_oauth_proxy_sessions_active", "gauge", "Collector connections open now.", s.ActiveSessions())
+	single("imap_oauth_proxy_sessions_total", "counter", "Collector connections accepted.", m.sessionsTotal.Load())
+	single("imap_oauth_proxy_connections_refused_total", "counter", "Connections refused at a connection limit.", m.rejectedTotal.Load())
+	head("imap_oauth_proxy_logins_total", "counter", "Logins by outcome (OK or the RFC 5530 code of the NO).")
 	for i, o := range loginOutcomes {
 		p("imap_oauth_proxy_logins_total{outcome=%q} %d\n", o, m.logins[i].Load())
 	}
-	p("# HELP imap_oauth_proxy_relayed_bytes_total Bytes relayed after login, by direction.\n")
-	p("# TYPE imap_oauth_proxy_relayed_bytes_total counter\n")
+	head("imap_oauth_proxy_relayed_bytes_total", "counter", "Bytes relayed after login, by direction.")
 	p("imap_oauth_proxy_relayed_bytes_total{direction=\"to_upstream\"} %d\n", m.bytesToUpstream.Load())
 	p("imap_oauth_proxy_relayed_bytes_total{direction=\"to_client\"} %d\n", m.bytesToClient.Load())
-	p("# HELP imap_oauth_proxy_upstream_dial_seconds Time to connect and finish TLS with the upstream.\n")
-	p("# TYPE imap_oauth_proxy_upstream_dial_seconds histogram\n")
+	head("imap_oauth_proxy_upstream_dial_seconds", "histogram", "Time to connect and finish TLS with the upstream.")
 	var cumulative int64
 	for i, le := range dialBuckets {
 		cumulative += m.dialCounts[i].Load()
@@ -95,23 +95,11 @@ func (s *Server) WriteMetrics(w io.Writer) error {
 	// sessions_active); ReadMemStats stops the world briefly, once per scrape.
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	p("# HELP go_goroutines Number of goroutines that currently exist.\n")
-	p("# TYPE go_goroutines gauge\n")
-	p("go_goroutines %d\n", runtime.NumGoroutine())
-	p("# HELP go_memstats_heap_alloc_bytes Heap bytes allocated and not yet freed (live and unswept).\n")
-	p("# TYPE go_memstats_heap_alloc_bytes gauge\n")
-	p("go_memstats_heap_alloc_bytes %d\n", ms.HeapAlloc)
-	p("# HELP go_memstats_heap_inuse_bytes Bytes in in-use heap spans.\n")
-	p("# TYPE go_memstats_heap_inuse_bytes gauge\n")
-	p("go_memstats_heap_inuse_bytes %d\n", ms.HeapInuse)
-	p("# HELP go_memstats_stack_inuse_bytes Bytes in goroutine stacks.\n")
-	p("# TYPE go_memstats_stack_inuse_bytes gauge\n")
-	p("go_memstats_stack_inuse_bytes %d\n", ms.StackInuse)
-	p("# HELP go_memstats_sys_bytes Bytes of memory obtained from the OS.\n")
-	p("# TYPE go_memstats_sys_bytes gauge\n")
-	p("go_memstats_sys_bytes %d\n", ms.Sys)
-	p("# HELP go_gc_cycles_total Completed garbage collection cycles.\n")
-	p("# TYPE go_gc_cycles_total counter\n")
-	p("go_gc_cycles_total %d\n", ms.NumGC)
+	single("go_goroutines", "gauge", "Number of goroutines that currently exist.", runtime.NumGoroutine())
+	single("go_memstats_heap_alloc_bytes", "gauge", "Heap bytes allocated and not yet freed (live and unswept).", ms.HeapAlloc)
+	single("go_memstats_heap_inuse_bytes", "gauge", "Bytes in in-use heap spans.", ms.HeapInuse)
+	single("go_memstats_stack_inuse_bytes", "gauge", "Bytes in goroutine stacks.", ms.StackInuse)
+	single("go_memstats_sys_bytes", "gauge", "Bytes of memory obtained from the OS.", ms.Sys)
+	single("go_gc_cycles_total", "counter", "Completed garbage collection cycles.", ms.NumGC)
 	return err
 }
