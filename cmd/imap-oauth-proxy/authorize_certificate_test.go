@@ -1,8 +1,6 @@
 package main
 
 import (
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -47,25 +45,9 @@ func TestAuthorizeAppOnlyCertificate(t *testing.T) {
 	c.secret(keyLines(otherKey)...)
 	writeFile(t, cl.dir, "other.pem", string(otherCert))
 	writeFile(t, cl.dir, "other.key", string(otherKey))
-	bad := cl.config(t, "microsoft", "client_credentials", "client_certificate_file = \"other.pem\"\nclient_key_file = \"other.key\"\n")
-	r := c.run("pw\n", "authorize", "-config", bad, "helpdesk")
-	if r.code != 1 || !strings.Contains(r.stderr, "AADSTS700027") || !strings.Contains(r.stderr, "Certificates & secrets") {
-		t.Errorf("unregistered certificate: exit %d, stderr:\n%s", r.code, r.stderr)
-	}
-	if _, err := os.Stat(filepath.Join(cl.stateDir(), "helpdesk.token")); err == nil {
-		t.Error("a failed authorize stored a record")
-	}
-
-	path := cl.config(t, "microsoft", "client_credentials", certLines)
 	const password = "cert-pw-canary-a3e8"
-	c.secret(password)
-	r = c.run(password+"\n", "authorize", "-config", path, "helpdesk")
-	if r.code != 0 || !strings.Contains(r.stdout, "Stored the local password") {
-		t.Fatalf("authorize: exit %d\n%s%s", r.code, r.stdout, r.stderr)
-	}
-	if rec := openRecord(t, cl.stateDir(), "helpdesk", password); rec.Secret.RefreshToken != "" {
-		t.Error("an app-only record holds a refresh token")
-	}
+	path := authorizeClientCredentials(t, c, cl, "client_certificate_file = \"other.pem\"\nclient_key_file = \"other.key\"\n",
+		[]string{"AADSTS700027", "Certificates & secrets"}, certLines, password)
 	forms := cl.tokens.TokenRequests(authtest.GrantClientCredentials)
 	if len(forms) != 1 {
 		t.Fatalf("%d accepted client_credentials requests, want 1", len(forms))
@@ -78,7 +60,7 @@ func TestAuthorizeAppOnlyCertificate(t *testing.T) {
 	}
 
 	// check fetches a new token with a new assertion, as serve would.
-	r = c.run(password+"\n", "check", "-config", path, "helpdesk")
+	r := c.run(password+"\n", "check", "-config", path, "helpdesk")
 	if r.code != 1 || !strings.Contains(r.stdout, "Add-MailboxPermission") {
 		t.Errorf("check without mailbox permission: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}

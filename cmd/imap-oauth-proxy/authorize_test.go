@@ -382,6 +382,38 @@ func TestAuthorizeDeviceRefusedForGoogle(t *testing.T) {
 	}
 }
 
+// authorizeClientCredentials runs `authorize helpdesk` for a
+// client_credentials provider twice: with badLines, which must fail with
+// each of wantErr in stderr and store nothing, then with goodLines and
+// password, which must store an app-only record (no refresh token). It
+// returns the good mapping file.
+func authorizeClientCredentials(t *testing.T, c *cli, cl *cloud, badLines string, wantErr []string, goodLines, password string) string {
+	t.Helper()
+	bad := cl.config(t, "microsoft", "client_credentials", badLines)
+	r := c.run("pw\n", "authorize", "-config", bad, "helpdesk")
+	refused := r.code == 1
+	for _, w := range wantErr {
+		refused = refused && strings.Contains(r.stderr, w)
+	}
+	if !refused {
+		t.Errorf("bad credential: exit %d, stderr:\n%s", r.code, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(cl.stateDir(), "helpdesk.token")); err == nil {
+		t.Error("a failed authorize stored a record")
+	}
+
+	path := cl.config(t, "microsoft", "client_credentials", goodLines)
+	c.secret(password)
+	r = c.run(password+"\n", "authorize", "-config", path, "helpdesk")
+	if r.code != 0 || !strings.Contains(r.stdout, "Stored the local password") {
+		t.Fatalf("authorize: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if rec := openRecord(t, cl.stateDir(), "helpdesk", password); rec.Secret.RefreshToken != "" {
+		t.Error("an app-only record holds a refresh token")
+	}
+	return path
+}
+
 // TestAuthorizeAppOnly sets the local password of app-only accounts after
 // proving a token can be had, then checks them end to end.
 func TestAuthorizeAppOnly(t *testing.T) {
@@ -391,26 +423,10 @@ func TestAuthorizeAppOnly(t *testing.T) {
 		secretLine := fmt.Sprintf("client_secret = %q\n", tenantSecret)
 
 		// A wrong secret stores nothing and says what to fix.
-		bad := cl.config(t, "microsoft", "client_credentials", "client_secret = \"wrong-secret-canary-77\"\n")
 		c.secret("wrong-secret-canary-77")
-		r := c.run("pw\n", "authorize", "-config", bad, "helpdesk")
-		if r.code != 1 || !strings.Contains(r.stderr, "client secret is wrong") || !strings.Contains(r.stderr, "AADSTS7000215") {
-			t.Errorf("wrong secret: exit %d, stderr:\n%s", r.code, r.stderr)
-		}
-		if _, err := os.Stat(filepath.Join(cl.stateDir(), "helpdesk.token")); err == nil {
-			t.Error("a failed authorize stored a record")
-		}
-
-		path := cl.config(t, "microsoft", "client_credentials", secretLine)
 		const password = "app-pw-canary-2d90"
-		c.secret(password)
-		r = c.run(password+"\n", "authorize", "-config", path, "helpdesk")
-		if r.code != 0 || !strings.Contains(r.stdout, "Stored the local password") {
-			t.Fatalf("authorize: exit %d\n%s%s", r.code, r.stdout, r.stderr)
-		}
-		if rec := openRecord(t, cl.stateDir(), "helpdesk", password); rec.Secret.RefreshToken != "" {
-			t.Error("an app-only record holds a refresh token")
-		}
+		path := authorizeClientCredentials(t, c, cl, "client_secret = \"wrong-secret-canary-77\"\n",
+			[]string{"client secret is wrong", "AADSTS7000215"}, secretLine, password)
 		form := cl.tokens.TokenRequests(authtest.GrantClientCredentials)
 		if len(form) == 0 || form[len(form)-1].Get("scope") != "https://outlook.office365.com/.default" {
 			t.Errorf("client_credentials requests %v", form)
@@ -418,7 +434,7 @@ func TestAuthorizeAppOnly(t *testing.T) {
 
 		// Until Exchange gives the app's service principal access, the
 		// upstream refuses, and check names the PowerShell commands.
-		r = c.run(password+"\n", "check", "-config", path, "helpdesk")
+		r := c.run(password+"\n", "check", "-config", path, "helpdesk")
 		if r.code != 1 || !strings.Contains(r.stdout, "Add-MailboxPermission") || !strings.Contains(r.stdout, "New-ServicePrincipal") {
 			t.Errorf("check without mailbox permission: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 		}
