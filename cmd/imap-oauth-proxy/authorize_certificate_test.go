@@ -60,17 +60,7 @@ func TestAuthorizeAppOnlyCertificate(t *testing.T) {
 	}
 
 	// check fetches a new token with a new assertion, as serve would.
-	r := c.run(password+"\n", "check", "-config", path, "helpdesk")
-	if r.code != 1 || !strings.Contains(r.stdout, "Add-MailboxPermission") {
-		t.Errorf("check without mailbox permission: exit %d\n%s%s", r.code, r.stdout, r.stderr)
-	}
-	cl.tokens.AllowApp(tenantShared)
-	if r := c.run(password+"\n", "check", "-config", path, "-v", "helpdesk"); r.code != 0 {
-		t.Errorf("check: exit %d\n%s%s", r.code, r.stdout, r.stderr)
-	}
-	if users := cl.seenUsers(); len(users) != 2 || users[1] != tenantShared {
-		t.Errorf("upstream users %v", users)
-	}
+	checkAppMailboxPermission(t, c, cl, path, password, "Add-MailboxPermission")
 	for _, f := range cl.tokens.TokenRequests(authtest.GrantClientCredentials) {
 		c.secret(f.Get("client_assertion"))
 	}

@@ -391,11 +391,7 @@ func authorizeClientCredentials(t *testing.T, c *cli, cl *cloud, badLines string
 	t.Helper()
 	bad := cl.config(t, "microsoft", "client_credentials", badLines)
 	r := c.run("pw\n", "authorize", "-config", bad, "helpdesk")
-	refused := r.code == 1
-	for _, w := range wantErr {
-		refused = refused && strings.Contains(r.stderr, w)
-	}
-	if !refused {
+	if r.code != 1 || !containsAll(r.stderr, wantErr) {
 		t.Errorf("bad credential: exit %d, stderr:\n%s", r.code, r.stderr)
 	}
 	if _, err := os.Stat(filepath.Join(cl.stateDir(), "helpdesk.token")); err == nil {
@@ -412,6 +408,35 @@ func authorizeClientCredentials(t *testing.T, c *cli, cl *cloud, badLines string
 		t.Error("an app-only record holds a refresh token")
 	}
 	return path
+}
+
+// checkAppMailboxPermission runs `check helpdesk` with the mapping file
+// at path before the app may open the shared mailbox, which must fail with
+// each of wantAdvice in its report, and after, which must pass and reach
+// the mailbox upstream.
+func checkAppMailboxPermission(t *testing.T, c *cli, cl *cloud, path, password string, wantAdvice ...string) {
+	t.Helper()
+	r := c.run(password+"\n", "check", "-config", path, "helpdesk")
+	if r.code != 1 || !containsAll(r.stdout, wantAdvice) {
+		t.Errorf("check without mailbox permission: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	cl.tokens.AllowApp(tenantShared)
+	if r := c.run(password+"\n", "check", "-config", path, "-v", "helpdesk"); r.code != 0 {
+		t.Errorf("check: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if users := cl.seenUsers(); len(users) != 2 || users[1] != tenantShared {
+		t.Errorf("upstream users %v", users)
+	}
+}
+
+// containsAll reports whether s contains every one of parts.
+func containsAll(s string, parts []string) bool {
+	for _, p := range parts {
+		if !strings.Contains(s, p) {
+			return false
+		}
+	}
+	return true
 }
 
 // TestAuthorizeAppOnly sets the local password of app-only accounts after
@@ -434,17 +459,7 @@ func TestAuthorizeAppOnly(t *testing.T) {
 
 		// Until Exchange gives the app's service principal access, the
 		// upstream refuses, and check names the PowerShell commands.
-		r := c.run(password+"\n", "check", "-config", path, "helpdesk")
-		if r.code != 1 || !strings.Contains(r.stdout, "Add-MailboxPermission") || !strings.Contains(r.stdout, "New-ServicePrincipal") {
-			t.Errorf("check without mailbox permission: exit %d\n%s%s", r.code, r.stdout, r.stderr)
-		}
-		cl.tokens.AllowApp(tenantShared)
-		if r := c.run(password+"\n", "check", "-config", path, "-v", "helpdesk"); r.code != 0 {
-			t.Errorf("check: exit %d\n%s%s", r.code, r.stdout, r.stderr)
-		}
-		if users := cl.seenUsers(); len(users) != 2 || users[1] != tenantShared {
-			t.Errorf("upstream users %v", users)
-		}
+		checkAppMailboxPermission(t, c, cl, path, password, "Add-MailboxPermission", "New-ServicePrincipal")
 	})
 
 	t.Run("service_account", func(t *testing.T) {
