@@ -7,7 +7,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -143,25 +142,12 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 		h.localCA.AppendCertsFromPEM(certPEM)
 		serverTLS = "tls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n"
 	}
-	text := fmt.Sprintf(`
-[server]
-listen = "127.0.0.1:0"
-state_dir = "state"
-login_timeout = "10s"
-`+serverTLS+opts.serverTOML+`
-[providers.lab]
-type = "generic"
-token_url = %q
-scopes = ["imap", "offline_access"]
-client_id = %q
-client_secret = %q
-imap_address = %q
-ca_file = "ca.pem"
-
-[accounts.%s]
-provider = "lab"
-mailbox = %q
-`, tokenURL, testClientID, testSecret, imapAddress, testLogin, testMailbox)
+	text := proxytest.LabConfig(proxytest.LabConfigOptions{
+		Server:   "login_timeout = \"10s\"\n" + serverTLS + opts.serverTOML,
+		TokenURL: tokenURL, ClientID: testClientID, ClientSecret: testSecret,
+		IMAPAddress: imapAddress, CAFile: "ca.pem",
+		Accounts: map[string]string{testLogin: testMailbox},
+	})
 	rt := h.tokens.Grant(testMailbox)
 	h.grants = append(h.grants, rt)
 	failureDelay := opts.failureDelay

@@ -145,31 +145,14 @@ func newIdleLab(b *testing.B) *idleLab {
 		b.Fatal(err)
 	}
 	lab := &idleLab{bin: bin, addr: freeAddr(b), metrics: freeAddr(b)}
-	text := fmt.Sprintf(`
-[server]
-listen = %q
-metrics_listen = %q
-state_dir = "state"
-log_level = "warn"
-max_connections = %d
-max_connections_per_ip = %d
-preauth_timeout = "10m"
-preauth_max_time = "10m"
-
-[providers.lab]
-type = "generic"
-token_url = %q
-scopes = ["imap", "offline_access"]
-client_id = %q
-client_secret = %q
-imap_address = %q
-ca_file = "ca.pem"
-
-[accounts.%s]
-provider = "lab"
-mailbox = %q
-`, lab.addr, lab.metrics, 3*idleSessions, 3*idleSessions, tokens.TokenURL(), testClientID, testSecret,
-		up.Addr, testLogin, testMailbox)
+	text := proxytest.LabConfig(proxytest.LabConfigOptions{
+		Listen: lab.addr,
+		Server: fmt.Sprintf("metrics_listen = %q\nlog_level = \"warn\"\nmax_connections = %d\nmax_connections_per_ip = %d\n"+
+			"preauth_timeout = \"10m\"\npreauth_max_time = \"10m\"\n", lab.metrics, 3*idleSessions, 3*idleSessions),
+		TokenURL: tokens.TokenURL(), ClientID: testClientID, ClientSecret: testSecret,
+		IMAPAddress: up.Addr, CAFile: "ca.pem",
+		Accounts: map[string]string{testLogin: testMailbox},
+	})
 	lab.config = filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(lab.config, []byte(text), 0o600); err != nil {
 		b.Fatal(err)

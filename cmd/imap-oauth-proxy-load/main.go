@@ -358,28 +358,6 @@ type lab struct {
 	token     string // access token for direct sessions
 }
 
-const labConfig = `# Written by imap-oauth-proxy-load.
-[server]
-listen = "127.0.0.1:0"
-state_dir = "state"
-max_connections = %d
-max_connections_per_ip = %d
-log_level = "warn"
-
-[providers.lab]
-type = "generic"
-token_url = %q
-scopes = ["imap", "offline_access"]
-client_id = %q
-client_secret = %q
-imap_address = %q
-ca_file = "upstream-ca.pem"
-
-[accounts.%s]
-provider = "lab"
-mailbox = %q
-`
-
 func startLab(messageSize int) (l *lab, err error) {
 	dir, err := os.MkdirTemp("", "imap-oauth-proxy-load-")
 	if err != nil {
@@ -406,8 +384,13 @@ func startLab(messageSize int) (l *lab, err error) {
 	l.roots.AppendCertsFromPEM(l.upstream.CAPEM)
 
 	path := filepath.Join(dir, "config.toml")
-	text := fmt.Sprintf(labConfig, 2*maxCollectors+100, 2*maxCollectors+100, l.tokens.TokenURL(),
-		loadClientID, loadSecret, l.upstream.Addr, loadLogin, loadMailbox)
+	limit := 2*maxCollectors + 100
+	text := "# Written by imap-oauth-proxy-load.\n" + proxytest.LabConfig(proxytest.LabConfigOptions{
+		Server:   fmt.Sprintf("max_connections = %d\nmax_connections_per_ip = %d\nlog_level = \"warn\"\n", limit, limit),
+		TokenURL: l.tokens.TokenURL(), ClientID: loadClientID, ClientSecret: loadSecret,
+		IMAPAddress: l.upstream.Addr, CAFile: "upstream-ca.pem",
+		Accounts: map[string]string{loadLogin: loadMailbox},
+	})
 	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 		return nil, err
 	}

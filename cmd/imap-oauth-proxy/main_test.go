@@ -241,25 +241,16 @@ func writeFile(t *testing.T, dir, name, text string) string {
 // refresh_token account per login, whose mailbox is mailboxOf(login).
 // server holds extra [server] lines.
 func labConfig(tokenURL, imapAddress, server string, logins ...string) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, `[server]
-listen = "127.0.0.1:0"
-state_dir = "state"
-login_timeout = "10s"
-%s
-[providers.lab]
-type = "generic"
-token_url = %q
-scopes = ["imap", "offline_access"]
-client_id = %q
-client_secret = %q
-imap_address = %q
-ca_file = "ca.pem"
-`, server, tokenURL, testClientID, testClientSecret, imapAddress)
+	accounts := make(map[string]string, len(logins))
 	for _, login := range logins {
-		fmt.Fprintf(&b, "\n[accounts.%s]\nprovider = \"lab\"\nmailbox = %q\n", login, mailboxOf(login))
+		accounts[login] = mailboxOf(login)
 	}
-	return b.String()
+	return proxytest.LabConfig(proxytest.LabConfigOptions{
+		Server:   "login_timeout = \"10s\"\n" + server,
+		TokenURL: tokenURL, ClientID: testClientID, ClientSecret: testClientSecret,
+		IMAPAddress: imapAddress, CAFile: "ca.pem",
+		Accounts: accounts,
+	})
 }
 
 func mailboxOf(login string) string { return login + "@contoso.test" }

@@ -1,0 +1,48 @@
+package proxytest
+
+import (
+	"cmp"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+)
+
+// LabConfigOptions describe a mapping file for LabConfig.
+type LabConfigOptions struct {
+	// Listen is the proxy's [server] listen address; "" means "127.0.0.1:0".
+	Listen string
+	// Server holds extra lines for the [server] table, each ending in a
+	// newline, besides listen and state_dir = "state".
+	Server string
+	// TokenURL, ClientID, ClientSecret, IMAPAddress and CAFile configure
+	// the provider "lab"; CAFile is relative to the mapping file.
+	TokenURL, ClientID, ClientSecret, IMAPAddress, CAFile string
+	// Accounts maps each login to its mailbox; all use provider "lab".
+	Accounts map[string]string
+}
+
+// LabConfig returns the TOML text of a mapping file with one generic
+// provider named "lab", for an in-process Upstream. Accounts are written
+// sorted by login.
+func LabConfig(opts LabConfigOptions) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `[server]
+listen = %q
+state_dir = "state"
+%s
+[providers.lab]
+type = "generic"
+token_url = %q
+scopes = ["imap", "offline_access"]
+client_id = %q
+client_secret = %q
+imap_address = %q
+ca_file = %q
+`, cmp.Or(opts.Listen, "127.0.0.1:0"), opts.Server, opts.TokenURL, opts.ClientID, opts.ClientSecret,
+		opts.IMAPAddress, opts.CAFile)
+	for _, login := range slices.Sorted(maps.Keys(opts.Accounts)) {
+		fmt.Fprintf(&b, "\n[accounts.%s]\nprovider = \"lab\"\nmailbox = %q\n", login, opts.Accounts[login])
+	}
+	return b.String()
+}
