@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 )
 
@@ -18,4 +19,15 @@ func loadAccount(path, login string) (*config.Config, *config.Account, error) {
 		return nil, nil, fmt.Errorf("no [accounts.%s] in %s", login, cfg.Path)
 	}
 	return cfg, acct, nil
+}
+
+// openStore opens the token store in stateDir for a CLI command. Run as
+// root, the command first becomes the owner of the state directory (the
+// service's user), so that the records it writes stay the daemon's and the
+// command holds no more privilege than the daemon.
+func openStore(stateDir string) (*auth.Store, error) {
+	if err := actAsOwnerOf(stateDir); err != nil {
+		return nil, err
+	}
+	return auth.NewStore(stateDir, nil)
 }

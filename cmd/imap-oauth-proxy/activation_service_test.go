@@ -310,15 +310,17 @@ func TestSocketActivationStartFailures(t *testing.T) {
 		name  string
 		names string
 		files func(t *testing.T) []*os.File
+		code  int // exit status
 		want  []string
 	}{
-		{"unknown name", "pop3", oneSocket, []string{"fd 3", `"pop3"`}},
+		{"unknown name", "pop3", oneSocket, 1, []string{"fd 3", `"pop3"`}},
 		{"name twice", "imap:imap", func(t *testing.T) []*os.File {
 			return append(oneSocket(t), oneSocket(t)...)
-		}, []string{"fd 4", `"imap"`, "fd 3"}},
+		}, 1, []string{"fd 4", `"imap"`, "fd 3"}},
 		{"datagram socket", "imap", func(*testing.T) []*os.File { return []*os.File{udpFile} },
-			[]string{"fd 3", `"imap"`, "not a stream socket"}},
-		{"imaps without a certificate", "imaps", oneSocket, []string{"server.tls_cert", "imaps"}},
+			1, []string{"fd 3", `"imap"`, "not a stream socket"}},
+		// The socket is fine; the file lacks what it needs: EX_CONFIG.
+		{"imaps without a certificate", "imaps", oneSocket, exitConfig, []string{"server.tls_cert", "imaps"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newCLI(t)
@@ -328,8 +330,8 @@ func TestSocketActivationStartFailures(t *testing.T) {
 			d := startDaemonWith(t, c, path, withSockets(tc.names, tc.files(t)...))
 			err := d.wait()
 			var exit *exec.ExitError
-			if !errors.As(err, &exit) || exit.ExitCode() != 1 {
-				t.Errorf("exit %v, want status 1", err)
+			if !errors.As(err, &exit) || exit.ExitCode() != tc.code {
+				t.Errorf("exit %v, want status %d", err, tc.code)
 			}
 			stderr := d.stderr.String()
 			for _, w := range tc.want {

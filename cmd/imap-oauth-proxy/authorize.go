@@ -61,7 +61,7 @@ func cmdAuthorize(ctx context.Context, args []string, stdin io.Reader, stdout, s
 		return auth.ErrGoogleDevice
 	}
 
-	store, err := auth.NewStore(cfg.Server.StateDir, nil)
+	store, err := openStore(cfg.Server.StateDir)
 	if err != nil {
 		return err
 	}

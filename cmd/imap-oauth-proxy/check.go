@@ -154,7 +154,7 @@ func formatDuration(d time.Duration) string {
 
 func (c *checker) run(ctx context.Context, password string) {
 	acct, p := c.acct, c.acct.Provider
-	store, err := auth.NewStore(c.cfg.Server.StateDir, nil)
+	store, err := openStore(c.cfg.Server.StateDir)
 	if err != nil {
 		c.step("record", func() (string, error) { return "", failStep(err, "cannot open the state directory: %v", err) })
 		return

@@ -78,6 +78,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	switch {
 	case err == nil:
 		return 0
+	case errors.As(err, new(configError)):
+		fmt.Fprintf(stderr, "imap-oauth-proxy: %s\n", err)
+		return exitConfig
 	case errors.As(err, &ue):
 		fmt.Fprintf(stderr, "imap-oauth-proxy: %s\n\n%s", err, usage)
 		return 2
@@ -88,6 +91,17 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return 1
 	}
 }
+
+// exitConfig is the exit status of serve when its configuration is
+// unusable: EX_CONFIG from sysexits(3). The unit's RestartPreventExitStatus=
+// names it, so that systemd does not restart a daemon that cannot start
+// until the operator fixes the file.
+const exitConfig = 78
+
+// configError marks a configuration that serve cannot start with.
+type configError struct{ error }
+
+func (e configError) Unwrap() error { return e.error }
 
 // flagError marks a flag parsing failure (the flag package has printed it).
 type flagError struct{ error }

@@ -28,7 +28,7 @@ func cmdPasswd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	store, err := auth.NewStore(cfg.Server.StateDir, nil)
+	store, err := openStore(cfg.Server.StateDir)
 	if err != nil {
 		return err
 	}

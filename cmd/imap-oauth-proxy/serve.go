@@ -48,7 +48,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	}()
 	cfg, err := config.LoadWithOptions(*configPath, in.loadOptions())
 	if err != nil {
-		return err
+		return configError{err}
 	}
 	logger := newLogger(stderr, cfg.Server.LogFormat, cfg.Server.LogLevel)
 	if in.ignored != "" {
@@ -58,7 +58,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if cfg.Server.TLSCert != "" {
 		// Fail before touching the state directory or binding ports.
 		if _, err := proxytls.Local(cfg.Server.TLSCert, cfg.Server.TLSKey); err != nil {
-			return fmt.Errorf("server.tls_cert: %w", err)
+			return configError{fmt.Errorf("server.tls_cert: %w", err)}
 		}
 	}
 

@@ -45,7 +45,7 @@ func cmdTokenImport(args []string, stdin io.Reader, stdout, stderr io.Writer) er
 		return err
 	}
 
-	store, err := auth.NewStore(cfg.Server.StateDir, nil)
+	store, err := openStore(cfg.Server.StateDir)
 	if err != nil {
 		return err
 	}
