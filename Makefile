@@ -5,7 +5,9 @@ PREFIX   ?= /usr/local
 BINDIR   ?= $(PREFIX)/bin
 SYSCONFDIR ?= /etc
 DOCDIR   ?= $(PREFIX)/share/doc/imap-oauth-proxy
+MANDIR   ?= $(PREFIX)/share/man
 UNITDIR  ?= /etc/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 DESTDIR  ?=
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 MODULE   := github.com/imap-oauth-proxy/imap-oauth-proxy
@@ -16,10 +18,24 @@ LDFLAGS  := -X main.version=$(VERSION) -X $(MODULE)/config.DefaultPath=$(SYSCONF
 # deadline exceeded" and no crasher. Longer: `make fuzz FUZZTIME=5000000x`.
 FUZZTIME ?= 60000x
 
-.PHONY: build demo test check unit fuzz bench load install clean
+.PHONY: build man demo test check unit fuzz bench load install deb clean
 
-build:
-	$(GO) build -ldflags "$(LDFLAGS)" -o imap-oauth-proxy ./cmd/imap-oauth-proxy
+# The binary is a file target, so that `make install` on a host without Go
+# (the tests' container) installs what was built, as long as it is newer
+# than every source.
+GO_SOURCES := $(shell find . -name '*.go' -not -path './build/*') go.mod go.sum
+imap-oauth-proxy: $(GO_SOURCES)
+	$(GO) build -ldflags "$(LDFLAGS)" -o $@ ./cmd/imap-oauth-proxy
+
+build: imap-oauth-proxy
+
+# Man pages from their scdoc sources in docs/.
+MAN_SOURCES := $(wildcard docs/*.scd)
+MAN_PAGES := $(MAN_SOURCES:docs/%.scd=build/man/%)
+man: $(MAN_PAGES)
+build/man/%: docs/%.scd
+	@mkdir -p $(@D)
+	scdoc < $< > $@
 
 # The proxy on 127.0.0.1:1143 against a built-in XOAUTH2-only upstream and
 # token endpoint; prints the login to try. Ctrl-C stops it.
@@ -60,21 +76,46 @@ load:
 	$(GO) run ./cmd/imap-oauth-proxy-load $(LOAD_FLAGS)
 
 # Binary, systemd units (the service, and the socket units for ports 143
-# and 993, installed but not enabled) and an example config (never
-# overwriting a config).
+# and 993, installed but not enabled), the sysusers.d file, man pages and
+# an example config (never overwriting a config). Without DESTDIR it then
+# does what the package's postinst does: creates the system user
+# imap-oauth-proxy, gives /etc/imap-oauth-proxy its group and creates
+# /var/lib/imap-oauth-proxy for it.
 UNITS := $(wildcard dist/*.service dist/*.socket)
-install: build
+fill_units = for unit in $(UNITS); do \
+		sed -e 's|@BINDIR@|$(1)|g' -e 's|@DOCDIR@|$(2)|g' $$unit > $(3)/$${unit\#dist/} && \
+		chmod 0644 $(3)/$${unit\#dist/} || exit 1; \
+	done
+install: imap-oauth-proxy $(MAN_PAGES)
 	install -D -m 0755 imap-oauth-proxy $(DESTDIR)$(BINDIR)/imap-oauth-proxy
 	install -d -m 0755 $(DESTDIR)$(UNITDIR)
-	for unit in $(UNITS); do \
-		sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' $$unit \
-			> $(DESTDIR)$(UNITDIR)/$${unit#dist/} && \
-		chmod 0644 $(DESTDIR)$(UNITDIR)/$${unit#dist/} || exit 1; \
+	$(call fill_units,$(BINDIR),$(DOCDIR),$(DESTDIR)$(UNITDIR))
+	install -D -m 0644 dist/imap-oauth-proxy.sysusers $(DESTDIR)$(SYSUSERSDIR)/imap-oauth-proxy.conf
+	for page in $(MAN_PAGES); do \
+		install -D -m 0644 $$page $(DESTDIR)$(MANDIR)/man$${page##*.}/$${page##*/} || exit 1; \
 	done
 	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
 	install -d -m 0750 $(DESTDIR)$(SYSCONFDIR)/imap-oauth-proxy
 	test -e $(DESTDIR)$(SYSCONFDIR)/imap-oauth-proxy/config.toml || \
 		install -m 0640 dist/config.toml $(DESTDIR)$(SYSCONFDIR)/imap-oauth-proxy/config.toml
+	@if [ -z "$(DESTDIR)" ]; then sh dist/deb/postinst configure; \
+	else echo "DESTDIR set: not creating the user imap-oauth-proxy or setting ownership (see dist/deb/postinst)"; fi
+
+# A Debian package for `apt install ./imap-oauth-proxy_*.deb`, built with
+# nfpm (a Go tool in go.mod) from dist/nfpm.yaml, into DEB_DIR.
+DEB_VERSION ?= 0.1.0+git$(shell git rev-list --count HEAD 2>/dev/null || echo 0)
+DEB_DIR ?= .
+deb: $(MAN_PAGES)
+	rm -rf build/deb
+	mkdir -p build/deb/man
+	$(GO) build -trimpath -ldflags "-X main.version=$(DEB_VERSION) -X $(MODULE)/config.DefaultPath=/etc/imap-oauth-proxy/config.toml" \
+		-o build/deb/imap-oauth-proxy ./cmd/imap-oauth-proxy
+	$(call fill_units,/usr/bin,/usr/share/doc/imap-oauth-proxy,build/deb)
+	for page in $(MAN_PAGES); do \
+		mkdir -p build/deb/man/man$${page##*.} && \
+		gzip -9n < $$page > build/deb/man/man$${page##*.}/$${page##*/}.gz || exit 1; \
+	done
+	DEB_VERSION=$(DEB_VERSION) GOARCH=$$($(GO) env GOARCH) $(GO) tool nfpm package -f dist/nfpm.yaml -p deb -t $(DEB_DIR)/
 
 clean:
-	rm -f imap-oauth-proxy
+	rm -rf imap-oauth-proxy build imap-oauth-proxy_*.deb

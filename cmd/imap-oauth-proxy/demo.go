@@ -57,8 +57,24 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", "127.0.0.1:1143", "address of the proxy's IMAP listener")
 	dir := fs.String("dir", "", "directory for the demo's config and state (default: a temporary one)")
+	upstreamOnly := fs.Bool("upstream-only", false,
+		"run only the built-in upstream and token endpoint, for a proxy of your own (writes provider.toml, the CA and a refresh token per mailbox into -dir)")
+	var mailboxes []string
+	fs.Func("mailbox", "with -upstream-only: a mailbox to serve (repeatable; default "+demoMailbox+")", func(m string) error {
+		mailboxes = append(mailboxes, m)
+		return nil
+	})
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if len(mailboxes) > 0 && !*upstreamOnly {
+		return usageError("-mailbox needs -upstream-only")
+	}
+	if *upstreamOnly && *dir == "" {
+		return usageError("-upstream-only needs -dir, where it writes provider.toml")
+	}
+	if len(mailboxes) == 0 {
+		mailboxes = []string{demoMailbox}
 	}
 	if fs.NArg() != 0 {
 		return usageError("demo takes no arguments")
@@ -76,24 +92,14 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		*dir = tmp
 	}
 
-	tokens := authtest.NewServer(authtest.Options{
-		Flavor: authtest.Microsoft, ClientID: "demo-client", ClientSecret: "demo-secret", Rotate: true,
-	})
-	defer tokens.Close()
-	upstream, err := proxytest.NewUpstream(proxytest.UpstreamOptions{Validate: tokens.Validate})
+	tokens, upstream, err := startDemoUpstream(*dir, mailboxes)
 	if err != nil {
 		return err
 	}
+	defer tokens.Close()
 	defer upstream.Close()
-	user := upstream.AddUser(demoMailbox)
-	welcome := "From: imap-oauth-proxy <demo@example.test>\r\nTo: " + demoMailbox +
-		"\r\nSubject: Welcome to the imap-oauth-proxy demo\r\nDate: " + time.Now().Format(time.RFC1123Z) +
-		"\r\n\r\nThis message was fetched through the proxy, which logged in upstream with XOAUTH2.\r\n"
-	if _, err := user.Append("INBOX", literal(welcome), &imap.AppendOptions{}); err != nil {
-		return fmt.Errorf("seeding the demo mailbox: %w", err)
-	}
-	if err := upstream.WriteCAFile(filepath.Join(*dir, "upstream-ca.pem")); err != nil {
-		return err
+	if *upstreamOnly {
+		return serveDemoUpstream(ctx, *dir, tokens, upstream, mailboxes, stdout)
 	}
 
 	ln, err := net.Listen("tcp", *listen)
@@ -143,6 +149,79 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintln(stdout, "demo stopped")
 		return nil
 	}
+}
+
+// startDemoUpstream starts the demo's token endpoint (Microsoft's
+// behaviour, rotating refresh tokens) and an XOAUTH2-only IMAP server with
+// a welcome message in each mailbox's INBOX, and writes the server's CA
+// certificate to dir/upstream-ca.pem.
+func startDemoUpstream(dir string, mailboxes []string) (*authtest.Server, *proxytest.Upstream, error) {
+	tokens := authtest.NewServer(authtest.Options{
+		Flavor: authtest.Microsoft, ClientID: "demo-client", ClientSecret: "demo-secret", Rotate: true,
+	})
+	upstream, err := proxytest.NewUpstream(proxytest.UpstreamOptions{Validate: tokens.Validate})
+	if err != nil {
+		tokens.Close()
+		return nil, nil, err
+	}
+	fail := func(err error) (*authtest.Server, *proxytest.Upstream, error) {
+		upstream.Close()
+		tokens.Close()
+		return nil, nil, err
+	}
+	for _, mailbox := range mailboxes {
+		user := upstream.AddUser(mailbox)
+		welcome := "From: imap-oauth-proxy <demo@example.test>\r\nTo: " + mailbox +
+			"\r\nSubject: Welcome to the imap-oauth-proxy demo\r\nDate: " + time.Now().Format(time.RFC1123Z) +
+			"\r\n\r\nThis message was fetched through the proxy, which logged in upstream with XOAUTH2.\r\n"
+		if _, err := user.Append("INBOX", literal(welcome), &imap.AppendOptions{}); err != nil {
+			return fail(fmt.Errorf("seeding the demo mailbox %s: %w", mailbox, err))
+		}
+	}
+	if err := upstream.WriteCAFile(filepath.Join(dir, "upstream-ca.pem")); err != nil {
+		return fail(err)
+	}
+	return tokens, upstream, nil
+}
+
+const demoProvider = `# Written by imap-oauth-proxy demo -upstream-only, for a config of your
+# own. Copy upstream-ca.pem where the service can read it and set ca_file.
+[providers.demo]
+type = "generic"
+token_url = %q
+scopes = ["imap", "offline_access"]
+client_id = "demo-client"
+client_secret = "demo-secret"
+imap_address = %q
+ca_file = %q
+`
+
+// serveDemoUpstream writes what a proxy of one's own needs to use the
+// demo upstream (dir/provider.toml, and dir/MAILBOX.refresh-token for
+// `token import`), tells systemd it is ready when started as a
+// Type=notify unit, and serves until ctx ends.
+func serveDemoUpstream(ctx context.Context, dir string, tokens *authtest.Server, upstream *proxytest.Upstream, mailboxes []string, stdout io.Writer) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	text := fmt.Sprintf(demoProvider, tokens.TokenURL(), upstream.Addr, filepath.Join(abs, "upstream-ca.pem"))
+	if err := os.WriteFile(filepath.Join(dir, "provider.toml"), []byte(text), 0o600); err != nil {
+		return fmt.Errorf("writing provider.toml: %w", err)
+	}
+	for _, mailbox := range mailboxes {
+		path := filepath.Join(dir, mailbox+".refresh-token")
+		if err := os.WriteFile(path, []byte(tokens.Grant(mailbox)+"\n"), 0o600); err != nil {
+			return fmt.Errorf("writing a refresh token: %w", err)
+		}
+	}
+	fmt.Fprintf(stdout, "imap-oauth-proxy demo: upstream %s, token endpoint %s, mailboxes %s\nprovider, CA and refresh tokens in %s\n",
+		upstream.Addr, tokens.TokenURL(), strings.Join(mailboxes, " "), abs)
+	if err := newNotifier().send("READY=1"); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return nil
 }
 
 const demoBanner = `

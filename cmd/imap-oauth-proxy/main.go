@@ -22,6 +22,9 @@ const usage = `usage: imap-oauth-proxy COMMAND [flags] [LOGIN]
 commands:
   serve        [-config FILE]          run the daemon
   demo         [-listen ADDR]          serve against a built-in upstream and token endpoint
+               [-upstream-only -dir DIR [-mailbox M]...]
+                                       only the upstream and token endpoint, for a proxy
+                                       of your own (provider.toml, CA, refresh tokens)
   token import [-config FILE] LOGIN    store a refresh token; stdin: local password line,
                                        then refresh token line
   authorize    [-config FILE] [-force] [-external | -device] LOGIN
