@@ -5,6 +5,7 @@ PREFIX   ?= /usr/local
 BINDIR   ?= $(PREFIX)/bin
 SYSCONFDIR ?= /etc
 DOCDIR   ?= $(PREFIX)/share/doc/imap-oauth-proxy
+MANDIR   ?= $(PREFIX)/share/man
 UNITDIR  ?= /etc/systemd/system
 DESTDIR  ?=
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -16,7 +17,7 @@ LDFLAGS  := -X main.version=$(VERSION) -X $(MODULE)/config.DefaultPath=$(SYSCONF
 # deadline exceeded" and no crasher. Longer: `make fuzz FUZZTIME=5000000x`.
 FUZZTIME ?= 60000x
 
-.PHONY: build demo test check unit fuzz bench load install clean
+.PHONY: build demo test check unit fuzz bench load man install clean
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o imap-oauth-proxy ./cmd/imap-oauth-proxy
@@ -60,11 +61,21 @@ LOAD_FLAGS ?= -collectors 50 -duration 10s
 load:
 	$(GO) run ./cmd/imap-oauth-proxy-load $(LOAD_FLAGS)
 
+# Man pages from their scdoc source (Debian: apt-get install scdoc). The
+# date in them is the last commit's, so that a rebuild gives the same page.
+SCDOC    ?= scdoc
+MANPAGES := docs/imap-oauth-proxy.1 docs/imap-oauth-proxy.toml.5
+man: $(MANPAGES)
+
+docs/%: docs/%.scd
+	SOURCE_DATE_EPOCH=$${SOURCE_DATE_EPOCH:-$$(git log -1 --format=%ct 2>/dev/null || date +%s)}; \
+	export SOURCE_DATE_EPOCH; $(SCDOC) < $< > $@.tmp && mv $@.tmp $@
+
 # Binary, systemd units (the service, and the socket units for ports 143
-# and 993, installed but not enabled) and an example config (never
-# overwriting a config).
+# and 993, installed but not enabled), the man pages, the docs and an
+# example config (never overwriting a config).
 UNITS := $(wildcard dist/*.service dist/*.socket)
-install: build
+install: build man
 	install -D -m 0755 imap-oauth-proxy $(DESTDIR)$(BINDIR)/imap-oauth-proxy
 	install -d -m 0755 $(DESTDIR)$(UNITDIR)
 	for unit in $(UNITS); do \
@@ -72,10 +83,14 @@ install: build
 			> $(DESTDIR)$(UNITDIR)/$${unit#dist/} && \
 		chmod 0644 $(DESTDIR)$(UNITDIR)/$${unit#dist/} || exit 1; \
 	done
+	install -D -m 0644 docs/imap-oauth-proxy.1 $(DESTDIR)$(MANDIR)/man1/imap-oauth-proxy.1
+	install -D -m 0644 docs/imap-oauth-proxy.toml.5 $(DESTDIR)$(MANDIR)/man5/imap-oauth-proxy.toml.5
 	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	install -d -m 0755 $(DESTDIR)$(DOCDIR)/docs
+	install -m 0644 docs/*.md $(DESTDIR)$(DOCDIR)/docs/
 	install -d -m 0750 $(DESTDIR)$(SYSCONFDIR)/imap-oauth-proxy
 	test -e $(DESTDIR)$(SYSCONFDIR)/imap-oauth-proxy/config.toml || \
 		install -m 0640 dist/config.toml $(DESTDIR)$(SYSCONFDIR)/imap-oauth-proxy/config.toml
 
 clean:
-	rm -f imap-oauth-proxy
+	rm -f imap-oauth-proxy $(MANPAGES)
