@@ -29,13 +29,17 @@ imap-oauth-proxy: $(GO_SOURCES)
 
 build: imap-oauth-proxy
 
-# Man pages from their scdoc sources in docs/.
+# Man pages from their scdoc sources in docs/ (Debian: apt-get install
+# scdoc). The date in them is the last commit's, so that a rebuild gives
+# the same page.
+SCDOC    ?= scdoc
 MAN_SOURCES := $(wildcard docs/*.scd)
 MAN_PAGES := $(MAN_SOURCES:docs/%.scd=build/man/%)
 man: $(MAN_PAGES)
 build/man/%: docs/%.scd
 	@mkdir -p $(@D)
-	scdoc < $< > $@
+	SOURCE_DATE_EPOCH=$${SOURCE_DATE_EPOCH:-$$(git log -1 --format=%ct 2>/dev/null || date +%s)}; \
+	export SOURCE_DATE_EPOCH; $(SCDOC) < $< > $@.tmp && mv $@.tmp $@
 
 # The proxy on 127.0.0.1:1143 against a built-in XOAUTH2-only upstream and
 # token endpoint; prints the login to try. Ctrl-C stops it.
@@ -48,6 +52,7 @@ check:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
 
 unit:
 	$(GO) test -race -count=1 -timeout 15m ./...
@@ -76,8 +81,8 @@ load:
 	$(GO) run ./cmd/imap-oauth-proxy-load $(LOAD_FLAGS)
 
 # Binary, systemd units (the service, and the socket units for ports 143
-# and 993, installed but not enabled), the sysusers.d file, man pages and
-# an example config (never overwriting a config). Without DESTDIR it then
+# and 993, installed but not enabled), the sysusers.d file, man pages, the
+# docs and an example config (never overwriting a config). Without DESTDIR it then
 # does what the package's postinst does: creates the system user
 # imap-oauth-proxy, gives /etc/imap-oauth-proxy its group and creates
 # /var/lib/imap-oauth-proxy for it.
@@ -95,6 +100,8 @@ install: imap-oauth-proxy $(MAN_PAGES)
 		install -D -m 0644 $$page $(DESTDIR)$(MANDIR)/man$${page##*.}/$${page##*/} || exit 1; \
 	done
 	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	install -d -m 0755 $(DESTDIR)$(DOCDIR)/docs
+	install -m 0644 docs/*.md $(DESTDIR)$(DOCDIR)/docs/
 	install -d -m 0750 $(DESTDIR)$(SYSCONFDIR)/imap-oauth-proxy
 	test -e $(DESTDIR)$(SYSCONFDIR)/imap-oauth-proxy/config.toml || \
 		install -m 0640 dist/config.toml $(DESTDIR)$(SYSCONFDIR)/imap-oauth-proxy/config.toml

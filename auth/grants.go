@@ -33,7 +33,7 @@ import (
 
 // ErrGoogleDevice is returned by DeviceFlow for a Google provider: Google's
 // device flow does not grant Gmail's scope.
-var ErrGoogleDevice = errors.New("Google's device flow does not grant Gmail's scope https://mail.google.com/; " +
+var ErrGoogleDevice = errors.New("device flow: Google does not grant Gmail's scope https://mail.google.com/ through it; " +
 	"authorize in a browser (the default) or with -external")
 
 // ErrStateMismatch is returned by CodeFlow.ParseRedirect for a redirect

@@ -157,7 +157,6 @@ func redactParseError(err error, data []byte) error {
 		Usage:    perr.Usage,
 		Position: perr.Position,
 		LastKey:  perr.LastKey,
-		Line:     perr.Line,
 	}
 	secret := strings.Contains(strings.ToLower(perr.LastKey), "secret")
 	lines := strings.Split(string(data), "\n")
