@@ -18,7 +18,10 @@ LDFLAGS  := -X main.version=$(VERSION) -X $(MODULE)/config.DefaultPath=$(SYSCONF
 # deadline exceeded" and no crasher. Longer: `make fuzz FUZZTIME=5000000x`.
 FUZZTIME ?= 60000x
 
-.PHONY: build man demo test check unit fuzz bench load install deb clean
+.PHONY: all build man demo test check unit fuzz bench load install uninstall deb clean
+
+# `make`: the binary and the man pages, what `make install` installs.
+all: build man
 
 # The binary is a file target, so that `make install` on a host without Go
 # (the tests' container) installs what was built, as long as it is newer
@@ -107,6 +110,17 @@ install: imap-oauth-proxy $(MAN_PAGES)
 		install -m 0640 dist/config.toml $(DESTDIR)$(SYSCONFDIR)/imap-oauth-proxy/config.toml
 	@if [ -z "$(DESTDIR)" ]; then sh dist/deb/postinst configure; \
 	else echo "DESTDIR set: not creating the user imap-oauth-proxy or setting ownership (see dist/deb/postinst)"; fi
+
+# What `make install` put in place, after disabling the units. The config,
+# the records and the user stay.
+uninstall:
+	-systemctl disable --now imap-oauth-proxy.service imap-oauth-proxy.socket imap-oauth-proxy-tls.socket
+	rm -f $(DESTDIR)$(BINDIR)/imap-oauth-proxy $(DESTDIR)$(SYSUSERSDIR)/imap-oauth-proxy.conf
+	for unit in $(UNITS); do rm -f $(DESTDIR)$(UNITDIR)/$${unit#dist/}; done
+	for page in $(MAN_PAGES); do rm -f $(DESTDIR)$(MANDIR)/man$${page##*.}/$${page##*/}; done
+	rm -rf $(DESTDIR)$(DOCDIR)
+	-systemctl daemon-reload
+	@echo "kept: $(SYSCONFDIR)/imap-oauth-proxy, /var/lib/imap-oauth-proxy (the token records) and the user imap-oauth-proxy"
 
 # A Debian package for `apt install ./imap-oauth-proxy_*.deb`, built with
 # nfpm (a Go tool in go.mod) from dist/nfpm.yaml, into DEB_DIR.

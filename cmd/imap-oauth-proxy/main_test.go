@@ -954,14 +954,14 @@ func TestNoSecretsInOutput(t *testing.T) {
 	// Config errors around a client secret.
 	syntax := filepath.Join("..", "..", "testdata", "cmd", "syntax-secret.toml")
 	c.secret("fixture-client-secret-b81e2d")
-	if r := c.run("", "serve", "-config", syntax); r.code != 1 || !strings.Contains(r.stderr, "line") {
-		t.Errorf("serve with a TOML syntax error: exit %d, want 1 and a line number; stderr:\n%s", r.code, r.stderr)
+	if r := c.run("", "serve", "-config", syntax); r.code != exitConfig || !strings.Contains(r.stderr, "line") {
+		t.Errorf("serve with a TOML syntax error: exit %d, want 78 and a line number; stderr:\n%s", r.code, r.stderr)
 	}
 	conflict := writeFile(t, l.dir, "conflict.toml", labConfig(l.tokens.TokenURL(), l.upstream.Addr, "", "collector")+
 		"\n[providers.other]\ntype = \"generic\"\ntoken_url = \"https://idp.example/token\"\nscopes = [\"imap\"]\n"+
 		"client_id = \"x\"\nclient_secret = \""+testClientSecret+"\"\nclient_secret_file = \"nope\"\nimap_address = \"imap.example:993\"\n")
-	if r := c.run("", "serve", "-config", conflict); r.code != 1 || !strings.Contains(r.stderr, "providers.other.client_secret_file") {
-		t.Errorf("serve with a secret conflict: exit %d, want 1 naming the key; stderr:\n%s", r.code, r.stderr)
+	if r := c.run("", "serve", "-config", conflict); r.code != exitConfig || !strings.Contains(r.stderr, "providers.other.client_secret_file") {
+		t.Errorf("serve with a secret conflict: exit %d, want 78 naming the key; stderr:\n%s", r.code, r.stderr)
 	}
 
 	// The state directory holds the secrets only encrypted.
