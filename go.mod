@@ -13,4 +13,8 @@ require (
 	golang.org/x/term v0.47.0
 )
 
-require github.com/emersion/go-message v0.18.2 // indirect
+require (
+	github.com/emersion/go-message v0.18.2 // indirect
+	github.com/vishvananda/netlink v1.3.1 // indirect
+	github.com/vishvananda/netns v0.0.5 // indirect
+)
