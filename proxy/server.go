@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
@@ -52,6 +53,8 @@ type Server struct {
 	metrics  metrics
 	throttle *throttle
 	rejected rateLimitedLog // over-limit connections
+	// acceptFailed logs accept errors the server backs off from.
+	acceptFailed rateLimitedLog
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -167,11 +170,16 @@ func (s *Server) serve(ln net.Listener, implicitTLS bool) error {
 		if errors.Is(err, net.ErrClosed) {
 			return nil
 		}
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
+		if err != nil && isTransientAcceptError(err) {
+			// Out of descriptors or buffers, or a connection reset before
+			// it was accepted: none of it is the listener's fault, and
+			// ending here would cut every relayed session.
 			backoff = min(max(2*backoff, minAcceptBackoff), maxAcceptBackoff)
-			s.logger.Warn("accept failed; retrying", "err", err, "backoff", backoff)
-			time.Sleep(backoff)
+			s.metrics.acceptError(err)
+			s.acceptFailed.log(s.logger, "accept failed; retrying", "err", err, "backoff", backoff)
+			if !s.sleep(backoff) {
+				return nil
+			}
 			continue
 		}
 		if err != nil {
@@ -183,6 +191,39 @@ func (s *Server) serve(ln net.Listener, implicitTLS bool) error {
 			continue
 		}
 		go c.serve()
+	}
+}
+
+// isTransientAcceptError reports whether an accept error may pass by
+// itself: a timeout, running out of file descriptors (EMFILE, ENFILE) or
+// kernel buffers (ENOBUFS, ENOMEM), or a connection aborted or reset while
+// it waited in the queue.
+func isTransientAcceptError(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	for _, errno := range transientAcceptErrnos {
+		if errors.Is(err, errno) {
+			return true
+		}
+	}
+	return false
+}
+
+var transientAcceptErrnos = [...]syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS,
+	syscall.ENOMEM, syscall.ECONNABORTED, syscall.ECONNRESET, syscall.EPROTO, syscall.EPERM}
+
+// sleep waits d, or until the server is closed; it reports whether the
+// server is still open.
+func (s *Server) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-s.ctx.Done():
+		return false
 	}
 }
 
