@@ -576,11 +576,11 @@ func TestManagerAppOnlyGrants(t *testing.T) {
 			if _, err := store.Create("collector", password, Secret{}); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := m.Unlock(tc.acct, "wrong"); KindOf(err) != AuthenticationFailed {
+			if _, err := m.Unlock(context.Background(), tc.acct, "wrong"); KindOf(err) != AuthenticationFailed {
 				t.Errorf("wrong password: %v", err)
 			}
 			before := tc.tokens.Requests()
-			a, err := m.Unlock(tc.acct, password)
+			a, err := m.Unlock(context.Background(), tc.acct, password)
 			if err != nil {
 				t.Fatalf("Unlock: %v", err)
 			}
@@ -615,7 +615,7 @@ func TestManagerRefreshTokenRecordWithoutToken(t *testing.T) {
 	if _, err := store.Create("collector", "pw", Secret{}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := m.Unlock(acct, "pw")
+	_, err := m.Unlock(context.Background(), acct, "pw")
 	if KindOf(err) != AuthorizationFailed || !strings.Contains(MessageOf(err, ""), "imap-oauth-proxy authorize collector") {
 		t.Errorf("Unlock of a record without a refresh token: %v", err)
 	}

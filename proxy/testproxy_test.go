@@ -30,6 +30,8 @@ type testProxyOptions struct {
 	logger *slog.Logger
 	// failureDelay is proxy.Options.FailureDelay; zero: the proxy's default.
 	failureDelay time.Duration
+	// peerUID is proxy.Options.PeerUID; nil: the kernel's answer.
+	peerUID proxy.PeerUIDFunc
 }
 
 // tokenRecord is a collector's login and local password and the refresh
@@ -96,7 +98,8 @@ func startTestProxy(t testing.TB, cfg *config.Config, store *auth.Store, opts te
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := proxy.New(&proxy.Options{Config: cfg, Auth: mgr, Logger: opts.logger, FailureDelay: opts.failureDelay})
+	srv, err := proxy.New(&proxy.Options{Config: cfg, Auth: mgr, Logger: opts.logger, FailureDelay: opts.failureDelay,
+		PeerUID: opts.peerUID})
 	if err != nil {
 		t.Fatal(err)
 	}
