@@ -1,0 +1,8 @@
+package proxy
+
+// Throttle figures the external tests check against.
+const (
+	LoginBudget              = loginBudget
+	MaxChecksInFlightPerPeer = maxChecksInFlightPerPeer
+	MaxTracedUpstreamLines   = maxTracedUpstreamLines
+)
