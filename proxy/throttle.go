@@ -110,7 +110,9 @@ func (t *throttle) admit(login, key string) admission {
 		return admission{}
 	}
 	if b := t.budget(login, now); b.left < 1 {
-		return admission{refused: true, retryIn: time.Duration((1 - b.left) * float64(budgetRefill)),
+		// Rounded up, so that retrying then finds a whole failure's worth.
+		retryIn := time.Duration((1-b.left)*float64(budgetRefill)).Truncate(time.Millisecond) + time.Millisecond
+		return admission{refused: true, retryIn: retryIn,
 			reason: "the login's failure budget is spent"}
 	}
 	if t.base <= 0 {
