@@ -67,6 +67,10 @@ var ErrWrongPassword = errors.New("wrong password or altered token record")
 // record), before any password is tried.
 var ErrCorruptRecord = errors.New("corrupt token record")
 
+// ErrNotRegular is returned (wrapped) when a record's path holds
+// something other than a regular file: a symbolic link, a FIFO, a device.
+var ErrNotRegular = errors.New("token record is not a regular file")
+
 // ErrNotCached is returned by OpenCached when the password's derived key
 // is not in the cache: the password may be right or wrong, and only a key
 // derivation (Open) tells.
@@ -200,6 +204,9 @@ func NewStore(dir string, opts *StoreOptions) (*Store, error) {
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating token store directory: %w", err)
+	}
+	if err := checkStoreDir(dir); err != nil {
+		return nil, err
 	}
 	removeStaleTemps(dir, time.Now())
 	keys, err := lru.New[[sha256.Size]byte, []byte](size)
@@ -892,7 +899,7 @@ func (s *Store) read(login string) (*recordFile, error) {
 	if err := checkLogin(login); err != nil {
 		return nil, err
 	}
-	f, err := os.Open(s.Path(login))
+	f, err := openRecordFile(s.Path(login))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %w", ErrNoRecord, err)
 	}
@@ -929,6 +936,52 @@ func (s *Store) read(login string) (*recordFile, error) {
 		return nil, fmt.Errorf("%w: %w", ErrCorruptRecord, err)
 	}
 	return &rec, nil
+}
+
+// openRecordFile opens a record for reading. It follows no symbolic link
+// and does not wait on a FIFO or a device (O_NOFOLLOW|O_NONBLOCK), and it
+// refuses anything but a regular file: whoever could put one there must
+// not be able to make a login hang or read another file.
+func openRecordFile(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("%w: %s is a symbolic link", ErrNotRegular, path)
+	}
+	if err != nil {
+		return nil, err
+	}
+	info, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("reading record file: %w", err)
+	}
+	if !info.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%w: %s is a %v", ErrNotRegular, path, info.Mode().Type())
+	}
+	return f, nil
+}
+
+// checkStoreDir refuses a token store directory that others could write
+// to: one that is group- or world-writable, or owned by another user than
+// this process's (or root). Such a directory would let them replace
+// records, or plant FIFOs and links where records are read.
+func checkStoreDir(dir string) error {
+	info, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("checking token store directory: %w", err)
+	}
+	if !info.IsDir() {
+		return fmt.Errorf("token store directory %s is not a directory", dir)
+	}
+	if perm := info.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Errorf("token store directory %s is group- or world-writable (mode %04o); run: chmod go-w %s", dir, perm, dir)
+	}
+	st, ok := info.Sys().(*syscall.Stat_t)
+	if euid := os.Geteuid(); ok && euid != 0 && st.Uid != 0 && int(st.Uid) != euid {
+		return fmt.Errorf("token store directory %s belongs to uid %d, not to this user (uid %d) or root", dir, st.Uid, euid)
+	}
+	return nil
 }
 
 // cacheKey identifies a derived key without storing what derives it:
