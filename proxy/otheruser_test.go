@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -177,6 +179,8 @@ func TestOtherUserHelper(t *testing.T) {
 		for _, conn := range conns {
 			conn.Close()
 		}
+	case "flood":
+		helperFlood(addr, count, strings.Split(os.Getenv("HELPER_LOGINS"), ","))
 	default:
 		t.Fatalf("unknown helper action %q", action)
 	}
@@ -222,4 +226,47 @@ type prefixWriter struct {
 func (w *prefixWriter) Write(p []byte) (int, error) {
 	w.t.Logf("%s%s", w.prefix, strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// helperFlood runs workers parallel loops of wrong logins against addr,
+// each from its own 127.0.k.j address in turn and for the logins in turn,
+// until stdin closes. It prints "flooding" once every worker has had an
+// answer, and at the end the answers it got: "checked N" (AUTHENTICATIONFAILED),
+// "refused N" (UNAVAILABLE) and "other N".
+func helperFlood(addr string, workers int, logins []string) {
+	var checked, refused, other, started atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				from := fmt.Sprintf("127.0.%d.%d", 100+w%100, 1+i%250)
+				answer, err := helperGuess(addr, from, logins[(w+i)%len(logins)], fmt.Sprintf("flood-%d-%d", w, i))
+				switch {
+				case err != nil:
+					other.Add(1)
+				case strings.HasPrefix(answer, "g1 NO [AUTHENTICATIONFAILED]"):
+					checked.Add(1)
+				case strings.HasPrefix(answer, "g1 NO [UNAVAILABLE]"):
+					refused.Add(1)
+				default:
+					other.Add(1)
+				}
+				if i == 0 && started.Add(1) == int64(workers) {
+					fmt.Println("flooding")
+				}
+			}
+		}()
+	}
+	io.Copy(io.Discard, os.Stdin)
+	close(stop)
+	wg.Wait()
+	fmt.Printf("checked %d\nrefused %d\nother %d\n", checked.Load(), refused.Load(), other.Load())
 }
