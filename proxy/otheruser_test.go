@@ -232,8 +232,9 @@ func (w *prefixWriter) Write(p []byte) (int, error) {
 // each from its own 127.0.k.j address in turn and for the logins in turn,
 // until stdin closes. It prints "flooding" once every worker has had an
 // answer, and at the end the answers it got: "checked N" (AUTHENTICATIONFAILED),
-// "refused N" (UNAVAILABLE) and "other N".
+// "refused N" (UNAVAILABLE) and "other N", and "seconds S" it ran.
 func helperFlood(addr string, workers int, logins []string) {
+	start := time.Now()
 	var checked, refused, other, started atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -268,5 +269,6 @@ func helperFlood(addr string, workers int, logins []string) {
 	io.Copy(io.Discard, os.Stdin)
 	close(stop)
 	wg.Wait()
-	fmt.Printf("checked %d\nrefused %d\nother %d\n", checked.Load(), refused.Load(), other.Load())
+	fmt.Printf("checked %d\nrefused %d\nother %d\nseconds %f\n", checked.Load(), refused.Load(), other.Load(),
+		time.Since(start).Seconds())
 }
