@@ -24,6 +24,7 @@ import (
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
 )
 
@@ -62,6 +63,8 @@ type rigOptions struct {
 	accounts   []rigAccount
 	logLevel   slog.Level
 	kdf        auth.KDFParams // zero: testKDF
+	// peerUID is proxy.Options.PeerUID; nil: the kernel's answer.
+	peerUID proxy.PeerUIDFunc
 }
 
 // rig is a proxy configured from a mapping file with several providers,
@@ -104,7 +107,7 @@ func newRig(t testing.TB, opts rigOptions) *rig {
 	}
 	logger := slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: opts.logLevel}))
 	r.testProxy = newTestProxy(t, testProxyOptions{dir: r.dir, config: sb.String(), records: records, logger: logger,
-		kdf: opts.kdf})
+		kdf: opts.kdf, peerUID: opts.peerUID})
 	t.Cleanup(func() {
 		if err := r.stop(); err != nil {
 			t.Errorf("stopping the proxy: %v", err)

@@ -60,13 +60,24 @@ func (c *conn) login(tag, login, password string) (reason string, done bool) {
 // throttle admits it, after the wait it sets. waited is that wait.
 func (c *conn) checkPassword(ctx context.Context, login, password string) (account *auth.Account, waited time.Duration, err error) {
 	acct := c.cfg.Accounts[login]
-	if acct != nil {
-		account, err := c.srv.auth.UnlockCached(acct, password)
-		if !errors.Is(err, auth.ErrNotCached) {
-			return account, 0, err
+	var adm admission
+	for {
+		if acct != nil {
+			account, err := c.srv.auth.UnlockCached(acct, password)
+			if !errors.Is(err, auth.ErrNotCached) {
+				return account, 0, err
+			}
+		}
+		if adm = c.srv.throttle.admit(login, c.peer.key); adm.busy == nil {
+			break
+		}
+		select {
+		case <-adm.busy: // a check ended: the password may be cached now
+		case <-ctx.Done():
+			return nil, 0, &auth.Error{Kind: auth.Unavailable, Message: "login timed out; retry later",
+				Err: fmt.Errorf("waiting for this peer's other password checks: %w", ctx.Err())}
 		}
 	}
-	adm := c.srv.throttle.admit(login, c.peer.key)
 	if adm.refused {
 		retry := adm.retryIn.Round(time.Second) + time.Second
 		return nil, 0, &auth.Error{Kind: auth.Unavailable,

@@ -23,7 +23,8 @@ import (
 //     2, 4, 8, then 16 s). A check that would have to wait longer than the
 //     cap for its turn, or while maxChecksInFlightPerPeer of the peer's
 //     run already, is refused at once with NO [UNAVAILABLE] and never
-//     reaches the KDF. Failures are forgotten failureMemory after the
+//     reaches the KDF. (A peer with no failures that has that many checks
+//     in progress queues further ones behind them instead.) Failures are forgotten failureMemory after the
 //     peer's last one; a success does not clear them (the peer may be
 //     shared: all of loopback when uids are unknown).
 //   - Every failed check spends one of the login's loginBudget failures,
@@ -48,6 +49,8 @@ type peerFailures struct {
 	last      time.Time // the last failure
 	nextCheck time.Time // no check of this peer's passwords starts before
 	inFlight  int       // checks admitted and not done
+	// checkDone, if not nil, is closed when a check of this peer ends.
+	checkDone chan struct{}
 }
 
 // failureBudget is what is left of one login's failure budget.
@@ -77,6 +80,10 @@ func newThrottle(base time.Duration, now func() time.Time) *throttle {
 type admission struct {
 	// wait is how long to wait before checking.
 	wait time.Duration
+	// busy, if not nil, is closed when one of the peer's checks in
+	// progress ends: wait for it (its password may then be cached), then
+	// ask again.
+	busy <-chan struct{}
 	// refused: do not check; answer NO [UNAVAILABLE] and suggest retrying
 	// in retryIn. reason is for the log.
 	refused bool
@@ -103,6 +110,14 @@ func (t *throttle) admit(login, key string) admission {
 	now := t.now()
 	pf := t.peer(key, now)
 	if t.base > 0 && pf.inFlight >= maxChecksInFlightPerPeer {
+		if pf.failures == 0 {
+			// Several logins at once from a peer with no failures (a
+			// collector's first logins after a restart): queue them.
+			if pf.checkDone == nil {
+				pf.checkDone = make(chan struct{})
+			}
+			return admission{busy: pf.checkDone}
+		}
 		return admission{refused: true, retryIn: max(t.base, time.Second), reason: "password checks from this peer in progress"}
 	}
 	if pf.failures == 0 {
@@ -140,6 +155,10 @@ func (t *throttle) done(login, key string, failed bool) {
 	now := t.now()
 	pf := t.peer(key, now)
 	pf.inFlight = max(pf.inFlight-1, 0)
+	if pf.checkDone != nil {
+		close(pf.checkDone)
+		pf.checkDone = nil
+	}
 	if !failed {
 		return
 	}

@@ -44,20 +44,35 @@ func TestThrottleFigures(t *testing.T) {
 	}
 	th.done("collector", "uid 1001", false)
 
-	// A peer may have two checks in progress; a third is refused.
+	// A peer with no failures may have two checks in progress; a third
+	// waits for one of them to end.
 	first := th.admit("collector", "uid 1002")
 	second := th.admit("collector", "uid 1002")
 	third := th.admit("collector", "uid 1002")
-	if first.refused || second.refused || !third.refused {
+	if first.refused || second.refused || third.refused || first.busy != nil || second.busy != nil || third.busy == nil {
 		t.Errorf("in flight: %+v %+v %+v", first, second, third)
 	}
 	th.done("collector", "uid 1002", true)
+	select {
+	case <-third.busy:
+	default:
+		t.Error("the end of a check did not wake the one waiting")
+	}
+	// With a failure, a check that would be the peer's third in progress
+	// is refused rather than queued.
+	if again := th.admit("collector", "uid 1002"); again.refused || again.wait != 250*time.Millisecond {
+		t.Errorf("second check in progress after a failure: %+v", again)
+	}
+	if fourth := th.admit("collector", "uid 1002"); !fourth.refused {
+		t.Errorf("third check in progress of a peer with a failure: %+v", fourth)
+	}
 	th.done("collector", "uid 1002", false)
-	// After a failure, checks queue 250 ms apart.
-	if adm := th.admit("collector", "uid 1002"); adm.refused || adm.wait != 250*time.Millisecond {
+	th.done("collector", "uid 1002", false)
+	// Later checks queue 250 ms apart.
+	if adm := th.admit("collector", "uid 1002"); adm.refused || adm.wait != 500*time.Millisecond {
 		t.Errorf("first queued check: %+v", adm)
 	}
-	if adm := th.admit("collector", "uid 1002"); adm.refused || adm.wait != 500*time.Millisecond {
+	if adm := th.admit("collector", "uid 1002"); adm.refused || adm.wait != 750*time.Millisecond {
 		t.Errorf("second queued check: %+v", adm)
 	}
 
