@@ -3,8 +3,10 @@ package main
 import (
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"regexp"
+	"strings"
 	"testing"
 )
 
@@ -55,5 +57,24 @@ func TestServeSurvivesEMFILE(t *testing.T) {
 	loginSelect(t, addr, "collector", password)
 	if d.hasExited() {
 		t.Fatalf("the daemon exited: %v\nstderr:\n%s", d.err, d.stderr)
+	}
+}
+
+// TestServeRefusesWritableStateDir: serve does not start on a state
+// directory that other users could write to.
+func TestServeRefusesWritableStateDir(t *testing.T) {
+	c := newCLI(t)
+	l := newLab(t, c)
+	l.authorize(t, c, "collector", "state-dir-pw-canary-9e2b")
+	path := l.config(t, "", "collector")
+	if err := os.Chmod(l.stateDir(), 0o777); err != nil {
+		t.Fatal(err)
+	}
+	r := c.run("", "serve", "-config", path)
+	if r.code != 1 {
+		t.Errorf("exit %d, want 1; stderr:\n%s", r.code, r.stderr)
+	}
+	if want := "group- or world-writable"; !strings.Contains(r.stderr, want) {
+		t.Errorf("stderr does not say %q:\n%s", want, r.stderr)
 	}
 }
