@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -55,7 +54,7 @@ type CodeFlow struct {
 	// URL is the authorization URL to open in a browser.
 	URL string
 	// RedirectURL is the redirect URI the flow announces, such as
-	// "http://localhost:PORT/".
+	// "http://127.0.0.1:PORT/".
 	RedirectURL string
 
 	acct     *config.Account
@@ -138,10 +137,12 @@ func (f *CodeFlow) Exchange(ctx context.Context, code string) (*oauth2.Token, er
 }
 
 // Loopback receives a CodeFlow's redirect on the loopback interface (RFC
-// 8252 section 7.3): it listens on 127.0.0.1 and, when it can, on ::1 at
-// the same port, announces http://localhost:PORT/, redeems the code the
-// browser brings and shows the browser a page saying how it went. It is
-// safe for concurrent use.
+// 8252 section 7.3): it listens on 127.0.0.1, announces
+// http://127.0.0.1:PORT/ (the literal address, as section 8.3 recommends:
+// "localhost" may resolve to ::1, where another local user can hold the
+// same port and would receive the code and the state), redeems the code
+// the browser brings and shows the browser a page saying how it went. It
+// is safe for concurrent use.
 type Loopback struct {
 	// Flow is the authorization being waited for; open Flow.URL in a
 	// browser.
@@ -160,6 +161,11 @@ type loopbackResult struct {
 	err error
 }
 
+// LoopbackRedirectURL is the redirect URI announced for a browser that
+// comes back to port on this machine: the literal IPv4 loopback address
+// (RFC 8252 section 8.3), never "localhost".
+func LoopbackRedirectURL(port int) string { return fmt.Sprintf("http://127.0.0.1:%d/", port) }
+
 // ListenLoopback starts listening for acct's authorization. ctx carries
 // the HTTP client for the token endpoint. Close the Loopback when done.
 func ListenLoopback(ctx context.Context, acct *config.Account) (*Loopback, error) {
@@ -167,14 +173,8 @@ func ListenLoopback(ctx context.Context, acct *config.Account) (*Loopback, error
 	if err != nil {
 		return nil, fmt.Errorf("listening on the loopback interface: %w", err)
 	}
-	port := ln4.Addr().(*net.TCPAddr).Port
 	lns := []net.Listener{ln4}
-	// Browsers may resolve localhost to ::1 first; listen there too when
-	// the host has IPv6 loopback and the port is free.
-	if ln6, err := net.Listen("tcp", net.JoinHostPort("::1", strconv.Itoa(port))); err == nil {
-		lns = append(lns, ln6)
-	}
-	flow, err := NewCodeFlow(acct, fmt.Sprintf("http://localhost:%d/", port))
+	flow, err := NewCodeFlow(acct, LoopbackRedirectURL(ln4.Addr().(*net.TCPAddr).Port))
 	if err != nil {
 		for _, ln := range lns {
 			ln.Close()

@@ -126,7 +126,7 @@ var aadstsAdvice = map[int]advice{
 	500011:  {"Exchange Online is not available in the tenant", "check providers.{provider}.tenant, and that the tenant has Exchange Online"},
 	53003:   {"blocked by a Conditional Access policy", "exclude the app (or this host's location) from the policy; Entra ID sign-in logs name the policy"},
 	53000:   {"a Conditional Access policy requires a managed device", "exclude the app from the policy in Entra ID"},
-	50011:   {"the redirect URI is not registered for the app", "add the platform Mobile and desktop applications with redirect URI http://localhost in Entra ID (App registrations > Authentication)"},
+	50011:   {"the redirect URI is not registered for the app", "add the platform Mobile and desktop applications with redirect URI http://127.0.0.1 in Entra ID (App registrations > Authentication, or redirectUris in the manifest)"},
 	1002012: {"the app-only scope is invalid", "set providers.{provider}.app_scopes = [\"https://outlook.office365.com/.default\"]"},
 	70011:   {"the requested scope is invalid", "check providers.{provider}.scopes (Microsoft 365: https://outlook.office365.com/IMAP.AccessAsUser.All offline_access)"},
 	700024:  {"the client assertion is outside its valid time range", "synchronize this host's clock (NTP)"},

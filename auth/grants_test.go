@@ -90,7 +90,7 @@ func browser(t *testing.T, u string) (int, string) {
 // page: the browser must get the page, not a dropped connection.
 func TestLoopbackCloseFinishesThePage(t *testing.T) {
 	s := tokenServer(t, authtest.Options{
-		Flavor: authtest.Microsoft, ClientSecret: grantClientSecret, RedirectURI: "http://localhost",
+		Flavor: authtest.Microsoft, ClientSecret: grantClientSecret, RedirectURI: "http://127.0.0.1",
 		Grants: []string{authtest.GrantAuthorizationCode},
 	})
 	s.SignIn(operator)
@@ -161,7 +161,7 @@ func TestLoopbackFlow(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := tokenServer(t, authtest.Options{
-				Flavor: tc.flavor, ClientSecret: grantClientSecret, RedirectURI: "http://localhost",
+				Flavor: tc.flavor, ClientSecret: grantClientSecret, RedirectURI: "http://127.0.0.1",
 				Grants: []string{authtest.GrantAuthorizationCode},
 			})
 			s.SignIn(operator)
@@ -172,8 +172,8 @@ func TestLoopbackFlow(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer l.Close()
-			if !strings.HasPrefix(l.Flow.RedirectURL, "http://localhost:") || !strings.HasSuffix(l.Flow.RedirectURL, "/") {
-				t.Errorf("redirect URL %q, want http://localhost:PORT/", l.Flow.RedirectURL)
+			if !strings.HasPrefix(l.Flow.RedirectURL, "http://127.0.0.1:") || !strings.HasSuffix(l.Flow.RedirectURL, "/") {
+				t.Errorf("redirect URL %q, want http://127.0.0.1:PORT/", l.Flow.RedirectURL)
 			}
 
 			// A request with another state is refused and does not end
@@ -576,11 +576,11 @@ func TestManagerAppOnlyGrants(t *testing.T) {
 			if _, err := store.Create("collector", password, Secret{}); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := m.Unlock(tc.acct, "wrong"); KindOf(err) != AuthenticationFailed {
+			if _, err := m.Unlock(context.Background(), tc.acct, "wrong"); KindOf(err) != AuthenticationFailed {
 				t.Errorf("wrong password: %v", err)
 			}
 			before := tc.tokens.Requests()
-			a, err := m.Unlock(tc.acct, password)
+			a, err := m.Unlock(context.Background(), tc.acct, password)
 			if err != nil {
 				t.Fatalf("Unlock: %v", err)
 			}
@@ -615,7 +615,7 @@ func TestManagerRefreshTokenRecordWithoutToken(t *testing.T) {
 	if _, err := store.Create("collector", "pw", Secret{}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := m.Unlock(acct, "pw")
+	_, err := m.Unlock(context.Background(), acct, "pw")
 	if KindOf(err) != AuthorizationFailed || !strings.Contains(MessageOf(err, ""), "imap-oauth-proxy authorize collector") {
 		t.Errorf("Unlock of a record without a refresh token: %v", err)
 	}

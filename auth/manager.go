@@ -108,19 +108,49 @@ func NewManager(ctx context.Context, opts *ManagerOptions) (*Manager, error) {
 // holds no refresh token: it only proves the local password, and the token
 // source gets its tokens from the provider's client credentials or the
 // service account key.
-func (m *Manager) Unlock(acct *config.Account, password string) (*Account, error) {
+//
+// ctx is the login's: a key derivation that cannot start before it is
+// done, or within the store's KDF queue bound, fails with Kind Unavailable
+// without the password being checked.
+func (m *Manager) Unlock(ctx context.Context, acct *config.Account, password string) (*Account, error) {
+	return m.unlock(ctx, acct, password, false)
+}
+
+// UnlockCached is Unlock for a password whose derived key is cached: it
+// never runs the KDF, and fails with an error matching ErrNotCached for
+// any other password, right or wrong.
+func (m *Manager) UnlockCached(acct *config.Account, password string) (*Account, error) {
+	return m.unlock(context.Background(), acct, password, true)
+}
+
+func (m *Manager) unlock(ctx context.Context, acct *config.Account, password string, cachedOnly bool) (*Account, error) {
 	switch acct.Grant {
 	case "", "refresh_token", "client_credentials", "service_account":
 	default:
 		return nil, &Error{Kind: AuthorizationFailed,
 			Message: fmt.Sprintf("grant %q is not supported by this build", acct.Grant)}
 	}
-	rec, err := m.store.Open(acct.Login, password)
+	var rec *Unlocked
+	var err error
+	if cachedOnly {
+		rec, err = m.store.OpenCached(acct.Login, password)
+	} else {
+		rec, err = m.store.OpenContext(ctx, acct.Login, password)
+	}
 	switch {
+	case errors.Is(err, ErrNotCached):
+		return nil, err
+	case errors.Is(err, ErrKDFBusy) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+		return nil, &Error{Kind: Unavailable, Message: "too many logins being checked at once; retry shortly", Err: err}
 	case errors.Is(err, ErrWrongPassword):
 		return nil, &Error{Kind: AuthenticationFailed, Message: "authentication failed", Err: err}
+	case errors.Is(err, ErrNoRecord) && cachedOnly:
+		return nil, fmt.Errorf("%w: %w", ErrNotCached, err)
 	case errors.Is(err, ErrNoRecord):
-		m.store.Decoy(password) // answer as slowly as a wrong password
+		// Answer as slowly as a wrong password.
+		if err := m.store.Decoy(ctx, password); err != nil {
+			return nil, &Error{Kind: Unavailable, Message: "too many logins being checked at once; retry shortly", Err: err}
+		}
 		// The collector sees the same answer as for a wrong password, so a
 		// guesser learns nothing; the log names the fix.
 		return nil, &Error{Kind: AuthenticationFailed, Message: "authentication failed",
@@ -508,4 +538,12 @@ func firstLine(s string) string {
 
 // Decoy costs what checking password against a record costs, for logins
 // that have no account, so that timing does not reveal which logins exist.
-func (m *Manager) Decoy(password string) { m.store.Decoy(password) }
+//
+// It returns an *Error of Kind Unavailable when the KDF queue did not let
+// the derivation start, as Unlock does.
+func (m *Manager) Decoy(ctx context.Context, password string) error {
+	if err := m.store.Decoy(ctx, password); err != nil {
+		return &Error{Kind: Unavailable, Message: "too many logins being checked at once; retry shortly", Err: err}
+	}
+	return nil
+}

@@ -52,7 +52,7 @@ func (r *managerRig) account(login string, tokens *authtest.Server) *config.Acco
 
 func (r *managerRig) token(acct *config.Account) error {
 	r.t.Helper()
-	a, err := r.mgr.Unlock(acct, managerPassword)
+	a, err := r.mgr.Unlock(context.Background(), acct, managerPassword)
 	if err != nil {
 		return err
 	}
@@ -158,7 +158,7 @@ func TestSlowEndpointIsolated(t *testing.T) {
 	stuck := r.account("stuck", slow)
 	quick := r.account("quick", fast)
 
-	stuckA, err := r.mgr.Unlock(stuck, managerPassword)
+	stuckA, err := r.mgr.Unlock(context.Background(), stuck, managerPassword)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +235,7 @@ func TestRotationSurvivesPasswordChange(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	a, err := r.mgr.Unlock(acct, newPassword)
+	a, err := r.mgr.Unlock(context.Background(), acct, newPassword)
 	if err != nil {
 		t.Fatalf("login with the new password: %v", err)
 	}
@@ -244,7 +244,7 @@ func TestRotationSurvivesPasswordChange(t *testing.T) {
 	if _, err := a.Token(ctx); err != nil {
 		t.Fatalf("refresh after the password change: %v", err)
 	}
-	if _, err := r.mgr.Unlock(acct, managerPassword); err == nil {
+	if _, err := r.mgr.Unlock(context.Background(), acct, managerPassword); err == nil {
 		t.Error("the old password still logs in")
 	}
 	onDisk, err := cli.Open("collector", newPassword)
@@ -260,7 +260,7 @@ func TestRotationSurvivesPasswordChange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err = restarted.Unlock(acct, newPassword)
+	a, err = restarted.Unlock(context.Background(), acct, newPassword)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,7 +288,7 @@ func TestPasswordChangeKeepsAccount(t *testing.T) {
 	if err := r.store.SetPassword(u, "new local password"); err != nil {
 		t.Fatal(err)
 	}
-	a, err := r.mgr.Unlock(acct, "new local password")
+	a, err := r.mgr.Unlock(context.Background(), acct, "new local password")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package auth
 
 import (
 	"bytes"
+	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hmac"
@@ -66,6 +67,20 @@ var ErrWrongPassword = errors.New("wrong password or altered token record")
 // record), before any password is tried.
 var ErrCorruptRecord = errors.New("corrupt token record")
 
+// ErrNotRegular is returned (wrapped) when a record's path holds
+// something other than a regular file: a symbolic link, a FIFO, a device.
+var ErrNotRegular = errors.New("token record is not a regular file")
+
+// ErrNotCached is returned by OpenCached when the password's derived key
+// is not in the cache: the password may be right or wrong, and only a key
+// derivation (Open) tells.
+var ErrNotCached = errors.New("password not in the key cache")
+
+// ErrKDFBusy is returned (wrapped) when a key derivation could not start
+// in time: as many run as there are CPUs, and the queue behind them is
+// full or did not move within StoreOptions.KDFQueueWait.
+var ErrKDFBusy = errors.New("too many password checks at once")
+
 // ErrRecordChanged is returned (wrapped) by Update and SetPassword when the
 // record on disk is no longer the one the Unlocked was read from: another
 // process created a new authorization, changed the password, rotated the
@@ -125,6 +140,13 @@ type StoreOptions struct {
 	// KeyCacheSize bounds the number of derived keys kept in memory. If
 	// zero, 256.
 	KeyCacheSize int
+	// KDFQueueWait bounds how long a key derivation waits for a CPU
+	// (runtime.NumCPU() run at a time) before it fails with ErrKDFBusy.
+	// If zero, 1 s.
+	KDFQueueWait time.Duration
+	// KDFQueueLength bounds how many key derivations wait at once; more
+	// fail with ErrKDFBusy at once. If zero, 4 per CPU.
+	KDFQueueLength int
 }
 
 // Store is a directory of encrypted token records, one file per login. It
@@ -132,8 +154,8 @@ type StoreOptions struct {
 // (each write replaces a whole file atomically, under a lock on the
 // directory).
 type Store struct {
-	dir string
-	kdf KDFParams
+	dir    string
+	params KDFParams // for new records
 
 	// keys maps cacheKey(login, kdf, salt, password) to the derived key.
 	// The cache key is an HMAC under macKey, which never leaves this
@@ -141,9 +163,9 @@ type Store struct {
 	keys   *lru.Cache[[sha256.Size]byte, []byte]
 	macKey []byte
 
-	kdfSem  chan struct{} // bounds concurrent argon2 runs (each takes MemoryKiB)
-	writeMu sync.Mutex    // serializes check-and-replace of record files (see lock)
-	kdfRuns atomic.Int64  // argon2 runs so far, for tests
+	kdf     kdfQueue     // bounds argon2 runs (each takes MemoryKiB) and their wait
+	writeMu sync.Mutex   // serializes check-and-replace of record files (see lock)
+	kdfRuns atomic.Int64 // argon2 runs so far, for tests
 
 	// beforeRename, if set (by tests), runs on the synced and closed
 	// temporary file; an error fails the write there.
@@ -183,6 +205,9 @@ func NewStore(dir string, opts *StoreOptions) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating token store directory: %w", err)
 	}
+	if err := checkStoreDir(dir); err != nil {
+		return nil, err
+	}
 	removeStaleTemps(dir, time.Now())
 	keys, err := lru.New[[sha256.Size]byte, []byte](size)
 	if err != nil {
@@ -190,12 +215,23 @@ func NewStore(dir string, opts *StoreOptions) (*Store, error) {
 	}
 	macKey := make([]byte, 32)
 	rand.Read(macKey)
+	queueWait, queueLength := opts.KDFQueueWait, opts.KDFQueueLength
+	if queueWait <= 0 {
+		queueWait = time.Second
+	}
+	if queueLength <= 0 {
+		queueLength = 4 * runtime.NumCPU()
+	}
 	return &Store{
 		dir:    dir,
-		kdf:    kdf,
+		params: kdf,
 		keys:   keys,
 		macKey: macKey,
-		kdfSem: make(chan struct{}, runtime.NumCPU()),
+		kdf: kdfQueue{
+			running:    make(chan struct{}, runtime.NumCPU()),
+			maxWait:    queueWait,
+			maxWaiting: int64(queueLength),
+		},
 	}, nil
 }
 
@@ -393,9 +429,12 @@ func (s *Store) Create(login, password string, secret Secret) (*Unlocked, error)
 	}
 	u := &Unlocked{Info: RecordInfo{Login: login, ID: newID()}}
 	salt := randomBytes(saltSize)
-	passKey := s.deriveKey(password, salt, s.kdf)
+	passKey, err := s.deriveKey(context.Background(), password, salt, s.params)
+	if err != nil {
+		return nil, fmt.Errorf("creating token record for %q: %w", login, err)
+	}
 	dataKey := randomBytes(keySize)
-	w, err := wrapKey(login, u.Info.ID, passKey, dataKey, s.kdf, salt)
+	w, err := wrapKey(login, u.Info.ID, passKey, dataKey, s.params, salt)
 	if err != nil {
 		return nil, fmt.Errorf("creating token record for %q: %w", login, err)
 	}
@@ -408,7 +447,7 @@ func (s *Store) Create(login, password string, secret Secret) (*Unlocked, error)
 	if err := s.write(u, secret, 1, 1, w, dataKey, passKey); err != nil {
 		return nil, fmt.Errorf("creating token record for %q: %w", login, err)
 	}
-	u.cacheKey = s.cacheKey(login, s.kdf, salt, password)
+	u.cacheKey = s.cacheKey(login, s.params, salt, password)
 	s.keys.Add(u.cacheKey, passKey)
 	return u, nil
 }
@@ -417,14 +456,32 @@ func (s *Store) Create(login, password string, secret Secret) (*Unlocked, error)
 // with the right password is served from the key cache without running
 // the KDF; a wrong password always runs it.
 func (s *Store) Open(login, password string) (*Unlocked, error) {
-	u, err := s.open(login, password)
+	return s.OpenContext(context.Background(), login, password)
+}
+
+// OpenContext is Open for a login that gives up when ctx is done: a key
+// derivation that cannot start before then, or within the queue's bound,
+// fails with ErrKDFBusy (or ctx's error) and the password is not checked.
+func (s *Store) OpenContext(ctx context.Context, login, password string) (*Unlocked, error) {
+	u, err := s.open(ctx, login, password, false)
 	if err != nil {
 		return nil, fmt.Errorf("opening token record for %q: %w", login, err)
 	}
 	return u, nil
 }
 
-func (s *Store) open(login, password string) (*Unlocked, error) {
+// OpenCached is Open without a key derivation: it succeeds only for a
+// password whose derived key is cached (one that opened the record
+// before), and fails with ErrNotCached otherwise, at the cost of a hash.
+func (s *Store) OpenCached(login, password string) (*Unlocked, error) {
+	u, err := s.open(context.Background(), login, password, true)
+	if err != nil {
+		return nil, fmt.Errorf("opening token record for %q: %w", login, err)
+	}
+	return u, nil
+}
+
+func (s *Store) open(ctx context.Context, login, password string, cachedOnly bool) (*Unlocked, error) {
 	rec, err := s.read(login)
 	if err != nil {
 		return nil, err
@@ -436,8 +493,13 @@ func (s *Store) open(login, password string) (*Unlocked, error) {
 	kdf := rec.params()
 	ck := s.cacheKey(login, kdf, rec.KDF.Salt, password)
 	passKey, cached := s.keys.Get(ck)
-	if !cached {
-		passKey = s.deriveKey(password, rec.KDF.Salt, kdf)
+	switch {
+	case !cached && cachedOnly:
+		return nil, ErrNotCached
+	case !cached:
+		if passKey, err = s.deriveKey(ctx, password, rec.KDF.Salt, kdf); err != nil {
+			return nil, err
+		}
 	}
 	var plain, dataKey []byte
 	if rec.Version == recordVersion1 {
@@ -567,8 +629,11 @@ func (s *Store) setPassword(u *Unlocked, newPassword string) error {
 		return errors.New("record is not unlocked")
 	}
 	salt := randomBytes(saltSize)
-	kdf := s.kdf
-	passKey := s.deriveKey(newPassword, salt, kdf)
+	kdf := s.params
+	passKey, err := s.deriveKey(context.Background(), newPassword, salt, kdf)
+	if err != nil {
+		return err
+	}
 	ck := s.cacheKey(u.Info.Login, kdf, salt, newPassword)
 	dataKey := u.dataKey
 	if dataKey == nil { // a version 1 record: it gets a data key now
@@ -834,7 +899,7 @@ func (s *Store) read(login string) (*recordFile, error) {
 	if err := checkLogin(login); err != nil {
 		return nil, err
 	}
-	f, err := os.Open(s.Path(login))
+	f, err := openRecordFile(s.Path(login))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %w", ErrNoRecord, err)
 	}
@@ -873,6 +938,52 @@ func (s *Store) read(login string) (*recordFile, error) {
 	return &rec, nil
 }
 
+// openRecordFile opens a record for reading. It follows no symbolic link
+// and does not wait on a FIFO or a device (O_NOFOLLOW|O_NONBLOCK), and it
+// refuses anything but a regular file: whoever could put one there must
+// not be able to make a login hang or read another file.
+func openRecordFile(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("%w: %s is a symbolic link", ErrNotRegular, path)
+	}
+	if err != nil {
+		return nil, err
+	}
+	info, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("reading record file: %w", err)
+	}
+	if !info.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%w: %s is a %v", ErrNotRegular, path, info.Mode().Type())
+	}
+	return f, nil
+}
+
+// checkStoreDir refuses a token store directory that others could write
+// to: one that is group- or world-writable, or owned by another user than
+// this process's (or root). Such a directory would let them replace
+// records, or plant FIFOs and links where records are read.
+func checkStoreDir(dir string) error {
+	info, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("checking token store directory: %w", err)
+	}
+	if !info.IsDir() {
+		return fmt.Errorf("token store directory %s is not a directory", dir)
+	}
+	if perm := info.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Errorf("token store directory %s is group- or world-writable (mode %04o); run: chmod go-w %s", dir, perm, dir)
+	}
+	st, ok := info.Sys().(*syscall.Stat_t)
+	if euid := os.Geteuid(); ok && euid != 0 && st.Uid != 0 && int(st.Uid) != euid {
+		return fmt.Errorf("token store directory %s belongs to uid %d, not to this user (uid %d) or root", dir, st.Uid, euid)
+	}
+	return nil
+}
+
 // cacheKey identifies a derived key without storing what derives it:
 // HMAC-SHA256 under the per-Store macKey of the login, the KDF parameters,
 // the salt and the password.
@@ -895,14 +1006,54 @@ func (s *Store) cacheKey(login string, kdf KDFParams, salt []byte, password stri
 	return out
 }
 
-// deriveKey runs argon2id, at most runtime.NumCPU() at a time.
-func (s *Store) deriveKey(password string, salt []byte, kdf KDFParams) []byte {
-	s.kdfSem <- struct{}{}
-	defer func() { <-s.kdfSem }()
+// deriveKey runs argon2id once the KDF queue lets it start.
+func (s *Store) deriveKey(ctx context.Context, password string, salt []byte, kdf KDFParams) ([]byte, error) {
+	release, err := s.kdf.acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	s.kdfRuns.Add(1)
 	pw := []byte(password)
 	defer clear(pw)
-	return argon2.IDKey(pw, salt, kdf.Time, kdf.MemoryKiB, kdf.Threads, keySize)
+	return argon2.IDKey(pw, salt, kdf.Time, kdf.MemoryKiB, kdf.Threads, keySize), nil
+}
+
+// kdfQueue bounds argon2id runs: cap(running) at a time, at most
+// maxWaiting waiting behind them, and none waiting longer than maxWait.
+// Under a flood of password checks the excess fails fast instead of
+// making every login, the owner's included, wait behind it. It is safe
+// for concurrent use.
+type kdfQueue struct {
+	running    chan struct{}
+	waiting    atomic.Int64
+	maxWaiting int64
+	maxWait    time.Duration
+}
+
+// acquire waits for a run slot; release gives it back.
+func (q *kdfQueue) acquire(ctx context.Context) (release func(), err error) {
+	release = func() { <-q.running }
+	select {
+	case q.running <- struct{}{}:
+		return release, nil
+	default:
+	}
+	if q.waiting.Add(1) > q.maxWaiting {
+		q.waiting.Add(-1)
+		return nil, fmt.Errorf("%w: %d waiting", ErrKDFBusy, q.maxWaiting)
+	}
+	defer q.waiting.Add(-1)
+	timer := time.NewTimer(q.maxWait)
+	defer timer.Stop()
+	select {
+	case q.running <- struct{}{}:
+		return release, nil
+	case <-timer.C:
+		return nil, fmt.Errorf("%w: none could start within %v", ErrKDFBusy, q.maxWait)
+	case <-ctx.Done():
+		return nil, fmt.Errorf("waiting to check the password: %w", ctx.Err())
+	}
 }
 
 const (
@@ -972,6 +1123,9 @@ var decoySalt = make([]byte, saltSize)
 // Decoy spends one key derivation with the store's parameters and throws
 // the result away, so that a login without a record answers as slowly as
 // a wrong password and timing does not tell which logins exist.
-func (s *Store) Decoy(password string) {
-	s.deriveKey(password, decoySalt, s.kdf)
+//
+// It waits for the KDF queue as OpenContext does and returns its error.
+func (s *Store) Decoy(ctx context.Context, password string) error {
+	_, err := s.deriveKey(ctx, password, decoySalt, s.params)
+	return err
 }

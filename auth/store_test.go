@@ -2,6 +2,7 @@ package auth
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -660,18 +661,18 @@ func TestStoreOptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.kdf != DefaultKDFParams() {
-		t.Errorf("default kdf = %+v; want %+v", s.kdf, DefaultKDFParams())
+	if s.params != DefaultKDFParams() {
+		t.Errorf("default kdf = %+v; want %+v", s.params, DefaultKDFParams())
 	}
-	if s.keys.Len() != 0 || cap(s.kdfSem) < 1 {
+	if s.keys.Len() != 0 || cap(s.kdf.running) < 1 {
 		t.Error("bad defaults")
 	}
 	s, err = NewStore(t.TempDir(), &StoreOptions{KDF: KDFParams{Time: 1, MemoryKiB: 64}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (KDFParams{Time: 1, MemoryKiB: 64, Threads: 2}); s.kdf != want {
-		t.Errorf("partial kdf = %+v; want %+v", s.kdf, want)
+	if want := (KDFParams{Time: 1, MemoryKiB: 64, Threads: 2}); s.params != want {
+		t.Errorf("partial kdf = %+v; want %+v", s.params, want)
 	}
 	for _, bad := range []StoreOptions{
 		{KDF: KDFParams{Time: 1, MemoryKiB: 4, Threads: 1}},
@@ -763,7 +764,7 @@ func TestDecoy(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := s.kdfRuns.Load()
-	s.Decoy("whatever")
+	s.Decoy(context.Background(), "whatever")
 	if runs := s.kdfRuns.Load() - before; runs != 1 {
 		t.Errorf("Decoy ran the KDF %d times, want 1", runs)
 	}

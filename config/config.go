@@ -98,13 +98,21 @@ type Server struct {
 	// MaxConnections bounds concurrent connections in total (key
 	// max_connections).
 	MaxConnections int
-	// MaxConnectionsPerIP bounds concurrent connections per remote address
-	// (key max_connections_per_ip).
-	MaxConnectionsPerIP int
+	// MaxConnectionsPerPeer bounds concurrent connections per peer (key
+	// max_connections_per_peer; max_connections_per_ip is its old name):
+	// per local user ("uid N") for a loopback peer whose uid the kernel
+	// tells, per remote address otherwise, and for all of 127.0.0.0/8 and
+	// ::1 together when the uid is unknown.
+	MaxConnectionsPerPeer int
 	// MaxLineBytes bounds a command line before login (key max_line_bytes).
 	MaxLineBytes int
-	// MaxLiteralBytes bounds a literal before login (key max_literal_bytes).
+	// MaxLiteralBytes bounds a literal before login (key
+	// max_literal_bytes), at most MaxLiteralBytesLimit.
 	MaxLiteralBytes int
+	// FirstCommandTimeout bounds the wait for a new connection's first
+	// command (key first_command_timeout), so that idle connections do
+	// not hold the slots of a peer or the server for long.
+	FirstCommandTimeout time.Duration
 	// PreauthMaxTime bounds the whole time from connect to login (key
 	// preauth_max_time), however busy the client keeps the session.
 	PreauthMaxTime time.Duration
@@ -117,24 +125,29 @@ type Server struct {
 	MetricsListen string
 }
 
+// MaxLiteralBytesLimit is the largest max_literal_bytes accepted: a
+// pre-auth literal only carries a user name or a password.
+const MaxLiteralBytesLimit = 64 << 10
+
 // Defaults returns the Server values used for keys the file does not set.
 func Defaults() Server {
 	return Server{
-		Listen:              "127.0.0.1:1143",
-		StateDir:            "/var/lib/imap-oauth-proxy",
-		LogLevel:            "info",
-		LogFormat:           "text",
-		PreauthTimeout:      60 * time.Second,
-		LoginTimeout:        30 * time.Second,
-		DialTimeout:         15 * time.Second,
-		TokenTimeout:        20 * time.Second,
-		RefreshMargin:       15 * time.Minute,
-		MaxConnections:      1000,
-		MaxConnectionsPerIP: 100,
-		MaxLineBytes:        8192,
-		MaxLiteralBytes:     8192,
-		ShutdownTimeout:     10 * time.Second,
-		PreauthMaxTime:      3 * time.Minute,
+		Listen:                "127.0.0.1:1143",
+		StateDir:              "/var/lib/imap-oauth-proxy",
+		LogLevel:              "info",
+		LogFormat:             "text",
+		PreauthTimeout:        60 * time.Second,
+		LoginTimeout:          30 * time.Second,
+		DialTimeout:           15 * time.Second,
+		TokenTimeout:          20 * time.Second,
+		RefreshMargin:         15 * time.Minute,
+		MaxConnections:        1000,
+		MaxConnectionsPerPeer: 20,
+		FirstCommandTimeout:   10 * time.Second,
+		MaxLineBytes:          8192,
+		MaxLiteralBytes:       8192,
+		ShutdownTimeout:       10 * time.Second,
+		PreauthMaxTime:        3 * time.Minute,
 	}
 }
 

@@ -27,26 +27,27 @@ func TestLoadFull(t *testing.T) {
 	dir := testdataDir
 
 	wantServer := Server{
-		Listen:              "127.0.0.1:0",
-		ListenTLS:           "127.0.0.1:1993",
-		TLSCert:             filepath.Join(dir, "cert.pem"),
-		TLSKey:              "/etc/imap-oauth-proxy/key.pem",
-		AllowPlaintext:      true,
-		StateDir:            filepath.Join(dir, "state"),
-		LogLevel:            "debug",
-		LogFormat:           "json",
-		PreauthTimeout:      45 * time.Second,
-		LoginTimeout:        time.Minute,
-		DialTimeout:         5 * time.Second,
-		TokenTimeout:        10 * time.Second,
-		RefreshMargin:       20 * time.Minute,
-		MaxConnections:      50,
-		MaxConnectionsPerIP: 5,
-		MaxLineBytes:        4096,
-		MaxLiteralBytes:     2048,
-		ShutdownTimeout:     3 * time.Second,
-		PreauthMaxTime:      2 * time.Minute,
-		MetricsListen:       "127.0.0.1:9143",
+		Listen:                "127.0.0.1:0",
+		ListenTLS:             "127.0.0.1:1993",
+		TLSCert:               filepath.Join(dir, "cert.pem"),
+		TLSKey:                "/etc/imap-oauth-proxy/key.pem",
+		AllowPlaintext:        true,
+		StateDir:              filepath.Join(dir, "state"),
+		LogLevel:              "debug",
+		LogFormat:             "json",
+		PreauthTimeout:        45 * time.Second,
+		LoginTimeout:          time.Minute,
+		DialTimeout:           5 * time.Second,
+		TokenTimeout:          10 * time.Second,
+		RefreshMargin:         20 * time.Minute,
+		MaxConnections:        50,
+		MaxConnectionsPerPeer: 5,
+		FirstCommandTimeout:   5 * time.Second,
+		MaxLineBytes:          4096,
+		MaxLiteralBytes:       2048,
+		ShutdownTimeout:       3 * time.Second,
+		PreauthMaxTime:        2 * time.Minute,
+		MetricsListen:         "127.0.0.1:9143",
 	}
 	if cfg.Server != wantServer {
 		t.Errorf("Server =\n%+v\nwant\n%+v", cfg.Server, wantServer)
@@ -175,21 +176,22 @@ func TestParseEmpty(t *testing.T) {
 func TestDefaults(t *testing.T) {
 	d := Defaults()
 	want := Server{
-		Listen:              "127.0.0.1:1143",
-		StateDir:            "/var/lib/imap-oauth-proxy",
-		LogLevel:            "info",
-		LogFormat:           "text",
-		PreauthTimeout:      60 * time.Second,
-		LoginTimeout:        30 * time.Second,
-		DialTimeout:         15 * time.Second,
-		TokenTimeout:        20 * time.Second,
-		RefreshMargin:       15 * time.Minute,
-		MaxConnections:      1000,
-		MaxConnectionsPerIP: 100,
-		MaxLineBytes:        8192,
-		MaxLiteralBytes:     8192,
-		ShutdownTimeout:     10 * time.Second,
-		PreauthMaxTime:      3 * time.Minute,
+		Listen:                "127.0.0.1:1143",
+		StateDir:              "/var/lib/imap-oauth-proxy",
+		LogLevel:              "info",
+		LogFormat:             "text",
+		PreauthTimeout:        60 * time.Second,
+		LoginTimeout:          30 * time.Second,
+		DialTimeout:           15 * time.Second,
+		TokenTimeout:          20 * time.Second,
+		RefreshMargin:         15 * time.Minute,
+		MaxConnections:        1000,
+		MaxConnectionsPerPeer: 20,
+		FirstCommandTimeout:   10 * time.Second,
+		MaxLineBytes:          8192,
+		MaxLiteralBytes:       8192,
+		ShutdownTimeout:       10 * time.Second,
+		PreauthMaxTime:        3 * time.Minute,
 	}
 	if d != want {
 		t.Errorf("Defaults() = %+v, want %+v", d, want)
@@ -219,6 +221,15 @@ client_id = "id"`,
 				}
 				if p.IMAPAddress != "outlook.office365.com:993" || p.IMAPTLS != "implicit" || p.Mechanism != "XOAUTH2" {
 					t.Errorf("got %+v", p)
+				}
+			},
+		},
+		{
+			name: "old name of the per-peer connection limit",
+			data: "[server]\nmax_connections_per_ip = 7\nmax_literal_bytes = 65536\n",
+			check: func(t *testing.T, cfg *Config) {
+				if cfg.Server.MaxConnectionsPerPeer != 7 || cfg.Server.MaxLiteralBytes != MaxLiteralBytesLimit {
+					t.Errorf("got %+v", cfg.Server)
 				}
 			},
 		},
@@ -351,6 +362,15 @@ mailbox = "a"
 Grant = "refresh_token"
 `,
 			want: []string{"server.listn", "sever", "providers.lab.tokenurl", "providers.lab.extra", "accounts.a.Grant"},
+		},
+		{
+			name: "literal bound and both names of the per-peer limit",
+			data: `[server]
+max_literal_bytes = 65537
+max_connections_per_ip = 5
+max_connections_per_peer = 6
+`,
+			want: []string{"server.max_connections_per_ip", "server.max_literal_bytes"},
 		},
 		{
 			name: "three problems",

@@ -32,26 +32,28 @@ type rawFile struct {
 
 // rawServer is the [server] table before its values are checked.
 type rawServer struct {
-	Listen              rawValue `toml:"listen"`
-	ListenTLS           rawValue `toml:"listen_tls"`
-	TLSCert             rawValue `toml:"tls_cert"`
-	TLSKey              rawValue `toml:"tls_key"`
-	AllowPlaintext      rawValue `toml:"allow_plaintext"`
-	StateDir            rawValue `toml:"state_dir"`
-	LogLevel            rawValue `toml:"log_level"`
-	LogFormat           rawValue `toml:"log_format"`
-	PreauthTimeout      rawValue `toml:"preauth_timeout"`
-	LoginTimeout        rawValue `toml:"login_timeout"`
-	DialTimeout         rawValue `toml:"dial_timeout"`
-	TokenTimeout        rawValue `toml:"token_timeout"`
-	RefreshMargin       rawValue `toml:"refresh_margin"`
-	MaxConnections      rawValue `toml:"max_connections"`
-	MaxConnectionsPerIP rawValue `toml:"max_connections_per_ip"`
-	MaxLineBytes        rawValue `toml:"max_line_bytes"`
-	MaxLiteralBytes     rawValue `toml:"max_literal_bytes"`
-	ShutdownTimeout     rawValue `toml:"shutdown_timeout"`
-	PreauthMaxTime      rawValue `toml:"preauth_max_time"`
-	MetricsListen       rawValue `toml:"metrics_listen"`
+	Listen                rawValue `toml:"listen"`
+	ListenTLS             rawValue `toml:"listen_tls"`
+	TLSCert               rawValue `toml:"tls_cert"`
+	TLSKey                rawValue `toml:"tls_key"`
+	AllowPlaintext        rawValue `toml:"allow_plaintext"`
+	StateDir              rawValue `toml:"state_dir"`
+	LogLevel              rawValue `toml:"log_level"`
+	LogFormat             rawValue `toml:"log_format"`
+	PreauthTimeout        rawValue `toml:"preauth_timeout"`
+	LoginTimeout          rawValue `toml:"login_timeout"`
+	DialTimeout           rawValue `toml:"dial_timeout"`
+	TokenTimeout          rawValue `toml:"token_timeout"`
+	RefreshMargin         rawValue `toml:"refresh_margin"`
+	MaxConnections        rawValue `toml:"max_connections"`
+	MaxConnectionsPerIP   rawValue `toml:"max_connections_per_ip"`
+	MaxConnectionsPerPeer rawValue `toml:"max_connections_per_peer"`
+	FirstCommandTimeout   rawValue `toml:"first_command_timeout"`
+	MaxLineBytes          rawValue `toml:"max_line_bytes"`
+	MaxLiteralBytes       rawValue `toml:"max_literal_bytes"`
+	ShutdownTimeout       rawValue `toml:"shutdown_timeout"`
+	PreauthMaxTime        rawValue `toml:"preauth_max_time"`
+	MetricsListen         rawValue `toml:"metrics_listen"`
 }
 
 // rawProvider is a [providers.NAME] table before its values are checked.
@@ -268,9 +270,17 @@ func (p *parser) server(r *rawServer, opts *LoadOptions) Server {
 	p.duration(r.TokenTimeout, &s.TokenTimeout, "server", "token_timeout")
 	p.duration(r.RefreshMargin, &s.RefreshMargin, "server", "refresh_margin")
 	p.limit(r.MaxConnections, &s.MaxConnections, "server", "max_connections")
-	p.limit(r.MaxConnectionsPerIP, &s.MaxConnectionsPerIP, "server", "max_connections_per_ip")
+	if r.MaxConnectionsPerIP.set && r.MaxConnectionsPerPeer.set {
+		p.addf("server.max_connections_per_ip", "old name of server.max_connections_per_peer, which is set too: keep one")
+	}
+	p.limit(r.MaxConnectionsPerIP, &s.MaxConnectionsPerPeer, "server", "max_connections_per_ip")
+	p.limit(r.MaxConnectionsPerPeer, &s.MaxConnectionsPerPeer, "server", "max_connections_per_peer")
+	p.duration(r.FirstCommandTimeout, &s.FirstCommandTimeout, "server", "first_command_timeout")
 	p.limit(r.MaxLineBytes, &s.MaxLineBytes, "server", "max_line_bytes")
 	p.limit(r.MaxLiteralBytes, &s.MaxLiteralBytes, "server", "max_literal_bytes")
+	if s.MaxLiteralBytes > MaxLiteralBytesLimit {
+		p.addf("server.max_literal_bytes", "at most %d, got %d", MaxLiteralBytesLimit, s.MaxLiteralBytes)
+	}
 	p.duration(r.ShutdownTimeout, &s.ShutdownTimeout, "server", "shutdown_timeout")
 	p.duration(r.PreauthMaxTime, &s.PreauthMaxTime, "server", "preauth_max_time")
 	p.str(r.MetricsListen, &s.MetricsListen, "server", "metrics_listen")

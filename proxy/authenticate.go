@@ -41,13 +41,13 @@ func (c *conn) authenticatePlain(cmd *command) (reason string, done bool) {
 		c.writeStatus(cmd.tag, "BAD", "", "AUTHENTICATE cancelled")
 		return "", false
 	}
-	var response []byte
-	if encoded != "=" { // "=" is an empty initial response (RFC 4959)
-		var err error
-		if response, err = base64.StdEncoding.DecodeString(encoded); err != nil {
-			c.writeStatus(cmd.tag, "BAD", "", "Malformed SASL response")
-			return "", false
-		}
+	// "=" is an empty response (RFC 4959 section 3), which PLAIN has no
+	// use for: it carries no user and no password, so it is malformed
+	// rather than a login to check (and count as a failure).
+	response, err := base64.StdEncoding.DecodeString(encoded)
+	if err != nil || encoded == "=" || len(response) == 0 {
+		c.writeStatus(cmd.tag, "BAD", "", "Malformed SASL response")
+		return "", false
 	}
 	var login, password string
 	server := sasl.NewPlainServer(func(identity, username, pass string) error {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -254,8 +255,8 @@ func (p *commandParser) literal() (string, error) {
 			return "", err
 		}
 	}
-	data := make([]byte, n)
-	if _, err := io.ReadFull(p.r.br, data); err != nil {
+	data, err := readLiteral(p.r.br, int(n))
+	if err != nil {
 		return "", fmt.Errorf("reading literal: %w", err)
 	}
 	rest, err := readLine(p.r.br, p.r.maxLine)
@@ -264,6 +265,26 @@ func (p *commandParser) literal() (string, error) {
 	}
 	p.buf, p.pos = rest, 0
 	return string(data), nil
+}
+
+// literalChunk is how much of a literal is read (and allocated) at a time.
+const literalChunk = 4096
+
+// readLiteral reads n bytes, growing its buffer as they arrive rather than
+// allocating n up front: a client that announces a large literal and sends
+// nothing costs no more than its command line.
+func readLiteral(br *bufio.Reader, n int) ([]byte, error) {
+	data := make([]byte, 0, min(n, literalChunk))
+	for len(data) < n {
+		k := min(n-len(data), literalChunk)
+		data = slices.Grow(data, k)
+		got, err := io.ReadFull(br, data[len(data):len(data)+k])
+		data = data[:len(data)+got]
+		if err != nil {
+			return nil, err
+		}
+	}
+	return data, nil
 }
 
 // isAtomChar reports ATOM-CHAR: any CHAR except atom-specials (RFC 3501).

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -491,5 +492,26 @@ func checkFuzzCommand(t *testing.T, c *command) {
 	again, err := r.read()
 	if err != nil || !reflect.DeepEqual(again, c) {
 		t.Fatalf("round trip of %+v through %q = %+v, %v", c, sb.String(), again, err)
+	}
+}
+
+// TestCommandReaderLiteralAsItArrives: a literal announced at the largest
+// allowed size is read as it arrives: a client that announces it and
+// sends a few bytes costs a few kilobytes, not the announced size.
+func TestCommandReaderLiteralAsItArrives(t *testing.T) {
+	const announced = 64 << 10
+	in := fmt.Sprintf("a1 LOGIN {%d+}\r\nonly a few bytes", announced)
+	r := &commandReader{br: bufio.NewReaderSize(strings.NewReader(in), 4096), maxLine: testMaxLine, maxLiteral: announced,
+		cont: func() error { return nil }}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	_, err := r.read()
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Errorf("read = %v, want an unexpected EOF in the literal", err)
+	}
+	if allocated := after.TotalAlloc - before.TotalAlloc; allocated >= announced/2 {
+		t.Errorf("reading a %d-byte literal of which a few bytes came allocated %d bytes", announced, allocated)
 	}
 }

@@ -26,7 +26,7 @@ type conn struct {
 	srv      *Server
 	cfg      *runtimeConfig // snapshot taken at accept
 	raw      net.Conn       // the accepted connection; deadlines on it reach TLS too
-	addr     string         // the peer's IP, for limits and throttling
+	peer     peer           // who connects, for limits and throttling
 	nc       net.Conn       // raw, or the TLS connection over it
 	br       *bufio.Reader
 	bw       *bufio.Writer
@@ -150,7 +150,12 @@ func (c *conn) preauth() string {
 	bad := 0
 	loginBy := c.start.Add(srvCfg.PreauthMaxTime)
 	for n := 0; ; n++ {
-		c.raw.SetReadDeadline(earliest(time.Now().Add(srvCfg.PreauthTimeout), loginBy))
+		idle := srvCfg.PreauthTimeout
+		if n == 0 {
+			// A connection that never speaks only holds a slot.
+			idle = min(idle, srvCfg.FirstCommandTimeout)
+		}
+		c.raw.SetReadDeadline(earliest(time.Now().Add(idle), loginBy))
 		if c.isAborted() {
 			return "server closed"
 		}
@@ -322,8 +327,11 @@ func (c *conn) trace(dir, line string) {
 // redactedMarker stands in for every secret in the protocol trace.
 const redactedMarker = "[redacted]"
 
-// redacted renders the command for the trace, with LOGIN's password and
-// AUTHENTICATE's initial response replaced.
+// redacted renders the command for the trace. Only the arguments of ID
+// and the mechanism of AUTHENTICATE are shown: every argument of LOGIN
+// (a password with a space in it spills into a third one, a forgotten user
+// name turns the password into the first) and of any other command (a
+// mistyped XLOGIN carries a password too) is replaced.
 func (cmd *command) redacted() string {
 	var sb strings.Builder
 	sb.WriteString(cmd.tag)
@@ -331,11 +339,11 @@ func (cmd *command) redacted() string {
 	sb.WriteString(cmd.name)
 	for i, a := range cmd.args {
 		sb.WriteByte(' ')
-		secret := (cmd.name == "LOGIN" && i == 1) || (cmd.name == "AUTHENTICATE" && i == 1)
-		if secret {
-			sb.WriteString(redactedMarker)
-		} else {
+		shown := cmd.name == "ID" || (cmd.name == "AUTHENTICATE" && i == 0 && a.kind == argAtom)
+		if shown {
 			writeArg(&sb, a)
+		} else {
+			sb.WriteString(redactedMarker)
 		}
 	}
 	return sb.String()

@@ -22,7 +22,9 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
 )
 
@@ -60,6 +62,9 @@ type rigOptions struct {
 	providers  []rigProvider
 	accounts   []rigAccount
 	logLevel   slog.Level
+	kdf        auth.KDFParams // zero: testKDF
+	// peerUID is proxy.Options.PeerUID; nil: the kernel's answer.
+	peerUID proxy.PeerUIDFunc
 }
 
 // rig is a proxy configured from a mapping file with several providers,
@@ -101,7 +106,8 @@ func newRig(t testing.TB, opts rigOptions) *rig {
 		records = append(records, tokenRecord{a.login, a.password, a.refreshToken})
 	}
 	logger := slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: opts.logLevel}))
-	r.testProxy = newTestProxy(t, testProxyOptions{dir: r.dir, config: sb.String(), records: records, logger: logger})
+	r.testProxy = newTestProxy(t, testProxyOptions{dir: r.dir, config: sb.String(), records: records, logger: logger,
+		kdf: opts.kdf, peerUID: opts.peerUID})
 	t.Cleanup(func() {
 		if err := r.stop(); err != nil {
 			t.Errorf("stopping the proxy: %v", err)

@@ -23,6 +23,7 @@ import (
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
 )
 
@@ -54,6 +55,8 @@ type harnessOptions struct {
 	serverTOML string
 	// failureDelay is proxy.Options.FailureDelay; zero means 10 ms here.
 	failureDelay time.Duration
+	// peerUID is proxy.Options.PeerUID; nil: the kernel's answer.
+	peerUID proxy.PeerUIDFunc
 	// localTLS gives the proxy a certificate for localhost and 127.0.0.1
 	// (STARTTLS, implicit TLS); its CA is in harness.localCA.
 	localTLS bool
@@ -156,7 +159,8 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 	}
 	logger := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	h.testProxy = newTestProxy(t, testProxyOptions{dir: h.dir, config: text,
-		records: []tokenRecord{{testLogin, testPassword, rt}}, logger: logger, failureDelay: failureDelay})
+		records: []tokenRecord{{testLogin, testPassword, rt}}, logger: logger, failureDelay: failureDelay,
+		peerUID: opts.peerUID})
 	return h
 }
 

@@ -2,28 +2,31 @@ package proxy_test
 
 import (
 	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
 )
 
-// TestConnectionLimits: over max_connections_per_ip or max_connections a
-// connection gets BYE [UNAVAILABLE] and is closed; others still work, and a
-// freed slot is usable again.
+// TestConnectionLimits: over max_connections_per_peer or max_connections
+// a connection gets BYE [UNAVAILABLE] and is closed; others still work,
+// and a freed slot is usable again. Without uids, all of loopback is one
+// peer.
 func TestConnectionLimits(t *testing.T) {
-	t.Run("per address", func(t *testing.T) {
-		h := newHarness(t, harnessOptions{serverTOML: "max_connections_per_ip = 2\n"})
+	t.Run("per peer", func(t *testing.T) {
+		h := newHarness(t, harnessOptions{serverTOML: "max_connections_per_peer = 2\n", peerUID: noUIDs})
 		first := h.raw()
-		h.raw()
-		over := h.connFrom("")
+		h.rawFrom("127.0.0.2")
+		// Another loopback address is the same peer.
+		over := h.connFrom("127.0.0.3")
 		buf := make([]byte, 200)
 		n, _ := over.Read(buf)
 		if got := string(buf[:n]); !strings.HasPrefix(got, "* BYE [UNAVAILABLE] ") {
 			t.Fatalf("third connection got %q", got)
 		}
-		// Another address is not affected.
-		h.rawFrom("127.0.0.2")
-		// Freeing a slot lets the address in again.
+		// Freeing a slot lets the peer in again.
 		first.send("a1 LOGOUT\r\n")
 		first.until("a1 ")
 		if !first.closed() {
@@ -34,8 +37,8 @@ func TestConnectionLimits(t *testing.T) {
 		if got := r.line(); !strings.HasPrefix(got, "a1 OK") {
 			t.Fatalf("LOGIN in a freed slot: %q", got)
 		}
-		if !strings.Contains(h.logs.String(), "server.max_connections_per_ip") {
-			t.Error("the refusal is not logged with the limit's key")
+		if !strings.Contains(h.logs.String(), `peer=loopback limit=server.max_connections_per_peer`) {
+			t.Error("the refusal is not logged with the peer and the limit's key")
 		}
 	})
 	t.Run("total", func(t *testing.T) {
@@ -51,40 +54,52 @@ func TestConnectionLimits(t *testing.T) {
 	})
 }
 
-// TestLoginThrottle: failures of one login from one address are answered
-// later and later, then that login is refused from that address without
-// checking the password; the same login from another address still works.
+// TestLoginThrottle: after failures, a peer's next password check waits
+// (and is logged with its wait); checks beyond what the peer may have in
+// progress are refused with NO [UNAVAILABLE] and never reach the KDF or
+// the token endpoint; the right password the proxy has seen before is
+// never throttled.
 func TestLoginThrottle(t *testing.T) {
-	h := newHarness(t, harnessOptions{failureDelay: time.Millisecond})
+	h := newHarness(t, harnessOptions{failureDelay: 200 * time.Millisecond})
+	h.login()
 	r := h.raw()
-	for i := 0; i < 10; i++ {
+	for i := range 3 {
 		r.send(fmt.Sprintf("a%d LOGIN %s wrong-%d\r\n", i, testLogin, i))
 		if got := r.line(); !strings.HasPrefix(got, fmt.Sprintf("a%d NO [AUTHENTICATIONFAILED]", i)) {
 			t.Fatalf("failure %d: %q", i, got)
 		}
 	}
+	// The third check waited for the penalty of two failures.
+	if !regexp.MustCompile(`msg="login failed".*throttle_wait=[1-9]`).MatchString(h.logs.String()) {
+		t.Error("no throttle wait logged after failures")
+	}
+	// Pipelined guesses: the peer may have MaxChecksInFlightPerPeer checks
+	// in progress; the rest are refused without a check.
 	requests := h.tokens.Requests()
-	r.send(fmt.Sprintf("b1 LOGIN %s %q\r\n", testLogin, testPassword))
-	if got := r.line(); !strings.HasPrefix(got, "b1 NO [UNAVAILABLE] Too many failed logins") {
-		t.Fatalf("right password after 10 failures from this address: %q", got)
+	p := h.raw()
+	var conns []*rawConn
+	for i := range proxy.MaxChecksInFlightPerPeer + 3 {
+		c := h.raw()
+		c.send(fmt.Sprintf("p%d LOGIN %s wrong-p%d\r\n", i, testLogin, i))
+		conns = append(conns, c)
 	}
+	refused := 0
+	for i, c := range conns {
+		got := c.line()
+		switch {
+		case strings.HasPrefix(got, fmt.Sprintf("p%d NO [UNAVAILABLE] Too many failed logins", i)):
+			refused++
+		case !strings.HasPrefix(got, fmt.Sprintf("p%d NO [AUTHENTICATIONFAILED]", i)):
+			t.Errorf("parallel guess %d: %q", i, got)
+		}
+	}
+	if refused < 3 {
+		t.Errorf("%d of %d parallel guesses refused unchecked, want at least 3", refused, len(conns))
+	}
+	// The right password, cached since the first login, is not throttled.
+	wantLoginUnthrottled(t, h, p, "c1")
 	if h.tokens.Requests() != requests {
-		t.Error("a locked login reached the token endpoint")
-	}
-	// The collector on another address is not locked out.
-	other := h.rawFrom("127.0.0.2")
-	other.send(fmt.Sprintf("a1 LOGIN %s %q\r\n", testLogin, testPassword))
-	if got := other.line(); !strings.HasPrefix(got, "a1 OK") {
-		t.Fatalf("LOGIN from another address: %q", got)
-	}
-	// Nor is another login from the guesser's address: it is answered on
-	// its merits (no such login), not refused as locked.
-	r.send("b2 LOGIN someone-else whatever\r\n")
-	if got := r.line(); !strings.HasPrefix(got, "b2 NO [AUTHENTICATIONFAILED]") {
-		t.Fatalf("another login from the locked address: %q", got)
-	}
-	if !strings.Contains(h.logs.String(), "too many failures from this address") {
-		t.Error("the lockout is not logged")
+		t.Error("a guess reached the token endpoint")
 	}
 }
 

@@ -15,16 +15,13 @@ import (
 func (c *conn) login(tag, login, password string) (reason string, done bool) {
 	start := time.Now()
 	log := c.logger.With("login", login)
-	if locked, left := c.srv.throttle.locked(login, c.addr); locked {
-		c.srv.metrics.login(auth.Unavailable.String())
-		log.Warn("login refused: too many failures from this address", "outcome", auth.Unavailable.String(), "retry_in", left.Round(time.Second))
-		if c.writeStatus(tag, "NO", auth.Unavailable.String(), fmt.Sprintf(
-			"Too many failed logins for this user from your address; retry in %s", left.Round(time.Minute)+time.Minute)) != nil {
-			return "write failed", true
-		}
-		return "", false
+	ctx, cancel := context.WithTimeout(c.srv.ctx, c.cfg.Server.LoginTimeout)
+	defer cancel()
+	account, waited, err := c.checkPassword(ctx, login, password)
+	var up *upstreamConn
+	if err == nil {
+		up, err = c.connectUpstream(ctx, login, account)
 	}
-	up, err := c.connectUpstream(login, password)
 	if err == nil && c.draining.Load() {
 		up.nc.Close()
 		err = &auth.Error{Kind: auth.Unavailable, Message: "server shutting down; retry later",
@@ -34,19 +31,17 @@ func (c *conn) login(tag, login, password string) (reason string, done bool) {
 		kind := auth.KindOf(err)
 		msg := auth.MessageOf(err, "login failed")
 		c.srv.metrics.login(kind.String())
-		log.Warn("login failed", "outcome", kind.String(), "duration", time.Since(start).Round(time.Millisecond), "err", err)
-		if kind == auth.AuthenticationFailed && !c.holdBack(c.srv.throttle.failed(login, c.addr)) {
-			return "shutdown", true
-		}
+		log.Warn("login failed", "outcome", kind.String(), "duration", time.Since(start).Round(time.Millisecond),
+			"throttle_wait", waited.Round(time.Millisecond), "err", err)
 		if c.writeStatus(tag, "NO", kind.String(), msg) != nil {
 			return "write failed", true
 		}
 		return "", false
 	}
-	c.srv.throttle.succeeded(login, c.addr)
 	c.srv.metrics.login("OK")
 	c.srv.metrics.observeDial(up.dialTime)
 	log.Info("login", "outcome", "OK", "duration", time.Since(start).Round(time.Millisecond),
+		"throttle_wait", waited.Round(time.Millisecond),
 		"upstream", c.cfg.Accounts[login].Provider.IMAPAddress, "dial", up.dialTime.Round(time.Millisecond))
 	code := ""
 	if up.caps != "" {
@@ -59,40 +54,76 @@ func (c *conn) login(tag, login, password string) (reason string, done bool) {
 	return c.relay(up, log), true
 }
 
-// holdBack waits d before a failed login is answered. It returns false if
-// the server shuts down meanwhile.
-func (c *conn) holdBack(d time.Duration) bool {
+// checkPassword checks login's password and returns the account's token
+// source. A password whose derived key is cached is checked at once and
+// never throttled; any other is checked (by the KDF) only when the
+// throttle admits it, after the wait it sets. waited is that wait.
+func (c *conn) checkPassword(ctx context.Context, login, password string) (account *auth.Account, waited time.Duration, err error) {
+	acct := c.cfg.Accounts[login]
+	var adm admission
+	for {
+		if acct != nil {
+			account, err := c.srv.auth.UnlockCached(acct, password)
+			if !errors.Is(err, auth.ErrNotCached) {
+				return account, 0, err
+			}
+		}
+		if adm = c.srv.throttle.admit(login, c.peer.key); adm.busy == nil {
+			break
+		}
+		select {
+		case <-adm.busy: // a check ended: the password may be cached now
+		case <-ctx.Done():
+			return nil, 0, &auth.Error{Kind: auth.Unavailable, Message: "login timed out; retry later",
+				Err: fmt.Errorf("waiting for this peer's other password checks: %w", ctx.Err())}
+		}
+	}
+	if adm.refused {
+		retry := adm.retryIn.Round(time.Second) + time.Second
+		return nil, 0, &auth.Error{Kind: auth.Unavailable,
+			Message: fmt.Sprintf("Too many failed logins; retry in %s", retry),
+			Err:     fmt.Errorf("password not checked (peer %s): %s", c.peer.key, adm.reason)}
+	}
+	failed := false
+	defer func() { c.srv.throttle.done(login, c.peer.key, failed) }()
+	if !sleepContext(ctx, adm.wait) {
+		return nil, adm.wait, &auth.Error{Kind: auth.Unavailable, Message: "login timed out; retry later",
+			Err: fmt.Errorf("waiting %v to check the password: %w", adm.wait, ctx.Err())}
+	}
+	if acct == nil {
+		if err := c.srv.auth.Decoy(ctx, password); err != nil {
+			return nil, adm.wait, err
+		}
+		failed = true
+		return nil, adm.wait, &auth.Error{Kind: auth.AuthenticationFailed, Message: "authentication failed",
+			Err: errors.New("unknown login")}
+	}
+	account, err = c.srv.auth.Unlock(ctx, acct, password)
+	failed = auth.KindOf(err) == auth.AuthenticationFailed
+	return account, adm.wait, err
+}
+
+// sleepContext waits d; it returns false if ctx is done first.
+func sleepContext(ctx context.Context, d time.Duration) bool {
 	if d <= 0 {
-		return true
+		return ctx.Err() == nil
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
 		return true
-	case <-c.srv.ctx.Done():
+	case <-ctx.Done():
 		return false
 	}
 }
 
-// connectUpstream resolves the login, unlocks its token and logs in
-// upstream, refreshing and retrying once if the upstream refuses a cached
+// connectUpstream gets the account's access token and logs in upstream, refreshing and retrying once if the upstream refuses a cached
 // token.
-func (c *conn) connectUpstream(login, password string) (*upstreamConn, error) {
+func (c *conn) connectUpstream(ctx context.Context, login string, account *auth.Account) (*upstreamConn, error) {
 	acct := c.cfg.Accounts[login]
-	if acct == nil {
-		c.srv.auth.Decoy(password)
-		return nil, &auth.Error{Kind: auth.AuthenticationFailed, Message: "authentication failed",
-			Err: errors.New("unknown login")}
-	}
-	ctx, cancel := context.WithTimeout(c.srv.ctx, c.cfg.Server.LoginTimeout)
-	defer cancel()
-	account, err := c.srv.auth.Unlock(acct, password)
-	if err != nil {
-		return nil, err
-	}
 	l := &upstreamLogin{
-		trace:       c.trace,
+		trace:       c.upstreamTrace(),
 		account:     acct,
 		tlsConfig:   c.cfg.upstreamTLS[acct.Provider.Name],
 		dialTimeout: c.cfg.Server.DialTimeout,
@@ -112,5 +143,30 @@ func (c *conn) connectUpstream(login, password string) (*upstreamConn, error) {
 		}
 		c.logger.Info("upstream refused the access token; refreshing once", "login", login)
 		account.Refused(tok)
+	}
+}
+
+// maxTracedUpstreamLines bounds the upstream lines one login traces: an
+// upstream (with a valid certificate) can stream untagged lines until
+// login_timeout, and at debug level each would be a log line.
+const maxTracedUpstreamLines = 64
+
+// upstreamTrace returns the trace function for one login's upstream
+// connections: c.trace, up to maxTracedUpstreamLines lines from the
+// upstream, then one line saying the rest is left out. It is not safe for
+// concurrent use; a login's upstream exchange is sequential.
+func (c *conn) upstreamTrace() func(dir, line string) {
+	received := 0
+	return func(dir, line string) {
+		if dir == "U<" {
+			received++
+			switch {
+			case received == maxTracedUpstreamLines+1:
+				line = fmt.Sprintf("[more upstream lines; only the first %d of a login are traced]", maxTracedUpstreamLines)
+			case received > maxTracedUpstreamLines:
+				return
+			}
+		}
+		c.trace(dir, line)
 	}
 }

@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"runtime"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -19,12 +21,27 @@ var dialBuckets = [...]float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 type metrics struct {
 	sessionsTotal   atomic.Int64
 	rejectedTotal   atomic.Int64
+	acceptErrors    [len(acceptErrorKinds)]atomic.Int64
 	logins          [len(loginOutcomes)]atomic.Int64
 	bytesToUpstream atomic.Int64
 	bytesToClient   atomic.Int64
 	dialCounts      [len(dialBuckets)]atomic.Int64 // non-cumulative
 	dialCount       atomic.Int64
 	dialSumMicros   atomic.Int64
+}
+
+// acceptErrorKinds are the label values of
+// imap_oauth_proxy_accept_errors_total; "other" counts the rest.
+var acceptErrorKinds = [...]string{"EMFILE", "ENFILE", "ENOBUFS", "ECONNABORTED", "other"}
+
+func (m *metrics) acceptError(err error) {
+	for i, errno := range [...]syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ECONNABORTED} {
+		if errors.Is(err, errno) {
+			m.acceptErrors[i].Add(1)
+			return
+		}
+	}
+	m.acceptErrors[len(acceptErrorKinds)-1].Add(1)
 }
 
 func (m *metrics) login(outcome string) {
@@ -69,6 +86,10 @@ func (s *Server) WriteMetrics(w io.Writer) error {
 	single("imap_oauth_proxy_sessions_active", "gauge", "Collector connections open now.", s.ActiveSessions())
 	single("imap_oauth_proxy_sessions_total", "counter", "Collector connections accepted.", m.sessionsTotal.Load())
 	single("imap_oauth_proxy_connections_refused_total", "counter", "Connections refused at a connection limit.", m.rejectedTotal.Load())
+	head("imap_oauth_proxy_accept_errors_total", "counter", "Failed accepts the listener backed off from and survived, by error.")
+	for i, k := range acceptErrorKinds {
+		p("imap_oauth_proxy_accept_errors_total{error=%q} %d\n", k, m.acceptErrors[i].Load())
+	}
 	head("imap_oauth_proxy_logins_total", "counter", "Logins by outcome (OK or the RFC 5530 code of the NO).")
 	for i, o := range loginOutcomes {
 		p("imap_oauth_proxy_logins_total{outcome=%q} %d\n", o, m.logins[i].Load())

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
@@ -31,11 +32,17 @@ type Options struct {
 	Logger *slog.Logger
 	// Version is announced in the ID response. If empty, "dev".
 	Version string
-	// FailureDelay is how long the answer to a first failed login is held
-	// back; it doubles with each further failure of that login from that
-	// address, up to 5 s. If zero, 250 ms. If negative, failures are not
-	// delayed (locking out after 10 failures still applies).
+	// FailureDelay is the login throttle's first penalty: after a failed
+	// login, a peer waits this long before its next password check, twice
+	// as long after each further failure, up to 64 times as long (see
+	// throttle.go). If zero, 250 ms. If negative, peers are not made to
+	// wait (the per-login failure budget still applies).
 	FailureDelay time.Duration
+	// PeerUID finds the uid of a loopback peer, for per-user limits and
+	// throttling. If nil, the kernel is asked (sock_diag netlink, then
+	// /proc/net/tcp); where it cannot tell, every loopback peer counts as
+	// one.
+	PeerUID PeerUIDFunc
 }
 
 // Server is an IMAP proxy server. It is safe for concurrent use.
@@ -51,12 +58,17 @@ type Server struct {
 	nextID   atomic.Uint64
 	metrics  metrics
 	throttle *throttle
+	peerUID  PeerUIDFunc
 	rejected rateLimitedLog // over-limit connections
+	// uidUnknown logs failed peer uid lookups.
+	uidUnknown rateLimitedLog
+	// acceptFailed logs accept errors the server backs off from.
+	acceptFailed rateLimitedLog
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
-	perAddr   map[string]int // open connections per remote IP
+	perPeer   map[string]int // open connections per peer key
 	closed    bool
 	wg        sync.WaitGroup // one per connection
 }
@@ -85,10 +97,15 @@ func New(opts *Options) (*Server, error) {
 	if delay == 0 {
 		delay = 250 * time.Millisecond
 	}
+	peerUID := opts.PeerUID
+	if peerUID == nil {
+		peerUID = lookupPeerUID
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		throttle:  newThrottle(delay, time.Now),
-		perAddr:   make(map[string]int),
+		peerUID:   peerUID,
+		perPeer:   make(map[string]int),
 		auth:      opts.Auth,
 		logger:    logger,
 		version:   version,
@@ -167,11 +184,16 @@ func (s *Server) serve(ln net.Listener, implicitTLS bool) error {
 		if errors.Is(err, net.ErrClosed) {
 			return nil
 		}
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
+		if err != nil && isTransientAcceptError(err) {
+			// Out of descriptors or buffers, or a connection reset before
+			// it was accepted: none of it is the listener's fault, and
+			// ending here would cut every relayed session.
 			backoff = min(max(2*backoff, minAcceptBackoff), maxAcceptBackoff)
-			s.logger.Warn("accept failed; retrying", "err", err, "backoff", backoff)
-			time.Sleep(backoff)
+			s.metrics.acceptError(err)
+			s.acceptFailed.log(s.logger, "accept failed; retrying", "err", err, "backoff", backoff)
+			if !s.sleep(backoff) {
+				return nil
+			}
 			continue
 		}
 		if err != nil {
@@ -186,6 +208,39 @@ func (s *Server) serve(ln net.Listener, implicitTLS bool) error {
 	}
 }
 
+// isTransientAcceptError reports whether an accept error may pass by
+// itself: a timeout, running out of file descriptors (EMFILE, ENFILE) or
+// kernel buffers (ENOBUFS, ENOMEM), or a connection aborted or reset while
+// it waited in the queue.
+func isTransientAcceptError(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	for _, errno := range transientAcceptErrnos {
+		if errors.Is(err, errno) {
+			return true
+		}
+	}
+	return false
+}
+
+var transientAcceptErrnos = [...]syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS,
+	syscall.ENOMEM, syscall.ECONNABORTED, syscall.ECONNRESET, syscall.EPROTO, syscall.EPERM}
+
+// sleep waits d, or until the server is closed; it reports whether the
+// server is still open.
+func (s *Server) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-s.ctx.Done():
+		return false
+	}
+}
+
 // isLoopback reports whether addr is a loopback IP address.
 func isLoopback(addr net.Addr) bool {
 	tcp, ok := addr.(*net.TCPAddr)
@@ -196,18 +251,26 @@ func isLoopback(addr net.Addr) bool {
 // server is closing or a connection limit is reached.
 func (s *Server) newConn(nc net.Conn, implicitTLS, loopback bool) *conn {
 	cfg := s.cfg.Load()
-	addr := remoteIP(nc)
+	who, err := identifyPeer(nc, s.peerUID)
+	if err != nil {
+		s.uidUnknown.log(s.logger, "peer uid unknown; counting it with every loopback peer",
+			"remote", nc.RemoteAddr().String(), "err", err)
+	}
 	c := &conn{
 		srv:         s,
 		cfg:         cfg,
 		raw:         nc,
-		addr:        addr,
+		peer:        who,
 		id:          strconv.FormatUint(s.nextID.Add(1), 36),
 		start:       time.Now(),
 		implicit:    implicitTLS,
 		plaintextOK: loopback || cfg.Server.AllowPlaintext,
 	}
-	c.logger = s.logger.With("session", c.id, "remote", nc.RemoteAddr().String())
+	attrs := []any{"session", c.id, "remote", nc.RemoteAddr().String()}
+	if who.uid >= 0 {
+		attrs = append(attrs, "uid", who.uid)
+	}
+	c.logger = s.logger.With(attrs...)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -218,17 +281,18 @@ func (s *Server) newConn(nc net.Conn, implicitTLS, loopback bool) *conn {
 	switch {
 	case len(s.conns) >= cfg.Server.MaxConnections:
 		limit = "max_connections"
-	case s.perAddr[addr] >= cfg.Server.MaxConnectionsPerIP:
-		limit = "max_connections_per_ip"
+	case s.perPeer[who.key] >= cfg.Server.MaxConnectionsPerPeer:
+		limit = "max_connections_per_peer"
 	}
 	if limit != "" {
 		s.metrics.rejectedTotal.Add(1)
-		s.rejected.log(s.logger, "connection refused: limit reached", "remote", nc.RemoteAddr().String(), "limit", "server."+limit)
+		s.rejected.log(s.logger, "connection refused: limit reached", "remote", nc.RemoteAddr().String(),
+			"peer", who.key, "limit", "server."+limit)
 		go refuse(nc) // never block the accept loop on a client that does not read
 		return nil
 	}
 	s.conns[c] = struct{}{}
-	s.perAddr[addr]++
+	s.perPeer[who.key]++
 	s.wg.Add(1)
 	return c
 }
@@ -243,19 +307,11 @@ func refuse(nc net.Conn) {
 	nc.Close()
 }
 
-// remoteIP is the IP of nc's peer, or its whole address if it has none.
-func remoteIP(nc net.Conn) string {
-	if tcp, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
-		return tcp.IP.String()
-	}
-	return nc.RemoteAddr().String()
-}
-
 func (s *Server) removeConn(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
-	if s.perAddr[c.addr]--; s.perAddr[c.addr] <= 0 {
-		delete(s.perAddr, c.addr)
+	if s.perPeer[c.peer.key]--; s.perPeer[c.peer.key] <= 0 {
+		delete(s.perPeer, c.peer.key)
 	}
 	s.mu.Unlock()
 	s.wg.Done()

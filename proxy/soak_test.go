@@ -139,7 +139,11 @@ func TestSoak(t *testing.T) {
 	t.Cleanup(closeServers)
 
 	rg := newRig(t, rigOptions{
-		serverTOML: fmt.Sprintf("login_timeout = \"15s\"\npreauth_timeout = %q\n", soakPreauthTimeout.String()),
+		serverTOML: fmt.Sprintf("login_timeout = \"15s\"\npreauth_timeout = %q\nmax_connections_per_peer = 1000\n",
+			soakPreauthTimeout.String()),
+		// The soak's clients stand for many hosts: each loopback address
+		// is a peer of its own, as each remote address would be.
+		peerUID: uidPerLoopbackAddress,
 		providers: []rigProvider{
 			{name: "steady", address: up.Addr, tokenURL: steadyTokens.TokenURL(), caPEM: up.CAPEM},
 			{name: "churn", address: up.Addr, tokenURL: churnTokens.TokenURL(), caPEM: up.CAPEM},
@@ -348,6 +352,16 @@ func (s *soakRun) good(job soakJob) error {
 	return nil
 }
 
+// uidPerLoopbackAddress makes up a uid for each loopback address, so that
+// clients on different 127.x addresses are different peers.
+func uidPerLoopbackAddress(_, remote net.Addr) (uint32, error) {
+	ip := remote.(*net.TCPAddr).IP.To4()
+	if ip == nil {
+		return 0, errors.New("not IPv4")
+	}
+	return 100000 + uint32(ip[2])<<8 | uint32(ip[3]), nil
+}
+
 // canBindLoopback reports whether this host lets a client bind 127.0.1.x
 // (Linux routes all of 127/8 to the loopback interface).
 func canBindLoopback() bool {
@@ -359,9 +373,9 @@ func canBindLoopback() bool {
 	return true
 }
 
-// badSourceIP spreads unknown-login attempts over loopback addresses, so
-// the proxy's per-address failure throttle does not turn the soak into a
-// wait; "" (the default address) where 127.0.1.x cannot be bound.
+// badSourceIP spreads unknown-login attempts over loopback addresses
+// (peers of their own, see uidPerLoopbackAddress), so the proxy's
+// per-peer failure throttle does not turn the soak into a wait; "" (the default address) where 127.0.1.x cannot be bound.
 func (s *soakRun) badSourceIP(id int) string {
 	if !s.spreadIPs {
 		return ""

@@ -30,6 +30,17 @@ type testProxyOptions struct {
 	logger *slog.Logger
 	// failureDelay is proxy.Options.FailureDelay; zero: the proxy's default.
 	failureDelay time.Duration
+	// peerUID is proxy.Options.PeerUID; nil: the kernel's answer.
+	peerUID proxy.PeerUIDFunc
+	// kdf are the argon2id parameters of new records; zero: testKDF.
+	kdf auth.KDFParams
+}
+
+func (o *testProxyOptions) kdfParams() auth.KDFParams {
+	if o.kdf == (auth.KDFParams{}) {
+		return testKDF
+	}
+	return o.kdf
 }
 
 // tokenRecord is a collector's login and local password and the refresh
@@ -69,7 +80,7 @@ func newTestProxy(t testing.TB, opts testProxyOptions) *testProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := auth.NewStore(cfg.Server.StateDir, &auth.StoreOptions{KDF: testKDF})
+	store, err := auth.NewStore(cfg.Server.StateDir, &auth.StoreOptions{KDF: opts.kdfParams()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +96,7 @@ func newTestProxy(t testing.TB, opts testProxyOptions) *testProxy {
 // and a proxy for cfg serving on a loopback port, as the daemon does.
 func startTestProxy(t testing.TB, cfg *config.Config, store *auth.Store, opts testProxyOptions) *testProxy {
 	t.Helper()
-	mgrStore, err := auth.NewStore(cfg.Server.StateDir, &auth.StoreOptions{KDF: testKDF})
+	mgrStore, err := auth.NewStore(cfg.Server.StateDir, &auth.StoreOptions{KDF: opts.kdfParams()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +107,8 @@ func startTestProxy(t testing.TB, cfg *config.Config, store *auth.Store, opts te
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := proxy.New(&proxy.Options{Config: cfg, Auth: mgr, Logger: opts.logger, FailureDelay: opts.failureDelay})
+	srv, err := proxy.New(&proxy.Options{Config: cfg, Auth: mgr, Logger: opts.logger, FailureDelay: opts.failureDelay,
+		PeerUID: opts.peerUID})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,7 +26,7 @@ import (
 // under the local password the operator chooses:
 //
 //   - refresh_token: authorization code with PKCE through a browser, the
-//     redirect caught on http://localhost:PORT/ (default), pasted back
+//     redirect caught on http://127.0.0.1:PORT/ (default), pasted back
 //     (-external), or a device code (-device);
 //   - client_credentials, service_account: gets one access token to prove
 //     the grant works; the record then only proves the local password.
@@ -134,10 +134,10 @@ func authorizeLoopback(ctx context.Context, acct *config.Account, stdout io.Writ
 		return nil, err
 	}
 	defer l.Close()
-	port := strings.TrimSuffix(strings.TrimPrefix(l.Flow.RedirectURL, "http://localhost:"), "/")
+	port := strings.TrimSuffix(strings.TrimPrefix(l.Flow.RedirectURL, "http://127.0.0.1:"), "/")
 	fmt.Fprintf(stdout, "To authorize %s, open this URL in a browser on this machine and %s:\n\n  %s\n\n"+
 		"imap-oauth-proxy waits for the browser on %s. From another machine, forward the port first "+
-		"(ssh -L %s:localhost:%s THIS-HOST), or use -external.\n",
+		"(ssh -L %s:127.0.0.1:%s THIS-HOST), or use -external.\n",
 		acct.Login, signInHint(acct), l.Flow.URL, l.Flow.RedirectURL, port, port)
 	if browse {
 		if err := openBrowser(l.Flow.URL); err == nil {
@@ -165,7 +165,7 @@ func authorizeExternal(ctx context.Context, acct *config.Account, in *input, std
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
-	flow, err := auth.NewCodeFlow(acct, fmt.Sprintf("http://localhost:%d/", port))
+	flow, err := auth.NewCodeFlow(acct, auth.LoopbackRedirectURL(port))
 	if err != nil {
 		return nil, err
 	}

@@ -200,7 +200,7 @@ func (c *cli) startPiped(args ...string) (*background, *io.PipeWriter) {
 func TestAuthorizeLoopbackSharedMailbox(t *testing.T) {
 	c := newCLI(t)
 	cl := newCloud(t, c, authtest.Options{Flavor: authtest.Microsoft, ClientSecret: tenantSecret,
-		RedirectURI: "http://localhost", Rotate: true}, false)
+		RedirectURI: "http://127.0.0.1", Rotate: true}, false)
 	cl.tokens.SignIn(tenantOperator)
 	cl.tokens.Share(tenantShared, tenantOperator)
 	path := cl.config(t, "microsoft", "refresh_token", fmt.Sprintf("client_secret = %q\n", tenantSecret))
@@ -218,7 +218,7 @@ func TestAuthorizeLoopbackSharedMailbox(t *testing.T) {
 	rt := cl.tokens.CurrentRefreshToken(tenantOperator)
 	c.secret(rt)
 	out := b.stdout.String()
-	for _, want := range []string{"sign in as " + tenantShared, "http://localhost:", "Stored the authorization", "imap-oauth-proxy check"} {
+	for _, want := range []string{"sign in as " + tenantShared, "http://127.0.0.1:", "Stored the authorization", "imap-oauth-proxy check"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("authorize output lacks %q:\n%s", want, out)
 		}
@@ -301,7 +301,7 @@ func TestAuthorizeExternal(t *testing.T) {
 	}
 	resp.Body.Close()
 	location := resp.Header.Get("Location")
-	if !strings.HasPrefix(location, "http://localhost:") {
+	if !strings.HasPrefix(location, "http://127.0.0.1:") {
 		t.Fatalf("provider redirected to %q", location)
 	}
 	feed(stdin, location+"\r\n")

@@ -194,7 +194,7 @@ func (c *checker) run(ctx context.Context, password string) {
 			return "", failStep(nil, "no authorization stored for %s (%s); run: imap-oauth-proxy authorize %s",
 				acct.Login, store.Path(acct.Login), acct.Login)
 		}
-		account, err = mgr.Unlock(acct, password)
+		account, err = mgr.Unlock(ctx, acct, password)
 		if err != nil {
 			if auth.KindOf(err) == auth.AuthenticationFailed {
 				return "", failStep(err, "the local password does not open %s (the collector's LOGIN would fail the same way)", store.Path(acct.Login))

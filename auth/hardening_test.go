@@ -1,0 +1,152 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestOpenRefusesNonRegular: a FIFO or a symbolic link where a record
+// belongs makes Open fail at once, instead of hanging on the FIFO or
+// reading the link's target.
+func TestOpenRefusesNonRegular(t *testing.T) {
+	dir := t.TempDir()
+	s, err := NewStore(dir, &StoreOptions{KDF: testKDF})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(s.Path("fifo"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Create("target", "pw", Secret{RefreshToken: "rt"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(s.Path("target"), s.Path("link")); err != nil {
+		t.Fatal(err)
+	}
+	for _, login := range []string{"fifo", "link"} {
+		done := make(chan error, 1)
+		go func() {
+			_, err := s.Open(login, "pw")
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if !errors.Is(err, ErrNotRegular) {
+				t.Errorf("Open(%s) = %v, want ErrNotRegular", login, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("Open(%s) still blocked after 10 s", login)
+		}
+	}
+}
+
+// TestNewStoreRefusesWritableDir: a group- or world-writable state
+// directory is refused at start.
+func TestNewStoreRefusesWritableDir(t *testing.T) {
+	for _, mode := range []os.FileMode{0o770, 0o777, 0o1777, 0o720} {
+		dir := filepath.Join(t.TempDir(), "state")
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(dir, mode); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := NewStore(dir, nil); err == nil {
+			t.Errorf("NewStore accepted a state directory of mode %04o", mode)
+		}
+	}
+	dir := filepath.Join(t.TempDir(), "state")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewStore(dir, nil); err != nil {
+		t.Errorf("NewStore refused a 0755 directory: %v", err)
+	}
+}
+
+// TestKDFQueue: runs beyond the CPUs wait at most the queue's bound, no
+// more than its length wait at all, and a cancelled login stops waiting.
+func TestKDFQueue(t *testing.T) {
+	q := &kdfQueue{running: make(chan struct{}, 1), maxWait: 50 * time.Millisecond, maxWaiting: 1}
+	release, err := q.acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The one slot is taken: a waiter gives up after maxWait.
+	start := time.Now()
+	if _, err := q.acquire(context.Background()); !errors.Is(err, ErrKDFBusy) {
+		t.Errorf("acquire with the slot taken = %v, want ErrKDFBusy", err)
+	}
+	if waited := time.Since(start); waited < q.maxWait {
+		t.Errorf("gave up after %v, before the bound of %v", waited, q.maxWait)
+	}
+	// A cancelled context ends the wait with its error.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := q.acquire(ctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("acquire with a cancelled context = %v", err)
+	}
+	// With the queue full (here: no room to wait), another fails at once.
+	q.maxWaiting, q.maxWait = 0, time.Hour
+	if _, err := q.acquire(context.Background()); !errors.Is(err, ErrKDFBusy) {
+		t.Errorf("acquire with the queue full = %v, want ErrKDFBusy at once", err)
+	}
+	// A freed slot goes to the next waiter.
+	q.maxWaiting = 1
+	got := make(chan error, 1)
+	go func() {
+		rel, err := q.acquire(context.Background())
+		if err == nil {
+			rel()
+		}
+		got <- err
+	}()
+	release()
+	if err := <-got; err != nil {
+		t.Errorf("the waiter did not get the freed slot: %v", err)
+	}
+}
+
+// TestCachedOpenNeverWaitsForKDF: with every KDF slot taken, a password
+// whose key is cached opens at once, and an uncached one fails fast with
+// ErrKDFBusy instead of waiting behind the runs.
+func TestCachedOpenNeverWaitsForKDF(t *testing.T) {
+	s, err := NewStore(t.TempDir(), &StoreOptions{KDF: testKDF, KDFQueueWait: 20 * time.Millisecond, KDFQueueLength: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Create("collector", "right", Secret{RefreshToken: "rt"}); err != nil {
+		t.Fatal(err)
+	}
+	for range cap(s.kdf.running) {
+		release, err := s.kdf.acquire(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer release()
+	}
+	runs := s.kdfRuns.Load()
+	if _, err := s.OpenCached("collector", "right"); err != nil {
+		t.Errorf("OpenCached with the KDF busy: %v", err)
+	}
+	if _, err := s.OpenContext(context.Background(), "collector", "right"); err != nil {
+		t.Errorf("OpenContext of a cached password with the KDF busy: %v", err)
+	}
+	if _, err := s.OpenCached("collector", "wrong"); !errors.Is(err, ErrNotCached) {
+		t.Errorf("OpenCached with a wrong password = %v, want ErrNotCached", err)
+	}
+	if _, err := s.OpenContext(context.Background(), "collector", "wrong"); !errors.Is(err, ErrKDFBusy) {
+		t.Errorf("OpenContext of an uncached password with the KDF busy = %v, want ErrKDFBusy", err)
+	}
+	if s.kdfRuns.Load() != runs {
+		t.Error("the KDF ran")
+	}
+}

@@ -1,0 +1,45 @@
+package proxy
+
+import (
+	"net"
+	"strconv"
+)
+
+// peer is who is on the other end of a collector connection, as far as
+// connection limits and the login throttle are concerned.
+type peer struct {
+	// key is what limits and the throttle count by: "uid N" for a
+	// loopback peer whose uid the kernel tells, loopbackPeerKey for any
+	// other loopback peer, and the remote IP otherwise.
+	key string
+	// uid is the loopback peer's uid, or -1 when it is unknown or the
+	// peer is remote.
+	uid int
+}
+
+// loopbackPeerKey is the one key of every loopback peer whose uid is
+// unknown: each address in 127.0.0.0/8 is the same host, so counting them
+// apart would hand out fresh counters to whoever binds a new one.
+const loopbackPeerKey = "loopback"
+
+// PeerUIDFunc returns the uid owning the client socket of a TCP
+// connection, given the server side's local and remote addresses.
+type PeerUIDFunc func(local, remote net.Addr) (uint32, error)
+
+// identifyPeer returns nc's peer. For a loopback peer it asks lookup for
+// the uid; err is lookup's error, and the peer is then the shared
+// loopback key.
+func identifyPeer(nc net.Conn, lookup PeerUIDFunc) (peer, error) {
+	remote, ok := nc.RemoteAddr().(*net.TCPAddr)
+	if !ok {
+		return peer{key: nc.RemoteAddr().String(), uid: -1}, nil
+	}
+	if !remote.IP.IsLoopback() {
+		return peer{key: remote.IP.String(), uid: -1}, nil
+	}
+	uid, err := lookup(nc.LocalAddr(), remote)
+	if err != nil {
+		return peer{key: loopbackPeerKey, uid: -1}, err
+	}
+	return peer{key: "uid " + strconv.FormatUint(uint64(uid), 10), uid: int(uid)}, nil
+}

@@ -1,0 +1,62 @@
+package proxy
+
+import (
+	"net"
+	"os"
+	"testing"
+)
+
+// loopbackPair returns the server side of a TCP connection to a listener
+// on network's loopback address, dialed from clientIP.
+func loopbackPair(t *testing.T, listen, clientIP string) net.Conn {
+	t.Helper()
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		t.Skipf("no loopback listener on %s: %v", listen, err)
+	}
+	defer ln.Close()
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(clientIP)}}
+	client, err := d.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { server.Close() })
+	return server
+}
+
+// TestPeerUIDLookups: sock_diag and the /proc/net fallback both find the
+// uid of a loopback client (this process's), over IPv4 from any address
+// in 127.0.0.0/8 and over IPv6.
+func TestPeerUIDLookups(t *testing.T) {
+	uid := uint32(os.Getuid())
+	for _, tc := range []struct{ name, listen, client string }{
+		{"ipv4", "127.0.0.1:0", "127.0.0.1"},
+		{"ipv4 other address", "127.0.0.1:0", "127.0.9.7"},
+		{"ipv6", "[::1]:0", "::1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			nc := loopbackPair(t, tc.listen, tc.client)
+			if got, err := sockDiagUID(nc.LocalAddr(), nc.RemoteAddr()); err != nil || got != uid {
+				t.Errorf("sock_diag: uid %d, %v; want %d", got, err, uid)
+			}
+			if got, err := procNetUID("/proc/net", nc.LocalAddr(), nc.RemoteAddr()); err != nil || got != uid {
+				t.Errorf("/proc/net: uid %d, %v; want %d", got, err, uid)
+			}
+			who, err := identifyPeer(nc, lookupPeerUID)
+			if err != nil || who.uid != int(uid) || who.key == loopbackPeerKey {
+				t.Errorf("identifyPeer = %+v, %v", who, err)
+			}
+		})
+	}
+	// Without an answer, all of loopback is one peer.
+	nc := loopbackPair(t, "127.0.0.1:0", "127.0.0.5")
+	who, err := identifyPeer(nc, func(_, _ net.Addr) (uint32, error) { return 0, os.ErrNotExist })
+	if err == nil || who.key != loopbackPeerKey || who.uid != -1 {
+		t.Errorf("identifyPeer without uids = %+v, %v", who, err)
+	}
+}
