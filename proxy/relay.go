@@ -69,8 +69,13 @@ func (c *conn) relay(up *upstreamConn, log *slog.Logger) string {
 	start := time.Now()
 
 	results := make(chan copyResult, 2)
-	go proxyCopy(results, true, up.nc, c.nc, c.br, nil, &c.srv.metrics.bytesToUpstream)
-	go proxyCopy(results, false, c.nc, up.nc, up.br, up.records, &c.srv.metrics.bytesToClient)
+	if c.srv.plainRelay.Load() {
+		go plainCopy(results, true, up.nc, c.nc, c.br, &c.srv.metrics.bytesToUpstream)
+		go plainCopy(results, false, c.nc, up.nc, up.br, &c.srv.metrics.bytesToClient)
+	} else {
+		go proxyCopy(results, true, up.nc, c.nc, c.br, nil, &c.srv.metrics.bytesToUpstream)
+		go proxyCopy(results, false, c.nc, up.nc, up.br, up.records, &c.srv.metrics.bytesToClient)
+	}
 	up.br = nil // proxyCopy drains it; its 4 KiB need not outlive that
 
 	var toUpstream, toClient int64
@@ -208,6 +213,66 @@ func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pe
 				results <- copyResult{toUpstream, written, werr}
 				return
 			}
+		}
+		if rerr != nil {
+			if errors.Is(rerr, io.EOF) {
+				rerr = nil
+			}
+			results <- copyResult{toUpstream, written, rerr}
+			return
+		}
+	}
+}
+
+// plainCopy copies src to dst, after first writing what pending holds, and
+// adds every byte written to counter, as proxyCopy does, but with a plain
+// read/write loop: one write per Read, no coalescing, no reads without
+// waiting. It waits for data in a small buffer and moves to a large
+// pooled one when a Read fills the small one; it goes back to the small
+// one after a Read that the small one would have held, which ends most
+// bursts (the last record of a large response, or a short response).
+func plainCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pending bufferedReader, counter *atomic.Int64) {
+	var written int64
+	if n := pending.Buffered(); n > 0 {
+		b, _ := pending.Peek(n)
+		m, err := dst.Write(b)
+		written += int64(m)
+		counter.Add(int64(m))
+		pending.Discard(n)
+		if err != nil {
+			results <- copyResult{toUpstream, written, err}
+			return
+		}
+	}
+	idle := idleBuffers.Get().(*[]byte)
+	defer idleBuffers.Put(idle)
+	var large *[]byte // held only while data flows
+	defer func() {
+		if large != nil {
+			relayBuffers.Put(large)
+		}
+	}()
+	for {
+		buf := *idle
+		if large != nil {
+			buf = *large
+		}
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			m, werr := dst.Write(buf[:n])
+			written += int64(m)
+			counter.Add(int64(m))
+			if werr != nil {
+				results <- copyResult{toUpstream, written, werr}
+				return
+			}
+		}
+		switch {
+		case large == nil && n == len(buf):
+			large = relayBuffers.Get().(*[]byte)
+		case large != nil && n < idleBufferSize:
+			relayBuffers.Put(large)
+			large = nil
 		}
 		if rerr != nil {
 			if errors.Is(rerr, io.EOF) {
