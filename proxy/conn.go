@@ -66,10 +66,18 @@ func (c *conn) serve() {
 			return
 		}
 	}
-	c.br = bufio.NewReaderSize(c.nc, 4096)
-	c.bw = bufio.NewWriterSize(c.nc, 4096)
+	c.br, c.bw = newLineReader(c.nc), newLineWriter(c.nc)
 	reason := c.preauth()
+	c.releaseLineBuffers()
 	c.logger.Info("session end", "duration", time.Since(c.start).Round(time.Millisecond), "reason", reason)
+}
+
+// releaseLineBuffers returns the pre-auth reader and writer to their
+// pools, once nothing reads or writes through them any more.
+func (c *conn) releaseLineBuffers() {
+	putLineReader(c.br)
+	putLineWriter(c.bw)
+	c.br, c.bw = nil, nil
 }
 
 // handshake runs the server side of TLS on c.nc (implicit TLS or STARTTLS).
@@ -266,9 +274,8 @@ func (c *conn) startTLS(tag string, reader *commandReader) (reason string, done 
 	if err := c.handshake(); err != nil {
 		return "TLS handshake failed: " + err.Error(), true
 	}
-	c.br = bufio.NewReaderSize(c.nc, 4096)
+	c.br.Reset(c.nc) // empty: checked above
 	c.bw.Reset(c.nc)
-	reader.br = c.br
 	return "", false
 }
 

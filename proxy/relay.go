@@ -68,15 +68,23 @@ func (c *conn) relay(up *upstreamConn, log *slog.Logger) string {
 	c.relaying.Store(true)
 	start := time.Now()
 
+	// What the line readers hold unread goes first (pipelined commands,
+	// or what the upstream sent after its OK); the readers themselves,
+	// and the pre-auth writer, go back to their pools: a relayed session
+	// holds only the relay's buffers.
+	toUpstreamFirst, toClientFirst := takeBuffered(c.br), takeBuffered(up.br)
+	c.releaseLineBuffers()
+	putLineReader(up.br)
+	up.br = nil
+
 	results := make(chan copyResult, 2)
 	if c.srv.plainRelay.Load() {
-		go plainCopy(results, true, up.nc, c.nc, c.br, &c.srv.metrics.bytesToUpstream)
-		go plainCopy(results, false, c.nc, up.nc, up.br, &c.srv.metrics.bytesToClient)
+		go plainCopy(results, true, up.nc, c.nc, toUpstreamFirst, &c.srv.metrics.bytesToUpstream)
+		go plainCopy(results, false, c.nc, up.nc, toClientFirst, &c.srv.metrics.bytesToClient)
 	} else {
-		go proxyCopy(results, true, up.nc, c.nc, c.br, nil, &c.srv.metrics.bytesToUpstream)
-		go proxyCopy(results, false, c.nc, up.nc, up.br, up.records, &c.srv.metrics.bytesToClient)
+		go proxyCopy(results, true, up.nc, c.nc, toUpstreamFirst, nil, &c.srv.metrics.bytesToUpstream)
+		go proxyCopy(results, false, c.nc, up.nc, toClientFirst, up.records, &c.srv.metrics.bytesToClient)
 	}
-	up.br = nil // proxyCopy drains it; its 4 KiB need not outlive that
 
 	var toUpstream, toClient int64
 	var firstErr error
@@ -114,13 +122,6 @@ func (c *conn) relay(up *upstreamConn, log *slog.Logger) string {
 	return reason
 }
 
-// bufferedReader is the part of bufio.Reader the relay needs to drain.
-type bufferedReader interface {
-	Buffered() int
-	Peek(n int) ([]byte, error)
-	Discard(n int) (int, error)
-}
-
 // proxyCopy copies src to dst, after first writing what pending holds, and
 // adds every byte written to counter. It is a named function so goroutine
 // dumps show what each goroutine is. A clean EOF from src is reported as a
@@ -144,14 +145,12 @@ type bufferedReader interface {
 //     nothing more.
 //
 // records is the recordConn under a TLS src, or nil.
-func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pending bufferedReader, records *recordConn, counter *atomic.Int64) {
+func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pending []byte, records *recordConn, counter *atomic.Int64) {
 	var written int64
-	if n := pending.Buffered(); n > 0 {
-		b, _ := pending.Peek(n)
-		m, err := dst.Write(b)
+	if len(pending) > 0 {
+		m, err := dst.Write(pending)
 		written += int64(m)
 		counter.Add(int64(m))
-		pending.Discard(n)
 		if err != nil {
 			results <- copyResult{toUpstream, written, err}
 			return
@@ -231,14 +230,12 @@ func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pe
 // pooled one when a Read fills the small one; it goes back to the small
 // one after a Read that the small one would have held, which ends most
 // bursts (the last record of a large response, or a short response).
-func plainCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pending bufferedReader, counter *atomic.Int64) {
+func plainCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pending []byte, counter *atomic.Int64) {
 	var written int64
-	if n := pending.Buffered(); n > 0 {
-		b, _ := pending.Peek(n)
-		m, err := dst.Write(b)
+	if len(pending) > 0 {
+		m, err := dst.Write(pending)
 		written += int64(m)
 		counter.Add(int64(m))
-		pending.Discard(n)
 		if err != nil {
 			results <- copyResult{toUpstream, written, err}
 			return

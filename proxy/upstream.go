@@ -74,9 +74,10 @@ func loginUpstream(ctx context.Context, l *upstreamLogin) (*upstreamConn, error)
 		raw.SetDeadline(dl)
 	}
 
-	up := &upstreamConn{nc: raw, br: bufio.NewReader(raw), trace: l.trace}
+	up := &upstreamConn{nc: raw, trace: l.trace}
 	var caps string
 	if l.account.Provider.IMAPTLS == "starttls" {
+		up.br = bufio.NewReader(raw)
 		if err := up.startTLS(addr); err != nil {
 			return nil, err
 		}
@@ -86,7 +87,7 @@ func loginUpstream(ctx context.Context, l *upstreamLogin) (*upstreamConn, error)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return nil, unavailable(fmt.Sprintf("TLS with upstream %s failed", addr), err)
 	}
-	up.nc, up.br = tc, bufio.NewReader(tc)
+	up.nc, up.br = tc, newLineReader(tc) // the relay gives it back
 	up.dialTime = time.Since(start)
 	if l.account.Provider.IMAPTLS != "starttls" {
 		if caps, err = up.readGreeting(addr); err != nil {
