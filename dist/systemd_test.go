@@ -130,6 +130,7 @@ func TestServiceFromMakeInstall(t *testing.T) {
 	l.loginAndRotation(t)
 	l.otherUserReadsNothing(t)
 	l.peerUIDKnown(t)
+	l.metricsUnderTheSandbox(t)
 	l.securityExposure(t)
 	l.reload(t)
 	l.badConfigDoesNotLoop(t)
@@ -247,6 +248,7 @@ func startLab(t *testing.T, c *container) *lab {
 const labConfig = `# The lab's mapping file: the demo upstream as a generic provider.
 [server]
 listen = "127.0.0.1:1143"
+metrics_listen = "127.0.0.1:9143"
 state_dir = "/var/lib/imap-oauth-proxy"
 log_level = "debug"
 %s
@@ -413,6 +415,24 @@ func (l *lab) peerUIDKnown(t *testing.T) {
 	if n := l.journalCount(t, "peer uid unknown"); n > 0 {
 		t.Errorf("the daemon logged %d time(s) that it could not find a peer's uid:\n%s", n,
 			l.must("journalctl -u imap-oauth-proxy -o cat --no-pager | grep -F 'peer uid unknown' | head -n 3"))
+	}
+}
+
+// metricsUnderTheSandbox scrapes /metrics from the sandboxed daemon: the
+// proxy's counters, and the process collector, which reads /proc/self
+// under ProcSubset=pid.
+func (l *lab) metricsUnderTheSandbox(t *testing.T) {
+	t.Helper()
+	out := l.must("curl -sS --max-time 10 http://127.0.0.1:9143/metrics")
+	for _, re := range []string{
+		`(?m)^imap_oauth_proxy_logins_total\{outcome="OK"\} [1-9]`,
+		`(?m)^process_open_fds [1-9]`,
+		`(?m)^process_resident_memory_bytes [1-9]`,
+		`(?m)^go_goroutines [1-9]`,
+	} {
+		if !regexp.MustCompile(re).MatchString(out) {
+			t.Errorf("/metrics has no line matching %s", re)
+		}
 	}
 }
 
