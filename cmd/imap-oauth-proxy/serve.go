@@ -23,7 +23,7 @@ import (
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/internal/sdnotify"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
-	proxytls "github.com/imap-oauth-proxy/imap-oauth-proxy/tls"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/tlsconfig"
 )
 
 func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
@@ -62,7 +62,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	notify := sdnotify.New()
 	if cfg.Server.TLSCert != "" {
 		// Fail before touching the state directory or binding ports.
-		if _, err := proxytls.Local(cfg.Server.TLSCert, cfg.Server.TLSKey); err != nil {
+		if _, err := tlsconfig.Local(cfg.Server.TLSCert, cfg.Server.TLSKey); err != nil {
 			return configError{fmt.Errorf("server.tls_cert: %w", err)}
 		}
 	}
