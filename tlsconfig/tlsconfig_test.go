@@ -1,4 +1,4 @@
-package tls
+package tlsconfig
 
 import (
 	"crypto/tls"
