@@ -19,6 +19,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 )
 
@@ -529,9 +530,9 @@ func TestServiceAccountKeyErrors(t *testing.T) {
 	}
 }
 
-func newTestManager(t *testing.T) (*Manager, *Store) {
+func newTestManager(t *testing.T) (*Manager, *tokenstore.Store) {
 	t.Helper()
-	store, err := NewStore(t.TempDir(), &StoreOptions{KDF: testKDF})
+	store, err := tokenstore.New(t.TempDir(), &tokenstore.Options{KDF: tokenstore.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -573,7 +574,7 @@ func TestManagerAppOnlyGrants(t *testing.T) {
 			const password = "app-pw"
 			// authorize stores a record without a refresh token: it
 			// proves the local password only.
-			if _, err := store.Create("collector", password, Secret{}); err != nil {
+			if _, err := store.Create("collector", password, tokenstore.Secret{}); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := m.Unlock(context.Background(), tc.acct, "wrong"); KindOf(err) != AuthenticationFailed {
@@ -612,7 +613,7 @@ func TestManagerRefreshTokenRecordWithoutToken(t *testing.T) {
 	s := tokenServer(t, authtest.Options{Flavor: authtest.Microsoft, PublicClient: true})
 	acct := account(t, s, "microsoft", "refresh_token", sharedMailbox, "")
 	m, store := newTestManager(t)
-	if _, err := store.Create("collector", "pw", Secret{}); err != nil {
+	if _, err := store.Create("collector", "pw", tokenstore.Secret{}); err != nil {
 		t.Fatal(err)
 	}
 	_, err := m.Unlock(context.Background(), acct, "pw")

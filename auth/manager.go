@@ -18,13 +18,14 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	"golang.org/x/oauth2"
 
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 )
 
 // ManagerOptions configure a Manager. Store is required.
 type ManagerOptions struct {
 	// Store holds the encrypted token records.
-	Store *Store
+	Store *tokenstore.Store
 	// HTTPClient talks to token endpoints. If nil, a client with a
 	// TokenTimeout deadline per request is used.
 	HTTPClient *http.Client
@@ -49,7 +50,7 @@ type ManagerOptions struct {
 // It is safe for concurrent use.
 type Manager struct {
 	ctx    context.Context // long-lived: token sources keep it for every refresh
-	store  *Store
+	store  *tokenstore.Store
 	margin time.Duration
 	logger *slog.Logger
 
@@ -117,8 +118,8 @@ func (m *Manager) Unlock(ctx context.Context, acct *config.Account, password str
 }
 
 // UnlockCached is Unlock for a password whose derived key is cached: it
-// never runs the KDF, and fails with an error matching ErrNotCached for
-// any other password, right or wrong.
+// never runs the KDF, and fails with an error matching
+// tokenstore.ErrNotCached for any other password, right or wrong.
 func (m *Manager) UnlockCached(acct *config.Account, password string) (*Account, error) {
 	return m.unlock(context.Background(), acct, password, true)
 }
@@ -130,7 +131,7 @@ func (m *Manager) unlock(ctx context.Context, acct *config.Account, password str
 		return nil, &Error{Kind: AuthorizationFailed,
 			Message: fmt.Sprintf("grant %q is not supported by this build", acct.Grant)}
 	}
-	var rec *Unlocked
+	var rec *tokenstore.Unlocked
 	var err error
 	if cachedOnly {
 		rec, err = m.store.OpenCached(acct.Login, password)
@@ -138,15 +139,15 @@ func (m *Manager) unlock(ctx context.Context, acct *config.Account, password str
 		rec, err = m.store.OpenContext(ctx, acct.Login, password)
 	}
 	switch {
-	case errors.Is(err, ErrNotCached):
+	case errors.Is(err, tokenstore.ErrNotCached):
 		return nil, err
-	case errors.Is(err, ErrKDFBusy) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, tokenstore.ErrKDFBusy) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
 		return nil, &Error{Kind: Unavailable, Message: "too many logins being checked at once; retry shortly", Err: err}
-	case errors.Is(err, ErrWrongPassword):
+	case errors.Is(err, tokenstore.ErrWrongPassword):
 		return nil, &Error{Kind: AuthenticationFailed, Message: "authentication failed", Err: err}
-	case errors.Is(err, ErrNoRecord) && cachedOnly:
-		return nil, fmt.Errorf("%w: %w", ErrNotCached, err)
-	case errors.Is(err, ErrNoRecord):
+	case errors.Is(err, tokenstore.ErrNoRecord) && cachedOnly:
+		return nil, fmt.Errorf("%w: %w", tokenstore.ErrNotCached, err)
+	case errors.Is(err, tokenstore.ErrNoRecord):
 		// Answer as slowly as a wrong password.
 		if err := m.store.Decoy(ctx, password); err != nil {
 			return nil, &Error{Kind: Unavailable, Message: "too many logins being checked at once; retry shortly", Err: err}
@@ -204,7 +205,7 @@ type Account struct {
 	refreshN   int                // refreshes attempted, for tests
 }
 
-func newAccount(m *Manager, acct *config.Account, rec *Unlocked) (*Account, error) {
+func newAccount(m *Manager, acct *config.Account, rec *tokenstore.Unlocked) (*Account, error) {
 	a := &Account{
 		m:          m,
 		login:      acct.Login,
@@ -328,7 +329,7 @@ func (a *Account) currentGeneration() uint64 {
 type persistingSource struct {
 	account *Account
 	config  *oauth2.Config
-	record  *Unlocked
+	record  *tokenstore.Unlocked
 	// refreshToken is the newest refresh token; savedRT the one on disk.
 	// They differ only while a rotated token could not be saved yet.
 	refreshToken, savedRT string
@@ -371,7 +372,7 @@ func (p *persistingSource) Token() (*oauth2.Token, error) {
 		a.mu.Lock()
 		a.generation = p.record.Info.SecretGeneration + 1
 		a.mu.Unlock()
-		if err := a.m.store.Update(p.record, Secret{RefreshToken: p.refreshToken}); err != nil {
+		if err := a.m.store.Update(p.record, tokenstore.Secret{RefreshToken: p.refreshToken}); err != nil {
 			// The next refresh uses the new token and tries to save again.
 			a.m.logger.Error("saving rotated refresh token failed", "login", a.login, "err", err)
 			return nil, &Error{Kind: Unavailable, Message: "cannot save the rotated refresh token", Err: err}

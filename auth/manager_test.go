@@ -12,6 +12,7 @@ import (
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 )
 
@@ -21,13 +22,13 @@ const managerPassword = "local password"
 // endpoint.
 type managerRig struct {
 	t     *testing.T
-	store *auth.Store
+	store *tokenstore.Store
 	mgr   *auth.Manager
 }
 
 func newManagerRig(t *testing.T) *managerRig {
 	t.Helper()
-	store, err := auth.NewStore(t.TempDir(), &auth.StoreOptions{KDF: auth.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}})
+	store, err := tokenstore.New(t.TempDir(), &tokenstore.Options{KDF: tokenstore.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +45,7 @@ func (r *managerRig) account(login string, tokens *authtest.Server) *config.Acco
 	acct := &config.Account{Login: login, Mailbox: login + "@contoso.test", Grant: "refresh_token",
 		Provider: &config.Provider{Name: "lab-" + login, Type: "generic", TokenURL: tokens.TokenURL(),
 			ClientID: "id", ClientSecret: "secret", Scopes: []string{"imap"}}}
-	if _, err := r.store.Create(login, managerPassword, auth.Secret{RefreshToken: tokens.Grant(acct.Mailbox)}); err != nil {
+	if _, err := r.store.Create(login, managerPassword, tokenstore.Secret{RefreshToken: tokens.Grant(acct.Mailbox)}); err != nil {
 		r.t.Fatal(err)
 	}
 	return acct
@@ -223,7 +224,7 @@ func TestRotationSurvivesPasswordChange(t *testing.T) {
 	}
 
 	const newPassword = "new local password"
-	cli, err := auth.NewStore(r.store.Dir(), &auth.StoreOptions{KDF: auth.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}})
+	cli, err := tokenstore.New(r.store.Dir(), &tokenstore.Options{KDF: tokenstore.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}})
 	if err != nil {
 		t.Fatal(err)
 	}

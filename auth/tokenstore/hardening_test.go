@@ -1,4 +1,4 @@
-package auth
+package tokenstore
 
 import (
 	"context"
@@ -15,7 +15,7 @@ import (
 // reading the link's target.
 func TestOpenRefusesNonRegular(t *testing.T) {
 	dir := t.TempDir()
-	s, err := NewStore(dir, &StoreOptions{KDF: testKDF})
+	s, err := New(dir, &Options{KDF: testKDF})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,8 +56,8 @@ func TestNewStoreRefusesWritableDir(t *testing.T) {
 		if err := os.Chmod(dir, mode); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := NewStore(dir, nil); err == nil {
-			t.Errorf("NewStore accepted a state directory of mode %04o", mode)
+		if _, err := New(dir, nil); err == nil {
+			t.Errorf("New accepted a state directory of mode %04o", mode)
 		}
 	}
 	dir := filepath.Join(t.TempDir(), "state")
@@ -67,8 +67,8 @@ func TestNewStoreRefusesWritableDir(t *testing.T) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := NewStore(dir, nil); err != nil {
-		t.Errorf("NewStore refused a 0755 directory: %v", err)
+	if _, err := New(dir, nil); err != nil {
+		t.Errorf("New refused a 0755 directory: %v", err)
 	}
 }
 
@@ -119,7 +119,7 @@ func TestKDFQueue(t *testing.T) {
 // whose key is cached opens at once, and an uncached one fails fast with
 // ErrKDFBusy instead of waiting behind the runs.
 func TestCachedOpenNeverWaitsForKDF(t *testing.T) {
-	s, err := NewStore(t.TempDir(), &StoreOptions{KDF: testKDF, KDFQueueWait: 20 * time.Millisecond, KDFQueueLength: 1})
+	s, err := New(t.TempDir(), &Options{KDF: testKDF, KDFQueueWait: 20 * time.Millisecond, KDFQueueLength: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

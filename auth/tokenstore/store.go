@@ -1,4 +1,4 @@
-package auth
+package tokenstore
 
 import (
 	"bytes"
@@ -78,7 +78,7 @@ var ErrNotCached = errors.New("password not in the key cache")
 
 // ErrKDFBusy is returned (wrapped) when a key derivation could not start
 // in time: as many run as there are CPUs, and the queue behind them is
-// full or did not move within StoreOptions.KDFQueueWait.
+// full or did not move within Options.KDFQueueWait.
 var ErrKDFBusy = errors.New("too many password checks at once")
 
 // ErrRecordChanged is returned (wrapped) by Update and SetPassword when the
@@ -113,7 +113,7 @@ type KDFParams struct {
 }
 
 // DefaultKDFParams returns the parameters new records use unless
-// StoreOptions say otherwise: 3 passes, 64 MiB, 2 lanes.
+// Options say otherwise: 3 passes, 64 MiB, 2 lanes.
 func DefaultKDFParams() KDFParams {
 	return KDFParams{Time: 3, MemoryKiB: 64 * 1024, Threads: 2}
 }
@@ -131,8 +131,8 @@ func (p KDFParams) check() error {
 	return nil
 }
 
-// StoreOptions tune a Store. A nil *StoreOptions means all defaults.
-type StoreOptions struct {
+// Options tune a Store. A nil *Options means all defaults.
+type Options struct {
 	// KDF are the argon2id parameters for new records (Create and
 	// SetPassword). Zero fields take DefaultKDFParams' values. Existing
 	// records keep the parameters they were written with.
@@ -172,11 +172,11 @@ type Store struct {
 	beforeRename func(tmp string) error
 }
 
-// NewStore returns a Store for the records in dir, creating dir (mode 0700)
+// New returns a Store for the records in dir, creating dir (mode 0700)
 // if it does not exist.
-func NewStore(dir string, opts *StoreOptions) (*Store, error) {
+func New(dir string, opts *Options) (*Store, error) {
 	if opts == nil {
-		opts = &StoreOptions{}
+		opts = &Options{}
 	}
 	kdf := opts.KDF
 	def := DefaultKDFParams()
@@ -837,7 +837,7 @@ func (s *Store) replaceFile(name string, data []byte) (renamed bool, err error) 
 	return true, nil
 }
 
-// staleTempAge is how old a temporary record file must be before NewStore
+// staleTempAge is how old a temporary record file must be before New
 // removes it: younger ones may belong to a write in progress in another
 // process (the CLI next to the daemon).
 const staleTempAge = time.Minute
