@@ -686,8 +686,13 @@ func TestStoreOptions(t *testing.T) {
 }
 
 func TestStoreConcurrent(t *testing.T) {
-	s := newTestStore(t, "")
 	logins := []string{"a", "b", "c"}
+	// Every goroutine below may wait for the KDF at once: the default
+	// queue (4 per CPU) is shorter than that on 2 CPUs.
+	s, err := New(t.TempDir(), &Options{KDF: testKDF, KDFQueueLength: 4 * len(logins)})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, l := range logins {
 		if _, err := s.Create(l, "pw-"+l, Secret{RefreshToken: "rt-" + l}); err != nil {
 			t.Fatal(err)
