@@ -1,6 +1,7 @@
 package tokenstore
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
@@ -68,5 +69,23 @@ func TestNewStoreRefusesWritableDir(t *testing.T) {
 	}
 	if _, err := New(dir, nil); err != nil {
 		t.Errorf("New refused a 0755 directory: %v", err)
+	}
+}
+
+// TestOversizedRecordRefused: a record file larger than maxRecordSize is
+// corrupt, even when what it holds would decode (here a valid record
+// padded with white space), so that a planted file cannot make a login
+// read without bound.
+func TestOversizedRecordRefused(t *testing.T) {
+	s := newTestStore(t, "")
+	if _, err := s.Create("big", "pw", Secret{RefreshToken: "rt"}); err != nil {
+		t.Fatal(err)
+	}
+	data := append(readFile(t, s.Path("big")), bytes.Repeat([]byte(" "), maxRecordSize)...)
+	if err := os.WriteFile(s.Path("big"), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Open("big", "pw"); !errors.Is(err, ErrCorruptRecord) {
+		t.Errorf("Open of a %d-byte record = %v, want ErrCorruptRecord", len(data), err)
 	}
 }
