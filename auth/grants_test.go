@@ -646,7 +646,7 @@ func TestClassifyTokenError(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		p     *config.Provider
-		grant string
+		grant config.Grant
 		err   error
 		kind  Kind
 		want  []string

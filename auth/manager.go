@@ -125,9 +125,7 @@ func (m *Manager) UnlockCached(acct *config.Account, password string) (*Account,
 }
 
 func (m *Manager) unlock(ctx context.Context, acct *config.Account, password string, cachedOnly bool) (*Account, error) {
-	switch acct.Grant {
-	case "", "refresh_token", "client_credentials", "service_account":
-	default:
+	if !acct.Grant.Delegated() && !acct.Grant.AppOnly() {
 		return nil, &Error{Kind: AuthorizationFailed,
 			Message: fmt.Sprintf("grant %q is not supported by this build", acct.Grant)}
 	}
@@ -159,7 +157,7 @@ func (m *Manager) unlock(ctx context.Context, acct *config.Account, password str
 	case err != nil:
 		return nil, &Error{Kind: Unavailable, Message: "token store unavailable", Err: err}
 	}
-	if isDelegated(acct.Grant) && rec.Secret.RefreshToken == "" {
+	if acct.Grant.Delegated() && rec.Secret.RefreshToken == "" {
 		return nil, &Error{Kind: AuthorizationFailed, Message: fmt.Sprintf(
 			"no refresh token stored for %s (its record was made for an app-only grant); run: imap-oauth-proxy authorize %s", acct.Login, acct.Login)}
 	}
@@ -182,9 +180,6 @@ func (m *Manager) unlock(ctx context.Context, acct *config.Account, password str
 	return a, nil
 }
 
-// isDelegated reports whether grant keeps a refresh token in the record.
-func isDelegated(grant string) bool { return grant == "" || grant == "refresh_token" }
-
 // Account is one account's token source: the newest refresh token, the
 // cached access token, and the record it persists rotations to. It is safe
 // for concurrent use.
@@ -192,7 +187,7 @@ type Account struct {
 	m        *Manager
 	login    string
 	mailbox  string
-	grant    string
+	grant    config.Grant
 	recordID string
 	provider config.Provider // copy: a reload never changes a running source
 
@@ -215,7 +210,7 @@ func newAccount(m *Manager, acct *config.Account, rec *tokenstore.Unlocked) (*Ac
 		generation: rec.Info.SecretGeneration,
 		provider:   *acct.Provider,
 	}
-	if isDelegated(acct.Grant) {
+	if acct.Grant.Delegated() {
 		a.source = &persistingSource{
 			account:      a,
 			config:       oauth2Config(&a.provider),
@@ -492,9 +487,9 @@ func isRevocation(err error) bool {
 // message is one line without secrets: what happened, the provider's
 // reason (error code, AADSTS code), and what to do, from the advice table
 // in grants_errors.go when the provider's code is known there. grant is
-// the account's grant, or the flow being run ("authorization_code",
-// "device_code").
-func classifyTokenError(login string, p *config.Provider, grant string, err error) *Error {
+// the account's grant; the authorization flows (code, device code) pass
+// config.GrantRefreshToken, the grant they set up.
+func classifyTokenError(login string, p *config.Provider, grant config.Grant, err error) *Error {
 	var re *oauth2.RetrieveError
 	if errors.As(err, &re) {
 		f := decodeTokenFailure(re)
@@ -510,7 +505,7 @@ func classifyTokenError(login string, p *config.Provider, grant string, err erro
 				"%s (%s); %s", fixText(adv.what, login, p), reason, fixText(adv.fix, login, p)), 400)}
 		}
 		switch {
-		case appOnly(grant) && (f.code == "invalid_grant" || f.code == "unauthorized_client"):
+		case grant.AppOnly() && (f.code == "invalid_grant" || f.code == "unauthorized_client"):
 			return &Error{Kind: AuthorizationFailed, Err: err, Message: OneLine(fmt.Sprintf(
 				"token endpoint refused the %s grant (%s); check provider %s's credentials, then run: imap-oauth-proxy check %s",
 				grant, reason, p.Name, login), 400)}

@@ -52,7 +52,7 @@ func cmdAuthorize(ctx context.Context, args []string, stdin io.Reader, stdout, s
 	if err != nil {
 		return err
 	}
-	appOnly := acct.Grant == "client_credentials" || acct.Grant == "service_account"
+	appOnly := acct.Grant.AppOnly()
 	switch {
 	case *external && *device:
 		return usageError("authorize takes -external or -device, not both")

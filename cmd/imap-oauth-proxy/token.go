@@ -30,7 +30,7 @@ func cmdTokenImport(args []string, stdin io.Reader, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	if acct.Grant != "refresh_token" {
+	if !acct.Grant.Delegated() {
 		return fmt.Errorf("accounts.%s uses grant %q, which has no refresh token to import", login, acct.Grant)
 	}
 
