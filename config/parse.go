@@ -33,49 +33,62 @@ type rawFile struct {
 
 // rawServer is the [server] table before its values are checked.
 type rawServer struct {
-	Listen                *string   `toml:"listen"`
-	ListenTLS             *string   `toml:"listen_tls"`
-	TLSCert               *string   `toml:"tls_cert"`
-	TLSKey                *string   `toml:"tls_key"`
-	AllowPlaintext        *bool     `toml:"allow_plaintext"`
-	StateDir              *string   `toml:"state_dir"`
-	LogLevel              *string   `toml:"log_level"`
-	LogFormat             *string   `toml:"log_format"`
-	PreauthTimeout        *duration `toml:"preauth_timeout"`
-	LoginTimeout          *duration `toml:"login_timeout"`
-	DialTimeout           *duration `toml:"dial_timeout"`
-	TokenTimeout          *duration `toml:"token_timeout"`
-	RefreshMargin         *duration `toml:"refresh_margin"`
-	MaxConnections        *int      `toml:"max_connections"`
-	MaxConnectionsPerIP   *int      `toml:"max_connections_per_ip"`
-	MaxConnectionsPerPeer *int      `toml:"max_connections_per_peer"`
-	FirstCommandTimeout   *duration `toml:"first_command_timeout"`
-	MaxLineBytes          *int      `toml:"max_line_bytes"`
-	MaxLiteralBytes       *int      `toml:"max_literal_bytes"`
-	ShutdownTimeout       *duration `toml:"shutdown_timeout"`
-	PreauthMaxTime        *duration `toml:"preauth_max_time"`
-	MetricsListen         *string   `toml:"metrics_listen"`
+	// Listeners and local TLS.
+	Listen         *string `toml:"listen"`
+	ListenTLS      *string `toml:"listen_tls"`
+	TLSCert        *string `toml:"tls_cert"`
+	TLSKey         *string `toml:"tls_key"`
+	AllowPlaintext *bool   `toml:"allow_plaintext"`
+	MetricsListen  *string `toml:"metrics_listen"`
+
+	// State and logs.
+	StateDir  *string `toml:"state_dir"`
+	LogLevel  *string `toml:"log_level"`
+	LogFormat *string `toml:"log_format"`
+
+	// Timeouts.
+	PreauthTimeout      *duration `toml:"preauth_timeout"`
+	LoginTimeout        *duration `toml:"login_timeout"`
+	DialTimeout         *duration `toml:"dial_timeout"`
+	TokenTimeout        *duration `toml:"token_timeout"`
+	RefreshMargin       *duration `toml:"refresh_margin"`
+	FirstCommandTimeout *duration `toml:"first_command_timeout"`
+	ShutdownTimeout     *duration `toml:"shutdown_timeout"`
+	PreauthMaxTime      *duration `toml:"preauth_max_time"`
+
+	// Limits.
+	MaxConnections        *int `toml:"max_connections"`
+	MaxConnectionsPerIP   *int `toml:"max_connections_per_ip"`
+	MaxConnectionsPerPeer *int `toml:"max_connections_per_peer"`
+	MaxLineBytes          *int `toml:"max_line_bytes"`
+	MaxLiteralBytes       *int `toml:"max_literal_bytes"`
 }
 
 // rawProvider is a [providers.NAME] table before its values are checked.
 type rawProvider struct {
-	Type               *string   `toml:"type"`
-	Tenant             *string   `toml:"tenant"`
-	AuthURL            *string   `toml:"auth_url"`
-	TokenURL           *string   `toml:"token_url"`
-	DeviceAuthURL      *string   `toml:"device_auth_url"`
-	Scopes             *[]string `toml:"scopes"`
-	AppScopes          *[]string `toml:"app_scopes"`
-	ClientID           *string   `toml:"client_id"`
-	ClientSecret       *string   `toml:"client_secret"`
-	ClientSecretFile   *string   `toml:"client_secret_file"`
-	IMAPAddress        *string   `toml:"imap_address"`
-	IMAPTLS            *string   `toml:"imap_tls"`
-	CAFile             *string   `toml:"ca_file"`
-	Mechanism          *string   `toml:"mechanism"`
-	ServiceAccountFile *string   `toml:"service_account_file"`
-	ClientCertFile     *string   `toml:"client_certificate_file"`
-	ClientKeyFile      *string   `toml:"client_key_file"`
+	Type   *string `toml:"type"`
+	Tenant *string `toml:"tenant"`
+
+	// The token endpoint and what to ask it for.
+	AuthURL       *string   `toml:"auth_url"`
+	TokenURL      *string   `toml:"token_url"`
+	DeviceAuthURL *string   `toml:"device_auth_url"`
+	Scopes        *[]string `toml:"scopes"`
+	AppScopes     *[]string `toml:"app_scopes"`
+
+	// The app's credentials.
+	ClientID           *string `toml:"client_id"`
+	ClientSecret       *string `toml:"client_secret"`
+	ClientSecretFile   *string `toml:"client_secret_file"`
+	ClientCertFile     *string `toml:"client_certificate_file"`
+	ClientKeyFile      *string `toml:"client_key_file"`
+	ServiceAccountFile *string `toml:"service_account_file"`
+
+	// The upstream IMAP server.
+	IMAPAddress *string `toml:"imap_address"`
+	IMAPTLS     *string `toml:"imap_tls"`
+	CAFile      *string `toml:"ca_file"`
+	Mechanism   *string `toml:"mechanism"`
 }
 
 // rawAccount is an [accounts.LOGIN] table before its values are checked.
