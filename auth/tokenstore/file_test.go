@@ -45,9 +45,9 @@ func TestOpenRefusesNonRegular(t *testing.T) {
 	}
 }
 
-// TestNewStoreRefusesWritableDir: a group- or world-writable state
+// TestNewRefusesWritableDir: a group- or world-writable state
 // directory is refused at start.
-func TestNewStoreRefusesWritableDir(t *testing.T) {
+func TestNewRefusesWritableDir(t *testing.T) {
 	for _, mode := range []os.FileMode{0o770, 0o777, 0o1777, 0o720} {
 		dir := filepath.Join(t.TempDir(), "state")
 		if err := os.Mkdir(dir, 0o700); err != nil {
