@@ -124,7 +124,9 @@ type Store struct {
 }
 
 // New returns a Store for the records in dir, creating dir (mode 0700)
-// if it does not exist.
+// if it does not exist. It refuses a dir that others could write to:
+// group- or world-writable, or owned by a user other than this process's
+// or root.
 func New(dir string, opts *Options) (*Store, error) {
 	if opts == nil {
 		opts = &Options{}
