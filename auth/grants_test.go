@@ -671,6 +671,8 @@ func TestClassifyTokenError(t *testing.T) {
 			AuthorizationFailed, []string{"multi-factor", "authorize collector"}},
 		{"conditional access", ms, "refresh_token", msErr(400, "invalid_grant", 53003, "Access has been blocked by Conditional Access policies."),
 			AuthorizationFailed, []string{"Conditional Access", "AADSTS53003"}},
+		{"app-only refused, no advice", ms, "client_credentials", msErr(400, "invalid_grant", 99998, "Something new."),
+			AuthorizationFailed, []string{"refused the client_credentials grant", "provider contoso's credentials", "check collector"}},
 		{"unknown aadsts", ms, "refresh_token", msErr(400, "invalid_request", 99999, "Something new."),
 			AuthorizationFailed, []string{"AADSTS99999: Something new."}},
 		{"transient", ms, "refresh_token", msErr(503, "temporarily_unavailable", 90033, "A transient error has occurred."),

@@ -122,6 +122,23 @@ func TestRevocationNotRetried(t *testing.T) {
 	}
 }
 
+// TestUnknownGrantRefused: an account whose grant this build does not
+// know (a Config built by hand; Load refuses it) fails at Unlock, before
+// the token endpoint is asked.
+func TestUnknownGrantRefused(t *testing.T) {
+	r := newManagerRig(t)
+	tokens := newTokens(t)
+	acct := r.account("collector", tokens)
+	acct.Grant = "password"
+	err := r.token(acct)
+	if auth.KindOf(err) != auth.AuthorizationFailed || !strings.Contains(err.Error(), "not supported") {
+		t.Fatalf("grant password: %v, want AuthorizationFailed, not supported", err)
+	}
+	if n := tokens.Requests(); n != 0 {
+		t.Errorf("%d token requests for an unknown grant, want 0", n)
+	}
+}
+
 // TestConcurrentLoginsShareOneRefresh: many simultaneous logins of one
 // account with a cold cache cause exactly one refresh.
 func TestConcurrentLoginsShareOneRefresh(t *testing.T) {
