@@ -20,9 +20,9 @@
 // missing fields, bad values, addresses and URLs and dangling provider names
 // are all reported together in one *ValidationError, each problem starting
 // with its key path. A value of the wrong TOML type (a number where a string
-// belongs, say) ends decoding: the error names that one, with its line and
-// key, and no other problem. A Config is never returned together with an
-// error.
+// belongs, say) ends decoding: the error names that one's key (and line,
+// mostly), and no other problem. A Config is never returned together with
+// an error.
 //
 // A returned Config is not modified by this package; it is safe for concurrent
 // reads as long as no caller writes to it.

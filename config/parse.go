@@ -21,10 +21,10 @@ import (
 // maxLoginBytes bounds the length of a local login.
 const maxLoginBytes = 255
 
-// rawFile is the file as the toml package decodes it. A field is a pointer
-// when the key's absence matters; a nil pointer is a key the file does not
-// set. The toml package checks the types: a value of the wrong type ends
-// decoding there, with an error that names its line and key.
+// rawFile is the file as the toml package decodes it. Each key's field is
+// a pointer, nil when the file does not set the key. The toml package
+// checks the types: a value of the wrong type ends decoding there, with an
+// error that names its key.
 type rawFile struct {
 	Server    rawServer              `toml:"server"`
 	Providers map[string]rawProvider `toml:"providers"`
