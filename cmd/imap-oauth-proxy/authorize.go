@@ -250,4 +250,3 @@ func parseLoginFlags(fs *flag.FlagSet, args []string, cmd string) (string, error
 	}
 	return login, nil
 }
-
