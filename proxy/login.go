@@ -18,7 +18,7 @@ func (c *conn) login(tag, login, password string) (reason string, done bool) {
 	ctx, cancel := context.WithTimeout(c.srv.ctx, c.cfg.Server.LoginTimeout)
 	defer cancel()
 	account, waited, err := c.checkPassword(ctx, login, password)
-	var up *upstreamConn
+	var up *UpstreamConn
 	if err == nil {
 		up, err = c.connectUpstream(ctx, login, account)
 	}
@@ -120,21 +120,21 @@ func sleepContext(ctx context.Context, d time.Duration) bool {
 
 // connectUpstream gets the account's access token and logs in upstream, refreshing and retrying once if the upstream refuses a cached
 // token.
-func (c *conn) connectUpstream(ctx context.Context, login string, account *auth.Account) (*upstreamConn, error) {
+func (c *conn) connectUpstream(ctx context.Context, login string, account *auth.Account) (*UpstreamConn, error) {
 	acct := c.cfg.Accounts[login]
-	l := &upstreamLogin{
-		trace:       c.upstreamTrace(),
-		account:     acct,
-		tlsConfig:   c.cfg.upstreamTLS[acct.Provider.Name],
-		dialTimeout: c.cfg.Server.DialTimeout,
+	l := &UpstreamLogin{
+		Trace:       c.upstreamTrace(),
+		Account:     acct,
+		TLSConfig:   c.cfg.upstreamTLS[acct.Provider.Name],
+		DialTimeout: c.cfg.Server.DialTimeout,
 	}
 	for attempt := 0; ; attempt++ {
 		tok, err := account.Token(ctx)
 		if err != nil {
 			return nil, err
 		}
-		l.token = tok.AccessToken
-		up, err := loginUpstream(ctx, l)
+		l.Token = tok.AccessToken
+		up, err := DialUpstream(ctx, l)
 		if err == nil {
 			return up, nil
 		}

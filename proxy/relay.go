@@ -54,7 +54,7 @@ type copyResult struct {
 // relay passes bytes both ways until one side closes, first forwarding
 // whatever the pre-auth readers had already buffered. It returns why the
 // session ended.
-func (c *conn) relay(up *upstreamConn, log *slog.Logger) string {
+func (c *conn) relay(up *UpstreamConn, log *slog.Logger) string {
 	defer up.nc.Close()
 	c.nc.SetDeadline(time.Time{})
 	c.mu.Lock()
