@@ -28,6 +28,34 @@ const maxUpstreamLine = 64 * 1024
 // stale, so the caller refreshes once and retries once.
 var errTokenRefused = errors.New("upstream refused the token")
 
+// UpstreamAnswer is a tagged answer of the upstream other than OK. It is
+// in the chain of the error DialUpstream returns for it.
+type UpstreamAnswer struct {
+	// Command is the command answered, such as "AUTHENTICATE".
+	Command string
+	// Status is "NO" or "BAD".
+	Status string
+	// Code is the response code without its brackets, such as
+	// "AUTHENTICATIONFAILED" or "ALERT"; "" when there is none.
+	Code string
+	// Text is the human-readable rest of the line.
+	Text string
+}
+
+// String returns the answer as the server sent it, without its tag.
+func (a *UpstreamAnswer) String() string {
+	s := a.Status
+	if a.Code != "" {
+		s += " [" + a.Code + "]"
+	}
+	if a.Text != "" {
+		s += " " + a.Text
+	}
+	return s
+}
+
+func (a *UpstreamAnswer) Error() string { return a.Command + " " + a.String() }
+
 // Phase names one step of an upstream login, in the order they run:
 // connect, tls, greeting, capability, authenticate; with STARTTLS the
 // greeting comes before tls.
@@ -354,16 +382,18 @@ func (up *UpstreamConn) authenticate(l *UpstreamLogin, saslIR bool) error {
 				}
 				return nil
 			case "NO":
-				cause := errTokenRefused
+				answer := &UpstreamAnswer{Command: "AUTHENTICATE", Status: r.status, Code: r.code, Text: r.text}
+				cause := fmt.Errorf("%w: %w", errTokenRefused, answer)
 				if challengeErr != nil {
-					cause = fmt.Errorf("%w: %w", errTokenRefused, challengeErr)
+					cause = fmt.Errorf("%w: %w: %w", errTokenRefused, answer, challengeErr)
 				}
 				cause = fmt.Errorf("%w; likely causes: %s", cause, auth.RefusalAdvice(l.Account))
 				msg := auth.OneLine(fmt.Sprintf("upstream refused the token for %s: %s", l.Account.Mailbox, r.text), 300) +
 					"; for the likely causes run: imap-oauth-proxy check " + l.Account.Login
 				return &auth.Error{Kind: auth.AuthorizationFailed, Err: cause, Message: auth.OneLine(msg, 400)}
 			default:
-				return &auth.Error{Kind: auth.AuthorizationFailed, Err: fmt.Errorf("AUTHENTICATE %s: %s", r.status, r.text),
+				answer := &UpstreamAnswer{Command: "AUTHENTICATE", Status: r.status, Code: r.code, Text: r.text}
+				return &auth.Error{Kind: auth.AuthorizationFailed, Err: answer,
 					Message: auth.OneLine(fmt.Sprintf("upstream rejected the login for %s: %s", l.Account.Mailbox, r.text), 400)}
 			}
 		default:

@@ -359,7 +359,7 @@ func TestCheckStartTLS(t *testing.T) {
 		}
 		order = append(order, m[1])
 	}
-	if got := strings.Join(order, " "); got != "record token connect greeting tls xoauth2 list" {
+	if got := strings.Join(order, " "); got != "record token connect greeting tls capability xoauth2 list" {
 		t.Errorf("steps %s", got)
 	}
 	if !strings.Contains(r.stdout, "STARTTLS") || !strings.Contains(r.stdout, "AUTHENTICATE XOAUTH2 [redacted]") {
