@@ -217,6 +217,9 @@ func DialUpstream(ctx context.Context, l *UpstreamLogin) (*UpstreamConn, error) 
 		}
 	}
 	err = up.authenticate(l, hasCap(caps, "SASL-IR"))
+	if err == nil && l.Account.Provider.Type == "microsoft" {
+		err = up.probeMailbox(l)
+	}
 	if done(PhaseAuthenticate, up.caps, nil, err) != nil {
 		return nil, err
 	}
@@ -383,6 +386,9 @@ func (up *UpstreamConn) authenticate(l *UpstreamLogin, saslIR bool) error {
 				return nil
 			case "NO":
 				answer := &UpstreamAnswer{Command: "AUTHENTICATE", Status: r.status, Code: r.code, Text: r.text}
+				if upstreamBusy(answer) {
+					return busyError(l.Account, answer)
+				}
 				cause := fmt.Errorf("%w: %w", errTokenRefused, answer)
 				if challengeErr != nil {
 					cause = fmt.Errorf("%w: %w: %w", errTokenRefused, answer, challengeErr)
@@ -393,6 +399,9 @@ func (up *UpstreamConn) authenticate(l *UpstreamLogin, saslIR bool) error {
 				return &auth.Error{Kind: auth.AuthorizationFailed, Err: cause, Message: auth.OneLine(msg, 400)}
 			default:
 				answer := &UpstreamAnswer{Command: "AUTHENTICATE", Status: r.status, Code: r.code, Text: r.text}
+				if upstreamBusy(answer) {
+					return busyError(l.Account, answer)
+				}
 				return &auth.Error{Kind: auth.AuthorizationFailed, Err: answer,
 					Message: auth.OneLine(fmt.Sprintf("upstream rejected the login for %s: %s", l.Account.Mailbox, r.text), 400)}
 			}
@@ -400,6 +409,32 @@ func (up *UpstreamConn) authenticate(l *UpstreamLogin, saslIR bool) error {
 			return protocolError(addr, "unexpected response to AUTHENTICATE")
 		}
 	}
+}
+
+// probeMailbox sends NAMESPACE after Microsoft 365 accepted the token:
+// when the mailbox cannot be opened, Microsoft says OK to AUTHENTICATE
+// and BAD "User is authenticated but not connected." to every command
+// after it, so the collector would get OK and then an unexplained BAD.
+// NAMESPACE is the first command that fails in the published logs
+// (MailKit#1496, node-imap#523) and changes no state. Any answer but that
+// BAD passes; the untagged NAMESPACE response is consumed.
+func (up *UpstreamConn) probeMailbox(l *UpstreamLogin) error {
+	addr := l.Account.Provider.IMAPAddress
+	if err := up.send("P3 NAMESPACE", ""); err != nil {
+		return unavailable(fmt.Sprintf("upstream %s", addr), err)
+	}
+	r, err := up.waitTagged("P3", nil)
+	if err != nil {
+		return unavailable(fmt.Sprintf("upstream %s closed after AUTHENTICATE", addr), err)
+	}
+	answer := &UpstreamAnswer{Command: "NAMESPACE", Status: r.status, Code: r.code, Text: r.text}
+	if isNotConnected(answer) {
+		return notConnectedError(l.Account, answer)
+	}
+	if upstreamBusy(answer) {
+		return busyError(l.Account, answer)
+	}
+	return nil
 }
 
 // waitTagged reads responses until the one tagged tag, passing untagged

@@ -403,8 +403,16 @@ func refusalDetail(err error, acct *config.Account) string {
 		parts = append(parts, s+")")
 	}
 	var answer *proxy.UpstreamAnswer
-	if !errors.As(err, &answer) {
+	switch {
+	case !errors.As(err, &answer):
 		return fmt.Sprintf("AUTHENTICATE failed: %s", auth.MessageOf(err, err.Error()))
+	case auth.KindOf(err) == auth.Unavailable:
+		// A limit or throttling: the token was not what failed.
+		return fmt.Sprintf("the server answered %s %s: it will not take this login now, whatever the token; "+
+			"the collector gets NO [UNAVAILABLE] and retries. If it persists, lower the sessions open to %s "+
+			"(max_sessions) or wait for the back-off", answer.Command, answer.String(), acct.Mailbox)
+	case answer.Command == "NAMESPACE":
+		return fmt.Sprintf("the server said OK to AUTHENTICATE, then %s to NAMESPACE. %s", answer.String(), proxy.NotConnectedAdvice(acct))
 	}
 	parts = append(parts, "the server answered "+answer.String())
 	return strings.TrimSuffix(strings.Join(parts, " and "), ".") + ". " + auth.RefusalAdvice(acct)
