@@ -57,6 +57,12 @@ type harnessOptions struct {
 	failureDelay time.Duration
 	// peerUID is proxy.Options.PeerUID; nil: the kernel's answer.
 	peerUID proxy.PeerUIDFunc
+	// personality and upstreamMaxSessions are the upstream's
+	// proxytest.UpstreamOptions Personality and MaxSessions.
+	personality         proxytest.Personality
+	upstreamMaxSessions int
+	// providerType is the lab provider's type; "" means generic.
+	providerType string
 	// localTLS gives the proxy a certificate for localhost and 127.0.0.1
 	// (STARTTLS, implicit TLS); its CA is in harness.localCA.
 	localTLS bool
@@ -113,7 +119,8 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 		}
 		return h.tokens.Validate(user, token)
 	}
-	up, err := proxytest.NewUpstream(proxytest.UpstreamOptions{Validate: validate, GmailErrors: opts.gmailErrors})
+	up, err := proxytest.NewUpstream(proxytest.UpstreamOptions{Validate: validate, GmailErrors: opts.gmailErrors,
+		Personality: opts.personality, MaxSessions: opts.upstreamMaxSessions})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,6 +157,7 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 		TokenURL: tokenURL, ClientID: testClientID, ClientSecret: testSecret,
 		IMAPAddress: imapAddress, CAFile: "ca.pem",
 		Accounts: map[string]string{testLogin: testMailbox},
+		Type:     opts.providerType,
 	})
 	rt := h.tokens.Grant(testMailbox)
 	h.grants = append(h.grants, rt)

@@ -222,8 +222,10 @@ func (u *Upstream) Close() error {
 		nc.Close()
 	}
 	u.mu.Unlock()
+	// Closing the pipe listener ends go-imap's Serve (Server.Close could
+	// race with a Serve that has not started yet); its sessions end as
+	// their fronts close their pipes.
 	u.pipes.Close()
-	u.server.Close()
 	<-u.done
 	return err
 }
