@@ -121,6 +121,7 @@ func TestServiceFromMakeInstall(t *testing.T) {
 	l.startService(t)
 	l.loginAndRotation(t)
 	l.otherUserReadsNothing(t)
+	l.peerUIDKnown(t)
 	l.securityExposure(t)
 	l.reload(t)
 	l.badConfigDoesNotLoop(t)
@@ -389,6 +390,21 @@ func (l *lab) otherUserReadsNothing(t *testing.T) {
 		if !strings.Contains(out, "Permission denied") {
 			t.Errorf("as nobody, %s: %s", cmd, out)
 		}
+	}
+}
+
+// peerUIDKnown checks that the sandboxed daemon finds the uid of a
+// loopback client (sock_diag, or /proc as the fallback): a login by nobody
+// is logged with uid=65534, and never with "peer uid unknown".
+func (l *lab) peerUIDKnown(t *testing.T) {
+	t.Helper()
+	before := l.journalCount(t, "uid=65534")
+	l.mustInput("setpriv --reuid=nobody --regid=nogroup --clear-groups curl -sS --max-time 30 -K - --url 'imap://127.0.0.1:1143/INBOX;UID=1'",
+		curlUser("helpdesk", helpdeskPassword))
+	l.waitJournal(t, "uid=65534", before)
+	if n := l.journalCount(t, "peer uid unknown"); n > 0 {
+		t.Errorf("the daemon logged %d time(s) that it could not find a peer's uid:\n%s", n,
+			l.must("journalctl -u imap-oauth-proxy -o cat --no-pager | grep -F 'peer uid unknown' | head -n 3"))
 	}
 }
 

@@ -15,8 +15,9 @@ import (
 
 // lookupPeerUID finds the uid owning the client end of a loopback TCP
 // connection: from the kernel's sock_diag netlink interface, or, where
-// that is not available (no NETLINK_SOCK_DIAG in a sandbox), from
-// /proc/net/tcp and /proc/net/tcp6. local and remote are the server
+// that is not available (no AF_NETLINK in a sandbox), from
+// /proc/self/net/tcp and tcp6: /proc/net is hidden by systemd's
+// ProcSubset=pid, /proc/self/net is not. local and remote are the server
 // side's addresses, so the client's socket is the one bound to remote
 // and connected to local.
 func lookupPeerUID(local, remote net.Addr) (uint32, error) {
@@ -24,7 +25,7 @@ func lookupPeerUID(local, remote net.Addr) (uint32, error) {
 	if diagErr == nil {
 		return uid, nil
 	}
-	uid, procErr := procNetUID("/proc/net", local, remote)
+	uid, procErr := procNetUID("/proc/self/net", local, remote)
 	if procErr == nil {
 		return uid, nil
 	}
