@@ -45,6 +45,7 @@ type rawServer struct {
 	DialTimeout           rawValue `toml:"dial_timeout"`
 	TokenTimeout          rawValue `toml:"token_timeout"`
 	RefreshMargin         rawValue `toml:"refresh_margin"`
+	SessionTokenMin       rawValue `toml:"session_token_min"`
 	MaxConnections        rawValue `toml:"max_connections"`
 	MaxConnectionsPerIP   rawValue `toml:"max_connections_per_ip"`
 	MaxConnectionsPerPeer rawValue `toml:"max_connections_per_peer"`
@@ -75,13 +76,16 @@ type rawProvider struct {
 	ServiceAccountFile rawValue `toml:"service_account_file"`
 	ClientCertFile     rawValue `toml:"client_certificate_file"`
 	ClientKeyFile      rawValue `toml:"client_key_file"`
+	Cloud              rawValue `toml:"cloud"`
+	MaxSessions        rawValue `toml:"max_sessions"`
 }
 
 // rawAccount is an [accounts.LOGIN] table before its values are checked.
 type rawAccount struct {
-	Provider rawValue `toml:"provider"`
-	Mailbox  rawValue `toml:"mailbox"`
-	Grant    rawValue `toml:"grant"`
+	Provider    rawValue `toml:"provider"`
+	Mailbox     rawValue `toml:"mailbox"`
+	Grant       rawValue `toml:"grant"`
+	MaxSessions rawValue `toml:"max_sessions"`
 }
 
 // rawValue holds one TOML value as the decoder found it. Its type is checked
@@ -269,6 +273,7 @@ func (p *parser) server(r *rawServer, opts *LoadOptions) Server {
 	p.duration(r.DialTimeout, &s.DialTimeout, "server", "dial_timeout")
 	p.duration(r.TokenTimeout, &s.TokenTimeout, "server", "token_timeout")
 	p.duration(r.RefreshMargin, &s.RefreshMargin, "server", "refresh_margin")
+	p.duration(r.SessionTokenMin, &s.SessionTokenMin, "server", "session_token_min")
 	p.limit(r.MaxConnections, &s.MaxConnections, "server", "max_connections")
 	if r.MaxConnectionsPerIP.set && r.MaxConnectionsPerPeer.set {
 		p.addf("server.max_connections_per_ip", "old name of server.max_connections_per_peer, which is set too: keep one")
@@ -353,11 +358,20 @@ func (p *parser) provider(name string, r *rawProvider) *Provider {
 	if typ == "microsoft" && tenant == "" {
 		tenant = "organizations"
 	}
+	cloud := ""
+	if typ == "microsoft" {
+		cloud = "global"
+	}
+	if p.enum(r.Cloud, &cloud, []string{"global", "usgov", "china"}, at("cloud")...) && r.Cloud.set && typ != "microsoft" && typ != "" {
+		p.addf(keyPath(at("cloud")...), "only for type microsoft")
+	}
 
-	pr := preset(typ, tenant)
+	pr := preset(typ, tenant, cloud)
 	pr.Name = name
 	pr.Type = typ
 	pr.Tenant = tenant
+	pr.Cloud = cloud
+	p.count(r.MaxSessions, &pr.MaxSessions, at("max_sessions")...)
 
 	p.str(r.AuthURL, &pr.AuthURL, at("auth_url")...)
 	tokenURLOK := p.str(r.TokenURL, &pr.TokenURL, at("token_url")...) || !r.TokenURL.set
@@ -517,6 +531,10 @@ func (p *parser) account(login string, r *rawAccount, providers map[string]*Prov
 			p.addf(keyPath(at("mailbox")...), "contains control characters")
 		}
 	}
+	if a.Provider != nil {
+		a.MaxSessions = a.Provider.MaxSessions
+	}
+	p.count(r.MaxSessions, &a.MaxSessions, at("max_sessions")...)
 	grantOK := p.enum(r.Grant, &a.Grant, []string{"refresh_token", "client_credentials", "service_account"}, at("grant")...)
 	if !grantOK || a.Provider == nil {
 		return a
@@ -529,7 +547,7 @@ func (p *parser) account(login string, r *rawAccount, providers map[string]*Prov
 			p.addf(keyPath(at("grant")...), "client_credentials needs providers.%s.client_secret, client_secret_file, "+
 				"or client_certificate_file and client_key_file", keyPath(pr.Name))
 		}
-		if pr.Type == "microsoft" && pr.TokenURL == preset(pr.Type, pr.Tenant).TokenURL && isOneOf(pr.Tenant, "organizations", "common", "consumers") {
+		if pr.Type == "microsoft" && pr.TokenURL == preset(pr.Type, pr.Tenant, pr.Cloud).TokenURL && isOneOf(pr.Tenant, "organizations", "common", "consumers") {
 			p.addf(keyPath(at("grant")...), "client_credentials needs providers.%s.tenant set to the tenant's ID or domain, not %q", keyPath(pr.Name), pr.Tenant)
 		}
 	case "service_account":
@@ -646,6 +664,23 @@ func (p *parser) limit(r rawValue, dst *int, key ...string) {
 	}
 	if n <= 0 || int64(int(n)) != n {
 		p.addf(keyPath(key...), "must be a positive integer, got %d", n)
+		return
+	}
+	*dst = int(n)
+}
+
+// count stores r in *dst if it is a non-negative integer.
+func (p *parser) count(r rawValue, dst *int, key ...string) {
+	if !r.set {
+		return
+	}
+	n, ok := r.v.(int64)
+	if !ok {
+		p.addf(keyPath(key...), "want an integer, got %s", goTypeName(r.v))
+		return
+	}
+	if n < 0 || int64(int(n)) != n {
+		p.addf(keyPath(key...), "must be 0 (no limit) or a positive integer, got %d", n)
 		return
 	}
 	*dst = int(n)
