@@ -63,6 +63,8 @@ type harnessOptions struct {
 	upstreamMaxSessions int
 	// providerType is the lab provider's type; "" means generic.
 	providerType string
+	// accountTOML adds lines to the test account's table.
+	accountTOML string
 	// localTLS gives the proxy a certificate for localhost and 127.0.0.1
 	// (STARTTLS, implicit TLS); its CA is in harness.localCA.
 	localTLS bool
@@ -159,6 +161,7 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 		Accounts: map[string]string{testLogin: testMailbox},
 		Type:     opts.providerType,
 	})
+	text += opts.accountTOML // the test account's table is the last one
 	rt := h.tokens.Grant(testMailbox)
 	h.grants = append(h.grants, rt)
 	failureDelay := opts.failureDelay

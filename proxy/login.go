@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"golang.org/x/oauth2"
+
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 )
 
@@ -19,8 +21,21 @@ func (c *conn) login(tag, login, password string) (reason string, done bool) {
 	defer cancel()
 	account, waited, err := c.checkPassword(ctx, login, password)
 	var up *UpstreamConn
+	var release func()
+	if err == nil {
+		// Past max_sessions, the upstream is not even asked.
+		release, err = c.srv.sessions.take(c.cfg.Accounts[login])
+	}
 	if err == nil {
 		up, err = c.connectUpstream(ctx, login, account)
+	}
+	if release != nil {
+		if err != nil {
+			release()
+		} else {
+			up.release = release
+			defer release()
+		}
 	}
 	if err == nil && c.draining.Load() {
 		up.nc.Close()
@@ -129,7 +144,7 @@ func (c *conn) connectUpstream(ctx context.Context, login string, account *auth.
 		DialTimeout: c.cfg.Server.DialTimeout,
 	}
 	for attempt := 0; ; attempt++ {
-		tok, err := account.Token(ctx)
+		tok, err := c.sessionToken(ctx, login, account)
 		if err != nil {
 			return nil, err
 		}
@@ -144,6 +159,28 @@ func (c *conn) connectUpstream(ctx context.Context, login string, account *auth.
 		c.logger.Info("upstream refused the access token; refreshing once", "login", login)
 		account.Refused(tok)
 	}
+}
+
+// sessionToken returns an access token for a new session: one with at
+// least session_token_min left, refreshing the cached one when it has less
+// (Microsoft 365 ends a session when its token expires). A token just
+// refreshed is used whatever its lifetime.
+func (c *conn) sessionToken(ctx context.Context, login string, account *auth.Account) (*oauth2.Token, error) {
+	refreshes := account.Refreshes()
+	tok, err := account.Token(ctx)
+	if err != nil {
+		return nil, err
+	}
+	min := c.cfg.Server.SessionTokenMin
+	left := time.Until(tok.Expiry)
+	fresh := account.Refreshes() != refreshes // this call refreshed
+	if min <= 0 || tok.Expiry.IsZero() || left >= min || fresh {
+		return tok, nil
+	}
+	c.logger.Info("access token too close to expiry for a new session; refreshing", "login", login,
+		"left", left.Round(time.Second), "session_token_min", min)
+	account.Refused(tok) // drops it from the cache, so Token refreshes
+	return account.Token(ctx)
 }
 
 // maxTracedUpstreamLines bounds the upstream lines one login traces: an

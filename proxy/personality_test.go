@@ -214,3 +214,87 @@ func TestGmailRefusedTokenTwice(t *testing.T) {
 	wantLoginMetric(t, h, "AUTHORIZATIONFAILED", 1)
 	wantNoSecrets(t, h)
 }
+
+func TestMicrosoftAccessTokenExpiredBye(t *testing.T) {
+	h := newHarness(t, harnessOptions{flavor: authtest.Microsoft, personality: proxytest.Microsoft, providerType: "microsoft"})
+	got, r := collectorLogin(h)
+	if got != "a1 OK LOGIN completed" {
+		t.Fatalf("login: %q", got)
+	}
+	r.send("a2 SELECT INBOX\r\n")
+	r.until("a2 OK")
+	if n := h.upstream.ExpireSessions(testMailbox); n != 1 {
+		t.Fatalf("ExpireSessions ended %d sessions, want 1", n)
+	}
+	if l := r.line(); l != "* BYE Session invalidated - AccessTokenExpired" {
+		t.Errorf("collector got %q, want Microsoft's BYE passed through", l)
+	}
+	if !r.closed() {
+		t.Error("the proxy did not close the collector's connection")
+	}
+	if err := h.stop(); err != nil { // waits for the session's last log line
+		t.Fatal(err)
+	}
+	wantLogLine(t, h, "level=INFO", `msg="relay end"`,
+		`reason="upstream BYE: Session invalidated - AccessTokenExpired (expected: the access token expired`)
+	if strings.Contains(h.logs.String(), "level=ERROR") || strings.Contains(h.logs.String(), "level=WARN") {
+		t.Errorf("the expected BYE was logged as a warning or an error")
+	}
+	wantLoginMetric(t, h, "OK", 1)
+}
+
+func TestSessionTokenMin(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		accessTTL time.Duration
+		// refreshes after two logins: a token shorter than
+		// session_token_min is refreshed before each session, and a
+		// fresh one is used whatever its lifetime.
+		refreshes int
+		logged    bool
+	}{
+		{"tokens longer than the minimum", 60 * time.Minute, 1, false},
+		{"tokens shorter than the minimum", 40 * time.Minute, 2, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, harnessOptions{flavor: authtest.Microsoft, personality: proxytest.Microsoft,
+				accessTTL: tc.accessTTL, serverTOML: "session_token_min = \"45m\"\n"})
+			logins(t, h, 2)
+			if n := h.tokens.RefreshCount(testMailbox); n != tc.refreshes {
+				t.Errorf("%d refreshes, want %d", n, tc.refreshes)
+			}
+			if got := strings.Contains(h.logs.String(), "access token too close to expiry for a new session; refreshing"); got != tc.logged {
+				t.Errorf("refresh before the session logged: %v, want %v", got, tc.logged)
+			}
+			wantLoginMetric(t, h, "OK", 2)
+		})
+	}
+}
+
+func TestMaxSessions(t *testing.T) {
+	h := newHarness(t, harnessOptions{flavor: authtest.Microsoft, personality: proxytest.Microsoft,
+		accountTOML: "max_sessions = 2\n"})
+	logins(t, h, 1)
+	_, second := collectorLogin(h)
+	conns := h.upstream.Connections()
+
+	got, _ := collectorLogin(h)
+	if want := "a1 NO [UNAVAILABLE] too many sessions open for " + testLogin + " (max_sessions 2); retry later"; got != want {
+		t.Errorf("collector got\n%q, want\n%q", got, want)
+	}
+	if n := h.upstream.Connections(); n != conns {
+		t.Errorf("the upstream got %d connections for a login past max_sessions, want none", n-conns)
+	}
+	wantLogLine(t, h, `msg="login failed"`, "outcome=UNAVAILABLE", "max_sessions reached: 2 sessions open to "+testMailbox)
+	wantLoginMetric(t, h, "UNAVAILABLE", 1)
+
+	// A session that ends frees its slot before the collector sees the end.
+	second.send("a2 LOGOUT\r\n")
+	if !second.closed() {
+		t.Fatal("LOGOUT did not end the session")
+	}
+	if got, _ := collectorLogin(h); !strings.HasPrefix(got, "a1 OK ") {
+		t.Errorf("login after a session ended: %q", got)
+	}
+	wantNoSecrets(t, h)
+}

@@ -125,6 +125,9 @@ type UpstreamConn struct {
 	trace func(dir, line string)
 	// lastLine is the last response read, for the greeting's detail.
 	lastLine string
+	// release gives back the session's max_sessions slot; nil when
+	// there is none. The relay calls it as soon as the upstream is gone.
+	release func()
 }
 
 // Capabilities returns the capabilities the server announced with its OK
