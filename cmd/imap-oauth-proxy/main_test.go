@@ -553,6 +553,43 @@ var (
 	demoConfRE  = regexp.MustCompile(`config:\s+(\S+)`)
 )
 
+// TestDemoUpstreamPersonalities serves the demo with each provider
+// personality: the collector logs in and reads the welcome message, and
+// Gmail's capabilities reach it in the OK to LOGIN.
+func TestDemoUpstreamPersonalities(t *testing.T) {
+	for _, tc := range []struct {
+		upstream string
+		gmailCap bool
+	}{{"microsoft", false}, {"gmail", true}} {
+		t.Run(tc.upstream, func(t *testing.T) {
+			c := newCLI(t)
+			c.secret("demo-secret")
+			b := c.start("", "demo", "-listen", "127.0.0.1:0", "-dir", t.TempDir(), "-upstream", tc.upstream)
+			addr := b.wait(b.stdout, demoReadyRE)[1]
+			cl := dialIMAP(t, addr)
+			if err := cl.Login(demoLogin, demoPassword).Wait(); err != nil {
+				t.Fatalf("LOGIN: %v", err)
+			}
+			if got := cl.Caps().Has(imap.Cap("X-GM-EXT-1")); got != tc.gmailCap {
+				t.Errorf("X-GM-EXT-1 after login: %v, want %v", got, tc.gmailCap)
+			}
+			if sel, err := cl.Select("INBOX", nil).Wait(); err != nil || sel.NumMessages != 1 {
+				t.Fatalf("SELECT INBOX: %v, %+v", err, sel)
+			}
+			if err := cl.Logout().Wait(); err != nil {
+				t.Errorf("LOGOUT: %v", err)
+			}
+			if code := b.stop(); code != 0 {
+				t.Errorf("demo exit %d, stderr:\n%s", code, b.stderr.String())
+			}
+		})
+	}
+	c := newCLI(t)
+	if r := c.run("", "demo", "-upstream", "mars"); r.code != 2 || !strings.Contains(r.stderr, "want plain, microsoft or gmail") {
+		t.Errorf("demo -upstream mars: exit %d, stderr:\n%s", r.code, r.stderr)
+	}
+}
+
 func TestDemo(t *testing.T) {
 	c := newCLI(t)
 	c.secret("demo-secret") // the demo's client secret is not printed
