@@ -47,7 +47,7 @@ build/man/%: docs/%.scd
 # The proxy on 127.0.0.1:1143 against a built-in XOAUTH2-only upstream and
 # token endpoint; prints the login to try. Ctrl-C stops it.
 demo:
-	$(GO) run -ldflags "$(LDFLAGS)" ./cmd/imap-oauth-proxy demo
+	$(GO) run ./cmd/imap-oauth-proxy-demo
 
 test: check unit fuzz
 

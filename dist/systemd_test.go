@@ -36,6 +36,7 @@ type artifacts struct {
 	debs        string // directory holding oldDeb and newDeb
 	oldDeb      string
 	newDeb      string
+	lab         string // directory holding imap-oauth-proxy-demo, the lab's upstream
 	err         error
 	buildTiming time.Duration
 }
@@ -72,13 +73,20 @@ func buildArtifacts(t *testing.T) *artifacts {
 		if built.err != nil {
 			return
 		}
+		built.lab, built.err = os.MkdirTemp("", "imap-oauth-proxy-lab-")
+		if built.err != nil {
+			return
+		}
 		steps := [][]string{
 			{"make", "-C", src, "build", "man"},
 			{"make", "-C", src, "deb", "DEB_VERSION=0.1.0", "DEB_DIR=" + built.debs},
 			{"make", "-C", src, "deb", "DEB_VERSION=0.1.1", "DEB_DIR=" + built.debs},
+			{"go", "build", "-o", filepath.Join(built.lab, "imap-oauth-proxy-demo"), "./cmd/imap-oauth-proxy-demo"},
 		}
 		for _, step := range steps {
-			if out, err := exec.Command(step[0], step[1:]...).CombinedOutput(); err != nil {
+			cmd := exec.Command(step[0], step[1:]...)
+			cmd.Dir = src
+			if out, err := cmd.CombinedOutput(); err != nil {
 				built.err = fmt.Errorf("%s: %v\n%s", strings.Join(step, " "), err, tail(out, 30))
 				return
 			}
@@ -107,14 +115,14 @@ func TestServiceFromMakeInstall(t *testing.T) {
 	t.Parallel()
 	root, art := prepare(t)
 	start := time.Now()
-	c := boot(t, root, map[string]string{art.src: "/src"})
+	c := boot(t, root, map[string]string{art.src: "/src", art.lab: "/opt/lab"})
 	t.Logf("booted in %s", time.Since(start).Round(time.Millisecond))
 
 	// make install from a tree whose binary and man pages are built; the
 	// container has no Go, so a rebuild would fail here.
 	c.must("make -C /src install")
 	checkInstalled(t, c, "/usr/local/bin/imap-oauth-proxy", "/usr/local/share/man")
-	l := startLab(t, c, "/usr/local/bin/imap-oauth-proxy")
+	l := startLab(t, c)
 
 	l.configure(t, "")
 	l.importToken(t, "helpdesk", helpdeskPassword)
@@ -141,7 +149,7 @@ func TestServiceFromPackage(t *testing.T) {
 	needContainers(t)
 	t.Parallel()
 	root, art := prepare(t)
-	c := boot(t, root, map[string]string{art.debs: "/debs"})
+	c := boot(t, root, map[string]string{art.debs: "/debs", art.lab: "/opt/lab"})
 
 	c.must("apt-get install -y -q " + art.oldDeb)
 	checkInstalled(t, c, "/usr/bin/imap-oauth-proxy", "/usr/share/man")
@@ -151,7 +159,7 @@ func TestServiceFromPackage(t *testing.T) {
 	if got, _ := c.run("systemctl is-enabled imap-oauth-proxy"); got != "disabled" {
 		t.Errorf("after install the service is %q, want disabled until configured", got)
 	}
-	l := startLab(t, c, "/usr/bin/imap-oauth-proxy")
+	l := startLab(t, c)
 	l.configure(t, "")
 	l.importToken(t, "helpdesk", helpdeskPassword)
 	l.startService(t)
@@ -221,10 +229,10 @@ func checkInstalled(t *testing.T, c *container, bin, mandir string) {
 // startLab starts the demo's upstream and token endpoint as a transient
 // unit beside the service (Type=notify: systemd-run returns once it has
 // written provider.toml and the refresh tokens).
-func startLab(t *testing.T, c *container, bin string) *lab {
+func startLab(t *testing.T, c *container) *lab {
 	t.Helper()
-	c.must("systemd-run --unit=demo-upstream -p Type=notify -p NotifyAccess=main " + bin +
-		" demo -upstream-only -dir /run/demo -mailbox helpdesk@example.test -mailbox sales@example.test")
+	c.must("systemd-run --unit=demo-upstream -p Type=notify -p NotifyAccess=main /opt/lab/imap-oauth-proxy-demo" +
+		" -upstream-only -dir /run/demo -mailbox helpdesk@example.test -mailbox sales@example.test")
 	provider := c.must("cat /run/demo/provider.toml")
 	field := func(key string) string {
 		m := regexp.MustCompile(`(?m)^` + key + ` = "([^"]+)"`).FindStringSubmatch(provider)

@@ -21,10 +21,6 @@ const usage = `usage: imap-oauth-proxy COMMAND [flags] [LOGIN]
 
 commands:
   serve        [-config FILE]          run the daemon
-  demo         [-listen ADDR]          serve against a built-in upstream and token endpoint
-               [-upstream-only -dir DIR [-mailbox M]...]
-                                       only the upstream and token endpoint, for a proxy
-                                       of your own (provider.toml, CA, refresh tokens)
   token import [-config FILE] LOGIN    store a refresh token; stdin: local password line,
                                        then refresh token line
   authorize    [-config FILE] [-force] [-external | -device] LOGIN
@@ -46,7 +42,7 @@ func main() {
 }
 
 // run executes one command line and returns the exit status. ctx ends
-// long-running commands (serve, demo).
+// long-running commands (serve).
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
@@ -56,8 +52,6 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	switch args[0] {
 	case "serve":
 		err = cmdServe(ctx, args[1:], stderr)
-	case "demo":
-		err = cmdDemo(ctx, args[1:], stdout, stderr)
 	case "token":
 		if len(args) < 2 || args[1] != "import" {
 			err = usageError("token takes the subcommand import")

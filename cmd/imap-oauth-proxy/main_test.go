@@ -502,9 +502,7 @@ func TestUsage(t *testing.T) {
 		{name: "help", args: []string{"help"}, code: 0, stdout: usage},
 		{name: "-h", args: []string{"-h"}, code: 0, stdout: usage},
 		{name: "serve with an argument", args: []string{"serve", "extra"}, code: 2, stderr: []string{usage}},
-		{name: "demo with an argument", args: []string{"demo", "extra"}, code: 2, stderr: []string{usage}},
 		{name: "serve -h", args: []string{"serve", "-h"}, code: 2, stderr: []string{"-config"}},
-		{name: "demo -h", args: []string{"demo", "-h"}, code: 2, stderr: []string{"-listen", "-dir"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newCLI(t).run("", tc.args...)
@@ -531,7 +529,6 @@ func TestUsage(t *testing.T) {
 func TestUnknownFlag(t *testing.T) {
 	for _, args := range [][]string{
 		{"serve", "-no-such-flag"},
-		{"demo", "-no-such-flag"},
 		{"token", "import", "-no-such-flag", "collector"},
 	} {
 		t.Run(args[0], func(t *testing.T) {
@@ -543,144 +540,6 @@ func TestUnknownFlag(t *testing.T) {
 				t.Errorf("%q: stderr does not name the flag:\n%s", args, r.stderr)
 			}
 		})
-	}
-}
-
-// --- demo -----------------------------------------------------------------
-
-var (
-	demoReadyRE = regexp.MustCompile(`(?s)serving IMAP on (\S+)\n.*Press Ctrl-C to stop\.`)
-	demoConfRE  = regexp.MustCompile(`config:\s+(\S+)`)
-)
-
-// TestDemoUpstreamPersonalities serves the demo with each provider
-// personality: the collector logs in and reads the welcome message, and
-// Gmail's capabilities reach it in the OK to LOGIN.
-func TestDemoUpstreamPersonalities(t *testing.T) {
-	for _, tc := range []struct {
-		upstream string
-		gmailCap bool
-	}{{"microsoft", false}, {"gmail", true}} {
-		t.Run(tc.upstream, func(t *testing.T) {
-			c := newCLI(t)
-			c.secret("demo-secret")
-			b := c.start("", "demo", "-listen", "127.0.0.1:0", "-dir", t.TempDir(), "-upstream", tc.upstream)
-			addr := b.wait(b.stdout, demoReadyRE)[1]
-			cl := dialIMAP(t, addr)
-			if err := cl.Login(demoLogin, demoPassword).Wait(); err != nil {
-				t.Fatalf("LOGIN: %v", err)
-			}
-			if got := cl.Caps().Has(imap.Cap("X-GM-EXT-1")); got != tc.gmailCap {
-				t.Errorf("X-GM-EXT-1 after login: %v, want %v", got, tc.gmailCap)
-			}
-			if sel, err := cl.Select("INBOX", nil).Wait(); err != nil || sel.NumMessages != 1 {
-				t.Fatalf("SELECT INBOX: %v, %+v", err, sel)
-			}
-			if err := cl.Logout().Wait(); err != nil {
-				t.Errorf("LOGOUT: %v", err)
-			}
-			if code := b.stop(); code != 0 {
-				t.Errorf("demo exit %d, stderr:\n%s", code, b.stderr.String())
-			}
-		})
-	}
-	c := newCLI(t)
-	if r := c.run("", "demo", "-upstream", "mars"); r.code != 2 || !strings.Contains(r.stderr, "want plain, microsoft or gmail") {
-		t.Errorf("demo -upstream mars: exit %d, stderr:\n%s", r.code, r.stderr)
-	}
-}
-
-func TestDemo(t *testing.T) {
-	c := newCLI(t)
-	c.secret("demo-secret") // the demo's client secret is not printed
-	dir := t.TempDir()
-	b := c.start("", "demo", "-listen", "127.0.0.1:0", "-dir", dir)
-	m := b.wait(b.stdout, demoReadyRE)
-	addr := m[1]
-	if host, port, err := net.SplitHostPort(addr); err != nil || host != "127.0.0.1" || port == "0" {
-		t.Fatalf("banner address %q: want 127.0.0.1 and a bound port (err %v)", addr, err)
-	}
-	if m := demoConfRE.FindStringSubmatch(b.stdout.String()); m == nil || m[1] != filepath.Join(dir, "config.toml") {
-		t.Errorf("banner config line %v, want %s", m, filepath.Join(dir, "config.toml"))
-	}
-	if _, err := os.Stat(filepath.Join(dir, "state", demoLogin+".token")); err != nil {
-		t.Errorf("demo token record: %v", err)
-	}
-
-	cl := dialIMAP(t, addr)
-	wantNO(t, "LOGIN with a wrong password", cl.Login(demoLogin, "not-the-demo-password").Wait(),
-		imap.ResponseCodeAuthenticationFailed)
-	// The failed LOGIN leaves the session usable.
-	if err := cl.Login(demoLogin, demoPassword).Wait(); err != nil {
-		t.Fatalf("LOGIN %s: %v", demoLogin, err)
-	}
-	sel, err := cl.Select("INBOX", nil).Wait()
-	if err != nil {
-		t.Fatalf("SELECT INBOX: %v", err)
-	}
-	if sel.NumMessages != 1 {
-		t.Errorf("INBOX has %d messages, want 1", sel.NumMessages)
-	}
-	msgs, err := cl.Fetch(imap.SeqSetNum(1), &imap.FetchOptions{Envelope: true}).Collect()
-	if err != nil {
-		t.Fatalf("FETCH: %v", err)
-	}
-	if len(msgs) != 1 || msgs[0].Envelope == nil || !strings.Contains(msgs[0].Envelope.Subject, "Welcome") {
-		t.Errorf("welcome message not found: %+v", msgs)
-	}
-	if err := cl.Logout().Wait(); err != nil {
-		t.Errorf("LOGOUT: %v", err)
-	}
-
-	if code := b.stop(); code != 0 {
-		t.Errorf("demo exit %d after cancel, want 0; stderr:\n%s", code, b.stderr.String())
-	}
-	if !strings.Contains(b.stdout.String(), "demo stopped") {
-		t.Errorf("stdout does not end with \"demo stopped\":\n%s", b.stdout.String())
-	}
-	// After it stops, nothing listens on its address any more.
-	if conn, err := net.DialTimeout("tcp", addr, testDeadline); err == nil {
-		conn.Close()
-		t.Errorf("%s still accepts connections after the demo stopped", addr)
-	}
-}
-
-// TestDemoTempDir checks that the demo without -dir works in a temporary
-// directory and removes it when it stops.
-func TestDemoTempDir(t *testing.T) {
-	tmp := t.TempDir()
-	t.Setenv("TMPDIR", tmp)
-	c := newCLI(t)
-	b := c.start("", "demo", "-listen", "127.0.0.1:0")
-	b.wait(b.stdout, demoReadyRE)
-	m := demoConfRE.FindStringSubmatch(b.stdout.String())
-	if m == nil || !strings.HasPrefix(m[1], tmp+string(filepath.Separator)) {
-		t.Errorf("banner config line %v, want a file under TMPDIR %s", m, tmp)
-	}
-	if code := b.stop(); code != 0 {
-		t.Errorf("demo exit %d after cancel, want 0; stderr:\n%s", code, b.stderr.String())
-	}
-	entries, err := os.ReadDir(tmp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		t.Errorf("the demo left %s in TMPDIR", e.Name())
-	}
-}
-
-func TestDemoListenBusy(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	r := newCLI(t).run("", "demo", "-listen", ln.Addr().String(), "-dir", t.TempDir())
-	if r.code != 1 {
-		t.Errorf("exit %d, want 1; stderr:\n%s", r.code, r.stderr)
-	}
-	if !strings.Contains(r.stderr, ln.Addr().String()) || !strings.Contains(r.stderr, "-listen") {
-		t.Errorf("stderr does not name the address and -listen:\n%s", r.stderr)
 	}
 }
 
@@ -1024,3 +883,12 @@ func TestNoSecretsInOutput(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// literalReader adapts a string to imap.LiteralReader.
+type literalReader struct {
+	*strings.Reader
+}
+
+func (l literalReader) Size() int64 { return int64(l.Reader.Len()) }
+
+func literal(s string) imap.LiteralReader { return literalReader{strings.NewReader(s)} }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/internal/sdnotify"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
 	proxytls "github.com/imap-oauth-proxy/imap-oauth-proxy/tls"
 )
@@ -54,7 +55,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if in.ignored != "" {
 		logger.Warn("sockets from systemd ignored; binding the configured addresses", "reason", in.ignored)
 	}
-	notify := newNotifier()
+	notify := sdnotify.New()
 	if cfg.Server.TLSCert != "" {
 		// Fail before touching the state directory or binding ports.
 		if _, err := proxytls.Local(cfg.Server.TLSCert, cfg.Server.TLSKey); err != nil {
@@ -132,7 +133,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	defer signal.Stop(hup)
 
 	logger.Info("serving", attrs...)
-	if err := notify.send("READY=1\nSTATUS=serving"); err != nil {
+	if err := notify.Send("READY=1\nSTATUS=serving"); err != nil {
 		logger.Warn("sd_notify failed", "err", err)
 	}
 	for {
@@ -143,11 +144,11 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 			}
 			return err
 		case <-hup:
-			notify.send(reloading())
+			notify.Send(sdnotify.Reloading())
 			reload(srv, *configPath, cfg, in, tlsLn, logger)
-			notify.send("READY=1\nSTATUS=serving")
+			notify.Send("READY=1\nSTATUS=serving")
 		case <-ctx.Done():
-			notify.send("STOPPING=1")
+			notify.Send("STOPPING=1")
 			logger.Info("stopping", "sessions", srv.ActiveSessions(), "drain", cfg.Server.ShutdownTimeout)
 			drain, cancel := context.WithTimeout(context.Background(), srv.Config().Server.ShutdownTimeout)
 			defer cancel()

@@ -1,3 +1,9 @@
+// Command imap-oauth-proxy-demo runs imap-oauth-proxy on 127.0.0.1 against
+// a built-in IMAP server that accepts only XOAUTH2 and a built-in token
+// endpoint that rotates refresh tokens, so the whole path runs without a
+// cloud account (`make demo`). With -upstream-only it runs just those two,
+// for an installed service to be tried against. It is a command of its
+// own so that the daemon does not link the fake servers.
 package main
 
 import (
@@ -6,10 +12,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
@@ -18,6 +27,8 @@ import (
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/internal/sdnotify"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
 )
 
@@ -49,11 +60,20 @@ mailbox = %q
 grant = "refresh_token"
 `
 
-// cmdDemo serves the proxy on 127.0.0.1 against a built-in upstream that
-// accepts only XOAUTH2 and a built-in token endpoint that rotates refresh
-// tokens, so the whole path runs without any cloud account.
-func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(os.Stderr, "imap-oauth-proxy-demo: %s\n", err)
+		}
+		os.Exit(2)
+	}
+}
+
+// run serves the demo until ctx ends.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("imap-oauth-proxy-demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", "127.0.0.1:1143", "address of the proxy's IMAP listener")
 	dir := fs.String("dir", "", "directory for the demo's config and state (default: a temporary one)")
@@ -66,20 +86,20 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		mailboxes = append(mailboxes, m)
 		return nil
 	})
-	if err := parseFlags(fs, args); err != nil {
+	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if len(mailboxes) > 0 && !*upstreamOnly {
-		return usageError("-mailbox needs -upstream-only")
+		return errors.New("-mailbox needs -upstream-only")
 	}
 	if *upstreamOnly && *dir == "" {
-		return usageError("-upstream-only needs -dir, where it writes provider.toml")
+		return errors.New("-upstream-only needs -dir, where it writes provider.toml")
 	}
 	if len(mailboxes) == 0 {
 		mailboxes = []string{demoMailbox}
 	}
 	if fs.NArg() != 0 {
-		return usageError("demo takes no arguments")
+		return errors.New("the demo takes no arguments")
 	}
 	var upstreamPersonality proxytest.Personality
 	switch *personality {
@@ -89,7 +109,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	case "gmail":
 		upstreamPersonality = proxytest.Gmail
 	default:
-		return usageError(fmt.Sprintf("-upstream %q: want plain, microsoft or gmail", *personality))
+		return fmt.Errorf("-upstream %q: want plain, microsoft or gmail", *personality)
 	}
 	if *dir != "" {
 		if err := os.MkdirAll(*dir, 0o700); err != nil {
@@ -138,8 +158,12 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 
-	logger := newLogger(stderr, "text", "info")
-	srv, err := newServer(ctx, cfg, logger, nil)
+	logger := slog.New(slog.NewTextHandler(stderr, nil))
+	mgr, err := auth.NewManager(ctx, &auth.ManagerOptions{Store: store, Logger: logger})
+	if err != nil {
+		return err
+	}
+	srv, err := proxy.New(&proxy.Options{Config: cfg, Auth: mgr, Logger: logger, Version: "demo"})
 	if err != nil {
 		return err
 	}
@@ -229,7 +253,7 @@ func serveDemoUpstream(ctx context.Context, dir string, tokens *authtest.Server,
 	}
 	fmt.Fprintf(stdout, "imap-oauth-proxy demo: upstream %s, token endpoint %s, mailboxes %s\nprovider, CA and refresh tokens in %s\n",
 		upstream.Addr, tokens.TokenURL(), strings.Join(mailboxes, " "), abs)
-	if err := newNotifier().send("READY=1"); err != nil {
+	if err := sdnotify.New().Send("READY=1"); err != nil {
 		return err
 	}
 	<-ctx.Done()

@@ -1,4 +1,6 @@
-package main
+// Package sdnotify sends sd_notify(3) state changes to systemd, for
+// services of Type=notify.
+package sdnotify
 
 import (
 	"fmt"
@@ -10,16 +12,18 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// notifier sends sd_notify(3) state changes to systemd (Type=notify); it
-// does nothing when NOTIFY_SOCKET is not set.
-type notifier struct {
+// Notifier sends state changes to the socket systemd names in
+// NOTIFY_SOCKET. It does nothing when NOTIFY_SOCKET is not set. It is
+// safe for concurrent use.
+type Notifier struct {
 	addr string
 }
 
-func newNotifier() *notifier { return &notifier{addr: os.Getenv("NOTIFY_SOCKET")} }
+// New returns a Notifier for this process's NOTIFY_SOCKET.
+func New() *Notifier { return &Notifier{addr: os.Getenv("NOTIFY_SOCKET")} }
 
-// send writes state (for example "READY=1") to the notify socket.
-func (n *notifier) send(state string) error {
+// Send writes state (for example "READY=1") to the notify socket.
+func (n *Notifier) Send(state string) error {
 	if n.addr == "" {
 		return nil
 	}
@@ -38,9 +42,9 @@ func (n *notifier) send(state string) error {
 	return nil
 }
 
-// reloading returns the message that starts a reload: RELOADING=1 with the
+// Reloading returns the message that starts a reload: RELOADING=1 with the
 // monotonic timestamp systemd's Type=notify-reload expects.
-func reloading() string {
+func Reloading() string {
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
 		return "RELOADING=1"
