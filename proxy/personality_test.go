@@ -1,11 +1,13 @@
 package proxy_test
 
 import (
-	"bytes"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/common/expfmt"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
@@ -26,14 +28,14 @@ func collectorLogin(h *harness) (string, *rawConn) {
 	return lines[len(lines)-1], r
 }
 
-// metrics returns the proxy's metrics text.
+// metrics returns the proxy's login metrics as Prometheus text.
 func metrics(h *harness) string {
 	h.t.Helper()
-	var buf bytes.Buffer
-	if err := h.srv.WriteMetrics(&buf); err != nil {
+	out, err := testutil.CollectAndFormat(h.srv, expfmt.TypeTextPlain, "imap_oauth_proxy_logins_total")
+	if err != nil {
 		h.t.Fatal(err)
 	}
-	return buf.String()
+	return string(out)
 }
 
 // wantLoginMetric checks imap_oauth_proxy_logins_total for outcome.

@@ -21,7 +21,7 @@ import (
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
-	proxytls "github.com/imap-oauth-proxy/imap-oauth-proxy/tls"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/tlsconfig"
 )
 
 // cmdCheck diagnoses one account end to end, the way a collector's login
@@ -235,7 +235,7 @@ func (c *checker) run(ctx context.Context, password string) {
 		c.trace.stop()
 		return
 	}
-	tlsConfig, err := proxytls.Upstream(p.IMAPAddress, p.CAFile)
+	tlsConfig, err := tlsconfig.Upstream(p.IMAPAddress, p.CAFile)
 	if err != nil {
 		c.stepDone("tls", 0, "", failStep(err, "TLS settings of provider %s: %v", p.Name, err))
 		c.skipUpstream()
