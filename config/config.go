@@ -97,6 +97,12 @@ type Server struct {
 	// RefreshMargin is how long a cached access token must still be valid
 	// to be used for a new session (key refresh_margin).
 	RefreshMargin time.Duration
+	// SessionTokenMin is the least time an access token must have left
+	// for a new upstream session to start on it (key session_token_min);
+	// with less, the token is refreshed first. Microsoft 365 ends a
+	// session when its token expires, so this is how long a session is
+	// sure to last.
+	SessionTokenMin time.Duration
 	// MaxConnections bounds concurrent connections in total (key
 	// max_connections).
 	MaxConnections int
@@ -143,6 +149,7 @@ func Defaults() Server {
 		DialTimeout:           15 * time.Second,
 		TokenTimeout:          20 * time.Second,
 		RefreshMargin:         15 * time.Minute,
+		SessionTokenMin:       45 * time.Minute,
 		MaxConnections:        1000,
 		MaxConnectionsPerPeer: 20,
 		FirstCommandTimeout:   10 * time.Second,
@@ -207,6 +214,14 @@ type Provider struct {
 	// Mechanism is the upstream SASL mechanism, "XOAUTH2" or "OAUTHBEARER"
 	// (key mechanism, any case in the file).
 	Mechanism string
+	// Cloud is the Microsoft cloud (key cloud): "global", "usgov" (GCC
+	// High and DoD) or "china" (21Vianet); it picks the sign-in host, the
+	// scopes and the IMAP host of the preset. "" for other types.
+	Cloud string
+	// MaxSessions bounds the simultaneous upstream sessions of each
+	// account of this provider (key max_sessions); 0 means no limit. The
+	// default is 15 for google, 16 for microsoft and 0 for generic.
+	MaxSessions int
 	// ServiceAccountFile is a Google service account JSON key (key
 	// service_account_file), resolved against the config file's directory;
 	// used by the service_account grant.
@@ -228,6 +243,10 @@ type Account struct {
 	// GrantRefreshToken, the default, GrantClientCredentials or
 	// GrantServiceAccount.
 	Grant Grant
+	// MaxSessions bounds the account's simultaneous upstream sessions (key
+	// max_sessions, else the provider's); 0 means no limit. Past it, a
+	// login gets NO [UNAVAILABLE] without the upstream being asked.
+	MaxSessions int
 }
 
 // Grant is how an account gets its access tokens (key grant). The zero

@@ -52,6 +52,7 @@ type rawServer struct {
 	DialTimeout         *duration `toml:"dial_timeout"`
 	TokenTimeout        *duration `toml:"token_timeout"`
 	RefreshMargin       *duration `toml:"refresh_margin"`
+	SessionTokenMin     *duration `toml:"session_token_min"`
 	FirstCommandTimeout *duration `toml:"first_command_timeout"`
 	ShutdownTimeout     *duration `toml:"shutdown_timeout"`
 	PreauthMaxTime      *duration `toml:"preauth_max_time"`
@@ -89,13 +90,18 @@ type rawProvider struct {
 	IMAPTLS     *string `toml:"imap_tls"`
 	CAFile      *string `toml:"ca_file"`
 	Mechanism   *string `toml:"mechanism"`
+
+	// Microsoft's cloud, and the sessions one mailbox may hold.
+	Cloud       *string `toml:"cloud"`
+	MaxSessions *int    `toml:"max_sessions"`
 }
 
 // rawAccount is an [accounts.LOGIN] table before its values are checked.
 type rawAccount struct {
-	Provider *string `toml:"provider"`
-	Mailbox  *string `toml:"mailbox"`
-	Grant    *string `toml:"grant"`
+	Provider    *string `toml:"provider"`
+	Mailbox     *string `toml:"mailbox"`
+	Grant       *string `toml:"grant"`
+	MaxSessions *int    `toml:"max_sessions"`
 }
 
 // duration is a duration key's value: a string such as "30s"
@@ -250,6 +256,7 @@ func (p *parser) server(r *rawServer, opts *LoadOptions) Server {
 	p.duration(r.DialTimeout, &s.DialTimeout, "server.dial_timeout")
 	p.duration(r.TokenTimeout, &s.TokenTimeout, "server.token_timeout")
 	p.duration(r.RefreshMargin, &s.RefreshMargin, "server.refresh_margin")
+	p.duration(r.SessionTokenMin, &s.SessionTokenMin, "server.session_token_min")
 	p.limit(r.MaxConnections, &s.MaxConnections, "server.max_connections")
 	if r.MaxConnectionsPerIP != nil && r.MaxConnectionsPerPeer != nil {
 		p.addf("server.max_connections_per_ip", "old name of server.max_connections_per_peer, which is set too: keep one")
@@ -335,11 +342,22 @@ func (p *parser) provider(name string, r *rawProvider) *Provider {
 	if typ == "microsoft" && tenant == "" {
 		tenant = "organizations"
 	}
+	cloud := ""
+	if typ == "microsoft" {
+		cloud = "global"
+	}
+	if r.Cloud != nil && typ != "microsoft" && typ != "" {
+		p.addf(at("cloud"), "only for type microsoft")
+	} else {
+		p.enum(r.Cloud, &cloud, []string{"global", "usgov", "china"}, at("cloud"))
+	}
 
-	pr := preset(typ, tenant)
+	pr := preset(typ, tenant, cloud)
 	pr.Name = name
 	pr.Type = typ
 	pr.Tenant = tenant
+	pr.Cloud = cloud
+	p.count(r.MaxSessions, &pr.MaxSessions, at("max_sessions"))
 
 	setIf(&pr.AuthURL, r.AuthURL)
 	setIf(&pr.TokenURL, r.TokenURL)
@@ -491,6 +509,10 @@ func (p *parser) account(login string, r *rawAccount, providers map[string]*Prov
 	case strings.ContainsFunc(a.Mailbox, unicode.IsControl):
 		p.addf(at("mailbox"), "contains control characters")
 	}
+	if a.Provider != nil {
+		a.MaxSessions = a.Provider.MaxSessions
+	}
+	p.count(r.MaxSessions, &a.MaxSessions, at("max_sessions"))
 	if r.Grant != nil {
 		g := Grant(*r.Grant)
 		if g != GrantRefreshToken && !g.AppOnly() {
@@ -511,7 +533,7 @@ func (p *parser) account(login string, r *rawAccount, providers map[string]*Prov
 			p.addf(at("grant"), "client_credentials needs providers.%s.client_secret, client_secret_file, "+
 				"or client_certificate_file and client_key_file", keyPath(pr.Name))
 		}
-		if pr.Type == "microsoft" && pr.TokenURL == preset(pr.Type, pr.Tenant).TokenURL && isOneOf(pr.Tenant, "organizations", "common", "consumers") {
+		if pr.Type == "microsoft" && pr.TokenURL == preset(pr.Type, pr.Tenant, pr.Cloud).TokenURL && isOneOf(pr.Tenant, "organizations", "common", "consumers") {
 			p.addf(at("grant"), "client_credentials needs providers.%s.tenant set to the tenant's ID or domain, not %q", keyPath(pr.Name), pr.Tenant)
 		}
 	case GrantServiceAccount:
@@ -565,6 +587,17 @@ func (p *parser) limit(n *int, dst *int, key string) {
 	case n == nil:
 	case *n <= 0:
 		p.addf(key, "must be a positive integer, got %d", *n)
+	default:
+		*dst = *n
+	}
+}
+
+// count stores *n in *dst if it is 0 (no limit) or a positive integer.
+func (p *parser) count(n *int, dst *int, key string) {
+	switch {
+	case n == nil:
+	case *n < 0:
+		p.addf(key, "must be 0 (no limit) or a positive integer, got %d", *n)
 	default:
 		*dst = *n
 	}

@@ -58,6 +58,14 @@ type harnessOptions struct {
 	failureDelay time.Duration
 	// peerUID is proxy.Options.PeerUID; nil: the kernel's answer.
 	peerUID proxy.PeerUIDFunc
+	// personality and upstreamMaxSessions are the upstream's
+	// proxytest.UpstreamOptions Personality and MaxSessions.
+	personality         proxytest.Personality
+	upstreamMaxSessions int
+	// providerType is the lab provider's type; "" means generic.
+	providerType string
+	// accountTOML adds lines to the test account's table.
+	accountTOML string
 	// localTLS gives the proxy a certificate for localhost and 127.0.0.1
 	// (STARTTLS, implicit TLS); its CA is in harness.localCA.
 	localTLS bool
@@ -114,7 +122,8 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 		}
 		return h.tokens.Validate(user, token)
 	}
-	up, err := proxytest.NewUpstream(proxytest.UpstreamOptions{Validate: validate, GmailErrors: opts.gmailErrors})
+	up, err := proxytest.NewUpstream(proxytest.UpstreamOptions{Validate: validate, GmailErrors: opts.gmailErrors,
+		Personality: opts.personality, MaxSessions: opts.upstreamMaxSessions})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +160,9 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 		TokenURL: tokenURL, ClientID: testClientID, ClientSecret: testSecret,
 		IMAPAddress: imapAddress, CAFile: "ca.pem",
 		Accounts: map[string]string{testLogin: testMailbox},
+		Type:     opts.providerType,
 	})
+	text += opts.accountTOML // the test account's table is the last one
 	rt := h.tokens.Grant(testMailbox)
 	h.grants = append(h.grants, rt)
 	failureDelay := opts.failureDelay

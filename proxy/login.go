@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"golang.org/x/oauth2"
+
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 )
@@ -19,9 +21,22 @@ func (c *conn) login(tag, login, password string) (reason string, done bool) {
 	ctx, cancel := context.WithTimeout(c.srv.ctx, c.cfg.Server.LoginTimeout)
 	defer cancel()
 	account, waited, err := c.checkPassword(ctx, login, password)
-	var up *upstreamConn
+	var up *UpstreamConn
+	var release func()
+	if err == nil {
+		// Past max_sessions, the upstream is not even asked.
+		release, err = c.srv.sessions.take(c.cfg.Accounts[login])
+	}
 	if err == nil {
 		up, err = c.connectUpstream(ctx, login, account)
+	}
+	if release != nil {
+		if err != nil {
+			release()
+		} else {
+			up.release = release
+			defer release()
+		}
 	}
 	if err == nil && c.draining.Load() {
 		up.nc.Close()
@@ -121,21 +136,21 @@ func sleepContext(ctx context.Context, d time.Duration) bool {
 
 // connectUpstream gets the account's access token and logs in upstream, refreshing and retrying once if the upstream refuses a cached
 // token.
-func (c *conn) connectUpstream(ctx context.Context, login string, account *auth.Account) (*upstreamConn, error) {
+func (c *conn) connectUpstream(ctx context.Context, login string, account *auth.Account) (*UpstreamConn, error) {
 	acct := c.cfg.Accounts[login]
-	l := &upstreamLogin{
-		trace:       c.upstreamTrace(),
-		account:     acct,
-		tlsConfig:   c.cfg.upstreamTLS[acct.Provider.Name],
-		dialTimeout: c.cfg.Server.DialTimeout,
+	l := &UpstreamLogin{
+		Trace:       c.upstreamTrace(),
+		Account:     acct,
+		TLSConfig:   c.cfg.upstreamTLS[acct.Provider.Name],
+		DialTimeout: c.cfg.Server.DialTimeout,
 	}
 	for attempt := 0; ; attempt++ {
-		tok, err := account.Token(ctx)
+		tok, err := c.sessionToken(ctx, login, account)
 		if err != nil {
 			return nil, err
 		}
-		l.token = tok.AccessToken
-		up, err := loginUpstream(ctx, l)
+		l.Token = tok.AccessToken
+		up, err := DialUpstream(ctx, l)
 		if err == nil {
 			return up, nil
 		}
@@ -145,6 +160,28 @@ func (c *conn) connectUpstream(ctx context.Context, login string, account *auth.
 		c.logger.Info("upstream refused the access token; refreshing once", "login", login)
 		account.Refused(tok)
 	}
+}
+
+// sessionToken returns an access token for a new session: one with at
+// least session_token_min left, refreshing the cached one when it has less
+// (Microsoft 365 ends a session when its token expires). A token just
+// refreshed is used whatever its lifetime.
+func (c *conn) sessionToken(ctx context.Context, login string, account *auth.Account) (*oauth2.Token, error) {
+	refreshes := account.Refreshes()
+	tok, err := account.Token(ctx)
+	if err != nil {
+		return nil, err
+	}
+	min := c.cfg.Server.SessionTokenMin
+	left := time.Until(tok.Expiry)
+	fresh := account.Refreshes() != refreshes // this call refreshed
+	if min <= 0 || tok.Expiry.IsZero() || left >= min || fresh {
+		return tok, nil
+	}
+	c.logger.Info("access token too close to expiry for a new session; refreshing", "login", login,
+		"left", left.Round(time.Second), "session_token_min", min)
+	account.Refused(tok) // drops it from the cache, so Token refreshes
+	return account.Token(ctx)
 }
 
 // maxTracedUpstreamLines bounds the upstream lines one login traces: an

@@ -58,6 +58,7 @@ type Server struct {
 	nextID   atomic.Uint64
 	metrics  metrics
 	throttle *throttle
+	sessions sessionSlots // upstream sessions per mailbox, for max_sessions
 	peerUID  PeerUIDFunc
 	rejected rateLimitedLog // over-limit connections
 	// uidUnknown logs failed peer uid lookups.
