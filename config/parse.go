@@ -34,6 +34,8 @@ type rawFile struct {
 type rawServer struct {
 	Listen                rawValue `toml:"listen"`
 	ListenTLS             rawValue `toml:"listen_tls"`
+	ListenPOP3            rawValue `toml:"listen_pop3"`
+	ListenPOP3TLS         rawValue `toml:"listen_pop3_tls"`
 	TLSCert               rawValue `toml:"tls_cert"`
 	TLSKey                rawValue `toml:"tls_key"`
 	AllowPlaintext        rawValue `toml:"allow_plaintext"`
@@ -58,30 +60,33 @@ type rawServer struct {
 
 // rawProvider is a [providers.NAME] table before its values are checked.
 type rawProvider struct {
-	Type               rawValue `toml:"type"`
-	Tenant             rawValue `toml:"tenant"`
-	AuthURL            rawValue `toml:"auth_url"`
-	TokenURL           rawValue `toml:"token_url"`
-	DeviceAuthURL      rawValue `toml:"device_auth_url"`
-	Scopes             rawValue `toml:"scopes"`
-	AppScopes          rawValue `toml:"app_scopes"`
-	ClientID           rawValue `toml:"client_id"`
-	ClientSecret       rawValue `toml:"client_secret"`
-	ClientSecretFile   rawValue `toml:"client_secret_file"`
-	IMAPAddress        rawValue `toml:"imap_address"`
-	IMAPTLS            rawValue `toml:"imap_tls"`
-	CAFile             rawValue `toml:"ca_file"`
-	Mechanism          rawValue `toml:"mechanism"`
-	ServiceAccountFile rawValue `toml:"service_account_file"`
-	ClientCertFile     rawValue `toml:"client_certificate_file"`
-	ClientKeyFile      rawValue `toml:"client_key_file"`
+	Type                rawValue `toml:"type"`
+	Tenant              rawValue `toml:"tenant"`
+	AuthURL             rawValue `toml:"auth_url"`
+	TokenURL            rawValue `toml:"token_url"`
+	DeviceAuthURL       rawValue `toml:"device_auth_url"`
+	Scopes              rawValue `toml:"scopes"`
+	AppScopes           rawValue `toml:"app_scopes"`
+	ClientID            rawValue `toml:"client_id"`
+	ClientSecret        rawValue `toml:"client_secret"`
+	ClientSecretFile    rawValue `toml:"client_secret_file"`
+	IMAPAddress         rawValue `toml:"imap_address"`
+	IMAPTLS             rawValue `toml:"imap_tls"`
+	POP3Address         rawValue `toml:"pop3_address"`
+	POP3InitialResponse rawValue `toml:"pop3_initial_response"`
+	CAFile              rawValue `toml:"ca_file"`
+	Mechanism           rawValue `toml:"mechanism"`
+	ServiceAccountFile  rawValue `toml:"service_account_file"`
+	ClientCertFile      rawValue `toml:"client_certificate_file"`
+	ClientKeyFile       rawValue `toml:"client_key_file"`
 }
 
 // rawAccount is an [accounts.LOGIN] table before its values are checked.
 type rawAccount struct {
-	Provider rawValue `toml:"provider"`
-	Mailbox  rawValue `toml:"mailbox"`
-	Grant    rawValue `toml:"grant"`
+	Provider  rawValue `toml:"provider"`
+	Mailbox   rawValue `toml:"mailbox"`
+	Grant     rawValue `toml:"grant"`
+	Protocols rawValue `toml:"protocols"`
 }
 
 // rawValue holds one TOML value as the decoder found it. Its type is checked
@@ -260,6 +265,7 @@ func (p *parser) server(r *rawServer, opts *LoadOptions) Server {
 	p.str(r.ListenTLS, &s.ListenTLS, "server", "listen_tls")
 	p.str(r.TLSCert, &s.TLSCert, "server", "tls_cert")
 	p.str(r.TLSKey, &s.TLSKey, "server", "tls_key")
+	p.pop3Listeners(r, &s)
 	p.boolean(r.AllowPlaintext, &s.AllowPlaintext, "server", "allow_plaintext")
 	p.str(r.StateDir, &s.StateDir, "server", "state_dir")
 	p.enum(r.LogLevel, &s.LogLevel, []string{"debug", "info", "warn", "error"}, "server", "log_level")
@@ -289,8 +295,9 @@ func (p *parser) server(r *rawServer, opts *LoadOptions) Server {
 	}
 
 	inherited := opts.InheritedListen || opts.InheritedListenTLS
+	pop3 := s.ListenPOP3 != "" || s.ListenPOP3TLS != ""
 	switch {
-	case s.Listen == "" && s.ListenTLS == "" && !inherited:
+	case s.Listen == "" && s.ListenTLS == "" && !inherited && !pop3:
 		p.addf("server.listen", "empty, and server.listen_tls is not set: nothing to listen on")
 	case s.Listen != "" && s.Listen == s.ListenTLS && !strings.HasSuffix(s.Listen, ":0"):
 		p.addf("server.listen_tls", "same address as server.listen")
@@ -370,6 +377,7 @@ func (p *parser) provider(name string, r *rawProvider) *Provider {
 	p.str(r.ClientSecretFile, &secretFile, at("client_secret_file")...)
 	imapAddressOK := p.str(r.IMAPAddress, &pr.IMAPAddress, at("imap_address")...) || !r.IMAPAddress.set
 	p.enum(r.IMAPTLS, &pr.IMAPTLS, []string{"implicit", "starttls"}, at("imap_tls")...)
+	p.pop3Server(r, &pr, at)
 	p.str(r.CAFile, &pr.CAFile, at("ca_file")...)
 	if p.str(r.Mechanism, &pr.Mechanism, at("mechanism")...) {
 		pr.Mechanism = strings.ToUpper(pr.Mechanism)
@@ -518,6 +526,7 @@ func (p *parser) account(login string, r *rawAccount, providers map[string]*Prov
 		}
 	}
 	grantOK := p.enum(r.Grant, &a.Grant, []string{"refresh_token", "client_credentials", "service_account"}, at("grant")...)
+	p.protocols(r.Protocols, a, at)
 	if !grantOK || a.Provider == nil {
 		return a
 	}

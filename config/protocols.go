@@ -1,0 +1,123 @@
+package config
+
+import (
+	"slices"
+	"strings"
+)
+
+// Protocol is a collector protocol the proxy speaks, as named in the
+// file's protocols key.
+type Protocol string
+
+// The protocols an account can list.
+const (
+	IMAP Protocol = "imap"
+	POP3 Protocol = "pop3"
+)
+
+// knownProtocols are the values of accounts.LOGIN.protocols.
+var knownProtocols = []string{string(IMAP), string(POP3)}
+
+// Microsoft's delegated permissions per protocol, on the Exchange Online
+// resource: https://learn.microsoft.com/exchange/client-developer/legacy-protocols/how-to-authenticate-an-imap-pop-smtp-application-by-using-oauth
+var microsoftDelegatedScopes = map[Protocol]string{
+	IMAP: "https://outlook.office365.com/IMAP.AccessAsUser.All",
+	POP3: "https://outlook.office365.com/POP.AccessAsUser.All",
+}
+
+// Allows reports whether the account may be used over proto.
+func (a *Account) Allows(proto Protocol) bool {
+	return slices.Contains(a.Protocols, proto)
+}
+
+// Scopes returns the scopes a delegated authorization of the account
+// requests. For a Microsoft provider whose scopes are the preset's, they
+// are the Exchange Online permission of each protocol the account lists
+// (IMAP.AccessAsUser.All, POP.AccessAsUser.All) and offline_access;
+// otherwise the provider's scopes (Google's https://mail.google.com/
+// covers IMAP, POP3 and SMTP). App-only grants use the provider's
+// AppScopes instead: Microsoft's .default names whatever application
+// permissions (IMAP.AccessAsApp, POP.AccessAsApp) the admin granted.
+func (a *Account) Scopes() []string {
+	p := a.Provider
+	if p == nil || p.Type != "microsoft" || !slices.Equal(p.Scopes, preset(p.Type, p.Tenant).Scopes) {
+		if p == nil {
+			return nil
+		}
+		return p.Scopes
+	}
+	var scopes []string
+	for _, proto := range a.Protocols {
+		scopes = append(scopes, microsoftDelegatedScopes[proto])
+	}
+	return append(scopes, "offline_access")
+}
+
+// protocols reads an account's protocols key into a.Protocols: a
+// non-empty array of known protocol names without duplicates, [imap] when
+// not set. A protocol the provider has no server for is a problem.
+func (p *parser) protocols(r rawValue, a *Account, at func(string) []string) {
+	a.Protocols = []Protocol{IMAP}
+	var names []string
+	if !p.strs(r, &names, at("protocols")...) {
+		return
+	}
+	if len(names) == 0 {
+		p.addf(keyPath(at("protocols")...), "empty (want some of %s)", strings.Join(knownProtocols, ", "))
+		return
+	}
+	var protos []Protocol
+	for _, name := range names {
+		name = strings.ToLower(name)
+		switch {
+		case !isOneOf(name, knownProtocols...):
+			p.addf(keyPath(at("protocols")...), "unknown protocol %q (want %s)", name, strings.Join(knownProtocols, ", "))
+			return
+		case slices.Contains(protos, Protocol(name)):
+			p.addf(keyPath(at("protocols")...), "%s listed twice", name)
+			return
+		}
+		protos = append(protos, Protocol(name))
+	}
+	a.Protocols = protos
+	if a.Provider != nil && a.Allows(POP3) && a.Provider.POP3Address == "" {
+		p.addf(keyPath(at("protocols")...), "pop3 needs providers.%s.pop3_address", keyPath(a.Provider.Name))
+	}
+}
+
+// pop3Server reads a provider's POP3 keys into pr.
+func (p *parser) pop3Server(r *rawProvider, pr *Provider, at func(string) []string) {
+	p.str(r.POP3Address, &pr.POP3Address, at("pop3_address")...)
+	if pr.POP3Address != "" {
+		p.address(pr.POP3Address, false, at("pop3_address")...)
+	}
+	p.boolean(r.POP3InitialResponse, &pr.POP3InitialResponse, at("pop3_initial_response")...)
+}
+
+// pop3Listeners reads the [server] POP3 listener keys into s.
+func (p *parser) pop3Listeners(r *rawServer, s *Server) {
+	p.str(r.ListenPOP3, &s.ListenPOP3, "server", "listen_pop3")
+	p.str(r.ListenPOP3TLS, &s.ListenPOP3TLS, "server", "listen_pop3_tls")
+	if s.ListenPOP3 != "" {
+		p.address(s.ListenPOP3, true, "server", "listen_pop3")
+	}
+	if s.ListenPOP3TLS != "" {
+		p.address(s.ListenPOP3TLS, true, "server", "listen_pop3_tls")
+		if s.TLSCert == "" && s.TLSKey == "" {
+			p.addf("server.listen_pop3_tls", "needs server.tls_cert and server.tls_key")
+		}
+	}
+	seen := map[string]string{}
+	for _, l := range []struct{ key, addr string }{
+		{"listen", s.Listen}, {"listen_tls", s.ListenTLS},
+		{"listen_pop3", s.ListenPOP3}, {"listen_pop3_tls", s.ListenPOP3TLS},
+	} {
+		if l.addr == "" || strings.HasSuffix(l.addr, ":0") {
+			continue
+		}
+		if other, ok := seen[l.addr]; ok && l.key != "listen_tls" { // listen_tls vs listen: reported already
+			p.addf("server."+l.key, "same address as server.%s", other)
+		}
+		seen[l.addr] = l.key
+	}
+}
