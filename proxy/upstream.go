@@ -59,35 +59,27 @@ type upstreamLogin struct {
 func loginUpstream(ctx context.Context, l *upstreamLogin) (*upstreamConn, error) {
 	addr := l.account.Provider.IMAPAddress
 	start := time.Now()
-	dialer := &net.Dialer{Timeout: l.dialTimeout, KeepAlive: time.Minute}
-	raw, err := dialer.DialContext(ctx, "tcp", addr)
+	up, err := dialUpstream(ctx, l, addr)
 	if err != nil {
-		return nil, unavailable(fmt.Sprintf("upstream %s unreachable", addr), err)
+		return nil, err
 	}
+	raw := up.nc
 	ok := false
 	defer func() {
 		if !ok {
 			raw.Close()
 		}
 	}()
-	if dl, has := ctx.Deadline(); has {
-		raw.SetDeadline(dl)
-	}
-
-	up := &upstreamConn{nc: raw, br: bufio.NewReader(raw), trace: l.trace}
 	var caps string
 	if l.account.Provider.IMAPTLS == "starttls" {
 		if err := up.startTLS(addr); err != nil {
 			return nil, err
 		}
 	}
-	up.records = newRecordConn(raw)
-	tc := tls.Client(up.records, l.tlsConfig)
-	if err := tc.HandshakeContext(ctx); err != nil {
-		return nil, unavailable(fmt.Sprintf("TLS with upstream %s failed", addr), err)
+	if err := up.secure(ctx, l, addr, start); err != nil {
+		return nil, err
 	}
-	up.nc, up.br = tc, bufio.NewReader(tc)
-	up.dialTime = time.Since(start)
+	tc := up.nc
 	if l.account.Provider.IMAPTLS != "starttls" {
 		if caps, err = up.readGreeting(addr); err != nil {
 			return nil, err
@@ -104,6 +96,33 @@ func loginUpstream(ctx context.Context, l *upstreamLogin) (*upstreamConn, error)
 	tc.SetDeadline(time.Time{})
 	ok = true
 	return up, nil
+}
+
+// dialUpstream connects to addr for l, with the login's deadline on the
+// connection.
+func dialUpstream(ctx context.Context, l *upstreamLogin, addr string) (*upstreamConn, error) {
+	dialer := &net.Dialer{Timeout: l.dialTimeout, KeepAlive: time.Minute}
+	raw, err := dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, unavailable(fmt.Sprintf("upstream %s unreachable", addr), err)
+	}
+	if dl, has := ctx.Deadline(); has {
+		raw.SetDeadline(dl)
+	}
+	return &upstreamConn{nc: raw, br: bufio.NewReader(raw), trace: l.trace}, nil
+}
+
+// secure runs the TLS handshake on up's plain connection and reads on
+// through TLS from then on; dialTime counts from start.
+func (up *upstreamConn) secure(ctx context.Context, l *upstreamLogin, addr string, start time.Time) error {
+	up.records = newRecordConn(up.nc)
+	tc := tls.Client(up.records, l.tlsConfig)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return unavailable(fmt.Sprintf("TLS with upstream %s failed", addr), err)
+	}
+	up.nc, up.br = tc, bufio.NewReader(tc)
+	up.dialTime = time.Since(start)
+	return nil
 }
 
 func unavailable(msg string, err error) error {
@@ -204,17 +223,7 @@ func (up *upstreamConn) capability(addr string) (string, error) {
 // holds the capabilities the server announced with its OK, if any.
 func (up *upstreamConn) authenticate(l *upstreamLogin, saslIR bool) error {
 	addr := l.account.Provider.IMAPAddress
-	var client sasl.Client
-	abort := "" // answer to an error challenge: empty for XOAUTH2
-	if l.account.Provider.Mechanism == sasl.OAuthBearer {
-		host, portStr, _ := net.SplitHostPort(addr)
-		port, _ := strconv.Atoi(portStr)
-		client = sasl.NewOAuthBearerClient(&sasl.OAuthBearerOptions{
-			Username: l.account.Mailbox, Token: l.token, Host: host, Port: port})
-		abort = base64.StdEncoding.EncodeToString([]byte{0x01}) // RFC 7628 section 3.2.3
-	} else {
-		client = auth.NewXOAUTH2Client(l.account.Mailbox, l.token)
-	}
+	client, abort := newSASLClient(l, addr)
 	mech, ir, err := client.Start()
 	if err != nil {
 		return unavailable("SASL client failed", err)
@@ -264,14 +273,7 @@ func (up *upstreamConn) authenticate(l *upstreamLogin, saslIR bool) error {
 				}
 				return nil
 			case "NO":
-				cause := errTokenRefused
-				if challengeErr != nil {
-					cause = fmt.Errorf("%w: %w", errTokenRefused, challengeErr)
-				}
-				cause = fmt.Errorf("%w; likely causes: %s", cause, auth.RefusalAdvice(l.account))
-				msg := auth.OneLine(fmt.Sprintf("upstream refused the token for %s: %s", l.account.Mailbox, r.text), 300) +
-					"; for the likely causes run: imap-oauth-proxy check " + l.account.Login
-				return &auth.Error{Kind: auth.AuthorizationFailed, Err: cause, Message: auth.OneLine(msg, 400)}
+				return tokenRefused(l, r.text, challengeErr)
 			default:
 				return &auth.Error{Kind: auth.AuthorizationFailed, Err: fmt.Errorf("AUTHENTICATE %s: %s", r.status, r.text),
 					Message: auth.OneLine(fmt.Sprintf("upstream rejected the login for %s: %s", l.account.Mailbox, r.text), 400)}
@@ -280,6 +282,35 @@ func (up *upstreamConn) authenticate(l *upstreamLogin, saslIR bool) error {
 			return protocolError(addr, "unexpected response to AUTHENTICATE")
 		}
 	}
+}
+
+// newSASLClient returns the SASL client for l's mechanism, XOAUTH2 or
+// OAUTHBEARER, towards the server at addr, and the answer to an error
+// challenge that ends the exchange: empty for XOAUTH2, and for
+// OAUTHBEARER the %x01 of RFC 7628 section 3.2.3, base64.
+func newSASLClient(l *upstreamLogin, addr string) (client sasl.Client, abort string) {
+	if l.account.Provider.Mechanism == sasl.OAuthBearer {
+		host, portStr, _ := net.SplitHostPort(addr)
+		port, _ := strconv.Atoi(portStr)
+		return sasl.NewOAuthBearerClient(&sasl.OAuthBearerOptions{
+				Username: l.account.Mailbox, Token: l.token, Host: host, Port: port}),
+			base64.StdEncoding.EncodeToString([]byte{0x01})
+	}
+	return auth.NewXOAUTH2Client(l.account.Mailbox, l.token), ""
+}
+
+// tokenRefused is the error for an upstream that refused l's token with
+// text; challengeErr is what decoding its error challenge failed with, if
+// anything. It matches errTokenRefused, so the caller refreshes once.
+func tokenRefused(l *upstreamLogin, text string, challengeErr error) error {
+	cause := errTokenRefused
+	if challengeErr != nil {
+		cause = fmt.Errorf("%w: %w", errTokenRefused, challengeErr)
+	}
+	cause = fmt.Errorf("%w; likely causes: %s", cause, auth.RefusalAdvice(l.account))
+	msg := auth.OneLine(fmt.Sprintf("upstream refused the token for %s: %s", l.account.Mailbox, text), 300) +
+		"; for the likely causes run: imap-oauth-proxy check " + l.account.Login
+	return &auth.Error{Kind: auth.AuthorizationFailed, Err: cause, Message: auth.OneLine(msg, 400)}
 }
 
 // waitTagged reads responses until the one tagged tag, passing untagged
