@@ -60,6 +60,10 @@ type harnessOptions struct {
 	// localTLS gives the proxy a certificate for localhost and 127.0.0.1
 	// (STARTTLS, implicit TLS); its CA is in harness.localCA.
 	localTLS bool
+	// pop3 adds a POP3 upstream (see pop3Harness) and lets the test
+	// account use it; pop3Personality is its wire behaviour.
+	pop3            bool
+	pop3Personality proxytest.POP3Personality
 }
 
 // harness is a token endpoint, an XOAUTH2-only upstream, a token store and
@@ -68,8 +72,10 @@ type harness struct {
 	t        testing.TB
 	tokens   *authtest.Server
 	upstream *proxytest.Upstream
-	dir      string
-	logs     *syncBuffer
+	// pop3Upstream is the POP3 upstream when harnessOptions.pop3 is set.
+	pop3Upstream *proxytest.POP3Upstream
+	dir          string
+	logs         *syncBuffer
 	// testProxy is the running proxy, with its config and token store;
 	// restart replaces it.
 	*testProxy
@@ -123,6 +129,11 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 	if err := up.WriteCAFile(filepath.Join(h.dir, "ca.pem")); err != nil {
 		t.Fatal(err)
 	}
+	var pop3Address string
+	var protocols []string
+	if opts.pop3 {
+		pop3Address, protocols = h.startPOP3Upstream(validate, opts.pop3Personality), []string{"imap", "pop3"}
+	}
 	imapAddress, tokenURL := up.Addr, h.tokens.TokenURL()
 	if opts.imapAddress != "" {
 		imapAddress = opts.imapAddress
@@ -149,7 +160,9 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 		Server:   "login_timeout = \"10s\"\n" + serverTLS + opts.serverTOML,
 		TokenURL: tokenURL, ClientID: testClientID, ClientSecret: testSecret,
 		IMAPAddress: imapAddress, CAFile: "ca.pem",
-		Accounts: map[string]string{testLogin: testMailbox},
+		Accounts:    map[string]string{testLogin: testMailbox},
+		POP3Address: pop3Address, Protocols: protocols,
+		POP3InitialResponse: opts.pop3Personality == proxytest.POP3Gmail,
 	})
 	rt := h.tokens.Grant(testMailbox)
 	h.grants = append(h.grants, rt)
