@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/oauth2"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
@@ -466,17 +466,20 @@ func (m *Manager) countRefresh(outcome string) {
 	}
 }
 
-// WriteMetrics writes the token refresh counters in the Prometheus text
-// format.
-func (m *Manager) WriteMetrics(w io.Writer) error {
-	var b strings.Builder
-	b.WriteString("# HELP imap_oauth_proxy_token_refreshes_total Token endpoint requests (after retries) by outcome.\n")
-	b.WriteString("# TYPE imap_oauth_proxy_token_refreshes_total counter\n")
-	for i, o := range refreshOutcomes[:3] {
-		fmt.Fprintf(&b, "imap_oauth_proxy_token_refreshes_total{outcome=%q} %d\n", o, m.refreshes[i].Load())
+// descRefreshes describes the token refresh counter.
+var descRefreshes = prometheus.NewDesc("imap_oauth_proxy_token_refreshes_total",
+	"Token endpoint requests (after retries) by outcome.", []string{"outcome"}, nil)
+
+// Describe sends the description of the token refresh counter
+// (prometheus.Collector).
+func (m *Manager) Describe(ch chan<- *prometheus.Desc) { ch <- descRefreshes }
+
+// Collect sends the token refresh counter, by outcome
+// (prometheus.Collector).
+func (m *Manager) Collect(ch chan<- prometheus.Metric) {
+	for i, o := range refreshOutcomes[:3] { // a refresh never fails AUTHENTICATIONFAILED
+		ch <- prometheus.MustNewConstMetric(descRefreshes, prometheus.CounterValue, float64(m.refreshes[i].Load()), o)
 	}
-	_, err := io.WriteString(w, b.String())
-	return err
 }
 
 // isRevocation reports whether err says the refresh token itself is dead.

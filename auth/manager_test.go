@@ -1,7 +1,6 @@
 package auth_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -9,6 +8,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/common/expfmt"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
@@ -192,17 +194,19 @@ func TestRefreshMetrics(t *testing.T) {
 	tokens.Revoke(revoked.Mailbox)
 	r.token(ok)
 	r.token(revoked)
-	var buf bytes.Buffer
-	if err := r.mgr.WriteMetrics(&buf); err != nil {
+	// A pedantic registry also checks Describe against Collect.
+	text, err := testutil.CollectAndFormat(r.mgr, expfmt.TypeTextPlain, "imap_oauth_proxy_token_refreshes_total")
+	if err != nil {
 		t.Fatal(err)
 	}
+	buf := string(text)
 	for _, want := range []string{
 		`imap_oauth_proxy_token_refreshes_total{outcome="OK"} 1`,
 		`imap_oauth_proxy_token_refreshes_total{outcome="AUTHORIZATIONFAILED"} 1`,
 		`imap_oauth_proxy_token_refreshes_total{outcome="UNAVAILABLE"} 0`,
 	} {
-		if !strings.Contains(buf.String(), want+"\n") {
-			t.Errorf("metrics lack %q:\n%s", want, buf.String())
+		if !strings.Contains(buf, want+"\n") {
+			t.Errorf("metrics lack %q:\n%s", want, buf)
 		}
 	}
 }

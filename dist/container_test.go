@@ -16,7 +16,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -128,7 +127,7 @@ func rootfs(t *testing.T) string {
 type container struct {
 	t      *testing.T
 	nspawn *exec.Cmd
-	log    *syncBuffer // nspawn's and the console's output
+	log    string // file holding nspawn's and the console's output
 	exited chan struct{}
 	leader int // the container's systemd, as a host PID
 }
@@ -158,10 +157,15 @@ func boot(t *testing.T, root string, binds map[string]string) *container {
 	}
 	defer notify.Close()
 
-	c := &container{t: t, log: new(syncBuffer), exited: make(chan struct{})}
+	c := &container{t: t, log: filepath.Join(t.TempDir(), "nspawn.log"), exited: make(chan struct{})}
+	logFile, err := os.Create(c.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close() // nspawn holds its own descriptor
 	c.nspawn = exec.Command("systemd-nspawn", args...)
 	c.nspawn.Env = append(os.Environ(), "NOTIFY_SOCKET="+notifyPath)
-	c.nspawn.Stdout, c.nspawn.Stderr = c.log, c.log
+	c.nspawn.Stdout, c.nspawn.Stderr = logFile, logFile
 	c.nspawn.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := c.nspawn.Start(); err != nil {
 		t.Fatalf("systemd-nspawn: %v", err)
@@ -178,7 +182,7 @@ func boot(t *testing.T, root string, binds map[string]string) *container {
 	for ready := false; c.leader == 0 || !ready; {
 		n, err := notify.Read(buf)
 		if err != nil {
-			t.Fatalf("systemd-nspawn did not report the container ready: %v\n%s", err, c.log)
+			t.Fatalf("systemd-nspawn did not report the container ready: %v\n%s", err, c.output())
 		}
 		for _, line := range strings.Split(string(buf[:n]), "\n") {
 			if v, ok := strings.CutPrefix(line, "X_NSPAWN_LEADER_PID="); ok {
@@ -362,21 +366,8 @@ func tail(out []byte, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// syncBuffer is a bytes.Buffer that exec's copying goroutine may write
-// while the test reads it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+// output returns what nspawn and the container's console printed.
+func (c *container) output() string {
+	data, _ := os.ReadFile(c.log)
+	return tail(data, 40)
 }

@@ -104,8 +104,7 @@ func buildArtifacts(t *testing.T) *artifacts {
 // lab is a container with the demo's upstream running beside the service.
 type lab struct {
 	*container
-	tokenURL   string
-	imapAddr   string
+	provider   string // the [providers.demo] table, as the operator adapts it
 	configText string
 }
 
@@ -130,6 +129,7 @@ func TestServiceFromMakeInstall(t *testing.T) {
 	l.loginAndRotation(t)
 	l.otherUserReadsNothing(t)
 	l.peerUIDKnown(t)
+	l.metricsUnderTheSandbox(t)
 	l.securityExposure(t)
 	l.reload(t)
 	l.badConfigDoesNotLoop(t)
@@ -228,37 +228,37 @@ func checkInstalled(t *testing.T, c *container, bin, mandir string) {
 
 // startLab starts the demo's upstream and token endpoint as a transient
 // unit beside the service (Type=notify: systemd-run returns once it has
-// written provider.toml and the refresh tokens).
+// written provider.toml and the refresh tokens), and adapts provider.toml
+// as docs/operations.md says: the CA and the client secret in files of
+// /etc/imap-oauth-proxy.
 func startLab(t *testing.T, c *container) *lab {
 	t.Helper()
 	c.must("systemd-run --unit=demo-upstream -p Type=notify -p NotifyAccess=main /opt/lab/imap-oauth-proxy-demo" +
 		" -upstream-only -dir /run/demo -mailbox helpdesk@example.test -mailbox sales@example.test")
-	provider := c.must("cat /run/demo/provider.toml")
-	field := func(key string) string {
-		m := regexp.MustCompile(`(?m)^` + key + ` = "([^"]+)"`).FindStringSubmatch(provider)
-		if m == nil {
-			t.Fatalf("provider.toml has no %s:\n%s", key, provider)
+	provider := c.must("cat /run/demo/provider.toml") + "\n"
+	for _, edit := range []struct{ re, repl string }{
+		{`(?m)^ca_file = .*$`, `ca_file = "/etc/imap-oauth-proxy/demo-ca.pem"`},
+		{`(?m)^client_secret = "` + clientSecret + `"$`, `client_secret_file = "/etc/imap-oauth-proxy/demo.secret"`},
+	} {
+		re := regexp.MustCompile(edit.re)
+		if !re.MatchString(provider) {
+			t.Fatalf("provider.toml has no line matching %s:\n%s", edit.re, provider)
 		}
-		return m[1]
+		provider = re.ReplaceAllString(provider, edit.repl)
 	}
-	return &lab{container: c, tokenURL: field("token_url"), imapAddr: field("imap_address")}
+	return &lab{container: c, provider: provider}
 }
 
-const labConfig = `# The lab's mapping file: the demo upstream as a generic provider.
+const labServer = `# The lab's mapping file: the demo upstream as a generic provider.
 [server]
 listen = "127.0.0.1:1143"
+metrics_listen = "127.0.0.1:9143"
 state_dir = "/var/lib/imap-oauth-proxy"
 log_level = "debug"
 %s
-[providers.demo]
-type = "generic"
-token_url = %q
-scopes = ["imap", "offline_access"]
-client_id = "demo-client"
-client_secret_file = "/etc/imap-oauth-proxy/demo.secret"
-imap_address = %q
-ca_file = "/etc/imap-oauth-proxy/demo-ca.pem"
+`
 
+const labAccounts = `
 [accounts.helpdesk]
 provider = "demo"
 mailbox = "helpdesk@example.test"
@@ -276,10 +276,10 @@ grant = "refresh_token"
 // root:imap-oauth-proxy 0640, and the config edited in place.
 func (l *lab) configure(t *testing.T, serverExtra string) {
 	t.Helper()
-	l.must("install -m 0640 -o root -g imap-oauth-proxy /dev/null /etc/imap-oauth-proxy/demo.secret && " +
-		"printf '%s\\n' " + clientSecret + " > /etc/imap-oauth-proxy/demo.secret")
+	l.mustInput("install -m 0640 -o root -g imap-oauth-proxy /dev/null /etc/imap-oauth-proxy/demo.secret && "+
+		"cat > /etc/imap-oauth-proxy/demo.secret", clientSecret+"\n")
 	l.must("install -m 0640 -o root -g imap-oauth-proxy /run/demo/upstream-ca.pem /etc/imap-oauth-proxy/demo-ca.pem")
-	l.configText = fmt.Sprintf(labConfig, serverExtra, l.tokenURL, l.imapAddr)
+	l.configText = fmt.Sprintf(labServer, serverExtra) + l.provider + labAccounts
 	l.writeConfig(t, l.configText)
 }
 
@@ -413,6 +413,24 @@ func (l *lab) peerUIDKnown(t *testing.T) {
 	if n := l.journalCount(t, "peer uid unknown"); n > 0 {
 		t.Errorf("the daemon logged %d time(s) that it could not find a peer's uid:\n%s", n,
 			l.must("journalctl -u imap-oauth-proxy -o cat --no-pager | grep -F 'peer uid unknown' | head -n 3"))
+	}
+}
+
+// metricsUnderTheSandbox scrapes /metrics from the sandboxed daemon: the
+// proxy's counters, and the process collector, which reads /proc/self
+// under ProcSubset=pid.
+func (l *lab) metricsUnderTheSandbox(t *testing.T) {
+	t.Helper()
+	out := l.must("curl -sS --max-time 10 http://127.0.0.1:9143/metrics")
+	for _, re := range []string{
+		`(?m)^imap_oauth_proxy_logins_total\{outcome="OK"\} [1-9]`,
+		`(?m)^process_open_fds [1-9]`,
+		`(?m)^process_resident_memory_bytes [1-9]`,
+		`(?m)^go_goroutines [1-9]`,
+	} {
+		if !regexp.MustCompile(re).MatchString(out) {
+			t.Errorf("/metrics has no line matching %s", re)
+		}
 	}
 }
 

@@ -2,12 +2,11 @@ package proxy
 
 import (
 	"errors"
-	"fmt"
-	"io"
-	"runtime"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // loginOutcomes are the label values of imap_oauth_proxy_logins_total.
@@ -64,63 +63,63 @@ func (m *metrics) observeDial(d time.Duration) {
 	}
 }
 
-// WriteMetrics writes the server's metrics in the Prometheus text
-// exposition format (version 0.0.4).
-func (s *Server) WriteMetrics(w io.Writer) error {
+// Metric descriptions: the names and labels operators' dashboards use.
+var (
+	descSessionsActive = prometheus.NewDesc("imap_oauth_proxy_sessions_active",
+		"Collector connections open now.", nil, nil)
+	descSessionsTotal = prometheus.NewDesc("imap_oauth_proxy_sessions_total",
+		"Collector connections accepted.", nil, nil)
+	descRefusedTotal = prometheus.NewDesc("imap_oauth_proxy_connections_refused_total",
+		"Connections refused at a connection limit.", nil, nil)
+	descAcceptErrors = prometheus.NewDesc("imap_oauth_proxy_accept_errors_total",
+		"Failed accepts the listener backed off from and survived, by error.", []string{"error"}, nil)
+	descLogins = prometheus.NewDesc("imap_oauth_proxy_logins_total",
+		"Logins by outcome (OK or the RFC 5530 code of the NO).", []string{"outcome"}, nil)
+	descRelayedBytes = prometheus.NewDesc("imap_oauth_proxy_relayed_bytes_total",
+		"Bytes relayed after login, by direction.", []string{"direction"}, nil)
+	descDialSeconds = prometheus.NewDesc("imap_oauth_proxy_upstream_dial_seconds",
+		"Time to connect and finish TLS with the upstream.", nil, nil)
+)
+
+// Describe sends the descriptions of the server's metrics and of its
+// token manager's (prometheus.Collector).
+func (s *Server) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descSessionsActive, descSessionsTotal, descRefusedTotal,
+		descAcceptErrors, descLogins, descRelayedBytes, descDialSeconds} {
+		ch <- d
+	}
+	s.auth.Describe(ch)
+}
+
+// Collect sends the current values of the server's metrics and of its
+// token manager's (prometheus.Collector). The counters live in atomics
+// that the hot paths update; a scrape reads them.
+func (s *Server) Collect(ch chan<- prometheus.Metric) {
 	m := &s.metrics
-	var err error
-	p := func(format string, args ...any) {
-		if err == nil {
-			_, err = fmt.Fprintf(w, format, args...)
-		}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
-	// head writes a metric's HELP and TYPE lines; single adds its one
-	// unlabelled sample.
-	head := func(name, kind, help string) {
-		p("# HELP %s %s\n# TYPE %s %s\n", name, help, name, kind)
+	counter := func(d *prometheus.Desc, v int64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
-	single := func(name, kind, help string, value any) {
-		head(name, kind, help)
-		p("%s %v\n", name, value)
-	}
-	single("imap_oauth_proxy_sessions_active", "gauge", "Collector connections open now.", s.ActiveSessions())
-	single("imap_oauth_proxy_sessions_total", "counter", "Collector connections accepted.", m.sessionsTotal.Load())
-	single("imap_oauth_proxy_connections_refused_total", "counter", "Connections refused at a connection limit.", m.rejectedTotal.Load())
-	head("imap_oauth_proxy_accept_errors_total", "counter", "Failed accepts the listener backed off from and survived, by error.")
+	gauge(descSessionsActive, float64(s.ActiveSessions()))
+	counter(descSessionsTotal, m.sessionsTotal.Load())
+	counter(descRefusedTotal, m.rejectedTotal.Load())
 	for i, k := range acceptErrorKinds {
-		p("imap_oauth_proxy_accept_errors_total{error=%q} %d\n", k, m.acceptErrors[i].Load())
+		counter(descAcceptErrors, m.acceptErrors[i].Load(), k)
 	}
-	head("imap_oauth_proxy_logins_total", "counter", "Logins by outcome (OK or the RFC 5530 code of the NO).")
 	for i, o := range loginOutcomes {
-		p("imap_oauth_proxy_logins_total{outcome=%q} %d\n", o, m.logins[i].Load())
+		counter(descLogins, m.logins[i].Load(), o)
 	}
-	head("imap_oauth_proxy_relayed_bytes_total", "counter", "Bytes relayed after login, by direction.")
-	p("imap_oauth_proxy_relayed_bytes_total{direction=\"to_upstream\"} %d\n", m.bytesToUpstream.Load())
-	p("imap_oauth_proxy_relayed_bytes_total{direction=\"to_client\"} %d\n", m.bytesToClient.Load())
-	head("imap_oauth_proxy_upstream_dial_seconds", "histogram", "Time to connect and finish TLS with the upstream.")
+	counter(descRelayedBytes, m.bytesToUpstream.Load(), "to_upstream")
+	counter(descRelayedBytes, m.bytesToClient.Load(), "to_client")
+	buckets := make(map[float64]uint64, len(dialBuckets))
 	var cumulative int64
 	for i, le := range dialBuckets {
 		cumulative += m.dialCounts[i].Load()
-		p("imap_oauth_proxy_upstream_dial_seconds_bucket{le=\"%g\"} %d\n", le, cumulative)
+		buckets[le] = uint64(cumulative)
 	}
-	count := m.dialCount.Load()
-	p("imap_oauth_proxy_upstream_dial_seconds_bucket{le=\"+Inf\"} %d\n", count)
-	p("imap_oauth_proxy_upstream_dial_seconds_sum %g\n", float64(m.dialSumMicros.Load())/1e6)
-	p("imap_oauth_proxy_upstream_dial_seconds_count %d\n", count)
-	if err == nil {
-		err = s.auth.WriteMetrics(w) // token refreshes by outcome
-	}
-
-	// Go runtime gauges, named as Prometheus's Go client names them. They
-	// give the memory cost of a session (heap and goroutine stacks over
-	// sessions_active); ReadMemStats stops the world briefly, once per scrape.
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	single("go_goroutines", "gauge", "Number of goroutines that currently exist.", runtime.NumGoroutine())
-	single("go_memstats_heap_alloc_bytes", "gauge", "Heap bytes allocated and not yet freed (live and unswept).", ms.HeapAlloc)
-	single("go_memstats_heap_inuse_bytes", "gauge", "Bytes in in-use heap spans.", ms.HeapInuse)
-	single("go_memstats_stack_inuse_bytes", "gauge", "Bytes in goroutine stacks.", ms.StackInuse)
-	single("go_memstats_sys_bytes", "gauge", "Bytes of memory obtained from the OS.", ms.Sys)
-	single("go_gc_cycles_total", "counter", "Completed garbage collection cycles.", ms.NumGC)
-	return err
+	ch <- prometheus.MustNewConstHistogram(descDialSeconds, uint64(m.dialCount.Load()),
+		float64(m.dialSumMicros.Load())/1e6, buckets)
+	s.auth.Collect(ch)
 }

@@ -19,7 +19,7 @@ import (
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
-	proxytls "github.com/imap-oauth-proxy/imap-oauth-proxy/tls"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/tlsconfig"
 )
 
 // Options configure a Server. Config and Auth are required.
@@ -129,14 +129,14 @@ func New(opts *Options) (*Server, error) {
 func (s *Server) SetConfig(cfg *config.Config) error {
 	rc := &runtimeConfig{Config: cfg, upstreamTLS: make(map[string]*tls.Config)}
 	if cfg.Server.TLSCert != "" {
-		tc, err := proxytls.Local(cfg.Server.TLSCert, cfg.Server.TLSKey)
+		tc, err := tlsconfig.Local(cfg.Server.TLSCert, cfg.Server.TLSKey)
 		if err != nil {
 			return fmt.Errorf("server.tls_cert: %w", err)
 		}
 		rc.localTLS = tc
 	}
 	for name, p := range cfg.Providers {
-		tc, err := proxytls.Upstream(p.IMAPAddress, p.CAFile)
+		tc, err := tlsconfig.Upstream(p.IMAPAddress, p.CAFile)
 		if err != nil {
 			return fmt.Errorf("providers.%s: %w", name, err)
 		}

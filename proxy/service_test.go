@@ -1,7 +1,6 @@
 package proxy_test
 
 import (
-	"bytes"
 	"crypto/tls"
 	"encoding/base64"
 	"errors"
@@ -14,6 +13,8 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/emersion/go-sasl"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/common/expfmt"
 )
 
 func (h *harness) localTLSConfig() *tls.Config {
@@ -111,11 +112,14 @@ func TestMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantNO(t, "wrong password", h.dial().Login(testLogin, "wrong").Wait(), "AUTHENTICATIONFAILED")
-	var buf bytes.Buffer
-	if err := h.srv.WriteMetrics(&buf); err != nil {
+	// A pedantic registry also checks Describe against Collect.
+	out, err := testutil.CollectAndFormat(h.srv, expfmt.TypeTextPlain, "imap_oauth_proxy_logins_total",
+		"imap_oauth_proxy_sessions_total", "imap_oauth_proxy_sessions_active", "imap_oauth_proxy_upstream_dial_seconds",
+		"imap_oauth_proxy_token_refreshes_total", "imap_oauth_proxy_relayed_bytes_total")
+	if err != nil {
 		t.Fatal(err)
 	}
-	text := buf.String()
+	text := string(out)
 	for _, want := range []string{
 		`imap_oauth_proxy_logins_total{outcome="OK"} 1` + "\n",
 		`imap_oauth_proxy_logins_total{outcome="AUTHENTICATIONFAILED"} 1` + "\n",

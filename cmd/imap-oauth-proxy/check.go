@@ -26,7 +26,7 @@ import (
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
-	proxytls "github.com/imap-oauth-proxy/imap-oauth-proxy/tls"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/tlsconfig"
 )
 
 // cmdCheck diagnoses one account end to end, the way a collector's login
@@ -223,7 +223,7 @@ func (c *checker) run(ctx context.Context, password string) {
 			time.Until(tok.Expiry).Round(time.Second)), nil
 	})
 
-	tlsConfig, tlsErr := proxytls.Upstream(p.IMAPAddress, p.CAFile)
+	tlsConfig, tlsErr := tlsconfig.Upstream(p.IMAPAddress, p.CAFile)
 	if tlsErr != nil {
 		tlsErr = failStep(tlsErr, "TLS settings of provider %s: %v", p.Name, tlsErr)
 	}

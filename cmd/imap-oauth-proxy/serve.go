@@ -15,11 +15,15 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/internal/sdnotify"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
-	proxytls "github.com/imap-oauth-proxy/imap-oauth-proxy/tls"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/tlsconfig"
 )
 
 func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
@@ -58,7 +62,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	notify := sdnotify.New()
 	if cfg.Server.TLSCert != "" {
 		// Fail before touching the state directory or binding ports.
-		if _, err := proxytls.Local(cfg.Server.TLSCert, cfg.Server.TLSKey); err != nil {
+		if _, err := tlsconfig.Local(cfg.Server.TLSCert, cfg.Server.TLSKey); err != nil {
 			return configError{fmt.Errorf("server.tls_cert: %w", err)}
 		}
 	}
@@ -161,13 +165,15 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 }
 
-// metricsServer serves the Prometheus text format at /metrics.
+// metricsServer serves /metrics for Prometheus: the proxy's and the token
+// manager's metrics, and the standard Go runtime and process collectors
+// (heap, goroutines, RSS, open file descriptors, CPU), from a registry of
+// its own.
 func metricsServer(srv *proxy.Server) *http.Server {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(srv, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		srv.WriteMetrics(w)
-	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	return &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 }
 

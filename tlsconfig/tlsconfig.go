@@ -1,7 +1,6 @@
-// Package tls builds the TLS settings of the proxy: the client side towards
-// upstream IMAP servers (and, later, the local listeners). Import it under a
-// name such as proxytls, since it shares its name with crypto/tls.
-package tls
+// Package tlsconfig builds the proxy's TLS settings: the client side
+// towards upstream IMAP servers, and the local listeners' certificate.
+package tlsconfig
 
 import (
 	"crypto/tls"
