@@ -6,7 +6,7 @@ import (
 	"fmt"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
-	proxytls "github.com/imap-oauth-proxy/imap-oauth-proxy/tls"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/tlsconfig"
 )
 
 // protocol is what one kind of listener speaks: its dialogue with
@@ -69,7 +69,7 @@ func pop3TLS(cfg *config.Config, imapLocal *tls.Config) (protocolTLS, error) {
 		if p.POP3Address == "" {
 			continue
 		}
-		tc, err := proxytls.Upstream(p.POP3Address, p.CAFile)
+		tc, err := tlsconfig.Upstream(p.POP3Address, p.CAFile)
 		if err != nil {
 			return protocolTLS{}, fmt.Errorf("providers.%s.pop3_address: %w", name, err)
 		}
