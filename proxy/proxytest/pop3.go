@@ -342,10 +342,22 @@ func (s *pop3Session) transaction(name, arg string) bool {
 			}
 		}
 		return s.reply(append(lines, ".")...)
-	case "RETR":
+	case "RETR", "TOP":
 		_, m, ok := s.message(arg)
 		if !ok {
 			return s.reply("-ERR No such message")
+		}
+		if name == "TOP" {
+			// RFC 1939 section 7: the header, the blank line, and n lines
+			// of the body.
+			_, ns, _ := strings.Cut(arg, " ")
+			n, err := strconv.Atoi(ns)
+			if err != nil || n < 0 {
+				return s.reply("-ERR TOP takes a message and a line count")
+			}
+			head, body, _ := strings.Cut(string(m), "\r\n\r\n")
+			lines := strings.SplitAfter(body, "\r\n")
+			m = []byte(head + "\r\n\r\n" + strings.Join(lines[:min(n, len(lines))], ""))
 		}
 		s.bw.WriteString(fmt.Sprintf("+OK %d octets\r\n", len(m)))
 		for _, l := range strings.SplitAfter(string(m), "\r\n") {
