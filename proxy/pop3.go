@@ -216,7 +216,7 @@ func (s *pop3Session) stls(hasArg bool) (reason string, done bool) {
 func (s *pop3Session) auth(arg string, hasArg, first bool) (reason string, done bool) {
 	c := s.c
 	if !hasArg || arg == "" {
-		lines := []string{"+OK Mechanisms follow"}
+		lines := []string{"+OK Mechanism list follows"}
 		if c.canAuth() {
 			lines = append(lines, "PLAIN")
 		}

@@ -227,6 +227,7 @@ func TestPOP3Preauth(t *testing.T) {
 		{"CAPA on loopback", []string{"CAPA"}, []string{"+OK Capability list follows"}, false},
 		{"PASS before USER", []string{"CAPA", "PASS x"}, []string{"+OK", "-ERR Send USER before PASS"}, false},
 		{"USER without a name", []string{"CAPA", "USER"}, []string{"+OK", "-ERR USER takes one argument"}, false},
+		{"AUTH lists mechanisms", []string{"AUTH"}, []string{"+OK Mechanism list follows"}, false},
 		{"other mechanism", []string{"AUTH LOGIN"}, []string{"-ERR Unsupported mechanism; use PLAIN"}, false},
 		{"cancelled", []string{"AUTH PLAIN", "*"}, []string{"+ ", "-ERR AUTH cancelled"}, false},
 		{"malformed base64", []string{"AUTH PLAIN !!!"}, []string{"-ERR Malformed SASL response"}, false},
@@ -258,8 +259,10 @@ func TestPOP3Preauth(t *testing.T) {
 				c.send(l)
 				got := c.line()
 				wantPrefix(t, fmt.Sprintf("answer to %q", auth1Line(tt.lines[i])), got, tt.want[i])
-				if got == "+OK Capability list follows" {
-					c.multi()
+				if strings.HasPrefix(got, "+OK ") && strings.HasSuffix(got, " follows") {
+					if list := string(c.multi()); !strings.Contains(list, "PLAIN") {
+						t.Errorf("list %q lacks PLAIN", list)
+					}
 				}
 			}
 			if tt.closed && !c.closed() {
