@@ -52,27 +52,10 @@ func (h *harness) startPOP3Upstream(validate func(user, token string) error, per
 // TLS if implicitTLS) and returns the loopback address to dial.
 func (h *harness) servePOP3(listenAddr string, implicitTLS bool) string {
 	h.t.Helper()
-	ln, err := net.Listen("tcp", listenAddr)
-	if err != nil {
-		h.t.Fatal(err)
+	if implicitTLS {
+		return h.serveWith(listenAddr, h.srv.ServePOP3TLS)
 	}
-	srv := h.srv
-	done := make(chan error, 1)
-	go func() {
-		if implicitTLS {
-			done <- srv.ServePOP3TLS(ln)
-		} else {
-			done <- srv.ServePOP3(ln)
-		}
-	}()
-	h.t.Cleanup(func() {
-		srv.Close()
-		if err := <-done; err != nil {
-			h.t.Errorf("ServePOP3: %v", err)
-		}
-	})
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	return net.JoinHostPort("127.0.0.1", port)
+	return h.serveWith(listenAddr, h.srv.ServePOP3)
 }
 
 // pop3Client speaks POP3 by hand.
