@@ -25,21 +25,16 @@ const maxPOP3Challenges = 2
 // *auth.Error values; a refused token also matches errTokenRefused.
 func loginPOP3Upstream(ctx context.Context, l *upstreamLogin) (*upstreamConn, error) {
 	addr := l.account.Provider.POP3Address
-	start := time.Now()
-	up, err := dialUpstream(ctx, l, addr)
+	up, err := openUpstream(ctx, l, addr, nil)
 	if err != nil {
 		return nil, err
 	}
-	raw := up.nc
 	ok := false
 	defer func() {
 		if !ok {
-			raw.Close()
+			up.nc.Close()
 		}
 	}()
-	if err := up.secure(ctx, l, addr, start); err != nil {
-		return nil, err
-	}
 	greeting, err := up.readPOP3()
 	if err != nil {
 		return nil, unavailable(fmt.Sprintf("no greeting from upstream %s", addr), err)

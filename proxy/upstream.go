@@ -58,28 +58,22 @@ type upstreamLogin struct {
 // a refused token also matches errTokenRefused.
 func loginUpstream(ctx context.Context, l *upstreamLogin) (*upstreamConn, error) {
 	addr := l.account.Provider.IMAPAddress
-	start := time.Now()
-	up, err := dialUpstream(ctx, l, addr)
+	var beforeTLS func(*upstreamConn) error
+	if l.account.Provider.IMAPTLS == "starttls" {
+		beforeTLS = func(up *upstreamConn) error { return up.startTLS(addr) }
+	}
+	up, err := openUpstream(ctx, l, addr, beforeTLS)
 	if err != nil {
 		return nil, err
 	}
-	raw := up.nc
+	tc := up.nc
 	ok := false
 	defer func() {
 		if !ok {
-			raw.Close()
+			tc.Close()
 		}
 	}()
 	var caps string
-	if l.account.Provider.IMAPTLS == "starttls" {
-		if err := up.startTLS(addr); err != nil {
-			return nil, err
-		}
-	}
-	if err := up.secure(ctx, l, addr, start); err != nil {
-		return nil, err
-	}
-	tc := up.nc
 	if l.account.Provider.IMAPTLS != "starttls" {
 		if caps, err = up.readGreeting(addr); err != nil {
 			return nil, err
@@ -95,6 +89,28 @@ func loginUpstream(ctx context.Context, l *upstreamLogin) (*upstreamConn, error)
 	}
 	tc.SetDeadline(time.Time{})
 	ok = true
+	return up, nil
+}
+
+// openUpstream dials addr for l and secures the connection with TLS,
+// running beforeTLS (IMAP's STARTTLS) on the plain connection first when
+// it is not nil. On error nothing stays open.
+func openUpstream(ctx context.Context, l *upstreamLogin, addr string, beforeTLS func(*upstreamConn) error) (*upstreamConn, error) {
+	start := time.Now()
+	up, err := dialUpstream(ctx, l, addr)
+	if err != nil {
+		return nil, err
+	}
+	if beforeTLS != nil {
+		err = beforeTLS(up)
+	}
+	if err == nil {
+		err = up.secure(ctx, l, addr, start)
+	}
+	if err != nil {
+		up.nc.Close()
+		return nil, err
+	}
 	return up, nil
 }
 
