@@ -16,10 +16,12 @@
 //	provider = "contoso"
 //	mailbox = "helpdesk@contoso.com"
 //
-// The whole file is checked before a Config is returned: unknown keys, values
-// of the wrong type, missing fields, bad addresses and URLs and dangling
-// provider names are all reported together in one *ValidationError, each
-// problem starting with its key path. A Config is never returned together with
+// The whole file is checked before a Config is returned: unknown keys,
+// missing fields, bad values, addresses and URLs and dangling provider names
+// are all reported together in one *ValidationError, each problem starting
+// with its key path. A value of the wrong TOML type (a number where a string
+// belongs, say) ends decoding: the error names that one's key (and line,
+// mostly), and no other problem. A Config is never returned together with
 // an error.
 //
 // A returned Config is not modified by this package; it is safe for concurrent
@@ -239,17 +241,45 @@ type Account struct {
 	// Mailbox is the upstream user name sent in XOAUTH2 or OAUTHBEARER (key
 	// mailbox).
 	Mailbox string
-	// Grant is "refresh_token" (the default), "client_credentials" or
-	// "service_account" (key grant).
-	Grant string
+	// Grant is how the account gets its tokens (key grant):
+	// GrantRefreshToken, the default, GrantClientCredentials or
+	// GrantServiceAccount.
+	Grant Grant
 	// Protocols are the collector protocols the account may be used with
 	// (key protocols): IMAP and POP3, in the file's order without
 	// duplicates; [IMAP] when the key is not set. Never empty.
 	Protocols []Protocol
 }
 
-// ValidationError is returned by Load and Parse when the file is valid TOML
-// but not a valid mapping file. It lists every problem found.
+// Grant is how an account gets its access tokens (key grant). The zero
+// Grant, which only an Account built by hand has, is GrantRefreshToken.
+type Grant string
+
+// The grants an account may name.
+const (
+	// GrantRefreshToken is delegated access: a user authorized the app
+	// once (authorize), and the token record keeps the refresh token.
+	GrantRefreshToken Grant = "refresh_token"
+	// GrantClientCredentials is Microsoft's app-only access, with the
+	// app's client secret or certificate.
+	GrantClientCredentials Grant = "client_credentials"
+	// GrantServiceAccount is Google's app-only access: a service account
+	// with domain-wide delegation.
+	GrantServiceAccount Grant = "service_account"
+)
+
+// Delegated reports whether g uses a user's authorization, whose refresh
+// token the token record keeps: GrantRefreshToken or the zero Grant.
+func (g Grant) Delegated() bool { return g == "" || g == GrantRefreshToken }
+
+// AppOnly reports whether g gets tokens without any user's authorization:
+// GrantClientCredentials or GrantServiceAccount. Its token record holds
+// no refresh token.
+func (g Grant) AppOnly() bool { return g == GrantClientCredentials || g == GrantServiceAccount }
+
+// ValidationError is returned by Load and Parse when the file is valid TOML,
+// with values of the right types, but not a valid mapping file. It lists
+// every problem found.
 type ValidationError struct {
 	// Problems each start with the key path they are about, as in
 	// "providers.lab.token_url: missing". They never contain a client
@@ -266,7 +296,8 @@ func (e *ValidationError) Error() string {
 // Load reads the mapping file at path and parses it like Parse, resolving
 // relative paths in it against the file's directory. The returned Config has
 // Path set to path. Errors are wrapped with the path; a TOML syntax error
-// carries a toml.ParseError with its line, an invalid file a
+// carries a toml.ParseError with its line, a value of the wrong type an
+// error naming its key (the first one decoding meets), an invalid file a
 // *ValidationError.
 func Load(path string) (*Config, error) {
 	return LoadWithOptions(path, nil)
@@ -308,7 +339,8 @@ func LoadWithOptions(path string, opts *LoadOptions) (*Config, error) {
 // dir "" they stay relative to the working directory. client_secret_file
 // is read; client_certificate_file and client_key_file are read and
 // checked (an RSA key and its certificate) but not kept. Parse returns a
-// TOML syntax error wrapped, or a *ValidationError listing every problem.
+// TOML syntax error or the first value of the wrong type it meets,
+// wrapped, or a *ValidationError listing every problem.
 func Parse(data []byte, dir string) (*Config, error) {
 	return parse(data, dir, nil)
 }

@@ -56,53 +56,52 @@ func (a *Account) Scopes() []string {
 // protocols reads an account's protocols key into a.Protocols: a
 // non-empty array of known protocol names without duplicates, [imap] when
 // not set. A protocol the provider has no server for is a problem.
-func (p *parser) protocols(r rawValue, a *Account, at func(string) []string) {
+func (p *parser) protocols(names *[]string, a *Account, at func(string) string) {
 	a.Protocols = []Protocol{IMAP}
-	var names []string
-	if !p.strs(r, &names, at("protocols")...) {
+	if names == nil {
 		return
 	}
-	if len(names) == 0 {
-		p.addf(keyPath(at("protocols")...), "empty (want some of %s)", strings.Join(knownProtocols, ", "))
+	if len(*names) == 0 {
+		p.addf(at("protocols"), "empty (want some of %s)", strings.Join(knownProtocols, ", "))
 		return
 	}
 	var protos []Protocol
-	for _, name := range names {
+	for _, name := range *names {
 		name = strings.ToLower(name)
 		switch {
 		case !isOneOf(name, knownProtocols...):
-			p.addf(keyPath(at("protocols")...), "unknown protocol %q (want %s)", name, strings.Join(knownProtocols, ", "))
+			p.addf(at("protocols"), "unknown protocol %q (want %s)", name, strings.Join(knownProtocols, ", "))
 			return
 		case slices.Contains(protos, Protocol(name)):
-			p.addf(keyPath(at("protocols")...), "%s listed twice", name)
+			p.addf(at("protocols"), "%s listed twice", name)
 			return
 		}
 		protos = append(protos, Protocol(name))
 	}
 	a.Protocols = protos
 	if a.Provider != nil && a.Allows(POP3) && a.Provider.POP3Address == "" {
-		p.addf(keyPath(at("protocols")...), "pop3 needs providers.%s.pop3_address", keyPath(a.Provider.Name))
+		p.addf(at("protocols"), "pop3 needs providers.%s.pop3_address", keyPath(a.Provider.Name))
 	}
 }
 
 // pop3Server reads a provider's POP3 keys into pr.
-func (p *parser) pop3Server(r *rawProvider, pr *Provider, at func(string) []string) {
-	p.str(r.POP3Address, &pr.POP3Address, at("pop3_address")...)
+func (p *parser) pop3Server(r *rawProvider, pr *Provider, at func(string) string) {
+	setIf(&pr.POP3Address, r.POP3Address)
 	if pr.POP3Address != "" {
-		p.address(pr.POP3Address, false, at("pop3_address")...)
+		p.address(pr.POP3Address, false, at("pop3_address"))
 	}
-	p.boolean(r.POP3InitialResponse, &pr.POP3InitialResponse, at("pop3_initial_response")...)
+	setIf(&pr.POP3InitialResponse, r.POP3InitialResponse)
 }
 
 // pop3Listeners reads the [server] POP3 listener keys into s.
 func (p *parser) pop3Listeners(r *rawServer, s *Server) {
-	p.str(r.ListenPOP3, &s.ListenPOP3, "server", "listen_pop3")
-	p.str(r.ListenPOP3TLS, &s.ListenPOP3TLS, "server", "listen_pop3_tls")
+	setIf(&s.ListenPOP3, r.ListenPOP3)
+	setIf(&s.ListenPOP3TLS, r.ListenPOP3TLS)
 	if s.ListenPOP3 != "" {
-		p.address(s.ListenPOP3, true, "server", "listen_pop3")
+		p.address(s.ListenPOP3, true, "server.listen_pop3")
 	}
 	if s.ListenPOP3TLS != "" {
-		p.address(s.ListenPOP3TLS, true, "server", "listen_pop3_tls")
+		p.address(s.ListenPOP3TLS, true, "server.listen_pop3_tls")
 		if s.TLSCert == "" && s.TLSKey == "" {
 			p.addf("server.listen_pop3_tls", "needs server.tls_cert and server.tls_key")
 		}

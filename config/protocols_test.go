@@ -101,19 +101,13 @@ provider = "lab"
 mailbox = "a"
 protocols = []
 `, []string{`accounts.a.protocols: empty`}},
-		{"not an array", labProvider + `[accounts.a]
-provider = "lab"
-mailbox = "a"
-protocols = "pop3"
-`, []string{`accounts.a.protocols: want an array of strings`}},
 		{"pop3 without a server", labProvider + `[accounts.a]
 provider = "lab"
 mailbox = "a"
 protocols = ["pop3"]
 `, []string{`accounts.a.protocols: pop3 needs providers.lab.pop3_address`}},
 		{"bad pop3 address", labProvider + `pop3_address = "pop.example"
-pop3_initial_response = "yes"
-`, []string{`providers.lab.pop3_address: bad address`, `providers.lab.pop3_initial_response: want a boolean`}},
+`, []string{`providers.lab.pop3_address: bad address`}},
 		{"implicit TLS without a certificate", `[server]
 listen_pop3_tls = "127.0.0.1:1995"
 listen_pop3 = "127.0.0.1:1143"

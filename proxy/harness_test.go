@@ -23,6 +23,7 @@ import (
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
 )
@@ -37,7 +38,7 @@ const (
 )
 
 // testKDF keeps argon2id cheap in tests; records carry their own params.
-var testKDF = auth.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}
+var testKDF = tokenstore.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}
 
 // testDeadline bounds every network step of a test.
 const testDeadline = 30 * time.Second

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 )
 
 // login checks the collector's credentials, logs in upstream, answers the
@@ -83,7 +84,7 @@ func (c *conn) checkPassword(ctx context.Context, login, password string) (accou
 	for {
 		if acct != nil {
 			account, err := c.srv.auth.UnlockCached(acct, password)
-			if !errors.Is(err, auth.ErrNotCached) {
+			if !errors.Is(err, tokenstore.ErrNotCached) {
 				return account, 0, err
 			}
 		}

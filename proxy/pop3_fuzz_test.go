@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 )
 
@@ -57,7 +58,7 @@ protocols = ["pop3"]
 	if err != nil {
 		f.Fatal(err)
 	}
-	store, err := auth.NewStore(cfg.Server.StateDir, &auth.StoreOptions{KDF: auth.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}})
+	store, err := tokenstore.New(cfg.Server.StateDir, &tokenstore.Options{KDF: tokenstore.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}})
 	if err != nil {
 		f.Fatal(err)
 	}

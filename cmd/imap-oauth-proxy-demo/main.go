@@ -26,6 +26,7 @@ import (
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/internal/sdnotify"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
@@ -138,11 +139,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 
 	// What `token import` does, with a refresh token from the demo endpoint.
-	store, err := auth.NewStore(cfg.Server.StateDir, nil)
+	store, err := tokenstore.New(cfg.Server.StateDir, nil)
 	if err != nil {
 		return err
 	}
-	if _, err := store.Create(demoLogin, demoPassword, auth.Secret{RefreshToken: tokens.Grant(demoMailbox)}); err != nil {
+	if _, err := store.Create(demoLogin, demoPassword, tokenstore.Secret{RefreshToken: tokens.Grant(demoMailbox)}); err != nil {
 		return err
 	}
 

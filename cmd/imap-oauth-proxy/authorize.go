@@ -19,6 +19,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 )
 
@@ -51,7 +52,7 @@ func cmdAuthorize(ctx context.Context, args []string, stdin io.Reader, stdout, s
 	if err != nil {
 		return err
 	}
-	appOnly := acct.Grant == "client_credentials" || acct.Grant == "service_account"
+	appOnly := acct.Grant.AppOnly()
 	switch {
 	case *external && *device:
 		return usageError("authorize takes -external or -device, not both")
@@ -78,7 +79,7 @@ func cmdAuthorize(ctx context.Context, args []string, stdin io.Reader, stdout, s
 	}
 
 	tctx := context.WithValue(ctx, oauth2.HTTPClient, &http.Client{Timeout: cfg.Server.TokenTimeout})
-	var secret auth.Secret
+	var secret tokenstore.Secret
 	switch {
 	case appOnly:
 		fmt.Fprintf(stdout, "Asking provider %s for an app-only access token for %s (grant %s)...\n", acct.Provider.Name, acct.Mailbox, acct.Grant)

@@ -17,8 +17,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
 )
 
@@ -271,11 +271,11 @@ func TestAuthorizeExternal(t *testing.T) {
 	path := cl.config(t, "google", "refresh_token", fmt.Sprintf("client_secret = %q\n", tenantSecret))
 	const old, password = "old-pw-canary-a11c", "external-pw-canary-5b0e"
 	c.secret(old, password)
-	store, err := auth.NewStore(cl.stateDir(), &auth.StoreOptions{KDF: testKDF})
+	store, err := tokenstore.New(cl.stateDir(), &tokenstore.Options{KDF: testKDF})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := store.Create("helpdesk", old, auth.Secret{RefreshToken: "stale-refresh-canary-d4"}); err != nil {
+	if _, err := store.Create("helpdesk", old, tokenstore.Secret{RefreshToken: "stale-refresh-canary-d4"}); err != nil {
 		t.Fatal(err)
 	}
 	c.secret("stale-refresh-canary-d4")

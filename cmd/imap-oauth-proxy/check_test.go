@@ -19,6 +19,7 @@ import (
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
 )
 
@@ -49,14 +50,14 @@ func steps(t *testing.T, stdout string) map[string][2]string {
 func checkLab(t *testing.T, c *cli, flavor authtest.Flavor, password string) *cloud {
 	t.Helper()
 	cl := newCloud(t, c, authtest.Options{Flavor: flavor, ClientSecret: tenantSecret}, flavor == authtest.Google)
-	store, err := auth.NewStore(cl.stateDir(), &auth.StoreOptions{KDF: testKDF})
+	store, err := tokenstore.New(cl.stateDir(), &tokenstore.Options{KDF: testKDF})
 	if err != nil {
 		t.Fatal(err)
 	}
 	rt := cl.tokens.Grant(tenantOperator)
 	cl.tokens.Share(tenantShared, tenantOperator)
 	c.secret(password, rt)
-	if _, err := store.Create("helpdesk", password, auth.Secret{RefreshToken: rt}); err != nil {
+	if _, err := store.Create("helpdesk", password, tokenstore.Secret{RefreshToken: rt}); err != nil {
 		t.Fatal(err)
 	}
 	return cl
@@ -175,13 +176,13 @@ func TestCheckFailingSteps(t *testing.T) {
 			if tc.name == "XOAUTH2 refused (Microsoft)" || tc.name == "XOAUTH2 refused (Gmail)" {
 				// The operator never got access to the shared mailbox.
 				cl = newCloud(t, c, authtest.Options{Flavor: tc.flavor, ClientSecret: tenantSecret}, tc.flavor == authtest.Google)
-				store, err := auth.NewStore(cl.stateDir(), &auth.StoreOptions{KDF: testKDF})
+				store, err := tokenstore.New(cl.stateDir(), &tokenstore.Options{KDF: testKDF})
 				if err != nil {
 					t.Fatal(err)
 				}
 				rt := cl.tokens.Grant(tenantOperator)
 				c.secret(rt)
-				if _, err := store.Create("helpdesk", password, auth.Secret{RefreshToken: rt}); err != nil {
+				if _, err := store.Create("helpdesk", password, tokenstore.Secret{RefreshToken: rt}); err != nil {
 					t.Fatal(err)
 				}
 			}

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/internal/sdnotify"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
@@ -243,8 +244,8 @@ func reload(srv *proxy.Server, path string, started *config.Config, in *inherite
 }
 
 // newServer builds the token store, token manager and proxy for cfg.
-func newServer(ctx context.Context, cfg *config.Config, logger *slog.Logger, storeOpts *auth.StoreOptions) (*proxy.Server, error) {
-	store, err := auth.NewStore(cfg.Server.StateDir, storeOpts)
+func newServer(ctx context.Context, cfg *config.Config, logger *slog.Logger, storeOpts *tokenstore.Options) (*proxy.Server, error) {
+	store, err := tokenstore.New(cfg.Server.StateDir, storeOpts)
 	if err != nil {
 		return nil, err
 	}
