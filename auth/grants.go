@@ -74,6 +74,7 @@ func NewCodeFlow(acct *config.Account, redirectURL string) (*CodeFlow, error) {
 		return nil, fmt.Errorf("provider %s has no auth_url, so it cannot authorize in a browser", p.Name)
 	}
 	cfg := oauth2Config(p)
+	cfg.Scopes = acct.Scopes() // the permissions of the protocols it lists
 	cfg.RedirectURL = redirectURL
 	f := &CodeFlow{
 		RedirectURL: redirectURL,
@@ -284,6 +285,7 @@ func DeviceFlow(ctx context.Context, acct *config.Account, show func(*oauth2.Dev
 		return nil, fmt.Errorf("provider %s has no device_auth_url, so it cannot authorize with a device code", p.Name)
 	}
 	cfg := oauth2Config(p)
+	cfg.Scopes = acct.Scopes()
 	da, err := cfg.DeviceAuth(ctx)
 	if err != nil {
 		return nil, classifyTokenError(acct.Login, p, config.GrantRefreshToken, err)

@@ -68,6 +68,14 @@ type Server struct {
 	// ListenTLS is the implicit-TLS listener address (key listen_tls); ""
 	// disables it. Setting it requires TLSCert and TLSKey.
 	ListenTLS string
+	// ListenPOP3 is the plain POP3 listener address (key listen_pop3), on
+	// which STLS is offered when TLSCert is set; "" (the default) disables
+	// it.
+	ListenPOP3 string
+	// ListenPOP3TLS is the implicit-TLS POP3 listener address (key
+	// listen_pop3_tls); "" disables it. Setting it requires TLSCert and
+	// TLSKey.
+	ListenPOP3TLS string
 	// TLSCert and TLSKey are the PEM certificate chain and key for local TLS
 	// (keys tls_cert and tls_key), both set or both "". Relative paths are
 	// resolved against the config file's directory.
@@ -207,6 +215,15 @@ type Provider struct {
 	// IMAPTLS is "implicit" (TLS from the first byte) or "starttls" (key
 	// imap_tls).
 	IMAPTLS string
+	// POP3Address is the upstream POP3 server's host:port (key
+	// pop3_address), spoken to with implicit TLS; "" when the provider has
+	// none, and then no account of it may list pop3.
+	POP3Address string
+	// POP3InitialResponse sends the SASL initial response on the POP3 AUTH
+	// line (key pop3_initial_response), as Gmail expects; false waits for
+	// the server's "+" first, as Microsoft 365 requires (RFC 5034 section
+	// 4 allows both).
+	POP3InitialResponse bool
 	// CAFile is a PEM file of extra root certificates for the upstream (key
 	// ca_file), resolved against the config file's directory; "" for the
 	// system roots only.
@@ -247,6 +264,10 @@ type Account struct {
 	// max_sessions, else the provider's); 0 means no limit. Past it, a
 	// login gets NO [UNAVAILABLE] without the upstream being asked.
 	MaxSessions int
+	// Protocols are the collector protocols the account may be used with
+	// (key protocols): IMAP and POP3, in the file's order without
+	// duplicates; [IMAP] when the key is not set. Never empty.
+	Protocols []Protocol
 }
 
 // Grant is how an account gets its access tokens (key grant). The zero

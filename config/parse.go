@@ -36,6 +36,8 @@ type rawServer struct {
 	// Listeners and local TLS.
 	Listen         *string `toml:"listen"`
 	ListenTLS      *string `toml:"listen_tls"`
+	ListenPOP3     *string `toml:"listen_pop3"`
+	ListenPOP3TLS  *string `toml:"listen_pop3_tls"`
 	TLSCert        *string `toml:"tls_cert"`
 	TLSKey         *string `toml:"tls_key"`
 	AllowPlaintext *bool   `toml:"allow_plaintext"`
@@ -88,8 +90,12 @@ type rawProvider struct {
 	// The upstream IMAP server.
 	IMAPAddress *string `toml:"imap_address"`
 	IMAPTLS     *string `toml:"imap_tls"`
-	CAFile      *string `toml:"ca_file"`
-	Mechanism   *string `toml:"mechanism"`
+
+	// The upstream POP3 server.
+	POP3Address         *string `toml:"pop3_address"`
+	POP3InitialResponse *bool   `toml:"pop3_initial_response"`
+	CAFile              *string `toml:"ca_file"`
+	Mechanism           *string `toml:"mechanism"`
 
 	// Microsoft's cloud, and the sessions one mailbox may hold.
 	Cloud       *string `toml:"cloud"`
@@ -98,10 +104,11 @@ type rawProvider struct {
 
 // rawAccount is an [accounts.LOGIN] table before its values are checked.
 type rawAccount struct {
-	Provider    *string `toml:"provider"`
-	Mailbox     *string `toml:"mailbox"`
-	Grant       *string `toml:"grant"`
-	MaxSessions *int    `toml:"max_sessions"`
+	Provider    *string   `toml:"provider"`
+	Mailbox     *string   `toml:"mailbox"`
+	Grant       *string   `toml:"grant"`
+	MaxSessions *int      `toml:"max_sessions"`
+	Protocols   *[]string `toml:"protocols"`
 }
 
 // duration is a duration key's value: a string such as "30s"
@@ -247,6 +254,7 @@ func (p *parser) server(r *rawServer, opts *LoadOptions) Server {
 	setIf(&s.ListenTLS, r.ListenTLS)
 	setIf(&s.TLSCert, r.TLSCert)
 	setIf(&s.TLSKey, r.TLSKey)
+	p.pop3Listeners(r, &s)
 	setIf(&s.AllowPlaintext, r.AllowPlaintext)
 	setIf(&s.StateDir, r.StateDir)
 	p.enum(r.LogLevel, &s.LogLevel, []string{"debug", "info", "warn", "error"}, "server.log_level")
@@ -277,8 +285,9 @@ func (p *parser) server(r *rawServer, opts *LoadOptions) Server {
 	}
 
 	inherited := opts.InheritedListen || opts.InheritedListenTLS
+	pop3 := s.ListenPOP3 != "" || s.ListenPOP3TLS != ""
 	switch {
-	case s.Listen == "" && s.ListenTLS == "" && !inherited:
+	case s.Listen == "" && s.ListenTLS == "" && !inherited && !pop3:
 		p.addf("server.listen", "empty, and server.listen_tls is not set: nothing to listen on")
 	case s.Listen != "" && s.Listen == s.ListenTLS && !strings.HasSuffix(s.Listen, ":0"):
 		p.addf("server.listen_tls", "same address as server.listen")
@@ -370,6 +379,7 @@ func (p *parser) provider(name string, r *rawProvider) *Provider {
 	setIf(&secretFile, r.ClientSecretFile)
 	setIf(&pr.IMAPAddress, r.IMAPAddress)
 	p.enum(r.IMAPTLS, &pr.IMAPTLS, []string{"implicit", "starttls"}, at("imap_tls"))
+	p.pop3Server(r, &pr, at)
 	setIf(&pr.CAFile, r.CAFile)
 	if setIf(&pr.Mechanism, r.Mechanism) {
 		pr.Mechanism = strings.ToUpper(pr.Mechanism)
@@ -522,6 +532,7 @@ func (p *parser) account(login string, r *rawAccount, providers map[string]*Prov
 		}
 		a.Grant = g
 	}
+	p.protocols(r.Protocols, a, at)
 	if a.Provider == nil {
 		return a
 	}

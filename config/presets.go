@@ -40,6 +40,8 @@ func preset(typ, tenant, cloud string) Provider {
 		p.AppScopes = []string{"https://" + hosts.exchange + "/.default"}
 		p.IMAPAddress = hosts.exchange + ":993"
 		p.MaxSessions = microsoftMaxSessions
+		// https://learn.microsoft.com/exchange/clients-and-mobile-in-exchange-online/pop3-and-imap4/pop3-and-imap4
+		p.POP3Address = hosts.exchange + ":995"
 	case "google":
 		p.AuthURL = "https://accounts.google.com/o/oauth2/auth"
 		p.TokenURL = "https://oauth2.googleapis.com/token"
@@ -47,6 +49,10 @@ func preset(typ, tenant, cloud string) Provider {
 		p.Scopes = []string{"https://mail.google.com/"}
 		p.IMAPAddress = "imap.gmail.com:993"
 		p.MaxSessions = googleMaxSessions
+		// https://developers.google.com/gmail/imap/xoauth2-protocol: POP
+		// AUTH takes the initial response on the command line.
+		p.POP3Address = "pop.gmail.com:995"
+		p.POP3InitialResponse = true
 	}
 	return p
 }

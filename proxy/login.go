@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -16,11 +17,41 @@ import (
 // collector with its own tag and, on success, relays the session. done is
 // true when the session is over (successfully relayed or broken).
 func (c *conn) login(tag, login, password string) (reason string, done bool) {
+	up, log, err := c.openSession(login, password)
+	if err != nil {
+		if c.writeStatus(tag, "NO", auth.KindOf(err).String(), auth.MessageOf(err, "login failed")) != nil {
+			return "write failed", true
+		}
+		return "", false
+	}
+	code := ""
+	if up.caps != "" {
+		code = "CAPABILITY " + up.caps
+	}
+	if err := c.writeStatus(tag, "OK", code, "LOGIN completed"); err != nil {
+		up.Close()
+		return "write failed", true
+	}
+	return c.relay(up, log), true
+}
+
+// openSession checks the collector's credentials and logs in upstream
+// over c's protocol, counting and logging the outcome. It returns the
+// upstream connection and the session's logger, or an error whose
+// auth.Kind and auth.MessageOf say what to answer the collector.
+func (c *conn) openSession(login, password string) (*UpstreamConn, *slog.Logger, error) {
 	start := time.Now()
 	log := c.logger.With("login", login)
 	ctx, cancel := context.WithTimeout(c.srv.ctx, c.cfg.Server.LoginTimeout)
 	defer cancel()
 	account, waited, err := c.checkPassword(ctx, login, password)
+	if err == nil && !c.cfg.Accounts[login].Allows(c.proto.name) {
+		// Said only to a collector that knows the password.
+		err = &auth.Error{Kind: auth.AuthorizationFailed,
+			Message: fmt.Sprintf("%s is not enabled for %s; the operator adds %q to accounts.%s.protocols and runs authorize again",
+				login, c.proto.label, c.proto.name, login),
+			Err: fmt.Errorf("account does not list %s in protocols", c.proto.name)}
+	}
 	var up *UpstreamConn
 	var release func()
 	if err == nil {
@@ -34,40 +65,27 @@ func (c *conn) login(tag, login, password string) (reason string, done bool) {
 		if err != nil {
 			release()
 		} else {
-			up.release = release
-			defer release()
+			up.release = release // given back by up.Close, or earlier by the relay
 		}
 	}
 	if err == nil && c.draining.Load() {
-		up.nc.Close()
+		up.Close()
 		err = &auth.Error{Kind: auth.Unavailable, Message: "server shutting down; retry later",
 			Err: errors.New("shutdown during login")}
 	}
 	if err != nil {
 		kind := auth.KindOf(err)
-		msg := auth.MessageOf(err, "login failed")
 		c.srv.metrics.login(kind.String())
 		log.Warn("login failed", "outcome", kind.String(), "duration", time.Since(start).Round(time.Millisecond),
 			"throttle_wait", waited.Round(time.Millisecond), "err", err)
-		if c.writeStatus(tag, "NO", kind.String(), msg) != nil {
-			return "write failed", true
-		}
-		return "", false
+		return nil, log, err
 	}
 	c.srv.metrics.login("OK")
 	c.srv.metrics.observeDial(up.dialTime)
 	log.Info("login", "outcome", "OK", "duration", time.Since(start).Round(time.Millisecond),
 		"throttle_wait", waited.Round(time.Millisecond),
-		"upstream", c.cfg.Accounts[login].Provider.IMAPAddress, "dial", up.dialTime.Round(time.Millisecond))
-	code := ""
-	if up.caps != "" {
-		code = "CAPABILITY " + up.caps
-	}
-	if err := c.writeStatus(tag, "OK", code, "LOGIN completed"); err != nil {
-		up.nc.Close()
-		return "write failed", true
-	}
-	return c.relay(up, log), true
+		"upstream", c.proto.upstreamAddress(c.cfg.Accounts[login].Provider), "dial", up.dialTime.Round(time.Millisecond))
+	return up, log, nil
 }
 
 // checkPassword checks login's password and returns the account's token
@@ -141,7 +159,7 @@ func (c *conn) connectUpstream(ctx context.Context, login string, account *auth.
 	l := &UpstreamLogin{
 		Trace:       c.upstreamTrace(),
 		Account:     acct,
-		TLSConfig:   c.cfg.upstreamTLS[acct.Provider.Name],
+		TLSConfig:   c.upstreamTLS(acct.Provider),
 		DialTimeout: c.cfg.Server.DialTimeout,
 	}
 	for attempt := 0; ; attempt++ {
@@ -150,7 +168,7 @@ func (c *conn) connectUpstream(ctx context.Context, login string, account *auth.
 			return nil, err
 		}
 		l.Token = tok.AccessToken
-		up, err := DialUpstream(ctx, l)
+		up, err := c.proto.loginUpstream(ctx, l)
 		if err == nil {
 			return up, nil
 		}

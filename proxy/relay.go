@@ -105,7 +105,7 @@ func tokenExpiredBye(text string) bool {
 // whatever the pre-auth readers had already buffered. It returns why the
 // session ended.
 func (c *conn) relay(up *UpstreamConn, log *slog.Logger) string {
-	defer up.nc.Close()
+	defer up.Close()
 	c.nc.SetDeadline(time.Time{})
 	c.mu.Lock()
 	c.upstream = up.nc

@@ -139,8 +139,14 @@ func (up *UpstreamConn) Capabilities() string { return up.caps }
 // ahead. Use either Conn or the relay, not both.
 func (up *UpstreamConn) Conn() net.Conn { return &bufferedConn{Conn: up.nc, br: up.br} }
 
-// Close closes the connection.
-func (up *UpstreamConn) Close() error { return up.nc.Close() }
+// Close closes the connection and gives back its max_sessions slot, if
+// it holds one.
+func (up *UpstreamConn) Close() error {
+	if up.release != nil {
+		up.release() // runs once, however often it is called
+	}
+	return up.nc.Close()
+}
 
 // bufferedConn is a net.Conn whose reads go through br.
 type bufferedConn struct {
@@ -169,23 +175,18 @@ func DialUpstream(ctx context.Context, l *UpstreamLogin) (*UpstreamConn, error) 
 		return err
 	}
 	start := time.Now()
-	dialer := &net.Dialer{Timeout: l.DialTimeout, KeepAlive: time.Minute}
-	raw, err := dialer.DialContext(ctx, "tcp", addr)
+	up, err := dialUpstream(ctx, l, addr)
 	if err != nil {
-		return nil, done(PhaseConnect, "", nil, unavailable(fmt.Sprintf("upstream %s unreachable", addr), err))
+		return nil, done(PhaseConnect, "", nil, err)
 	}
-	done(PhaseConnect, raw.RemoteAddr().String(), nil, nil)
+	done(PhaseConnect, up.nc.RemoteAddr().String(), nil, nil)
 	ok := false
 	defer func() {
 		if !ok {
-			raw.Close()
+			up.nc.Close() // the TLS connection once secure has run
 		}
 	}()
-	if dl, has := ctx.Deadline(); has {
-		raw.SetDeadline(dl)
-	}
 
-	up := &UpstreamConn{nc: raw, br: bufio.NewReader(raw), trace: l.Trace}
 	var caps string
 	starttls := l.Account.Provider.IMAPTLS == "starttls"
 	if starttls {
@@ -198,13 +199,10 @@ func DialUpstream(ctx context.Context, l *UpstreamLogin) (*UpstreamConn, error) 
 			return nil, done(PhaseTLS, "", nil, err)
 		}
 	}
-	up.records = newRecordConn(raw)
-	tc := tls.Client(up.records, l.TLSConfig)
-	if err := tc.HandshakeContext(ctx); err != nil {
-		return nil, done(PhaseTLS, "", nil, unavailable(fmt.Sprintf("TLS with upstream %s failed", addr), err))
+	if err := up.secure(ctx, l, addr, start); err != nil {
+		return nil, done(PhaseTLS, "", nil, err)
 	}
-	up.nc, up.br = tc, bufio.NewReader(tc)
-	up.dialTime = time.Since(start)
+	tc := up.nc.(*tls.Conn)
 	cs := tc.ConnectionState()
 	done(PhaseTLS, tls.VersionName(cs.Version), &cs, nil)
 	if !starttls {
@@ -229,6 +227,80 @@ func DialUpstream(ctx context.Context, l *UpstreamLogin) (*UpstreamConn, error) 
 	tc.SetDeadline(time.Time{})
 	ok = true
 	return up, nil
+}
+
+// openUpstream dials addr for l and secures the connection with TLS. It
+// is the start of a POP3 login; DialUpstream runs the same steps with
+// IMAP's STARTTLS and the phase hooks between them. On error nothing
+// stays open.
+func openUpstream(ctx context.Context, l *UpstreamLogin, addr string) (*UpstreamConn, error) {
+	start := time.Now()
+	up, err := dialUpstream(ctx, l, addr)
+	if err != nil {
+		return nil, err
+	}
+	if err := up.secure(ctx, l, addr, start); err != nil {
+		up.nc.Close()
+		return nil, err
+	}
+	return up, nil
+}
+
+// dialUpstream connects to addr for l, with the login's deadline on the
+// connection.
+func dialUpstream(ctx context.Context, l *UpstreamLogin, addr string) (*UpstreamConn, error) {
+	dialer := &net.Dialer{Timeout: l.DialTimeout, KeepAlive: time.Minute}
+	raw, err := dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, unavailable(fmt.Sprintf("upstream %s unreachable", addr), err)
+	}
+	if dl, has := ctx.Deadline(); has {
+		raw.SetDeadline(dl)
+	}
+	return &UpstreamConn{nc: raw, br: bufio.NewReader(raw), trace: l.Trace}, nil
+}
+
+// secure runs the TLS handshake on up's plain connection and reads on
+// through TLS from then on; dialTime counts from start.
+func (up *UpstreamConn) secure(ctx context.Context, l *UpstreamLogin, addr string, start time.Time) error {
+	up.records = newRecordConn(up.nc)
+	tc := tls.Client(up.records, l.TLSConfig)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return unavailable(fmt.Sprintf("TLS with upstream %s failed", addr), err)
+	}
+	up.nc, up.br = tc, bufio.NewReader(tc)
+	up.dialTime = time.Since(start)
+	return nil
+}
+
+// newSASLClient returns the SASL client for l's mechanism, XOAUTH2 or
+// OAUTHBEARER, towards the server at addr, and the answer to an error
+// challenge that ends the exchange: empty for XOAUTH2, and for
+// OAUTHBEARER the %x01 of RFC 7628 section 3.2.3, base64.
+func newSASLClient(l *UpstreamLogin, addr string) (client sasl.Client, abort string) {
+	if l.Account.Provider.Mechanism == sasl.OAuthBearer {
+		host, portStr, _ := net.SplitHostPort(addr)
+		port, _ := strconv.Atoi(portStr)
+		return sasl.NewOAuthBearerClient(&sasl.OAuthBearerOptions{
+				Username: l.Account.Mailbox, Token: l.Token, Host: host, Port: port}),
+			base64.StdEncoding.EncodeToString([]byte{0x01})
+	}
+	return auth.NewXOAUTH2Client(l.Account.Mailbox, l.Token), ""
+}
+
+// tokenRefused is the error for an upstream that refused l's token with
+// text; detail (the upstream's answer, what decoding its error challenge
+// failed with) joins the chain when not nil. It matches errTokenRefused,
+// so the caller refreshes once.
+func tokenRefused(l *UpstreamLogin, text string, detail error) error {
+	cause := errTokenRefused
+	if detail != nil {
+		cause = fmt.Errorf("%w: %w", errTokenRefused, detail)
+	}
+	cause = fmt.Errorf("%w; likely causes: %s", cause, auth.RefusalAdvice(l.Account))
+	msg := auth.OneLine(fmt.Sprintf("upstream refused the token for %s: %s", l.Account.Mailbox, text), 300) +
+		"; for the likely causes run: imap-oauth-proxy check " + l.Account.Login
+	return &auth.Error{Kind: auth.AuthorizationFailed, Err: cause, Message: auth.OneLine(msg, 400)}
 }
 
 func unavailable(msg string, err error) error {
@@ -328,17 +400,7 @@ func (up *UpstreamConn) capability(addr string) (string, error) {
 // holds the capabilities the server announced with its OK, if any.
 func (up *UpstreamConn) authenticate(l *UpstreamLogin, saslIR bool) error {
 	addr := l.Account.Provider.IMAPAddress
-	var client sasl.Client
-	abort := "" // answer to an error challenge: empty for XOAUTH2
-	if l.Account.Provider.Mechanism == sasl.OAuthBearer {
-		host, portStr, _ := net.SplitHostPort(addr)
-		port, _ := strconv.Atoi(portStr)
-		client = sasl.NewOAuthBearerClient(&sasl.OAuthBearerOptions{
-			Username: l.Account.Mailbox, Token: l.Token, Host: host, Port: port})
-		abort = base64.StdEncoding.EncodeToString([]byte{0x01}) // RFC 7628 section 3.2.3
-	} else {
-		client = auth.NewXOAUTH2Client(l.Account.Mailbox, l.Token)
-	}
+	client, abort := newSASLClient(l, addr)
 	mech, ir, err := client.Start()
 	if err != nil {
 		return unavailable("SASL client failed", err)
@@ -392,14 +454,11 @@ func (up *UpstreamConn) authenticate(l *UpstreamLogin, saslIR bool) error {
 				if upstreamBusy(answer) {
 					return busyError(l.Account, answer)
 				}
-				cause := fmt.Errorf("%w: %w", errTokenRefused, answer)
+				detail := error(answer)
 				if challengeErr != nil {
-					cause = fmt.Errorf("%w: %w: %w", errTokenRefused, answer, challengeErr)
+					detail = fmt.Errorf("%w: %w", answer, challengeErr)
 				}
-				cause = fmt.Errorf("%w; likely causes: %s", cause, auth.RefusalAdvice(l.Account))
-				msg := auth.OneLine(fmt.Sprintf("upstream refused the token for %s: %s", l.Account.Mailbox, r.text), 300) +
-					"; for the likely causes run: imap-oauth-proxy check " + l.Account.Login
-				return &auth.Error{Kind: auth.AuthorizationFailed, Err: cause, Message: auth.OneLine(msg, 400)}
+				return tokenRefused(l, r.text, detail)
 			default:
 				answer := &UpstreamAnswer{Command: "AUTHENTICATE", Status: r.status, Code: r.code, Text: r.text}
 				if upstreamBusy(answer) {
