@@ -142,3 +142,27 @@ func TestParsePOP3Only(t *testing.T) {
 		t.Errorf("Server = %+v", cfg.Server)
 	}
 }
+
+// TestScopesFollowCloud: a national cloud's delegated scopes name its own
+// Exchange Online resource for every protocol the account lists.
+func TestScopesFollowCloud(t *testing.T) {
+	cfg, err := Parse([]byte(`[server]
+[providers.gov]
+type = "microsoft"
+tenant = "contoso.onmicrosoft.us"
+cloud = "usgov"
+client_id = "id"
+
+[accounts.a]
+provider = "gov"
+mailbox = "a@contoso.us"
+protocols = ["imap", "pop3"]
+`), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"https://outlook.office365.us/IMAP.AccessAsUser.All", "https://outlook.office365.us/POP.AccessAsUser.All", "offline_access"}
+	if got := cfg.Accounts["a"].Scopes(); !slices.Equal(got, want) {
+		t.Errorf("scopes %q, want %q", got, want)
+	}
+}

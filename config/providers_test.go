@@ -44,7 +44,8 @@ mailbox = "a@example.com"
 				Scopes:      []string{"https://" + tc.exchange + "/IMAP.AccessAsUser.All", "offline_access"},
 				AppScopes:   []string{"https://" + tc.exchange + "/.default"},
 				ClientID:    "id",
-				IMAPAddress: tc.exchange + ":993", IMAPTLS: "implicit", Mechanism: "XOAUTH2", MaxSessions: 16}
+				IMAPAddress: tc.exchange + ":993", POP3Address: tc.exchange + ":995",
+				IMAPTLS: "implicit", Mechanism: "XOAUTH2", MaxSessions: 16}
 			if !reflect.DeepEqual(p, want) {
 				t.Errorf("got\n%+v\nwant\n%+v", p, want)
 			}
