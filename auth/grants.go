@@ -74,6 +74,7 @@ func NewCodeFlow(acct *config.Account, redirectURL string) (*CodeFlow, error) {
 		return nil, fmt.Errorf("provider %s has no auth_url, so it cannot authorize in a browser", p.Name)
 	}
 	cfg := oauth2Config(p)
+	cfg.Scopes = acct.Scopes() // the permissions of the protocols it lists
 	cfg.RedirectURL = redirectURL
 	f := &CodeFlow{
 		RedirectURL: redirectURL,
@@ -128,7 +129,7 @@ func (f *CodeFlow) ParseRedirect(redirected string) (string, error) {
 func (f *CodeFlow) Exchange(ctx context.Context, code string) (*oauth2.Token, error) {
 	tok, err := f.config.Exchange(ctx, code, oauth2.VerifierOption(f.verifier))
 	if err != nil {
-		return nil, classifyTokenError(f.acct.Login, f.acct.Provider, "authorization_code", err)
+		return nil, classifyTokenError(f.acct.Login, f.acct.Provider, config.GrantRefreshToken, err)
 	}
 	if tok.RefreshToken == "" {
 		return nil, ErrNoRefreshToken
@@ -284,9 +285,10 @@ func DeviceFlow(ctx context.Context, acct *config.Account, show func(*oauth2.Dev
 		return nil, fmt.Errorf("provider %s has no device_auth_url, so it cannot authorize with a device code", p.Name)
 	}
 	cfg := oauth2Config(p)
+	cfg.Scopes = acct.Scopes()
 	da, err := cfg.DeviceAuth(ctx)
 	if err != nil {
-		return nil, classifyTokenError(acct.Login, p, "device_code", err)
+		return nil, classifyTokenError(acct.Login, p, config.GrantRefreshToken, err)
 	}
 	show(da)
 	tok, err := cfg.DeviceAccessToken(ctx, da)
@@ -301,7 +303,7 @@ func DeviceFlow(ctx context.Context, acct *config.Account, show func(*oauth2.Dev
 		case ctx.Err() != nil:
 			return nil, fmt.Errorf("waiting for the sign-in: %w", ctx.Err())
 		}
-		return nil, classifyTokenError(acct.Login, p, "device_code", err)
+		return nil, classifyTokenError(acct.Login, p, config.GrantRefreshToken, err)
 	}
 	if tok.RefreshToken == "" {
 		return nil, ErrNoRefreshToken
@@ -315,7 +317,7 @@ func DeviceFlow(ctx context.Context, acct *config.Account, show func(*oauth2.Dev
 // client_credentials or service_account, the way the proxy will at login.
 // It proves that the grant works; a failure is an *Error explaining it.
 func AppToken(ctx context.Context, acct *config.Account) (*oauth2.Token, error) {
-	if isDelegated(acct.Grant) {
+	if acct.Grant.Delegated() {
 		return nil, fmt.Errorf("accounts.%s uses grant %s, which is not app-only", acct.Login, acct.Grant)
 	}
 	fetch, err := appFetcher(acct)
@@ -339,7 +341,7 @@ func AppToken(ctx context.Context, acct *config.Account) (*oauth2.Token, error) 
 func appFetcher(acct *config.Account) (func(context.Context) (*oauth2.Token, error), error) {
 	p := acct.Provider
 	switch acct.Grant {
-	case "client_credentials":
+	case config.GrantClientCredentials:
 		if p.ClientCertificateFile != "" {
 			return assertionFetcher(p)
 		}
@@ -353,7 +355,7 @@ func appFetcher(acct *config.Account) (func(context.Context) (*oauth2.Token, err
 		// Config.Token starts from nothing every time: its own reuse
 		// layer (10 s expiry delta) must not hide the refresh margin.
 		return cc.Token, nil
-	case "service_account":
+	case config.GrantServiceAccount:
 		key, err := loadServiceAccountKey(p.ServiceAccountFile)
 		if err != nil {
 			return nil, &Error{Kind: AuthorizationFailed, Err: err, Message: OneLine(fmt.Sprintf(

@@ -76,7 +76,7 @@ func (f tokenFailure) known() bool {
 		_, ok := aadstsAdvice[f.aadsts]
 		return ok
 	}
-	_, ok := googleAdvice(f, "refresh_token")
+	_, ok := googleAdvice(f, config.GrantRefreshToken)
 	return ok
 }
 
@@ -142,16 +142,12 @@ var aadstsAdvice = map[int]advice{
 	50013:  {"the client assertion was refused as invalid (replayed, expired or malformed)", "synchronize this host's clock (NTP), then run: imap-oauth-proxy check {login}"},
 }
 
-// appOnly reports whether grant gets tokens without any user's
-// authorization.
-func appOnly(grant string) bool { return grant == "client_credentials" || grant == "service_account" }
-
 // adviceFor finds advice for f: Entra ID's AADSTS code first, then
 // Google's error codes.
-func adviceFor(f tokenFailure, p *config.Provider, grant string) (advice, bool) {
+func adviceFor(f tokenFailure, p *config.Provider, grant config.Grant) (advice, bool) {
 	if f.aadsts != 0 {
 		adv, ok := aadstsAdvice[f.aadsts]
-		if ok && appOnly(grant) {
+		if ok && grant.AppOnly() {
 			// An app-only grant has nothing to authorize again.
 			if strings.HasPrefix(adv.fix, runAuthorize) {
 				adv.fix = "check the app registration in Entra ID, then run: imap-oauth-proxy check {login}"
@@ -169,28 +165,28 @@ func adviceFor(f tokenFailure, p *config.Provider, grant string) (advice, bool) 
 // googleAdvice explains Google's token endpoint errors. Google's codes are
 // plain OAuth codes with a short description, and the service account
 // (JWT bearer) grant gives them other meanings.
-func googleAdvice(f tokenFailure, grant string) (advice, bool) {
+func googleAdvice(f tokenFailure, grant config.Grant) (advice, bool) {
 	has := func(s string) bool { return strings.Contains(f.desc, s) }
 	switch f.code {
 	case "invalid_grant":
 		switch {
-		case grant == "service_account" && has("Invalid JWT Signature"):
+		case grant == config.GrantServiceAccount && has("Invalid JWT Signature"):
 			return advice{"the service account key was deleted or does not belong to the service account",
 				"create a new JSON key (Google Cloud console > IAM & Admin > Service accounts > Keys) and set providers.{provider}.service_account_file"}, true
-		case grant == "service_account" && has("Invalid email or User ID"):
+		case grant == config.GrantServiceAccount && has("Invalid email or User ID"):
 			return advice{"the mailbox is not a user of the Workspace domain", "check accounts.{login}.mailbox"}, true
 		case has("short-lived token") || has("reasonable timeframe"):
 			return advice{"this host's clock is off", "synchronize the clock (NTP)"}, true
-		case grant == "service_account" && has("account not found"):
+		case grant == config.GrantServiceAccount && has("account not found"):
 			return advice{"the service account does not exist any more", "create a service account and key, and set providers.{provider}.service_account_file"}, true
-		case grant == "service_account":
+		case grant == config.GrantServiceAccount:
 			return advice{}, false
 		case has("expired or revoked"):
 			return advice{"authorization expired or revoked (revoked by the user or an admin, password changed, or the OAuth consent screen is in Testing, whose tokens last 7 days)",
 				runAuthorize}, true
 		}
 	case "unauthorized_client":
-		if grant == "service_account" {
+		if grant == config.GrantServiceAccount {
 			return advice{"domain-wide delegation is missing for the service account and scope https://mail.google.com/",
 				"in the Google Admin console, Security > Access and data control > API controls > Manage Domain Wide Delegation, add the service account's client ID with scope https://mail.google.com/"}, true
 		}
@@ -258,7 +254,7 @@ func (e *AuthorizeError) Error() string {
 func RefusalAdvice(acct *config.Account) string {
 	m, p := acct.Mailbox, acct.Provider
 	switch {
-	case p.Type == "microsoft" && acct.Grant == "client_credentials":
+	case p.Type == "microsoft" && acct.Grant == config.GrantClientCredentials:
 		return fmt.Sprintf("Microsoft 365 refuses app-only tokens when the app lacks the IMAP.AccessAsApp permission with admin consent, "+
 			"when its service principal is not registered in Exchange Online (New-ServicePrincipal -AppId %s -ObjectId <Enterprise application Object ID>), "+
 			"when it has no access to the mailbox (Add-MailboxPermission -Identity %s -User <Enterprise application Object ID> -AccessRights FullAccess), "+
@@ -267,7 +263,7 @@ func RefusalAdvice(acct *config.Account) string {
 		return fmt.Sprintf("Microsoft 365 answers this when IMAP is disabled for the mailbox (Set-CASMailbox -Identity %s -ImapEnabled $true), "+
 			"when the mailbox has no Exchange Online license, or when the account that authorized is not %s and has no Full Access to it "+
 			"(Add-MailboxPermission -Identity %s -User <that account> -AccessRights FullAccess); then wait up to an hour for Exchange to apply it", m, m, m)
-	case p.Type == "google" && acct.Grant == "service_account":
+	case p.Type == "google" && acct.Grant == config.GrantServiceAccount:
 		return fmt.Sprintf("Gmail refuses when IMAP access is off for %s (Admin console > Apps > Google Workspace > Gmail > End User Access) "+
 			"or when the domain-wide delegation does not cover https://mail.google.com/", m)
 	case p.Type == "google":

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 )
 
@@ -529,9 +530,9 @@ func TestServiceAccountKeyErrors(t *testing.T) {
 	}
 }
 
-func newTestManager(t *testing.T) (*Manager, *Store) {
+func newTestManager(t *testing.T) (*Manager, *tokenstore.Store) {
 	t.Helper()
-	store, err := NewStore(t.TempDir(), &StoreOptions{KDF: testKDF})
+	store, err := tokenstore.New(t.TempDir(), &tokenstore.Options{KDF: tokenstore.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -573,7 +574,7 @@ func TestManagerAppOnlyGrants(t *testing.T) {
 			const password = "app-pw"
 			// authorize stores a record without a refresh token: it
 			// proves the local password only.
-			if _, err := store.Create("collector", password, Secret{}); err != nil {
+			if _, err := store.Create("collector", password, tokenstore.Secret{}); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := m.Unlock(context.Background(), tc.acct, "wrong"); KindOf(err) != AuthenticationFailed {
@@ -612,7 +613,7 @@ func TestManagerRefreshTokenRecordWithoutToken(t *testing.T) {
 	s := tokenServer(t, authtest.Options{Flavor: authtest.Microsoft, PublicClient: true})
 	acct := account(t, s, "microsoft", "refresh_token", sharedMailbox, "")
 	m, store := newTestManager(t)
-	if _, err := store.Create("collector", "pw", Secret{}); err != nil {
+	if _, err := store.Create("collector", "pw", tokenstore.Secret{}); err != nil {
 		t.Fatal(err)
 	}
 	_, err := m.Unlock(context.Background(), acct, "pw")
@@ -645,7 +646,7 @@ func TestClassifyTokenError(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		p     *config.Provider
-		grant string
+		grant config.Grant
 		err   error
 		kind  Kind
 		want  []string
@@ -670,6 +671,8 @@ func TestClassifyTokenError(t *testing.T) {
 			AuthorizationFailed, []string{"multi-factor", "authorize collector"}},
 		{"conditional access", ms, "refresh_token", msErr(400, "invalid_grant", 53003, "Access has been blocked by Conditional Access policies."),
 			AuthorizationFailed, []string{"Conditional Access", "AADSTS53003"}},
+		{"app-only refused, no advice", ms, "client_credentials", msErr(400, "invalid_grant", 99998, "Something new."),
+			AuthorizationFailed, []string{"refused the client_credentials grant", "provider contoso's credentials", "check collector"}},
 		{"unknown aadsts", ms, "refresh_token", msErr(400, "invalid_request", 99999, "Something new."),
 			AuthorizationFailed, []string{"AADSTS99999: Something new."}},
 		{"transient", ms, "refresh_token", msErr(503, "temporarily_unavailable", 90033, "A transient error has occurred."),

@@ -18,13 +18,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/oauth2"
 
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 )
 
 // ManagerOptions configure a Manager. Store is required.
 type ManagerOptions struct {
 	// Store holds the encrypted token records.
-	Store *Store
+	Store *tokenstore.Store
 	// HTTPClient talks to token endpoints. If nil, a client with a
 	// TokenTimeout deadline per request is used.
 	HTTPClient *http.Client
@@ -49,7 +50,7 @@ type ManagerOptions struct {
 // It is safe for concurrent use.
 type Manager struct {
 	ctx    context.Context // long-lived: token sources keep it for every refresh
-	store  *Store
+	store  *tokenstore.Store
 	margin time.Duration
 	logger *slog.Logger
 
@@ -117,20 +118,18 @@ func (m *Manager) Unlock(ctx context.Context, acct *config.Account, password str
 }
 
 // UnlockCached is Unlock for a password whose derived key is cached: it
-// never runs the KDF, and fails with an error matching ErrNotCached for
-// any other password, right or wrong.
+// never runs the KDF, and fails with an error matching
+// tokenstore.ErrNotCached for any other password, right or wrong.
 func (m *Manager) UnlockCached(acct *config.Account, password string) (*Account, error) {
 	return m.unlock(context.Background(), acct, password, true)
 }
 
 func (m *Manager) unlock(ctx context.Context, acct *config.Account, password string, cachedOnly bool) (*Account, error) {
-	switch acct.Grant {
-	case "", "refresh_token", "client_credentials", "service_account":
-	default:
+	if !acct.Grant.Delegated() && !acct.Grant.AppOnly() {
 		return nil, &Error{Kind: AuthorizationFailed,
 			Message: fmt.Sprintf("grant %q is not supported by this build", acct.Grant)}
 	}
-	var rec *Unlocked
+	var rec *tokenstore.Unlocked
 	var err error
 	if cachedOnly {
 		rec, err = m.store.OpenCached(acct.Login, password)
@@ -138,15 +137,15 @@ func (m *Manager) unlock(ctx context.Context, acct *config.Account, password str
 		rec, err = m.store.OpenContext(ctx, acct.Login, password)
 	}
 	switch {
-	case errors.Is(err, ErrNotCached):
+	case errors.Is(err, tokenstore.ErrNotCached):
 		return nil, err
-	case errors.Is(err, ErrKDFBusy) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, tokenstore.ErrKDFBusy) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
 		return nil, &Error{Kind: Unavailable, Message: "too many logins being checked at once; retry shortly", Err: err}
-	case errors.Is(err, ErrWrongPassword):
+	case errors.Is(err, tokenstore.ErrWrongPassword):
 		return nil, &Error{Kind: AuthenticationFailed, Message: "authentication failed", Err: err}
-	case errors.Is(err, ErrNoRecord) && cachedOnly:
-		return nil, fmt.Errorf("%w: %w", ErrNotCached, err)
-	case errors.Is(err, ErrNoRecord):
+	case errors.Is(err, tokenstore.ErrNoRecord) && cachedOnly:
+		return nil, fmt.Errorf("%w: %w", tokenstore.ErrNotCached, err)
+	case errors.Is(err, tokenstore.ErrNoRecord):
 		// Answer as slowly as a wrong password.
 		if err := m.store.Decoy(ctx, password); err != nil {
 			return nil, &Error{Kind: Unavailable, Message: "too many logins being checked at once; retry shortly", Err: err}
@@ -158,7 +157,7 @@ func (m *Manager) unlock(ctx context.Context, acct *config.Account, password str
 	case err != nil:
 		return nil, &Error{Kind: Unavailable, Message: "token store unavailable", Err: err}
 	}
-	if isDelegated(acct.Grant) && rec.Secret.RefreshToken == "" {
+	if acct.Grant.Delegated() && rec.Secret.RefreshToken == "" {
 		return nil, &Error{Kind: AuthorizationFailed, Message: fmt.Sprintf(
 			"no refresh token stored for %s (its record was made for an app-only grant); run: imap-oauth-proxy authorize %s", acct.Login, acct.Login)}
 	}
@@ -181,9 +180,6 @@ func (m *Manager) unlock(ctx context.Context, acct *config.Account, password str
 	return a, nil
 }
 
-// isDelegated reports whether grant keeps a refresh token in the record.
-func isDelegated(grant string) bool { return grant == "" || grant == "refresh_token" }
-
 // Account is one account's token source: the newest refresh token, the
 // cached access token, and the record it persists rotations to. It is safe
 // for concurrent use.
@@ -191,7 +187,7 @@ type Account struct {
 	m        *Manager
 	login    string
 	mailbox  string
-	grant    string
+	grant    config.Grant
 	recordID string
 	provider config.Provider // copy: a reload never changes a running source
 
@@ -208,7 +204,7 @@ type Account struct {
 	refreshN   int                // refreshes attempted, for tests
 }
 
-func newAccount(m *Manager, acct *config.Account, rec *Unlocked) (*Account, error) {
+func newAccount(m *Manager, acct *config.Account, rec *tokenstore.Unlocked) (*Account, error) {
 	a := &Account{
 		m:          m,
 		login:      acct.Login,
@@ -218,7 +214,7 @@ func newAccount(m *Manager, acct *config.Account, rec *Unlocked) (*Account, erro
 		generation: rec.Info.SecretGeneration,
 		provider:   *acct.Provider,
 	}
-	if isDelegated(acct.Grant) {
+	if acct.Grant.Delegated() {
 		a.source = &persistingSource{
 			account:      a,
 			config:       oauth2Config(&a.provider),
@@ -345,7 +341,7 @@ func (a *Account) currentGeneration() uint64 {
 type persistingSource struct {
 	account *Account
 	config  *oauth2.Config
-	record  *Unlocked
+	record  *tokenstore.Unlocked
 	// refreshToken is the newest refresh token; savedRT the one on disk.
 	// They differ only while a rotated token could not be saved yet.
 	refreshToken, savedRT string
@@ -388,7 +384,7 @@ func (p *persistingSource) Token() (*oauth2.Token, error) {
 		a.mu.Lock()
 		a.generation = p.record.Info.SecretGeneration + 1
 		a.mu.Unlock()
-		if err := a.m.store.Update(p.record, Secret{RefreshToken: p.refreshToken}); err != nil {
+		if err := a.m.store.Update(p.record, tokenstore.Secret{RefreshToken: p.refreshToken}); err != nil {
 			// The next refresh uses the new token and tries to save again.
 			a.m.logger.Error("saving rotated refresh token failed", "login", a.login, "err", err)
 			return nil, &Error{Kind: Unavailable, Message: "cannot save the rotated refresh token", Err: err}
@@ -511,9 +507,9 @@ func isRevocation(err error) bool {
 // message is one line without secrets: what happened, the provider's
 // reason (error code, AADSTS code), and what to do, from the advice table
 // in grants_errors.go when the provider's code is known there. grant is
-// the account's grant, or the flow being run ("authorization_code",
-// "device_code").
-func classifyTokenError(login string, p *config.Provider, grant string, err error) *Error {
+// the account's grant; the authorization flows (code, device code) pass
+// config.GrantRefreshToken, the grant they set up.
+func classifyTokenError(login string, p *config.Provider, grant config.Grant, err error) *Error {
 	var re *oauth2.RetrieveError
 	if errors.As(err, &re) {
 		f := decodeTokenFailure(re)
@@ -529,7 +525,7 @@ func classifyTokenError(login string, p *config.Provider, grant string, err erro
 				"%s (%s); %s", fixText(adv.what, login, p), reason, fixText(adv.fix, login, p)), 400)}
 		}
 		switch {
-		case appOnly(grant) && (f.code == "invalid_grant" || f.code == "unauthorized_client"):
+		case grant.AppOnly() && (f.code == "invalid_grant" || f.code == "unauthorized_client"):
 			return &Error{Kind: AuthorizationFailed, Err: err, Message: OneLine(fmt.Sprintf(
 				"token endpoint refused the %s grant (%s); check provider %s's credentials, then run: imap-oauth-proxy check %s",
 				grant, reason, p.Name, login), 400)}

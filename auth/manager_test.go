@@ -14,6 +14,7 @@ import (
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 )
 
@@ -23,13 +24,13 @@ const managerPassword = "local password"
 // endpoint.
 type managerRig struct {
 	t     *testing.T
-	store *auth.Store
+	store *tokenstore.Store
 	mgr   *auth.Manager
 }
 
 func newManagerRig(t *testing.T) *managerRig {
 	t.Helper()
-	store, err := auth.NewStore(t.TempDir(), &auth.StoreOptions{KDF: auth.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}})
+	store, err := tokenstore.New(t.TempDir(), &tokenstore.Options{KDF: tokenstore.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +47,7 @@ func (r *managerRig) account(login string, tokens *authtest.Server) *config.Acco
 	acct := &config.Account{Login: login, Mailbox: login + "@contoso.test", Grant: "refresh_token",
 		Provider: &config.Provider{Name: "lab-" + login, Type: "generic", TokenURL: tokens.TokenURL(),
 			ClientID: "id", ClientSecret: "secret", Scopes: []string{"imap"}}}
-	if _, err := r.store.Create(login, managerPassword, auth.Secret{RefreshToken: tokens.Grant(acct.Mailbox)}); err != nil {
+	if _, err := r.store.Create(login, managerPassword, tokenstore.Secret{RefreshToken: tokens.Grant(acct.Mailbox)}); err != nil {
 		r.t.Fatal(err)
 	}
 	return acct
@@ -120,6 +121,23 @@ func TestRevocationNotRetried(t *testing.T) {
 	}
 	if n := tokens.Requests(); n != 1 {
 		t.Errorf("%d token requests for a revoked grant, want 1", n)
+	}
+}
+
+// TestUnknownGrantRefused: an account whose grant this build does not
+// know (a Config built by hand; Load refuses it) fails at Unlock, before
+// the token endpoint is asked.
+func TestUnknownGrantRefused(t *testing.T) {
+	r := newManagerRig(t)
+	tokens := newTokens(t)
+	acct := r.account("collector", tokens)
+	acct.Grant = "password"
+	err := r.token(acct)
+	if auth.KindOf(err) != auth.AuthorizationFailed || !strings.Contains(err.Error(), "not supported") {
+		t.Fatalf("grant password: %v, want AuthorizationFailed, not supported", err)
+	}
+	if n := tokens.Requests(); n != 0 {
+		t.Errorf("%d token requests for an unknown grant, want 0", n)
 	}
 }
 
@@ -227,7 +245,7 @@ func TestRotationSurvivesPasswordChange(t *testing.T) {
 	}
 
 	const newPassword = "new local password"
-	cli, err := auth.NewStore(r.store.Dir(), &auth.StoreOptions{KDF: auth.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}})
+	cli, err := tokenstore.New(r.store.Dir(), &tokenstore.Options{KDF: tokenstore.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -210,8 +210,6 @@ client_id = "x"
 			[]string{"providers.app.client_key_file"}, "encrypted"},
 		{"broken key", certProvider(files("app.pem", "broken.key")),
 			[]string{"providers.app.client_key_file"}, "does not parse"},
-		{"not a string", certProvider("client_certificate_file = 1\nclient_key_file = \"app.key\"\n"),
-			[]string{"providers.app.client_certificate_file"}, "want a string"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(tc.data), dir)

@@ -16,10 +16,12 @@
 //	provider = "contoso"
 //	mailbox = "helpdesk@contoso.com"
 //
-// The whole file is checked before a Config is returned: unknown keys, values
-// of the wrong type, missing fields, bad addresses and URLs and dangling
-// provider names are all reported together in one *ValidationError, each
-// problem starting with its key path. A Config is never returned together with
+// The whole file is checked before a Config is returned: unknown keys,
+// missing fields, bad values, addresses and URLs and dangling provider names
+// are all reported together in one *ValidationError, each problem starting
+// with its key path. A value of the wrong TOML type (a number where a string
+// belongs, say) ends decoding: the error names that one's key (and line,
+// mostly), and no other problem. A Config is never returned together with
 // an error.
 //
 // A returned Config is not modified by this package; it is safe for concurrent
@@ -66,6 +68,14 @@ type Server struct {
 	// ListenTLS is the implicit-TLS listener address (key listen_tls); ""
 	// disables it. Setting it requires TLSCert and TLSKey.
 	ListenTLS string
+	// ListenPOP3 is the plain POP3 listener address (key listen_pop3), on
+	// which STLS is offered when TLSCert is set; "" (the default) disables
+	// it.
+	ListenPOP3 string
+	// ListenPOP3TLS is the implicit-TLS POP3 listener address (key
+	// listen_pop3_tls); "" disables it. Setting it requires TLSCert and
+	// TLSKey.
+	ListenPOP3TLS string
 	// TLSCert and TLSKey are the PEM certificate chain and key for local TLS
 	// (keys tls_cert and tls_key), both set or both "". Relative paths are
 	// resolved against the config file's directory.
@@ -95,6 +105,12 @@ type Server struct {
 	// RefreshMargin is how long a cached access token must still be valid
 	// to be used for a new session (key refresh_margin).
 	RefreshMargin time.Duration
+	// SessionTokenMin is the least time an access token must have left
+	// for a new upstream session to start on it (key session_token_min);
+	// with less, the token is refreshed first. Microsoft 365 ends a
+	// session when its token expires, so this is how long a session is
+	// sure to last.
+	SessionTokenMin time.Duration
 	// MaxConnections bounds concurrent connections in total (key
 	// max_connections).
 	MaxConnections int
@@ -141,6 +157,7 @@ func Defaults() Server {
 		DialTimeout:           15 * time.Second,
 		TokenTimeout:          20 * time.Second,
 		RefreshMargin:         15 * time.Minute,
+		SessionTokenMin:       45 * time.Minute,
 		MaxConnections:        1000,
 		MaxConnectionsPerPeer: 20,
 		FirstCommandTimeout:   10 * time.Second,
@@ -198,6 +215,15 @@ type Provider struct {
 	// IMAPTLS is "implicit" (TLS from the first byte) or "starttls" (key
 	// imap_tls).
 	IMAPTLS string
+	// POP3Address is the upstream POP3 server's host:port (key
+	// pop3_address), spoken to with implicit TLS; "" when the provider has
+	// none, and then no account of it may list pop3.
+	POP3Address string
+	// POP3InitialResponse sends the SASL initial response on the POP3 AUTH
+	// line (key pop3_initial_response), as Gmail expects; false waits for
+	// the server's "+" first, as Microsoft 365 requires (RFC 5034 section
+	// 4 allows both).
+	POP3InitialResponse bool
 	// CAFile is a PEM file of extra root certificates for the upstream (key
 	// ca_file), resolved against the config file's directory; "" for the
 	// system roots only.
@@ -205,6 +231,14 @@ type Provider struct {
 	// Mechanism is the upstream SASL mechanism, "XOAUTH2" or "OAUTHBEARER"
 	// (key mechanism, any case in the file).
 	Mechanism string
+	// Cloud is the Microsoft cloud (key cloud): "global", "usgov" (GCC
+	// High and DoD) or "china" (21Vianet); it picks the sign-in host, the
+	// scopes and the IMAP host of the preset. "" for other types.
+	Cloud string
+	// MaxSessions bounds the simultaneous upstream sessions of each
+	// account of this provider (key max_sessions); 0 means no limit. The
+	// default is 15 for google, 16 for microsoft and 0 for generic.
+	MaxSessions int
 	// ServiceAccountFile is a Google service account JSON key (key
 	// service_account_file), resolved against the config file's directory;
 	// used by the service_account grant.
@@ -222,13 +256,49 @@ type Account struct {
 	// Mailbox is the upstream user name sent in XOAUTH2 or OAUTHBEARER (key
 	// mailbox).
 	Mailbox string
-	// Grant is "refresh_token" (the default), "client_credentials" or
-	// "service_account" (key grant).
-	Grant string
+	// Grant is how the account gets its tokens (key grant):
+	// GrantRefreshToken, the default, GrantClientCredentials or
+	// GrantServiceAccount.
+	Grant Grant
+	// MaxSessions bounds the account's simultaneous upstream sessions (key
+	// max_sessions, else the provider's); 0 means no limit. Past it, a
+	// login gets NO [UNAVAILABLE] without the upstream being asked.
+	MaxSessions int
+	// Protocols are the collector protocols the account may be used with
+	// (key protocols): IMAP and POP3, in the file's order without
+	// duplicates; [IMAP] when the key is not set. Never empty.
+	Protocols []Protocol
 }
 
-// ValidationError is returned by Load and Parse when the file is valid TOML
-// but not a valid mapping file. It lists every problem found.
+// Grant is how an account gets its access tokens (key grant). The zero
+// Grant, which only an Account built by hand has, is GrantRefreshToken.
+type Grant string
+
+// The grants an account may name.
+const (
+	// GrantRefreshToken is delegated access: a user authorized the app
+	// once (authorize), and the token record keeps the refresh token.
+	GrantRefreshToken Grant = "refresh_token"
+	// GrantClientCredentials is Microsoft's app-only access, with the
+	// app's client secret or certificate.
+	GrantClientCredentials Grant = "client_credentials"
+	// GrantServiceAccount is Google's app-only access: a service account
+	// with domain-wide delegation.
+	GrantServiceAccount Grant = "service_account"
+)
+
+// Delegated reports whether g uses a user's authorization, whose refresh
+// token the token record keeps: GrantRefreshToken or the zero Grant.
+func (g Grant) Delegated() bool { return g == "" || g == GrantRefreshToken }
+
+// AppOnly reports whether g gets tokens without any user's authorization:
+// GrantClientCredentials or GrantServiceAccount. Its token record holds
+// no refresh token.
+func (g Grant) AppOnly() bool { return g == GrantClientCredentials || g == GrantServiceAccount }
+
+// ValidationError is returned by Load and Parse when the file is valid TOML,
+// with values of the right types, but not a valid mapping file. It lists
+// every problem found.
 type ValidationError struct {
 	// Problems each start with the key path they are about, as in
 	// "providers.lab.token_url: missing". They never contain a client
@@ -245,7 +315,8 @@ func (e *ValidationError) Error() string {
 // Load reads the mapping file at path and parses it like Parse, resolving
 // relative paths in it against the file's directory. The returned Config has
 // Path set to path. Errors are wrapped with the path; a TOML syntax error
-// carries a toml.ParseError with its line, an invalid file a
+// carries a toml.ParseError with its line, a value of the wrong type an
+// error naming its key (the first one decoding meets), an invalid file a
 // *ValidationError.
 func Load(path string) (*Config, error) {
 	return LoadWithOptions(path, nil)
@@ -287,7 +358,8 @@ func LoadWithOptions(path string, opts *LoadOptions) (*Config, error) {
 // dir "" they stay relative to the working directory. client_secret_file
 // is read; client_certificate_file and client_key_file are read and
 // checked (an RSA key and its certificate) but not kept. Parse returns a
-// TOML syntax error wrapped, or a *ValidationError listing every problem.
+// TOML syntax error or the first value of the wrong type it meets,
+// wrapped, or a *ValidationError listing every problem.
 func Parse(data []byte, dir string) (*Config, error) {
 	return parse(data, dir, nil)
 }

@@ -40,6 +40,7 @@ func TestLoadFull(t *testing.T) {
 		DialTimeout:           5 * time.Second,
 		TokenTimeout:          10 * time.Second,
 		RefreshMargin:         20 * time.Minute,
+		SessionTokenMin:       45 * time.Minute,
 		MaxConnections:        50,
 		MaxConnectionsPerPeer: 5,
 		FirstCommandTimeout:   5 * time.Second,
@@ -63,11 +64,14 @@ func TestLoadFull(t *testing.T) {
 			TokenURL:      ms + "token",
 			DeviceAuthURL: ms + "devicecode",
 			Scopes:        []string{"https://outlook.office365.com/IMAP.AccessAsUser.All", "offline_access"},
+			Cloud:         "global",
+			MaxSessions:   16,
 			AppScopes:     []string{"https://outlook.office365.com/.default"},
 			ClientID:      "11111111-2222-3333-4444-555555555555",
 			ClientSecret:  "contoso-inline-secret",
 			IMAPAddress:   "outlook.office365.us:993", // override
 			IMAPTLS:       "implicit",
+			POP3Address:   "outlook.office365.com:995",
 			Mechanism:     "OAUTHBEARER", // "oauthbearer" in the file
 		},
 		"contoso-app": {
@@ -82,22 +86,28 @@ func TestLoadFull(t *testing.T) {
 			ClientID:              "66666666-7777-8888-9999-000000000000",
 			IMAPAddress:           "outlook.office365.com:993",
 			IMAPTLS:               "implicit",
+			POP3Address:           "outlook.office365.com:995",
 			Mechanism:             "XOAUTH2",
 			ClientCertificateFile: filepath.Join(dir, "contoso-app.pem"),
 			ClientKeyFile:         filepath.Join(dir, "contoso-app.key"),
+			Cloud:                 "global",
+			MaxSessions:           16,
 		},
 		"gmail": {
-			Name:               "gmail",
-			Type:               "google",
-			AuthURL:            "https://accounts.google.com/o/oauth2/auth",
-			TokenURL:           "https://oauth2.googleapis.com/token",
-			DeviceAuthURL:      "https://oauth2.googleapis.com/device/code",
-			Scopes:             []string{"https://mail.google.com/"},
-			ClientID:           "1234.apps.googleusercontent.com",
-			IMAPAddress:        "imap.gmail.com:993",
-			IMAPTLS:            "implicit",
-			Mechanism:          "XOAUTH2",
-			ServiceAccountFile: filepath.Join(dir, "gmail-sa.json"),
+			Name:                "gmail",
+			Type:                "google",
+			AuthURL:             "https://accounts.google.com/o/oauth2/auth",
+			TokenURL:            "https://oauth2.googleapis.com/token",
+			DeviceAuthURL:       "https://oauth2.googleapis.com/device/code",
+			Scopes:              []string{"https://mail.google.com/"},
+			ClientID:            "1234.apps.googleusercontent.com",
+			IMAPAddress:         "imap.gmail.com:993",
+			IMAPTLS:             "implicit",
+			POP3Address:         "pop.gmail.com:995",
+			POP3InitialResponse: true,
+			Mechanism:           "XOAUTH2",
+			ServiceAccountFile:  filepath.Join(dir, "gmail-sa.json"),
+			MaxSessions:         15,
 		},
 		"lab": {
 			Name:          "lab",
@@ -128,7 +138,8 @@ func TestLoadFull(t *testing.T) {
 	}
 
 	wantAccounts := []struct {
-		login, provider, mailbox, grant string
+		login, provider, mailbox string
+		grant                    Grant
 	}{
 		{"glpi-collector", "contoso", "helpdesk@contoso.com", "refresh_token"},
 		{"shared@contoso", "contoso", "shared@contoso.com", "client_credentials"},
@@ -185,6 +196,7 @@ func TestDefaults(t *testing.T) {
 		DialTimeout:           15 * time.Second,
 		TokenTimeout:          20 * time.Second,
 		RefreshMargin:         15 * time.Minute,
+		SessionTokenMin:       45 * time.Minute,
 		MaxConnections:        1000,
 		MaxConnectionsPerPeer: 20,
 		FirstCommandTimeout:   10 * time.Second,
@@ -391,10 +403,9 @@ listen = "x"
 			want: []string{"server.listen", "providers.lab2.token_url", "accounts.glpi.provider"},
 		},
 		{
-			name: "server types",
+			name: "server values",
 			data: `[server]
-listen = 1143
-allow_plaintext = "yes"
+listen = "1143"
 log_level = "verbose"
 log_format = "xml"
 preauth_timeout = 60
@@ -402,14 +413,13 @@ login_timeout = "soon"
 dial_timeout = "0s"
 token_timeout = "-1s"
 max_connections = 0
-max_connections_per_ip = "10"
+max_connections_per_ip = -10
 max_line_bytes = -1
-max_literal_bytes = 1.5
 `,
 			want: []string{
-				"server.listen", "server.allow_plaintext", "server.log_level", "server.log_format",
+				"server.log_level", "server.log_format",
 				"server.preauth_timeout", "server.login_timeout", "server.dial_timeout", "server.token_timeout",
-				"server.max_connections", "server.max_connections_per_ip", "server.max_line_bytes", "server.max_literal_bytes",
+				"server.max_connections", "server.max_connections_per_ip", "server.max_line_bytes", "server.listen",
 			},
 		},
 		{
@@ -454,7 +464,7 @@ client_id = "x"
 type = "yahoo"
 client_id = "x"
 [providers.c]
-type = 1
+type = ""
 client_id = "x"
 `,
 			want: []string{"providers.a.type", "providers.b.type", "providers.c.type"},
@@ -473,21 +483,19 @@ type = "generic"
 auth_url = "idp.example/authorize"
 token_url = "ftp://idp.example/token"
 device_auth_url = "https://idp.example/%zz"
-scopes = "imap offline_access"
+scopes = []
 app_scopes = ["ok", ""]
 client_id = "proxy"
 imap_address = ":993"
 imap_tls = "ssl"
-ca_file = ["a", "b"]
 mechanism = "PLAIN"
 tenant = "contoso"
 service_account_file = "sa.json"
 `,
 			want: []string{
-				"providers.lab.tenant", "providers.lab.scopes", "providers.lab.imap_tls", "providers.lab.ca_file",
-				"providers.lab.mechanism", "providers.lab.auth_url", "providers.lab.token_url",
-				"providers.lab.device_auth_url", "providers.lab.app_scopes", "providers.lab.imap_address",
-				"providers.lab.service_account_file",
+				"providers.lab.tenant", "providers.lab.imap_tls", "providers.lab.mechanism", "providers.lab.scopes",
+				"providers.lab.auth_url", "providers.lab.token_url", "providers.lab.device_auth_url",
+				"providers.lab.app_scopes", "providers.lab.imap_address", "providers.lab.service_account_file",
 			},
 		},
 		{
@@ -603,22 +611,11 @@ mailbox = "a"
 			want: []string{`accounts.""`, `accounts."has space"`, `accounts."tab\tin"`, "accounts." + strings.Repeat("x", 256)},
 		},
 		{
-			name: "tables of the wrong type",
-			data: `server = "x"
-providers = 1
-[[accounts]]
-provider = "lab"
-`,
-			want: []string{"server", "providers", "accounts"},
-		},
-		{
-			name: "sub-tables of the wrong type",
+			name: "empty provider table",
 			data: labProvider + `
 [providers.bad]
-[accounts]
-a = "lab"
 `,
-			want: []string{"accounts.a", "providers.bad.type", "providers.bad.client_id"},
+			want: []string{"providers.bad.type", "providers.bad.client_id"},
 		},
 	}
 	for _, tt := range tests {
@@ -644,6 +641,58 @@ a = "lab"
 				if !strings.HasPrefix(verr.Problems[i], want+": ") {
 					t.Errorf("problem %d = %q, want key path %q", i, verr.Problems[i], want)
 				}
+			}
+		})
+	}
+}
+
+// TestParseTypeError: a value of the wrong TOML type ends decoding with
+// an error that names its key, and no other problem of the file is
+// reported with it.
+func TestParseTypeError(t *testing.T) {
+	tests := []struct {
+		name string
+		data string
+		key  string // the key path the error must name
+	}{
+		{"string", "[server]\nlisten = 1143\n", "server.listen"},
+		{"boolean", "[server]\nallow_plaintext = \"yes\"\n", "server.allow_plaintext"},
+		{"integer from a string", "[server]\nmax_connections_per_ip = \"10\"\n", "server.max_connections_per_ip"},
+		{"integer from a float", "[server]\nmax_literal_bytes = 1.5\n", "server.max_literal_bytes"},
+		{"duration from an array", "[server]\npreauth_timeout = [\"60s\"]\n", "server.preauth_timeout"},
+		{"array from a string", "[providers.lab]\nscopes = \"imap offline_access\"\n", "providers.lab.scopes"},
+		{"string from an array", "[providers.lab]\nca_file = [\"a\", \"b\"]\n", "providers.lab.ca_file"},
+		{"provider type", "[providers.c]\ntype = 1\n", "providers.c.type"},
+		{"server not a table", "server = \"x\"\n", "server"},
+		{"providers not a table", "providers = 1\n", "providers"},
+		{"accounts an array of tables", "[[accounts]]\nprovider = \"lab\"\n", "accounts"},
+		{"account not a table", "[accounts]\na = \"lab\"\n", "accounts.a"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// The [server] table below is invalid too, and must not be
+			// reported: decoding stopped before it was checked.
+			data := tt.data
+			if !strings.HasPrefix(data, "[server]") && !strings.HasPrefix(data, "server") {
+				data += "\n[server]\nlog_level = \"verbose\"\n"
+			}
+			cfg, err := Parse([]byte(data), testdataDir)
+			if err == nil {
+				t.Fatalf("Parse succeeded: %+v", cfg)
+			}
+			t.Logf("error: %v", err)
+			if cfg != nil {
+				t.Errorf("Parse returned a Config with an error")
+			}
+			var verr *ValidationError
+			if errors.As(err, &verr) {
+				t.Errorf("got a *ValidationError, want the type error alone")
+			}
+			if !strings.Contains(err.Error(), `"`+tt.key+`"`) {
+				t.Errorf("error does not name the key %s", tt.key)
+			}
+			if strings.Contains(err.Error(), "log_level") {
+				t.Errorf("error reports a problem after the type error")
 			}
 		})
 	}
@@ -761,6 +810,11 @@ client_secret = "` + secret + `\q"`},
 client_secret = "` + secret + `\xZZ"`},
 		{"syntax: bad hex escape in multi-line string", `[providers.p]
 client_secret = """
+` + secret + `\xZZ"""`},
+		{"syntax: bad escape lines into a multi-line string", `[providers.p]
+client_secret = """
+first line
+second line
 ` + secret + `\xZZ"""`},
 		{"syntax: yaml style", `[providers.p]
 client_secret: ` + secret},

@@ -21,90 +21,118 @@ import (
 // maxLoginBytes bounds the length of a local login.
 const maxLoginBytes = 255
 
-// rawFile is the top level of the file. Each table is decoded on its own from
-// a toml.Primitive so that a table of the wrong type is one problem among many
-// rather than the end of decoding.
+// rawFile is the file as the toml package decodes it. Each key's field is
+// a pointer, nil when the file does not set the key. The toml package
+// checks the types: a value of the wrong type ends decoding there, with an
+// error that names its key.
 type rawFile struct {
-	Server    toml.Primitive `toml:"server"`
-	Providers toml.Primitive `toml:"providers"`
-	Accounts  toml.Primitive `toml:"accounts"`
+	Server    rawServer              `toml:"server"`
+	Providers map[string]rawProvider `toml:"providers"`
+	Accounts  map[string]rawAccount  `toml:"accounts"`
 }
 
 // rawServer is the [server] table before its values are checked.
 type rawServer struct {
-	Listen                rawValue `toml:"listen"`
-	ListenTLS             rawValue `toml:"listen_tls"`
-	TLSCert               rawValue `toml:"tls_cert"`
-	TLSKey                rawValue `toml:"tls_key"`
-	AllowPlaintext        rawValue `toml:"allow_plaintext"`
-	StateDir              rawValue `toml:"state_dir"`
-	LogLevel              rawValue `toml:"log_level"`
-	LogFormat             rawValue `toml:"log_format"`
-	PreauthTimeout        rawValue `toml:"preauth_timeout"`
-	LoginTimeout          rawValue `toml:"login_timeout"`
-	DialTimeout           rawValue `toml:"dial_timeout"`
-	TokenTimeout          rawValue `toml:"token_timeout"`
-	RefreshMargin         rawValue `toml:"refresh_margin"`
-	MaxConnections        rawValue `toml:"max_connections"`
-	MaxConnectionsPerIP   rawValue `toml:"max_connections_per_ip"`
-	MaxConnectionsPerPeer rawValue `toml:"max_connections_per_peer"`
-	FirstCommandTimeout   rawValue `toml:"first_command_timeout"`
-	MaxLineBytes          rawValue `toml:"max_line_bytes"`
-	MaxLiteralBytes       rawValue `toml:"max_literal_bytes"`
-	ShutdownTimeout       rawValue `toml:"shutdown_timeout"`
-	PreauthMaxTime        rawValue `toml:"preauth_max_time"`
-	MetricsListen         rawValue `toml:"metrics_listen"`
+	// Listeners and local TLS.
+	Listen         *string `toml:"listen"`
+	ListenTLS      *string `toml:"listen_tls"`
+	ListenPOP3     *string `toml:"listen_pop3"`
+	ListenPOP3TLS  *string `toml:"listen_pop3_tls"`
+	TLSCert        *string `toml:"tls_cert"`
+	TLSKey         *string `toml:"tls_key"`
+	AllowPlaintext *bool   `toml:"allow_plaintext"`
+	MetricsListen  *string `toml:"metrics_listen"`
+
+	// State and logs.
+	StateDir  *string `toml:"state_dir"`
+	LogLevel  *string `toml:"log_level"`
+	LogFormat *string `toml:"log_format"`
+
+	// Timeouts.
+	PreauthTimeout      *duration `toml:"preauth_timeout"`
+	LoginTimeout        *duration `toml:"login_timeout"`
+	DialTimeout         *duration `toml:"dial_timeout"`
+	TokenTimeout        *duration `toml:"token_timeout"`
+	RefreshMargin       *duration `toml:"refresh_margin"`
+	SessionTokenMin     *duration `toml:"session_token_min"`
+	FirstCommandTimeout *duration `toml:"first_command_timeout"`
+	ShutdownTimeout     *duration `toml:"shutdown_timeout"`
+	PreauthMaxTime      *duration `toml:"preauth_max_time"`
+
+	// Limits.
+	MaxConnections        *int `toml:"max_connections"`
+	MaxConnectionsPerIP   *int `toml:"max_connections_per_ip"`
+	MaxConnectionsPerPeer *int `toml:"max_connections_per_peer"`
+	MaxLineBytes          *int `toml:"max_line_bytes"`
+	MaxLiteralBytes       *int `toml:"max_literal_bytes"`
 }
 
 // rawProvider is a [providers.NAME] table before its values are checked.
 type rawProvider struct {
-	Type               rawValue `toml:"type"`
-	Tenant             rawValue `toml:"tenant"`
-	AuthURL            rawValue `toml:"auth_url"`
-	TokenURL           rawValue `toml:"token_url"`
-	DeviceAuthURL      rawValue `toml:"device_auth_url"`
-	Scopes             rawValue `toml:"scopes"`
-	AppScopes          rawValue `toml:"app_scopes"`
-	ClientID           rawValue `toml:"client_id"`
-	ClientSecret       rawValue `toml:"client_secret"`
-	ClientSecretFile   rawValue `toml:"client_secret_file"`
-	IMAPAddress        rawValue `toml:"imap_address"`
-	IMAPTLS            rawValue `toml:"imap_tls"`
-	CAFile             rawValue `toml:"ca_file"`
-	Mechanism          rawValue `toml:"mechanism"`
-	ServiceAccountFile rawValue `toml:"service_account_file"`
-	ClientCertFile     rawValue `toml:"client_certificate_file"`
-	ClientKeyFile      rawValue `toml:"client_key_file"`
+	Type   *string `toml:"type"`
+	Tenant *string `toml:"tenant"`
+
+	// The token endpoint and what to ask it for.
+	AuthURL       *string   `toml:"auth_url"`
+	TokenURL      *string   `toml:"token_url"`
+	DeviceAuthURL *string   `toml:"device_auth_url"`
+	Scopes        *[]string `toml:"scopes"`
+	AppScopes     *[]string `toml:"app_scopes"`
+
+	// The app's credentials.
+	ClientID           *string `toml:"client_id"`
+	ClientSecret       *string `toml:"client_secret"`
+	ClientSecretFile   *string `toml:"client_secret_file"`
+	ClientCertFile     *string `toml:"client_certificate_file"`
+	ClientKeyFile      *string `toml:"client_key_file"`
+	ServiceAccountFile *string `toml:"service_account_file"`
+
+	// The upstream IMAP server.
+	IMAPAddress *string `toml:"imap_address"`
+	IMAPTLS     *string `toml:"imap_tls"`
+
+	// The upstream POP3 server.
+	POP3Address         *string `toml:"pop3_address"`
+	POP3InitialResponse *bool   `toml:"pop3_initial_response"`
+	CAFile              *string `toml:"ca_file"`
+	Mechanism           *string `toml:"mechanism"`
+
+	// Microsoft's cloud, and the sessions one mailbox may hold.
+	Cloud       *string `toml:"cloud"`
+	MaxSessions *int    `toml:"max_sessions"`
 }
 
 // rawAccount is an [accounts.LOGIN] table before its values are checked.
 type rawAccount struct {
-	Provider rawValue `toml:"provider"`
-	Mailbox  rawValue `toml:"mailbox"`
-	Grant    rawValue `toml:"grant"`
+	Provider    *string   `toml:"provider"`
+	Mailbox     *string   `toml:"mailbox"`
+	Grant       *string   `toml:"grant"`
+	MaxSessions *int      `toml:"max_sessions"`
+	Protocols   *[]string `toml:"protocols"`
 }
 
-// rawValue holds one TOML value as the decoder found it. Its type is checked
-// afterwards, so that every value of the wrong type is reported.
-type rawValue struct {
-	v   any
-	set bool
+// duration is a duration key's value: a string such as "30s"
+// (time.ParseDuration). A value that does not parse is kept with its
+// error, and the parser reports it with the key, so that a bad duration
+// is one problem among many rather than the end of decoding.
+type duration struct {
+	value time.Duration
+	text  string
+	err   error
 }
 
-// UnmarshalTOML implements toml.Unmarshaler.
-func (r *rawValue) UnmarshalTOML(v any) error {
-	r.v, r.set = v, true
+// UnmarshalText implements encoding.TextUnmarshaler. It never fails: see
+// duration.
+func (d *duration) UnmarshalText(text []byte) error {
+	d.text = string(text)
+	d.value, d.err = time.ParseDuration(d.text)
 	return nil
 }
 
 // parser collects the problems found while building a Config.
 type parser struct {
-	md       toml.MetaData
 	dir      string
 	problems []string
-	// badTables are tables already reported as being of the wrong type;
-	// the keys inside them are not reported again.
-	badTables []toml.Key
 }
 
 func parse(data []byte, dir string, opts *LoadOptions) (*Config, error) {
@@ -116,25 +144,27 @@ func parse(data []byte, dir string, opts *LoadOptions) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parsing TOML: %w", redactParseError(err, data))
 	}
-	p := &parser{md: md, dir: dir}
-
-	var rs rawServer
-	p.table(raw.Server, &rs, "server")
-	rps := tables[rawProvider](p, raw.Providers, "providers")
-	ras := tables[rawAccount](p, raw.Accounts, "accounts")
-	p.unknownKeys()
+	// The toml package leaves a map field alone, without an error, when
+	// the file gives another type of value: that is a type error too.
+	for _, key := range []string{"providers", "accounts"} {
+		if t := md.Type(key); t != "" && t != "Hash" {
+			return nil, fmt.Errorf("parsing TOML: %q: want a table, got %s", key, tomlTypeName(t))
+		}
+	}
+	p := &parser{dir: dir}
+	p.unknownKeys(md)
 
 	cfg := &Config{
-		Server:    p.server(&rs, opts),
-		Providers: make(map[string]*Provider, len(rps)),
-		Accounts:  make(map[string]*Account, len(ras)),
+		Server:    p.server(&raw.Server, opts),
+		Providers: make(map[string]*Provider, len(raw.Providers)),
+		Accounts:  make(map[string]*Account, len(raw.Accounts)),
 	}
-	for _, name := range sortedKeys(rps) {
-		r := rps[name]
+	for _, name := range sortedKeys(raw.Providers) {
+		r := raw.Providers[name]
 		cfg.Providers[name] = p.provider(name, &r)
 	}
-	for _, login := range sortedKeys(ras) {
-		r := ras[login]
+	for _, login := range sortedKeys(raw.Accounts) {
+		r := raw.Accounts[login]
 		cfg.Accounts[login] = p.account(login, &r, cfg.Providers)
 	}
 	if len(p.problems) > 0 {
@@ -143,12 +173,13 @@ func parse(data []byte, dir string, opts *LoadOptions) (*Config, error) {
 	return cfg, nil
 }
 
-// redactParseError keeps a secret out of a TOML syntax error. The toml
-// package quotes the text around an error ("expected value but found ..."),
+// redactParseError keeps a secret out of a TOML error. The toml package
+// quotes the text around a syntax error ("expected value but found ..."),
 // so the message is replaced when the error is about a key whose name
 // contains "secret", or on or just after a line that mentions one. The
 // returned ParseError also drops the input, so that its ErrorWithPosition
-// cannot print the file's lines.
+// cannot print the file's lines. Other errors (a value of the wrong type)
+// name the types, never the value, and are returned as they are.
 func redactParseError(err error, data []byte) error {
 	var perr toml.ParseError
 	if !errors.As(err, &perr) {
@@ -179,49 +210,12 @@ func (p *parser) addf(path, format string, args ...any) {
 	p.problems = append(p.problems, path+": "+fmt.Sprintf(format, args...))
 }
 
-// table decodes the table prim, found at key, into dst, a pointer to a raw
-// struct. A missing table leaves dst alone.
-func (p *parser) table(prim toml.Primitive, dst any, key ...string) bool {
-	if !p.md.IsDefined(key...) {
-		return false
-	}
-	// A table created implicitly by a header such as [providers.lab] has
-	// no type of its own.
-	if t := p.md.Type(key...); t != "Hash" && t != "" {
-		p.addf(keyPath(key...), "want a table, got %s", tomlTypeName(t))
-		p.badTables = append(p.badTables, key)
-		return false
-	}
-	if err := p.md.PrimitiveDecode(prim, dst); err != nil {
-		p.addf(keyPath(key...), "decoding: %v", err)
-		return false
-	}
-	return true
-}
-
-// tables decodes the table prim at top-level key name, whose values must all
-// be tables, into a map from the sub-table name to a raw struct T.
-func tables[T any](p *parser, prim toml.Primitive, name string) map[string]T {
-	var subs map[string]toml.Primitive
-	if !p.table(prim, &subs, name) {
-		return nil
-	}
-	m := make(map[string]T, len(subs))
-	for _, sub := range sortedKeys(subs) {
-		var t T
-		if p.table(subs[sub], &t, name, sub) {
-			m[sub] = t
-		}
-	}
-	return m
-}
-
 // unknownKeys reports the keys that no raw struct field took: those
-// MetaData.Undecoded lists, and those the decoder matched to a field only by
-// ignoring case. A key inside an unknown table is not reported again.
-func (p *parser) unknownKeys() {
+// MetaData.Undecoded lists, and those the decoder matched to a field only
+// by ignoring case. A key inside an unknown table is not reported again.
+func (p *parser) unknownKeys(md toml.MetaData) {
 	undecoded := make(map[string]bool)
-	for _, k := range p.md.Undecoded() {
+	for _, k := range md.Undecoded() {
 		undecoded[k.String()] = true
 	}
 	known := map[string]map[string]bool{
@@ -230,9 +224,9 @@ func (p *parser) unknownKeys() {
 		"providers": fieldNames(reflect.TypeFor[rawProvider]()),
 		"accounts":  fieldNames(reflect.TypeFor[rawAccount]()),
 	}
-	reported := p.badTables
+	var reported []toml.Key
 outer:
-	for _, k := range p.md.Keys() {
+	for _, k := range md.Keys() {
 		for _, r := range reported {
 			if len(r) <= len(k) && slices.Equal(r, k[:len(r)]) {
 				continue outer
@@ -247,7 +241,7 @@ outer:
 		case len(k) == 3 && (k[0] == "providers" || k[0] == "accounts"):
 			names = known[k[0]]
 		}
-		if undecoded[k.String()] || (names != nil && !names[k[len(k)-1]]) {
+		if undecoded[k.String()] || matchedByCase(names, k[len(k)-1]) {
 			p.addf(k.String(), "unknown key")
 			reported = append(reported, k)
 		}
@@ -256,50 +250,53 @@ outer:
 
 func (p *parser) server(r *rawServer, opts *LoadOptions) Server {
 	s := Defaults()
-	p.str(r.Listen, &s.Listen, "server", "listen")
-	p.str(r.ListenTLS, &s.ListenTLS, "server", "listen_tls")
-	p.str(r.TLSCert, &s.TLSCert, "server", "tls_cert")
-	p.str(r.TLSKey, &s.TLSKey, "server", "tls_key")
-	p.boolean(r.AllowPlaintext, &s.AllowPlaintext, "server", "allow_plaintext")
-	p.str(r.StateDir, &s.StateDir, "server", "state_dir")
-	p.enum(r.LogLevel, &s.LogLevel, []string{"debug", "info", "warn", "error"}, "server", "log_level")
-	p.enum(r.LogFormat, &s.LogFormat, []string{"text", "json"}, "server", "log_format")
-	p.duration(r.PreauthTimeout, &s.PreauthTimeout, "server", "preauth_timeout")
-	p.duration(r.LoginTimeout, &s.LoginTimeout, "server", "login_timeout")
-	p.duration(r.DialTimeout, &s.DialTimeout, "server", "dial_timeout")
-	p.duration(r.TokenTimeout, &s.TokenTimeout, "server", "token_timeout")
-	p.duration(r.RefreshMargin, &s.RefreshMargin, "server", "refresh_margin")
-	p.limit(r.MaxConnections, &s.MaxConnections, "server", "max_connections")
-	if r.MaxConnectionsPerIP.set && r.MaxConnectionsPerPeer.set {
+	setIf(&s.Listen, r.Listen)
+	setIf(&s.ListenTLS, r.ListenTLS)
+	setIf(&s.TLSCert, r.TLSCert)
+	setIf(&s.TLSKey, r.TLSKey)
+	p.pop3Listeners(r, &s)
+	setIf(&s.AllowPlaintext, r.AllowPlaintext)
+	setIf(&s.StateDir, r.StateDir)
+	p.enum(r.LogLevel, &s.LogLevel, []string{"debug", "info", "warn", "error"}, "server.log_level")
+	p.enum(r.LogFormat, &s.LogFormat, []string{"text", "json"}, "server.log_format")
+	p.duration(r.PreauthTimeout, &s.PreauthTimeout, "server.preauth_timeout")
+	p.duration(r.LoginTimeout, &s.LoginTimeout, "server.login_timeout")
+	p.duration(r.DialTimeout, &s.DialTimeout, "server.dial_timeout")
+	p.duration(r.TokenTimeout, &s.TokenTimeout, "server.token_timeout")
+	p.duration(r.RefreshMargin, &s.RefreshMargin, "server.refresh_margin")
+	p.duration(r.SessionTokenMin, &s.SessionTokenMin, "server.session_token_min")
+	p.limit(r.MaxConnections, &s.MaxConnections, "server.max_connections")
+	if r.MaxConnectionsPerIP != nil && r.MaxConnectionsPerPeer != nil {
 		p.addf("server.max_connections_per_ip", "old name of server.max_connections_per_peer, which is set too: keep one")
 	}
-	p.limit(r.MaxConnectionsPerIP, &s.MaxConnectionsPerPeer, "server", "max_connections_per_ip")
-	p.limit(r.MaxConnectionsPerPeer, &s.MaxConnectionsPerPeer, "server", "max_connections_per_peer")
-	p.duration(r.FirstCommandTimeout, &s.FirstCommandTimeout, "server", "first_command_timeout")
-	p.limit(r.MaxLineBytes, &s.MaxLineBytes, "server", "max_line_bytes")
-	p.limit(r.MaxLiteralBytes, &s.MaxLiteralBytes, "server", "max_literal_bytes")
+	p.limit(r.MaxConnectionsPerIP, &s.MaxConnectionsPerPeer, "server.max_connections_per_ip")
+	p.limit(r.MaxConnectionsPerPeer, &s.MaxConnectionsPerPeer, "server.max_connections_per_peer")
+	p.duration(r.FirstCommandTimeout, &s.FirstCommandTimeout, "server.first_command_timeout")
+	p.limit(r.MaxLineBytes, &s.MaxLineBytes, "server.max_line_bytes")
+	p.limit(r.MaxLiteralBytes, &s.MaxLiteralBytes, "server.max_literal_bytes")
 	if s.MaxLiteralBytes > MaxLiteralBytesLimit {
 		p.addf("server.max_literal_bytes", "at most %d, got %d", MaxLiteralBytesLimit, s.MaxLiteralBytes)
 	}
-	p.duration(r.ShutdownTimeout, &s.ShutdownTimeout, "server", "shutdown_timeout")
-	p.duration(r.PreauthMaxTime, &s.PreauthMaxTime, "server", "preauth_max_time")
-	p.str(r.MetricsListen, &s.MetricsListen, "server", "metrics_listen")
+	p.duration(r.ShutdownTimeout, &s.ShutdownTimeout, "server.shutdown_timeout")
+	p.duration(r.PreauthMaxTime, &s.PreauthMaxTime, "server.preauth_max_time")
+	setIf(&s.MetricsListen, r.MetricsListen)
 	if s.MetricsListen != "" {
-		p.address(s.MetricsListen, true, "server", "metrics_listen")
+		p.address(s.MetricsListen, true, "server.metrics_listen")
 	}
 
 	inherited := opts.InheritedListen || opts.InheritedListenTLS
+	pop3 := s.ListenPOP3 != "" || s.ListenPOP3TLS != ""
 	switch {
-	case s.Listen == "" && s.ListenTLS == "" && !inherited:
+	case s.Listen == "" && s.ListenTLS == "" && !inherited && !pop3:
 		p.addf("server.listen", "empty, and server.listen_tls is not set: nothing to listen on")
 	case s.Listen != "" && s.Listen == s.ListenTLS && !strings.HasSuffix(s.Listen, ":0"):
 		p.addf("server.listen_tls", "same address as server.listen")
 	}
 	if s.Listen != "" {
-		p.address(s.Listen, true, "server", "listen")
+		p.address(s.Listen, true, "server.listen")
 	}
 	if s.ListenTLS != "" {
-		p.address(s.ListenTLS, true, "server", "listen_tls")
+		p.address(s.ListenTLS, true, "server.listen_tls")
 	}
 	if s.TLSCert == "" && s.TLSKey == "" {
 		switch {
@@ -325,104 +322,116 @@ func (p *parser) server(r *rawServer, opts *LoadOptions) Server {
 }
 
 func (p *parser) provider(name string, r *rawProvider) *Provider {
-	at := func(k string) []string { return []string{"providers", name, k} }
+	at := func(k string) string { return keyPath("providers", name, k) }
 	if name == "" {
 		p.addf(keyPath("providers", name), "empty provider name")
 	}
 
 	var typ string
-	if p.str(r.Type, &typ, at("type")...) {
-		if !isOneOf(typ, "microsoft", "google", "generic") {
-			p.addf(keyPath(at("type")...), "unknown type %q (want microsoft, google or generic)", typ)
-			typ = ""
-		}
-	} else if !r.Type.set {
-		p.addf(keyPath(at("type")...), "missing (want microsoft, google or generic)")
+	switch {
+	case r.Type == nil:
+		p.addf(at("type"), "missing (want microsoft, google or generic)")
+	case !isOneOf(*r.Type, "microsoft", "google", "generic"):
+		p.addf(at("type"), "unknown type %q (want microsoft, google or generic)", *r.Type)
+	default:
+		typ = *r.Type
 	}
 
 	var tenant string
-	if p.str(r.Tenant, &tenant, at("tenant")...) {
+	if r.Tenant != nil {
 		switch {
 		case typ != "microsoft" && typ != "":
-			p.addf(keyPath(at("tenant")...), "only for type microsoft")
-		case !validTenant(tenant):
-			p.addf(keyPath(at("tenant")...), "bad tenant %q (want a tenant ID, a domain or organizations)", tenant)
-			tenant = ""
+			p.addf(at("tenant"), "only for type microsoft")
+		case !validTenant(*r.Tenant):
+			p.addf(at("tenant"), "bad tenant %q (want a tenant ID, a domain or organizations)", *r.Tenant)
+		default:
+			tenant = *r.Tenant
 		}
 	}
 	if typ == "microsoft" && tenant == "" {
 		tenant = "organizations"
 	}
+	cloud := ""
+	if typ == "microsoft" {
+		cloud = "global"
+	}
+	if r.Cloud != nil && typ != "microsoft" && typ != "" {
+		p.addf(at("cloud"), "only for type microsoft")
+	} else {
+		p.enum(r.Cloud, &cloud, []string{"global", "usgov", "china"}, at("cloud"))
+	}
 
-	pr := preset(typ, tenant)
+	pr := preset(typ, tenant, cloud)
 	pr.Name = name
 	pr.Type = typ
 	pr.Tenant = tenant
+	pr.Cloud = cloud
+	p.count(r.MaxSessions, &pr.MaxSessions, at("max_sessions"))
 
-	p.str(r.AuthURL, &pr.AuthURL, at("auth_url")...)
-	tokenURLOK := p.str(r.TokenURL, &pr.TokenURL, at("token_url")...) || !r.TokenURL.set
-	p.str(r.DeviceAuthURL, &pr.DeviceAuthURL, at("device_auth_url")...)
-	scopesOK := p.strs(r.Scopes, &pr.Scopes, at("scopes")...) || !r.Scopes.set
-	p.strs(r.AppScopes, &pr.AppScopes, at("app_scopes")...)
-	clientIDOK := p.str(r.ClientID, &pr.ClientID, at("client_id")...) || !r.ClientID.set
-	p.str(r.ClientSecret, &pr.ClientSecret, at("client_secret")...)
+	setIf(&pr.AuthURL, r.AuthURL)
+	setIf(&pr.TokenURL, r.TokenURL)
+	setIf(&pr.DeviceAuthURL, r.DeviceAuthURL)
+	setIf(&pr.Scopes, r.Scopes)
+	setIf(&pr.AppScopes, r.AppScopes)
+	setIf(&pr.ClientID, r.ClientID)
+	setIf(&pr.ClientSecret, r.ClientSecret)
 	var secretFile string
-	p.str(r.ClientSecretFile, &secretFile, at("client_secret_file")...)
-	imapAddressOK := p.str(r.IMAPAddress, &pr.IMAPAddress, at("imap_address")...) || !r.IMAPAddress.set
-	p.enum(r.IMAPTLS, &pr.IMAPTLS, []string{"implicit", "starttls"}, at("imap_tls")...)
-	p.str(r.CAFile, &pr.CAFile, at("ca_file")...)
-	if p.str(r.Mechanism, &pr.Mechanism, at("mechanism")...) {
+	setIf(&secretFile, r.ClientSecretFile)
+	setIf(&pr.IMAPAddress, r.IMAPAddress)
+	p.enum(r.IMAPTLS, &pr.IMAPTLS, []string{"implicit", "starttls"}, at("imap_tls"))
+	p.pop3Server(r, &pr, at)
+	setIf(&pr.CAFile, r.CAFile)
+	if setIf(&pr.Mechanism, r.Mechanism) {
 		pr.Mechanism = strings.ToUpper(pr.Mechanism)
 		if !isOneOf(pr.Mechanism, "XOAUTH2", "OAUTHBEARER") {
-			p.addf(keyPath(at("mechanism")...), "unknown mechanism %q (want XOAUTH2 or OAUTHBEARER)", pr.Mechanism)
+			p.addf(at("mechanism"), "unknown mechanism %q (want XOAUTH2 or OAUTHBEARER)", pr.Mechanism)
 		}
 	}
-	p.str(r.ServiceAccountFile, &pr.ServiceAccountFile, at("service_account_file")...)
-	certTypeOK := p.str(r.ClientCertFile, &pr.ClientCertificateFile, at("client_certificate_file")...) || !r.ClientCertFile.set
-	keyTypeOK := p.str(r.ClientKeyFile, &pr.ClientKeyFile, at("client_key_file")...) || !r.ClientKeyFile.set
+	setIf(&pr.ServiceAccountFile, r.ServiceAccountFile)
+	setIf(&pr.ClientCertificateFile, r.ClientCertFile)
+	setIf(&pr.ClientKeyFile, r.ClientKeyFile)
 
 	// Required keys are checked only for a known type, so that a typo in
-	// type yields one problem rather than one for every key it implies, and
-	// only if not already reported as being of the wrong type.
+	// type yields one problem rather than one for every key it implies.
 	if typ != "" {
-		if pr.TokenURL == "" && tokenURLOK {
-			p.addf(keyPath(at("token_url")...), "missing")
+		if pr.TokenURL == "" {
+			p.addf(at("token_url"), "missing")
 		}
-		if len(pr.Scopes) == 0 && scopesOK {
-			p.addf(keyPath(at("scopes")...), "missing")
+		if len(pr.Scopes) == 0 {
+			p.addf(at("scopes"), "missing")
 		}
-		if pr.IMAPAddress == "" && imapAddressOK {
-			p.addf(keyPath(at("imap_address")...), "missing")
+		if pr.IMAPAddress == "" {
+			p.addf(at("imap_address"), "missing")
 		}
 	}
-	if pr.ClientID == "" && clientIDOK {
-		p.addf(keyPath(at("client_id")...), "missing")
+	if pr.ClientID == "" {
+		p.addf(at("client_id"), "missing")
 	}
-	p.url(pr.AuthURL, at("auth_url")...)
-	p.url(pr.TokenURL, at("token_url")...)
-	p.url(pr.DeviceAuthURL, at("device_auth_url")...)
-	p.scopeList(pr.Scopes, at("scopes")...)
-	p.scopeList(pr.AppScopes, at("app_scopes")...)
+	p.url(pr.AuthURL, at("auth_url"))
+	p.url(pr.TokenURL, at("token_url"))
+	p.url(pr.DeviceAuthURL, at("device_auth_url"))
+	p.scopeList(pr.Scopes, at("scopes"))
+	p.scopeList(pr.AppScopes, at("app_scopes"))
 	if pr.IMAPAddress != "" {
-		p.address(pr.IMAPAddress, false, at("imap_address")...)
+		p.address(pr.IMAPAddress, false, at("imap_address"))
 	}
 	if pr.ServiceAccountFile != "" && typ != "google" && typ != "" {
-		p.addf(keyPath(at("service_account_file")...), "only for type google")
+		p.addf(at("service_account_file"), "only for type google")
 	}
 
 	// The secret's value never goes into a problem.
 	switch {
 	case pr.ClientSecret != "" && secretFile != "":
-		p.addf(keyPath(at("client_secret_file")...), "conflicts with client_secret: set only one")
+		p.addf(at("client_secret_file"), "conflicts with client_secret: set only one")
 	case secretFile != "":
 		b, err := os.ReadFile(p.resolve(secretFile))
 		if err != nil {
-			p.addf(keyPath(at("client_secret_file")...), "reading secret: %v", err)
+			p.addf(at("client_secret_file"), "reading secret: %v", err)
 			break
 		}
 		pr.ClientSecret = strings.TrimSpace(string(b))
 		if pr.ClientSecret == "" {
-			p.addf(keyPath(at("client_secret_file")...), "file %s is empty", p.resolve(secretFile))
+			p.addf(at("client_secret_file"), "file %s is empty", p.resolve(secretFile))
 		}
 	}
 
@@ -430,9 +439,7 @@ func (p *parser) provider(name string, r *rawProvider) *Provider {
 	pr.ServiceAccountFile = p.resolve(pr.ServiceAccountFile)
 	pr.ClientCertificateFile = p.resolve(pr.ClientCertificateFile)
 	pr.ClientKeyFile = p.resolve(pr.ClientKeyFile)
-	if certTypeOK && keyTypeOK {
-		p.clientCertificate(&pr, typ, secretFile != "", at)
-	}
+	p.clientCertificate(&pr, typ, secretFile != "", at)
 	return &pr
 }
 
@@ -441,7 +448,7 @@ func (p *parser) provider(name string, r *rawProvider) *Provider {
 // neither, not together with a client secret, not for Google, and
 // readable files holding an RSA key and its certificate. hasSecretFile
 // reports whether client_secret_file was given.
-func (p *parser) clientCertificate(pr *Provider, typ string, hasSecretFile bool, at func(string) []string) {
+func (p *parser) clientCertificate(pr *Provider, typ string, hasSecretFile bool, at func(string) string) {
 	certFile, keyFile := pr.ClientCertificateFile, pr.ClientKeyFile
 	if certFile == "" && keyFile == "" {
 		return
@@ -452,20 +459,20 @@ func (p *parser) clientCertificate(pr *Provider, typ string, hasSecretFile bool,
 		if certFile == "" {
 			key = "client_key_file"
 		}
-		p.addf(keyPath(at(key)...), "only for type microsoft or generic (Google takes no client certificates)")
+		p.addf(at(key), "only for type microsoft or generic (Google takes no client certificates)")
 		ok = false
 	}
 	switch {
 	case certFile == "":
-		p.addf(keyPath(at("client_certificate_file")...), "missing (client_key_file is set)")
+		p.addf(at("client_certificate_file"), "missing (client_key_file is set)")
 		ok = false
 	case keyFile == "":
-		p.addf(keyPath(at("client_key_file")...), "missing (client_certificate_file is set)")
+		p.addf(at("client_key_file"), "missing (client_certificate_file is set)")
 		ok = false
 	}
 	if certFile != "" && (pr.ClientSecret != "" || hasSecretFile) {
 		// The secret's value never goes into a problem.
-		p.addf(keyPath(at("client_certificate_file")...),
+		p.addf(at("client_certificate_file"),
 			"client_secret and client_certificate_file are exclusive: the app authenticates with one of them (remove client_secret or client_secret_file)")
 		ok = false
 	}
@@ -474,22 +481,22 @@ func (p *parser) clientCertificate(pr *Provider, typ string, hasSecretFile bool,
 	}
 	cert, err := loadCertificate(certFile)
 	if err != nil {
-		p.addf(keyPath(at("client_certificate_file")...), "%v", err)
+		p.addf(at("client_certificate_file"), "%v", err)
 	}
 	key, keyErr := loadRSAKey(keyFile)
 	if keyErr != nil {
-		p.addf(keyPath(at("client_key_file")...), "%v", keyErr)
+		p.addf(at("client_key_file"), "%v", keyErr)
 	}
 	if err != nil || keyErr != nil {
 		return
 	}
 	if err := keyMatches(cert, key, certFile, keyFile); err != nil {
-		p.addf(keyPath(at("client_key_file")...), "%v", err)
+		p.addf(at("client_key_file"), "%v", err)
 	}
 }
 
 func (p *parser) account(login string, r *rawAccount, providers map[string]*Provider) *Account {
-	at := func(k string) []string { return []string{"accounts", login, k} }
+	at := func(k string) string { return keyPath("accounts", login, k) }
 	switch {
 	case login == "":
 		p.addf(keyPath("accounts", login), "empty login")
@@ -499,198 +506,154 @@ func (p *parser) account(login string, r *rawAccount, providers map[string]*Prov
 		p.addf(keyPath("accounts", login), "login contains white space or control characters")
 	}
 
-	a := &Account{Login: login, Grant: "refresh_token"}
-	var provName string
-	if p.str(r.Provider, &provName, at("provider")...) {
-		a.Provider = providers[provName]
-		if a.Provider == nil {
-			p.addf(keyPath(at("provider")...), "unknown provider %q", provName)
-		}
-	} else if !r.Provider.set {
-		p.addf(keyPath(at("provider")...), "missing")
+	a := &Account{Login: login, Grant: GrantRefreshToken}
+	if r.Provider == nil {
+		p.addf(at("provider"), "missing")
+	} else if a.Provider = providers[*r.Provider]; a.Provider == nil {
+		p.addf(at("provider"), "unknown provider %q", *r.Provider)
 	}
-	if p.str(r.Mailbox, &a.Mailbox, at("mailbox")...) || !r.Mailbox.set {
-		switch {
-		case a.Mailbox == "":
-			p.addf(keyPath(at("mailbox")...), "missing")
-		case strings.ContainsFunc(a.Mailbox, unicode.IsControl):
-			p.addf(keyPath(at("mailbox")...), "contains control characters")
-		}
+	setIf(&a.Mailbox, r.Mailbox)
+	switch {
+	case a.Mailbox == "":
+		p.addf(at("mailbox"), "missing")
+	case strings.ContainsFunc(a.Mailbox, unicode.IsControl):
+		p.addf(at("mailbox"), "contains control characters")
 	}
-	grantOK := p.enum(r.Grant, &a.Grant, []string{"refresh_token", "client_credentials", "service_account"}, at("grant")...)
-	if !grantOK || a.Provider == nil {
+	if a.Provider != nil {
+		a.MaxSessions = a.Provider.MaxSessions
+	}
+	p.count(r.MaxSessions, &a.MaxSessions, at("max_sessions"))
+	if r.Grant != nil {
+		g := Grant(*r.Grant)
+		if g != GrantRefreshToken && !g.AppOnly() {
+			p.addf(at("grant"), "unknown value %q (want %s, %s or %s)", g,
+				GrantRefreshToken, GrantClientCredentials, GrantServiceAccount)
+			return a
+		}
+		a.Grant = g
+	}
+	p.protocols(r.Protocols, a, at)
+	if a.Provider == nil {
 		return a
 	}
 
 	pr := a.Provider
 	switch a.Grant {
-	case "client_credentials":
+	case GrantClientCredentials:
 		if pr.ClientSecret == "" && pr.ClientCertificateFile == "" && pr.ClientKeyFile == "" {
-			p.addf(keyPath(at("grant")...), "client_credentials needs providers.%s.client_secret, client_secret_file, "+
+			p.addf(at("grant"), "client_credentials needs providers.%s.client_secret, client_secret_file, "+
 				"or client_certificate_file and client_key_file", keyPath(pr.Name))
 		}
-		if pr.Type == "microsoft" && pr.TokenURL == preset(pr.Type, pr.Tenant).TokenURL && isOneOf(pr.Tenant, "organizations", "common", "consumers") {
-			p.addf(keyPath(at("grant")...), "client_credentials needs providers.%s.tenant set to the tenant's ID or domain, not %q", keyPath(pr.Name), pr.Tenant)
+		if pr.Type == "microsoft" && pr.TokenURL == preset(pr.Type, pr.Tenant, pr.Cloud).TokenURL && isOneOf(pr.Tenant, "organizations", "common", "consumers") {
+			p.addf(at("grant"), "client_credentials needs providers.%s.tenant set to the tenant's ID or domain, not %q", keyPath(pr.Name), pr.Tenant)
 		}
-	case "service_account":
+	case GrantServiceAccount:
 		if pr.Type != "google" {
-			p.addf(keyPath(at("grant")...), "service_account needs a provider of type google, and %q is %s", pr.Name, pr.Type)
+			p.addf(at("grant"), "service_account needs a provider of type google, and %q is %s", pr.Name, pr.Type)
 		} else if pr.ServiceAccountFile == "" {
-			p.addf(keyPath(at("grant")...), "service_account needs providers.%s.service_account_file", keyPath(pr.Name))
+			p.addf(at("grant"), "service_account needs providers.%s.service_account_file", keyPath(pr.Name))
 		}
 	}
 	return a
 }
 
-// str stores r in *dst if it is a string and reports whether it did. A
-// missing key is not a problem here.
-func (p *parser) str(r rawValue, dst *string, key ...string) bool {
-	if !r.set {
+// setIf stores *v in *dst if the key was set (v is not nil), and reports
+// whether it was.
+func setIf[T any](dst *T, v *T) bool {
+	if v == nil {
 		return false
 	}
-	s, ok := r.v.(string)
-	if !ok {
-		p.addf(keyPath(key...), "want a string, got %s", goTypeName(r.v))
-		return false
-	}
-	*dst = s
+	*dst = *v
 	return true
 }
 
-// strs stores r in *dst if it is an array of strings and reports whether it
-// did.
-func (p *parser) strs(r rawValue, dst *[]string, key ...string) bool {
-	if !r.set {
-		return false
+// enum stores *v in *dst if it is one of the strings in allowed. A nil v
+// (the key is not set) leaves the default in *dst.
+func (p *parser) enum(v *string, dst *string, allowed []string, key string) {
+	switch {
+	case v == nil:
+	case !isOneOf(*v, allowed...):
+		p.addf(key, "unknown value %q (want %s)", *v, strings.Join(allowed, ", "))
+	default:
+		*dst = *v
 	}
-	vs, ok := r.v.([]any)
-	if !ok {
-		p.addf(keyPath(key...), "want an array of strings, got %s", goTypeName(r.v))
-		return false
-	}
-	ss := make([]string, 0, len(vs))
-	for i, v := range vs {
-		s, ok := v.(string)
-		if !ok {
-			p.addf(keyPath(key...), "element %d: want a string, got %s", i, goTypeName(v))
-			return false
-		}
-		ss = append(ss, s)
-	}
-	*dst = ss
-	return true
 }
 
-// enum stores r in *dst if it is one of the strings in allowed and reports
-// whether *dst now holds an allowed value (the default if r is not set).
-func (p *parser) enum(r rawValue, dst *string, allowed []string, key ...string) bool {
-	if !r.set {
-		return true
+// duration stores d in *dst if it holds a positive duration.
+func (p *parser) duration(d *duration, dst *time.Duration, key string) {
+	switch {
+	case d == nil:
+	case d.err != nil:
+		p.addf(key, "bad duration %q (want a string such as \"30s\"): %v", d.text, d.err)
+	case d.value <= 0:
+		p.addf(key, "must be positive, got %q", d.text)
+	default:
+		*dst = d.value
 	}
-	var s string
-	if !p.str(r, &s, key...) {
-		return false
-	}
-	if !isOneOf(s, allowed...) {
-		p.addf(keyPath(key...), "unknown value %q (want %s)", s, strings.Join(allowed, ", "))
-		return false
-	}
-	*dst = s
-	return true
 }
 
-func (p *parser) boolean(r rawValue, dst *bool, key ...string) {
-	if !r.set {
-		return
+// limit stores *n in *dst if it is positive.
+func (p *parser) limit(n *int, dst *int, key string) {
+	switch {
+	case n == nil:
+	case *n <= 0:
+		p.addf(key, "must be a positive integer, got %d", *n)
+	default:
+		*dst = *n
 	}
-	b, ok := r.v.(bool)
-	if !ok {
-		p.addf(keyPath(key...), "want a boolean, got %s", goTypeName(r.v))
-		return
-	}
-	*dst = b
 }
 
-// duration stores r in *dst if it is a string such as "30s" holding a
-// positive duration.
-func (p *parser) duration(r rawValue, dst *time.Duration, key ...string) {
-	if !r.set {
-		return
+// count stores *n in *dst if it is 0 (no limit) or a positive integer.
+func (p *parser) count(n *int, dst *int, key string) {
+	switch {
+	case n == nil:
+	case *n < 0:
+		p.addf(key, "must be 0 (no limit) or a positive integer, got %d", *n)
+	default:
+		*dst = *n
 	}
-	s, ok := r.v.(string)
-	if !ok {
-		p.addf(keyPath(key...), "want a duration string such as \"30s\", got %s", goTypeName(r.v))
-		return
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil {
-		p.addf(keyPath(key...), "bad duration %q: %v", s, err)
-		return
-	}
-	if d <= 0 {
-		p.addf(keyPath(key...), "must be positive, got %q", s)
-		return
-	}
-	*dst = d
-}
-
-// limit stores r in *dst if it is a positive integer.
-func (p *parser) limit(r rawValue, dst *int, key ...string) {
-	if !r.set {
-		return
-	}
-	n, ok := r.v.(int64)
-	if !ok {
-		p.addf(keyPath(key...), "want an integer, got %s", goTypeName(r.v))
-		return
-	}
-	if n <= 0 || int64(int(n)) != n {
-		p.addf(keyPath(key...), "must be a positive integer, got %d", n)
-		return
-	}
-	*dst = int(n)
 }
 
 // address reports a problem unless s is host:port with a numeric port; port
 // 0 only if allowZero, and an empty host only if allowZero (listeners).
-func (p *parser) address(s string, allowZero bool, key ...string) {
+func (p *parser) address(s string, allowZero bool, key string) {
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
-		p.addf(keyPath(key...), "bad address %q: %v", s, err)
+		p.addf(key, "bad address %q: %v", s, err)
 		return
 	}
 	n, err := strconv.ParseUint(port, 10, 16)
 	switch {
 	case err != nil:
-		p.addf(keyPath(key...), "bad address %q: port %q is not a number from 1 to 65535", s, port)
+		p.addf(key, "bad address %q: port %q is not a number from 1 to 65535", s, port)
 	case n == 0 && !allowZero:
-		p.addf(keyPath(key...), "bad address %q: port 0", s)
+		p.addf(key, "bad address %q: port 0", s)
 	}
 	if host == "" && !allowZero {
-		p.addf(keyPath(key...), "bad address %q: missing host", s)
+		p.addf(key, "bad address %q: missing host", s)
 	}
 }
 
 // url reports a problem unless s is "" or an absolute http or https URL.
-func (p *parser) url(s string, key ...string) {
+func (p *parser) url(s string, key string) {
 	if s == "" {
 		return
 	}
 	u, err := url.Parse(s)
 	if err != nil {
-		p.addf(keyPath(key...), "bad URL: %v", err)
+		p.addf(key, "bad URL: %v", err)
 		return
 	}
 	if (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		p.addf(keyPath(key...), "bad URL %q: want an absolute http or https URL", u.Redacted())
+		p.addf(key, "bad URL %q: want an absolute http or https URL", u.Redacted())
 	}
 }
 
 // scopeList reports empty scopes.
-func (p *parser) scopeList(scopes []string, key ...string) {
+func (p *parser) scopeList(scopes []string, key string) {
 	for i, s := range scopes {
 		if strings.TrimSpace(s) == "" {
-			p.addf(keyPath(key...), "element %d is empty", i)
+			p.addf(key, "element %d is empty", i)
 		}
 	}
 }
@@ -723,6 +686,21 @@ func keyPath(parts ...string) string {
 	return toml.Key(parts).String()
 }
 
+// matchedByCase reports whether the toml package, which matches keys to
+// fields ignoring case, took key for a field whose name in names differs
+// from it in case only ("Grant" for grant).
+func matchedByCase(names map[string]bool, key string) bool {
+	if names[key] {
+		return false
+	}
+	for name := range names {
+		if strings.EqualFold(name, key) {
+			return true
+		}
+	}
+	return false
+}
+
 // fieldNames returns the toml tag names of struct type t.
 func fieldNames(t reflect.Type) map[string]bool {
 	names := make(map[string]bool, t.NumField())
@@ -744,29 +722,6 @@ func tomlTypeName(t string) string {
 		return "boolean"
 	}
 	return strings.ToLower(t)
-}
-
-// goTypeName names the TOML type of a decoded value.
-func goTypeName(v any) string {
-	switch v.(type) {
-	case string:
-		return "string"
-	case int64:
-		return "integer"
-	case float64:
-		return "float"
-	case bool:
-		return "boolean"
-	case []any:
-		return "array"
-	case []map[string]any:
-		return "array of tables"
-	case map[string]any:
-		return "table"
-	case time.Time:
-		return "datetime"
-	}
-	return fmt.Sprintf("%T", v)
 }
 
 func isOneOf(s string, allowed ...string) bool {

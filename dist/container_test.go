@@ -250,14 +250,11 @@ func (c *container) runInput(script, input string) (string, error) {
 	}
 }
 
-// must runs script and fails the test, with the output, if it fails.
+// must runs script and fails the test, with the output and the service's
+// state, if it fails.
 func (c *container) must(script string) string {
 	c.t.Helper()
-	out, err := c.run(script)
-	if err != nil {
-		c.t.Fatalf("in the container: %s\n%v\n%s", script, err, out)
-	}
-	return out
+	return c.mustInput(script, "")
 }
 
 // mustInput is must with input on stdin (see runInput).
@@ -265,7 +262,8 @@ func (c *container) mustInput(script, input string) string {
 	c.t.Helper()
 	out, err := c.runInput(script, input)
 	if err != nil {
-		c.t.Fatalf("in the container: %s\n%v\n%s", script, err, out)
+		status, _ := c.run("systemctl status --no-pager -n 30 imap-oauth-proxy.service")
+		c.t.Fatalf("in the container: %s\n%v\n%s\n\nthe service:\n%s", script, err, out, status)
 	}
 	return out
 }

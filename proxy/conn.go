@@ -24,6 +24,7 @@ const maxBadCommands = 3
 // conn is one collector connection.
 type conn struct {
 	srv      *Server
+	proto    *protocol      // what the listener speaks
 	cfg      *runtimeConfig // snapshot taken at accept
 	raw      net.Conn       // the accepted connection; deadlines on it reach TLS too
 	peer     peer           // who connects, for limits and throttling
@@ -67,7 +68,7 @@ func (c *conn) serve() {
 		}
 	}
 	c.br, c.bw = newLineReader(c.nc), newLineWriter(c.nc)
-	reason := c.preauth()
+	reason := c.proto.preauth(c)
 	c.releaseLineBuffers()
 	c.logger.Info("session end", "duration", time.Since(c.start).Round(time.Millisecond), "reason", reason)
 }
@@ -82,10 +83,10 @@ func (c *conn) releaseLineBuffers() {
 
 // handshake runs the server side of TLS on c.nc (implicit TLS or STARTTLS).
 func (c *conn) handshake() error {
-	if c.cfg.localTLS == nil {
+	if c.localTLS() == nil {
 		return errors.New("no local TLS certificate configured")
 	}
-	tc := tls.Server(c.nc, c.cfg.localTLS)
+	tc := tls.Server(c.nc, c.localTLS())
 	ctx, cancel := context.WithTimeout(c.srv.ctx, c.cfg.Server.PreauthTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
@@ -158,18 +159,11 @@ func (c *conn) preauth() string {
 	bad := 0
 	loginBy := c.start.Add(srvCfg.PreauthMaxTime)
 	for n := 0; ; n++ {
-		idle := srvCfg.PreauthTimeout
-		if n == 0 {
-			// A connection that never speaks only holds a slot.
-			idle = min(idle, srvCfg.FirstCommandTimeout)
-		}
-		c.raw.SetReadDeadline(earliest(time.Now().Add(idle), loginBy))
-		if c.isAborted() {
-			return "server closed"
-		}
-		if c.draining.Load() {
-			c.bye("Server shutting down")
-			return "shutdown"
+		if reason, tell := c.awaitCommand(n, loginBy); reason != "" {
+			if tell != "" {
+				c.bye(tell)
+			}
+			return reason
 		}
 		cmd, err := reader.read()
 		var syn *syntaxError
@@ -187,21 +181,12 @@ func (c *conn) preauth() string {
 		case errors.Is(err, errLineTooLong):
 			c.bye(fmt.Sprintf("[TOOBIG] Command line longer than %d bytes", srvCfg.MaxLineBytes))
 			return "line too long"
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			if c.draining.Load() {
-				c.bye("Server shutting down")
-				return "shutdown"
-			}
-			if !time.Now().Before(loginBy) {
-				c.bye("Autologout; no login within the allowed time")
-				return "pre-auth time limit"
-			}
-			c.bye("Autologout; idle for too long")
-			return "pre-auth timeout"
-		case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed):
-			return "client closed"
 		case err != nil:
-			return "read failed: " + err.Error()
+			reason, tell := c.readFailure(err, loginBy)
+			if tell != "" {
+				c.bye(tell)
+			}
+			return reason
 		}
 		c.trace("C", cmd.redacted())
 
@@ -256,6 +241,45 @@ func (c *conn) preauth() string {
 	}
 }
 
+// awaitCommand prepares to read the n-th command before login: it sets
+// the read deadline (first_command_timeout for the first command, then
+// preauth_timeout, never past loginBy). If the session must end instead,
+// it returns why, and what to tell the client ("" for nothing).
+func (c *conn) awaitCommand(n int, loginBy time.Time) (reason, tell string) {
+	idle := c.cfg.Server.PreauthTimeout
+	if n == 0 {
+		// A connection that never speaks only holds a slot.
+		idle = min(idle, c.cfg.Server.FirstCommandTimeout)
+	}
+	c.raw.SetReadDeadline(earliest(time.Now().Add(idle), loginBy))
+	if c.isAborted() {
+		return "server closed", ""
+	}
+	if c.draining.Load() {
+		return "shutdown", "Server shutting down"
+	}
+	return "", ""
+}
+
+// readFailure says why a session ends after reading a command before
+// login failed with err (other than a protocol error), and what to tell
+// the client ("" for nothing).
+func (c *conn) readFailure(err error, loginBy time.Time) (reason, tell string) {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		if c.draining.Load() {
+			return "shutdown", "Server shutting down"
+		}
+		if !time.Now().Before(loginBy) {
+			return "pre-auth time limit", "Autologout; no login within the allowed time"
+		}
+		return "pre-auth timeout", "Autologout; idle for too long"
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed):
+		return "client closed", ""
+	}
+	return "read failed: " + err.Error(), ""
+}
+
 // startTLS upgrades the connection (RFC 3501 section 6.2.1).
 func (c *conn) startTLS(tag string, reader *commandReader) (reason string, done bool) {
 	if c.tlsOn || c.cfg.localTLS == nil {
@@ -271,12 +295,22 @@ func (c *conn) startTLS(tag string, reader *commandReader) (reason string, done 
 	if err := c.writeStatus(tag, "OK", "", "Begin TLS negotiation now"); err != nil {
 		return "write failed", true
 	}
-	if err := c.handshake(); err != nil {
-		return "TLS handshake failed: " + err.Error(), true
+	if err := c.resumeInTLS(); err != nil {
+		return err.Error(), true
 	}
-	c.br.Reset(c.nc) // empty: checked above
-	c.bw.Reset(c.nc)
+	reader.br = c.br
 	return "", false
+}
+
+// resumeInTLS runs the TLS handshake after the answer to STARTTLS (or
+// STLS), and reads and writes through TLS from then on.
+func (c *conn) resumeInTLS() error {
+	if err := c.handshake(); err != nil {
+		return fmt.Errorf("TLS handshake failed: %w", err)
+	}
+	c.br.Reset(c.nc) // empty: both callers refuse pipelined bytes first
+	c.bw.Reset(c.nc)
+	return nil
 }
 
 func earliest(a, b time.Time) time.Time {
@@ -327,7 +361,7 @@ func (c *conn) bye(text string) {
 // every secret already replaced by [redacted].
 func (c *conn) trace(dir, line string) {
 	if c.logger.Enabled(context.Background(), slog.LevelDebug) {
-		c.logger.Debug("imap", "dir", dir, "line", line)
+		c.logger.Debug(string(c.proto.name), "dir", dir, "line", line)
 	}
 }
 

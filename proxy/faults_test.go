@@ -22,8 +22,8 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 
-	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
 )
@@ -62,7 +62,7 @@ type rigOptions struct {
 	providers  []rigProvider
 	accounts   []rigAccount
 	logLevel   slog.Level
-	kdf        auth.KDFParams // zero: testKDF
+	kdf        tokenstore.KDFParams // zero: testKDF
 	// peerUID is proxy.Options.PeerUID; nil: the kernel's answer.
 	peerUID proxy.PeerUIDFunc
 }

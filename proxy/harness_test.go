@@ -23,6 +23,7 @@ import (
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
 )
@@ -37,7 +38,7 @@ const (
 )
 
 // testKDF keeps argon2id cheap in tests; records carry their own params.
-var testKDF = auth.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}
+var testKDF = tokenstore.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}
 
 // testDeadline bounds every network step of a test.
 const testDeadline = 30 * time.Second
@@ -57,9 +58,21 @@ type harnessOptions struct {
 	failureDelay time.Duration
 	// peerUID is proxy.Options.PeerUID; nil: the kernel's answer.
 	peerUID proxy.PeerUIDFunc
+	// personality and upstreamMaxSessions are the upstream's
+	// proxytest.UpstreamOptions Personality and MaxSessions.
+	personality         proxytest.Personality
+	upstreamMaxSessions int
+	// providerType is the lab provider's type; "" means generic.
+	providerType string
+	// accountTOML adds lines to the test account's table.
+	accountTOML string
 	// localTLS gives the proxy a certificate for localhost and 127.0.0.1
 	// (STARTTLS, implicit TLS); its CA is in harness.localCA.
 	localTLS bool
+	// pop3 adds a POP3 upstream (see pop3Harness) and lets the test
+	// account use it; pop3Personality is its wire behaviour.
+	pop3            bool
+	pop3Personality proxytest.POP3Personality
 }
 
 // harness is a token endpoint, an XOAUTH2-only upstream, a token store and
@@ -68,8 +81,10 @@ type harness struct {
 	t        testing.TB
 	tokens   *authtest.Server
 	upstream *proxytest.Upstream
-	dir      string
-	logs     *syncBuffer
+	// pop3Upstream is the POP3 upstream when harnessOptions.pop3 is set.
+	pop3Upstream *proxytest.POP3Upstream
+	dir          string
+	logs         *syncBuffer
 	// testProxy is the running proxy, with its config and token store;
 	// restart replaces it.
 	*testProxy
@@ -113,7 +128,8 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 		}
 		return h.tokens.Validate(user, token)
 	}
-	up, err := proxytest.NewUpstream(proxytest.UpstreamOptions{Validate: validate, GmailErrors: opts.gmailErrors})
+	up, err := proxytest.NewUpstream(proxytest.UpstreamOptions{Validate: validate, GmailErrors: opts.gmailErrors,
+		Personality: opts.personality, MaxSessions: opts.upstreamMaxSessions})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,6 +138,11 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 	h.upstream = up
 	if err := up.WriteCAFile(filepath.Join(h.dir, "ca.pem")); err != nil {
 		t.Fatal(err)
+	}
+	var pop3Address string
+	var protocols []string
+	if opts.pop3 {
+		pop3Address, protocols = h.startPOP3Upstream(validate, opts.pop3Personality), []string{"imap", "pop3"}
 	}
 	imapAddress, tokenURL := up.Addr, h.tokens.TokenURL()
 	if opts.imapAddress != "" {
@@ -149,8 +170,12 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 		Server:   "login_timeout = \"10s\"\n" + serverTLS + opts.serverTOML,
 		TokenURL: tokenURL, ClientID: testClientID, ClientSecret: testSecret,
 		IMAPAddress: imapAddress, CAFile: "ca.pem",
-		Accounts: map[string]string{testLogin: testMailbox},
+		Accounts:    map[string]string{testLogin: testMailbox},
+		Type:        opts.providerType,
+		POP3Address: pop3Address, Protocols: protocols,
+		POP3InitialResponse: opts.pop3Personality == proxytest.POP3Gmail,
 	})
+	text += opts.accountTOML // the test account's table is the last one
 	rt := h.tokens.Grant(testMailbox)
 	h.grants = append(h.grants, rt)
 	failureDelay := opts.failureDelay
@@ -168,23 +193,28 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 // if implicitTLS) and returns the loopback address to dial.
 func (h *harness) serveOn(listenAddr string, implicitTLS bool) string {
 	h.t.Helper()
+	if implicitTLS {
+		return h.serveWith(listenAddr, h.srv.ServeTLS)
+	}
+	return h.serveWith(listenAddr, h.srv.Serve)
+}
+
+// serveWith listens on listenAddr, runs serve (a Serve method of the
+// running proxy) on it until the test ends, and returns the loopback
+// address to dial.
+func (h *harness) serveWith(listenAddr string, serve func(net.Listener) error) string {
+	h.t.Helper()
 	ln, err := net.Listen("tcp", listenAddr)
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	srv := h.srv
 	done := make(chan error, 1)
-	go func() {
-		if implicitTLS {
-			done <- srv.ServeTLS(ln)
-		} else {
-			done <- srv.Serve(ln)
-		}
-	}()
+	go func() { done <- serve(ln) }()
 	h.t.Cleanup(func() {
 		srv.Close()
 		if err := <-done; err != nil {
-			h.t.Errorf("Serve: %v", err)
+			h.t.Errorf("serving %s: %v", listenAddr, err)
 		}
 	})
 	_, port, _ := net.SplitHostPort(ln.Addr().String())

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
 )
 
@@ -53,7 +53,7 @@ func BenchmarkKDFFlood(b *testing.B) {
 	}
 	b.Cleanup(func() { up.Close() })
 	opts := rigOptions{
-		kdf:       auth.DefaultKDFParams(),
+		kdf:       tokenstore.DefaultKDFParams(),
 		providers: []rigProvider{{name: "lab", address: up.Addr, tokenURL: tokens.TokenURL(), caPEM: up.CAPEM}},
 	}
 	var logins []string

@@ -4,54 +4,88 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
+	"golang.org/x/oauth2"
+
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 )
 
 // login checks the collector's credentials, logs in upstream, answers the
 // collector with its own tag and, on success, relays the session. done is
 // true when the session is over (successfully relayed or broken).
 func (c *conn) login(tag, login, password string) (reason string, done bool) {
-	start := time.Now()
-	log := c.logger.With("login", login)
-	ctx, cancel := context.WithTimeout(c.srv.ctx, c.cfg.Server.LoginTimeout)
-	defer cancel()
-	account, waited, err := c.checkPassword(ctx, login, password)
-	var up *upstreamConn
-	if err == nil {
-		up, err = c.connectUpstream(ctx, login, account)
-	}
-	if err == nil && c.draining.Load() {
-		up.nc.Close()
-		err = &auth.Error{Kind: auth.Unavailable, Message: "server shutting down; retry later",
-			Err: errors.New("shutdown during login")}
-	}
+	up, log, err := c.openSession(login, password)
 	if err != nil {
-		kind := auth.KindOf(err)
-		msg := auth.MessageOf(err, "login failed")
-		c.srv.metrics.login(kind.String())
-		log.Warn("login failed", "outcome", kind.String(), "duration", time.Since(start).Round(time.Millisecond),
-			"throttle_wait", waited.Round(time.Millisecond), "err", err)
-		if c.writeStatus(tag, "NO", kind.String(), msg) != nil {
+		if c.writeStatus(tag, "NO", auth.KindOf(err).String(), auth.MessageOf(err, "login failed")) != nil {
 			return "write failed", true
 		}
 		return "", false
 	}
-	c.srv.metrics.login("OK")
-	c.srv.metrics.observeDial(up.dialTime)
-	log.Info("login", "outcome", "OK", "duration", time.Since(start).Round(time.Millisecond),
-		"throttle_wait", waited.Round(time.Millisecond),
-		"upstream", c.cfg.Accounts[login].Provider.IMAPAddress, "dial", up.dialTime.Round(time.Millisecond))
 	code := ""
 	if up.caps != "" {
 		code = "CAPABILITY " + up.caps
 	}
 	if err := c.writeStatus(tag, "OK", code, "LOGIN completed"); err != nil {
-		up.nc.Close()
+		up.Close()
 		return "write failed", true
 	}
 	return c.relay(up, log), true
+}
+
+// openSession checks the collector's credentials and logs in upstream
+// over c's protocol, counting and logging the outcome. It returns the
+// upstream connection and the session's logger, or an error whose
+// auth.Kind and auth.MessageOf say what to answer the collector.
+func (c *conn) openSession(login, password string) (*UpstreamConn, *slog.Logger, error) {
+	start := time.Now()
+	log := c.logger.With("login", login)
+	ctx, cancel := context.WithTimeout(c.srv.ctx, c.cfg.Server.LoginTimeout)
+	defer cancel()
+	account, waited, err := c.checkPassword(ctx, login, password)
+	if err == nil && !c.cfg.Accounts[login].Allows(c.proto.name) {
+		// Said only to a collector that knows the password.
+		err = &auth.Error{Kind: auth.AuthorizationFailed,
+			Message: fmt.Sprintf("%s is not enabled for %s; the operator adds %q to accounts.%s.protocols and runs authorize again",
+				login, c.proto.label, c.proto.name, login),
+			Err: fmt.Errorf("account does not list %s in protocols", c.proto.name)}
+	}
+	var up *UpstreamConn
+	var release func()
+	if err == nil {
+		// Past max_sessions, the upstream is not even asked.
+		release, err = c.srv.sessions.take(c.cfg.Accounts[login])
+	}
+	if err == nil {
+		up, err = c.connectUpstream(ctx, login, account)
+	}
+	if release != nil {
+		if err != nil {
+			release()
+		} else {
+			up.release = release // given back by up.Close, or earlier by the relay
+		}
+	}
+	if err == nil && c.draining.Load() {
+		up.Close()
+		err = &auth.Error{Kind: auth.Unavailable, Message: "server shutting down; retry later",
+			Err: errors.New("shutdown during login")}
+	}
+	if err != nil {
+		kind := auth.KindOf(err)
+		c.srv.metrics.login(kind.String())
+		log.Warn("login failed", "outcome", kind.String(), "duration", time.Since(start).Round(time.Millisecond),
+			"throttle_wait", waited.Round(time.Millisecond), "err", err)
+		return nil, log, err
+	}
+	c.srv.metrics.login("OK")
+	c.srv.metrics.observeDial(up.dialTime)
+	log.Info("login", "outcome", "OK", "duration", time.Since(start).Round(time.Millisecond),
+		"throttle_wait", waited.Round(time.Millisecond),
+		"upstream", c.proto.upstreamAddress(c.cfg.Accounts[login].Provider), "dial", up.dialTime.Round(time.Millisecond))
+	return up, log, nil
 }
 
 // checkPassword checks login's password and returns the account's token
@@ -64,7 +98,7 @@ func (c *conn) checkPassword(ctx context.Context, login, password string) (accou
 	for {
 		if acct != nil {
 			account, err := c.srv.auth.UnlockCached(acct, password)
-			if !errors.Is(err, auth.ErrNotCached) {
+			if !errors.Is(err, tokenstore.ErrNotCached) {
 				return account, 0, err
 			}
 		}
@@ -120,21 +154,21 @@ func sleepContext(ctx context.Context, d time.Duration) bool {
 
 // connectUpstream gets the account's access token and logs in upstream, refreshing and retrying once if the upstream refuses a cached
 // token.
-func (c *conn) connectUpstream(ctx context.Context, login string, account *auth.Account) (*upstreamConn, error) {
+func (c *conn) connectUpstream(ctx context.Context, login string, account *auth.Account) (*UpstreamConn, error) {
 	acct := c.cfg.Accounts[login]
-	l := &upstreamLogin{
-		trace:       c.upstreamTrace(),
-		account:     acct,
-		tlsConfig:   c.cfg.upstreamTLS[acct.Provider.Name],
-		dialTimeout: c.cfg.Server.DialTimeout,
+	l := &UpstreamLogin{
+		Trace:       c.upstreamTrace(),
+		Account:     acct,
+		TLSConfig:   c.upstreamTLS(acct.Provider),
+		DialTimeout: c.cfg.Server.DialTimeout,
 	}
 	for attempt := 0; ; attempt++ {
-		tok, err := account.Token(ctx)
+		tok, err := c.sessionToken(ctx, login, account)
 		if err != nil {
 			return nil, err
 		}
-		l.token = tok.AccessToken
-		up, err := loginUpstream(ctx, l)
+		l.Token = tok.AccessToken
+		up, err := c.proto.loginUpstream(ctx, l)
 		if err == nil {
 			return up, nil
 		}
@@ -144,6 +178,28 @@ func (c *conn) connectUpstream(ctx context.Context, login string, account *auth.
 		c.logger.Info("upstream refused the access token; refreshing once", "login", login)
 		account.Refused(tok)
 	}
+}
+
+// sessionToken returns an access token for a new session: one with at
+// least session_token_min left, refreshing the cached one when it has less
+// (Microsoft 365 ends a session when its token expires). A token just
+// refreshed is used whatever its lifetime.
+func (c *conn) sessionToken(ctx context.Context, login string, account *auth.Account) (*oauth2.Token, error) {
+	refreshes := account.Refreshes()
+	tok, err := account.Token(ctx)
+	if err != nil {
+		return nil, err
+	}
+	min := c.cfg.Server.SessionTokenMin
+	left := time.Until(tok.Expiry)
+	fresh := account.Refreshes() != refreshes // this call refreshed
+	if min <= 0 || tok.Expiry.IsZero() || left >= min || fresh {
+		return tok, nil
+	}
+	c.logger.Info("access token too close to expiry for a new session; refreshing", "login", login,
+		"left", left.Round(time.Second), "session_token_min", min)
+	account.Refused(tok) // drops it from the cache, so Token refreshes
+	return account.Token(ctx)
 }
 
 // maxTracedUpstreamLines bounds the upstream lines one login traces: an

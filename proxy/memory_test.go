@@ -18,8 +18,8 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 
-	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
 )
 
@@ -136,11 +136,11 @@ func newIdleLab(b *testing.B) *idleLab {
 	if err := up.WriteCAFile(filepath.Join(dir, "ca.pem")); err != nil {
 		b.Fatal(err)
 	}
-	store, err := auth.NewStore(filepath.Join(dir, "state"), &auth.StoreOptions{KDF: testKDF})
+	store, err := tokenstore.New(filepath.Join(dir, "state"), &tokenstore.Options{KDF: testKDF})
 	if err != nil {
 		b.Fatal(err)
 	}
-	if _, err := store.Create(testLogin, testPassword, auth.Secret{RefreshToken: tokens.Grant(testMailbox)}); err != nil {
+	if _, err := store.Create(testLogin, testPassword, tokenstore.Secret{RefreshToken: tokens.Grant(testMailbox)}); err != nil {
 		b.Fatal(err)
 	}
 	lab := &idleLab{bin: bin, addr: freeAddr(b), metrics: freeAddr(b)}

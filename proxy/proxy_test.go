@@ -18,8 +18,8 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/emersion/go-sasl"
 
-	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 )
 
 // appendMessage appends body to INBOX through c and returns its UID.
@@ -372,7 +372,7 @@ func TestRevokedAuthorization(t *testing.T) {
 				t.Errorf("a revoked account still reached the token endpoint (%d requests)", n-requests)
 			}
 			// A new authorization (a new record) clears the state.
-			if _, err := h.store.Create(testLogin, testPassword, auth.Secret{RefreshToken: h.tokens.Grant(testMailbox)}); err != nil {
+			if _, err := h.store.Create(testLogin, testPassword, tokenstore.Secret{RefreshToken: h.tokens.Grant(testMailbox)}); err != nil {
 				t.Fatal(err)
 			}
 			h.login()

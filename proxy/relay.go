@@ -6,9 +6,12 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 )
 
 // The relay's buffers. A direction waits for data in a small buffer, so an
@@ -49,13 +52,60 @@ type copyResult struct {
 	toUpstream bool
 	n          int64
 	err        error
+	// tail is the last bytes written to the collector, to tell why the
+	// upstream ended the session; empty for the other direction.
+	tail []byte
+}
+
+// tailBytes is how much of the upstream's last output the relay keeps:
+// enough for a BYE line such as Microsoft's
+// "* BYE Session invalidated - AccessTokenExpired".
+const tailBytes = 160
+
+// byeTail keeps the last tailBytes bytes written in one direction.
+type byeTail struct {
+	buf [tailBytes]byte
+	n   int
+}
+
+func (t *byeTail) add(b []byte) {
+	if len(b) >= tailBytes {
+		t.n = copy(t.buf[:], b[len(b)-tailBytes:])
+		return
+	}
+	if keep := tailBytes - len(b); t.n > keep {
+		copy(t.buf[:], t.buf[t.n-keep:t.n])
+		t.n = keep
+	}
+	t.n += copy(t.buf[t.n:], b)
+}
+
+// upstreamBye returns the text of the BYE that ends tail, if the last
+// complete line of tail is one.
+func upstreamBye(tail []byte) (string, bool) {
+	s := strings.TrimRight(string(tail), "\r\n")
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		s = s[i+1:]
+	}
+	r := parseResponse(s)
+	if r.tag != "*" || r.status != "BYE" {
+		return "", false
+	}
+	return auth.OneLine(r.text, 200), true
+}
+
+// tokenExpiredBye reports whether a BYE's text is Microsoft 365's for a
+// session whose access token expired, which is expected: the collector
+// reconnects, and the proxy gives it a fresh token.
+func tokenExpiredBye(text string) bool {
+	return strings.Contains(text, "AccessTokenExpired")
 }
 
 // relay passes bytes both ways until one side closes, first forwarding
 // whatever the pre-auth readers had already buffered. It returns why the
 // session ended.
-func (c *conn) relay(up *upstreamConn, log *slog.Logger) string {
-	defer up.nc.Close()
+func (c *conn) relay(up *UpstreamConn, log *slog.Logger) string {
+	defer up.Close()
 	c.nc.SetDeadline(time.Time{})
 	c.mu.Lock()
 	c.upstream = up.nc
@@ -88,12 +138,13 @@ func (c *conn) relay(up *upstreamConn, log *slog.Logger) string {
 
 	var toUpstream, toClient int64
 	var firstErr error
+	var tail []byte
 	for i := 0; i < 2; i++ {
 		r := <-results
 		if r.toUpstream {
 			toUpstream = r.n
 		} else {
-			toClient = r.n
+			toClient, tail = r.n, r.tail
 		}
 		if r.err != nil && firstErr == nil && !isClosedErr(r.err) {
 			firstErr = r.err
@@ -107,7 +158,12 @@ func (c *conn) relay(up *upstreamConn, log *slog.Logger) string {
 				}
 				up.nc.SetReadDeadline(time.Now().Add(halfCloseGrace))
 			} else {
-				// The upstream is gone (or a side failed): end both.
+				// The upstream is gone (or a side failed): end both,
+				// freeing the session's slot before the collector sees
+				// the end, so that it may log in again at once.
+				if up.release != nil {
+					up.release()
+				}
 				c.nc.Close()
 				up.nc.Close()
 			}
@@ -116,6 +172,14 @@ func (c *conn) relay(up *upstreamConn, log *slog.Logger) string {
 	reason := "closed"
 	if firstErr != nil {
 		reason = "relay error: " + firstErr.Error()
+	}
+	if bye, ok := upstreamBye(tail); ok {
+		// The upstream said why it ended the session; what the sockets
+		// did afterwards does not matter.
+		reason = "upstream BYE: " + bye
+		if tokenExpiredBye(bye) {
+			reason += " (expected: the access token expired; the collector reconnects with a fresh one, see session_token_min)"
+		}
 	}
 	log.Info("relay end", "duration", time.Since(start).Round(time.Millisecond),
 		"bytes_to_upstream", toUpstream, "bytes_to_client", toClient, "reason", reason)
@@ -147,12 +211,23 @@ func (c *conn) relay(up *upstreamConn, log *slog.Logger) string {
 // records is the recordConn under a TLS src, or nil.
 func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pending []byte, records *recordConn, counter *atomic.Int64) {
 	var written int64
+	var tail byeTail
+	result := func(err error) copyResult {
+		r := copyResult{toUpstream: toUpstream, n: written, err: err}
+		if !toUpstream {
+			r.tail = append([]byte(nil), tail.buf[:tail.n]...) // tail stays on the stack
+		}
+		return r
+	}
 	if len(pending) > 0 {
 		m, err := dst.Write(pending)
 		written += int64(m)
 		counter.Add(int64(m))
+		if !toUpstream {
+			tail.add(pending[:m])
+		}
 		if err != nil {
-			results <- copyResult{toUpstream, written, err}
+			results <- result(err)
 			return
 		}
 	}
@@ -208,8 +283,11 @@ func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pe
 			m, werr := dst.Write(buf[:n])
 			written += int64(m)
 			counter.Add(int64(m))
+			if !toUpstream {
+				tail.add(buf[:m])
+			}
 			if werr != nil {
-				results <- copyResult{toUpstream, written, werr}
+				results <- result(werr)
 				return
 			}
 		}
@@ -217,7 +295,7 @@ func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pe
 			if errors.Is(rerr, io.EOF) {
 				rerr = nil
 			}
-			results <- copyResult{toUpstream, written, rerr}
+			results <- result(rerr)
 			return
 		}
 	}
@@ -237,12 +315,23 @@ func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pe
 // (docs/performance.md), proxyCopy was 6% faster, with 10% less CPU.
 func plainCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pending []byte, counter *atomic.Int64) {
 	var written int64
+	var tail byeTail
+	result := func(err error) copyResult {
+		r := copyResult{toUpstream: toUpstream, n: written, err: err}
+		if !toUpstream {
+			r.tail = append([]byte(nil), tail.buf[:tail.n]...)
+		}
+		return r
+	}
 	if len(pending) > 0 {
 		m, err := dst.Write(pending)
 		written += int64(m)
 		counter.Add(int64(m))
+		if !toUpstream {
+			tail.add(pending[:m])
+		}
 		if err != nil {
-			results <- copyResult{toUpstream, written, err}
+			results <- result(err)
 			return
 		}
 	}
@@ -264,8 +353,11 @@ func plainCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pe
 			m, werr := dst.Write(buf[:n])
 			written += int64(m)
 			counter.Add(int64(m))
+			if !toUpstream {
+				tail.add(buf[:m])
+			}
 			if werr != nil {
-				results <- copyResult{toUpstream, written, werr}
+				results <- result(werr)
 				return
 			}
 		}
@@ -280,7 +372,7 @@ func plainCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pe
 			if errors.Is(rerr, io.EOF) {
 				rerr = nil
 			}
-			results <- copyResult{toUpstream, written, rerr}
+			results <- result(rerr)
 			return
 		}
 	}

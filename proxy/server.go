@@ -58,6 +58,7 @@ type Server struct {
 	nextID   atomic.Uint64
 	metrics  metrics
 	throttle *throttle
+	sessions sessionSlots // upstream sessions per mailbox, for max_sessions
 	peerUID  PeerUIDFunc
 	rejected rateLimitedLog // over-limit connections
 	// uidUnknown logs failed peer uid lookups.
@@ -82,6 +83,7 @@ type runtimeConfig struct {
 	*config.Config
 	upstreamTLS map[string]*tls.Config // by provider name
 	localTLS    *tls.Config            // nil without tls_cert
+	pop3        protocolTLS
 }
 
 // New returns a Server for opts.
@@ -145,6 +147,11 @@ func (s *Server) SetConfig(cfg *config.Config) error {
 		}
 		rc.upstreamTLS[name] = tc
 	}
+	pop3, err := pop3TLS(cfg, rc.localTLS)
+	if err != nil {
+		return err
+	}
+	rc.pop3 = pop3
 	s.cfg.Store(rc)
 	return nil
 }
@@ -162,13 +169,13 @@ const (
 // certificate is configured) until Shutdown or Close, and then returns nil.
 // LOGIN without TLS is allowed only when ln is a loopback address or the
 // configuration sets allow_plaintext.
-func (s *Server) Serve(ln net.Listener) error { return s.serve(ln, false) }
+func (s *Server) Serve(ln net.Listener) error { return s.serve(ln, false, imapProtocol) }
 
 // ServeTLS is Serve for implicit TLS: every connection starts with a TLS
 // handshake using the configured local certificate.
-func (s *Server) ServeTLS(ln net.Listener) error { return s.serve(ln, true) }
+func (s *Server) ServeTLS(ln net.Listener) error { return s.serve(ln, true, imapProtocol) }
 
-func (s *Server) serve(ln net.Listener, implicitTLS bool) error {
+func (s *Server) serve(ln net.Listener, implicitTLS bool, proto *protocol) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -204,7 +211,7 @@ func (s *Server) serve(ln net.Listener, implicitTLS bool) error {
 			return fmt.Errorf("accepting connection: %w", err)
 		}
 		backoff = 0
-		c := s.newConn(nc, implicitTLS, isLoopback(ln.Addr()))
+		c := s.newConn(nc, implicitTLS, isLoopback(ln.Addr()), proto)
 		if c == nil {
 			continue
 		}
@@ -251,9 +258,9 @@ func isLoopback(addr net.Addr) bool {
 	return ok && tcp.IP.IsLoopback()
 }
 
-// newConn registers a connection; it returns nil (and closes nc) once the
-// server is closing or a connection limit is reached.
-func (s *Server) newConn(nc net.Conn, implicitTLS, loopback bool) *conn {
+// newConn registers a connection speaking proto; it returns nil (and
+// closes nc) once the server is closing or a connection limit is reached.
+func (s *Server) newConn(nc net.Conn, implicitTLS, loopback bool, proto *protocol) *conn {
 	cfg := s.cfg.Load()
 	who, err := identifyPeer(nc, s.peerUID)
 	if err != nil {
@@ -262,6 +269,7 @@ func (s *Server) newConn(nc net.Conn, implicitTLS, loopback bool) *conn {
 	}
 	c := &conn{
 		srv:         s,
+		proto:       proto,
 		cfg:         cfg,
 		raw:         nc,
 		peer:        who,
@@ -270,7 +278,7 @@ func (s *Server) newConn(nc net.Conn, implicitTLS, loopback bool) *conn {
 		implicit:    implicitTLS,
 		plaintextOK: loopback || cfg.Server.AllowPlaintext,
 	}
-	attrs := []any{"session", c.id, "remote", nc.RemoteAddr().String()}
+	attrs := []any{"session", c.id, "protocol", string(proto.name), "remote", nc.RemoteAddr().String()}
 	if who.uid >= 0 {
 		attrs = append(attrs, "uid", who.uid)
 	}
@@ -292,7 +300,7 @@ func (s *Server) newConn(nc net.Conn, implicitTLS, loopback bool) *conn {
 		s.metrics.rejectedTotal.Add(1)
 		s.rejected.log(s.logger, "connection refused: limit reached", "remote", nc.RemoteAddr().String(),
 			"peer", who.key, "limit", "server."+limit)
-		go refuse(nc) // never block the accept loop on a client that does not read
+		go refuse(nc, proto.tooManyConnections) // never block the accept loop on a client that does not read
 		return nil
 	}
 	s.conns[c] = struct{}{}
@@ -304,10 +312,10 @@ func (s *Server) newConn(nc net.Conn, implicitTLS, loopback bool) *conn {
 // refuseWriteTimeout bounds the BYE written to a refused connection.
 const refuseWriteTimeout = time.Second
 
-// refuse tells a connection over a limit why it is closed.
-func refuse(nc net.Conn) {
+// refuse tells a connection over a limit why it is closed, with line.
+func refuse(nc net.Conn, line string) {
 	nc.SetWriteDeadline(time.Now().Add(refuseWriteTimeout))
-	io.WriteString(nc, "* BYE [UNAVAILABLE] Too many connections; try again later\r\n")
+	io.WriteString(nc, line+"\r\n")
 	nc.Close()
 }
 

@@ -24,8 +24,8 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/emersion/go-sasl"
 
-	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
 )
 
@@ -213,7 +213,7 @@ func TestSoak(t *testing.T) {
 	}
 	// The last rotated refresh token of the churning account is the one
 	// on disk.
-	store, err := auth.NewStore(rg.cfg.Server.StateDir, &auth.StoreOptions{KDF: testKDF})
+	store, err := tokenstore.New(rg.cfg.Server.StateDir, &tokenstore.Options{KDF: testKDF})
 	if err != nil {
 		t.Fatal(err)
 	}

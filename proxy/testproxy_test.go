@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
 )
@@ -33,11 +34,11 @@ type testProxyOptions struct {
 	// peerUID is proxy.Options.PeerUID; nil: the kernel's answer.
 	peerUID proxy.PeerUIDFunc
 	// kdf are the argon2id parameters of new records; zero: testKDF.
-	kdf auth.KDFParams
+	kdf tokenstore.KDFParams
 }
 
-func (o *testProxyOptions) kdfParams() auth.KDFParams {
-	if o.kdf == (auth.KDFParams{}) {
+func (o *testProxyOptions) kdfParams() tokenstore.KDFParams {
+	if o.kdf == (tokenstore.KDFParams{}) {
 		return testKDF
 	}
 	return o.kdf
@@ -56,7 +57,7 @@ type testProxy struct {
 	cfg *config.Config
 	// store is the handle the records were written through; the proxy's
 	// token manager has a handle of its own, as the daemon's does.
-	store *auth.Store
+	store *tokenstore.Store
 	srv   *proxy.Server
 	addr  string // host:port to dial
 	port  int    // addr's port
@@ -80,12 +81,12 @@ func newTestProxy(t testing.TB, opts testProxyOptions) *testProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := auth.NewStore(cfg.Server.StateDir, &auth.StoreOptions{KDF: opts.kdfParams()})
+	store, err := tokenstore.New(cfg.Server.StateDir, &tokenstore.Options{KDF: opts.kdfParams()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range opts.records {
-		if _, err := store.Create(r.login, r.password, auth.Secret{RefreshToken: r.refreshToken}); err != nil {
+		if _, err := store.Create(r.login, r.password, tokenstore.Secret{RefreshToken: r.refreshToken}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -94,9 +95,9 @@ func newTestProxy(t testing.TB, opts testProxyOptions) *testProxy {
 
 // startTestProxy starts a token manager, over a store handle of its own,
 // and a proxy for cfg serving on a loopback port, as the daemon does.
-func startTestProxy(t testing.TB, cfg *config.Config, store *auth.Store, opts testProxyOptions) *testProxy {
+func startTestProxy(t testing.TB, cfg *config.Config, store *tokenstore.Store, opts testProxyOptions) *testProxy {
 	t.Helper()
-	mgrStore, err := auth.NewStore(cfg.Server.StateDir, &auth.StoreOptions{KDF: opts.kdfParams()})
+	mgrStore, err := tokenstore.New(cfg.Server.StateDir, &tokenstore.Options{KDF: opts.kdfParams()})
 	if err != nil {
 		t.Fatal(err)
 	}

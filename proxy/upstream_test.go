@@ -181,10 +181,10 @@ type fakeResult struct {
 
 const fakeDeadline = 10 * time.Second
 
-// startFakeUpstream connects an upstreamConn to a server that runs script.
+// startFakeUpstream connects an UpstreamConn to a server that runs script.
 // closeAfter ends the server's side after the script instead of waiting
 // for the proxy to close.
-func startFakeUpstream(t *testing.T, script []string, closeAfter bool) (*upstreamConn, *fakeUpstream) {
+func startFakeUpstream(t *testing.T, script []string, closeAfter bool) (*UpstreamConn, *fakeUpstream) {
 	t.Helper()
 	client, server := net.Pipe()
 	deadline := time.Now().Add(fakeDeadline)
@@ -230,11 +230,11 @@ func startFakeUpstream(t *testing.T, script []string, closeAfter bool) (*upstrea
 		}
 		f.done <- res
 	}()
-	return &upstreamConn{nc: client, br: bufio.NewReader(client)}, f
+	return &UpstreamConn{nc: client, br: bufio.NewReader(client)}, f
 }
 
 // wait closes the proxy's side and returns what the server received.
-func (f *fakeUpstream) wait(t *testing.T, up *upstreamConn) []string {
+func (f *fakeUpstream) wait(t *testing.T, up *UpstreamConn) []string {
 	t.Helper()
 	up.nc.Close()
 	res := <-f.done
@@ -252,11 +252,11 @@ const (
 
 var testIR64 = base64.StdEncoding.EncodeToString([]byte(testIR))
 
-func testUpstreamLogin(mech string) *upstreamLogin {
-	return &upstreamLogin{
-		account: &config.Account{Login: "lab-login", Mailbox: "M",
+func testUpstreamLogin(mech string) *UpstreamLogin {
+	return &UpstreamLogin{
+		Account: &config.Account{Login: "lab-login", Mailbox: "M",
 			Provider: &config.Provider{Name: "lab", Type: "generic", IMAPAddress: testUpstreamAddr, IMAPTLS: "implicit", Mechanism: mech}},
-		token: "T",
+		Token: "T",
 	}
 }
 

@@ -26,6 +26,7 @@ import (
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/internal/sdnotify"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
@@ -79,6 +80,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	dir := fs.String("dir", "", "directory for the demo's config and state (default: a temporary one)")
 	upstreamOnly := fs.Bool("upstream-only", false,
 		"run only the built-in upstream and token endpoint, for a proxy of your own (writes provider.toml, the CA and a refresh token per mailbox into -dir)")
+	personality := fs.String("upstream", "plain",
+		"how the built-in upstream behaves: plain, microsoft or gmail (their greetings, capabilities, refusals and limits)")
 	var mailboxes []string
 	fs.Func("mailbox", "with -upstream-only: a mailbox to serve (repeatable; default "+demoMailbox+")", func(m string) error {
 		mailboxes = append(mailboxes, m)
@@ -99,6 +102,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() != 0 {
 		return errors.New("the demo takes no arguments")
 	}
+	var upstreamPersonality proxytest.Personality
+	switch *personality {
+	case "plain":
+	case "microsoft":
+		upstreamPersonality = proxytest.Microsoft
+	case "gmail":
+		upstreamPersonality = proxytest.Gmail
+	default:
+		return fmt.Errorf("-upstream %q: want plain, microsoft or gmail", *personality)
+	}
 	if *dir != "" {
 		if err := os.MkdirAll(*dir, 0o700); err != nil {
 			return fmt.Errorf("creating demo directory: %w", err)
@@ -112,7 +125,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		*dir = tmp
 	}
 
-	tokens, upstream, err := startDemoUpstream(*dir, mailboxes)
+	tokens, upstream, err := startDemoUpstream(*dir, mailboxes, upstreamPersonality)
 	if err != nil {
 		return err
 	}
@@ -138,11 +151,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 
 	// What `token import` does, with a refresh token from the demo endpoint.
-	store, err := auth.NewStore(cfg.Server.StateDir, nil)
+	store, err := tokenstore.New(cfg.Server.StateDir, nil)
 	if err != nil {
 		return err
 	}
-	if _, err := store.Create(demoLogin, demoPassword, auth.Secret{RefreshToken: tokens.Grant(demoMailbox)}); err != nil {
+	if _, err := store.Create(demoLogin, demoPassword, tokenstore.Secret{RefreshToken: tokens.Grant(demoMailbox)}); err != nil {
 		return err
 	}
 
@@ -177,13 +190,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 // startDemoUpstream starts the demo's token endpoint (Microsoft's
 // behaviour, rotating refresh tokens) and an XOAUTH2-only IMAP server with
-// a welcome message in each mailbox's INBOX, and writes the server's CA
-// certificate to dir/upstream-ca.pem.
-func startDemoUpstream(dir string, mailboxes []string) (*authtest.Server, *proxytest.Upstream, error) {
+// a welcome message in each mailbox's INBOX, behaving as personality
+// says, and writes the server's CA certificate to dir/upstream-ca.pem.
+func startDemoUpstream(dir string, mailboxes []string, personality proxytest.Personality) (*authtest.Server, *proxytest.Upstream, error) {
 	tokens := authtest.NewServer(authtest.Options{
 		Flavor: authtest.Microsoft, ClientID: "demo-client", ClientSecret: "demo-secret", Rotate: true,
 	})
-	upstream, err := proxytest.NewUpstream(proxytest.UpstreamOptions{Validate: tokens.Validate})
+	upstream, err := proxytest.NewUpstream(proxytest.UpstreamOptions{Validate: tokens.Validate, Personality: personality})
 	if err != nil {
 		tokens.Close()
 		return nil, nil, err

@@ -164,3 +164,42 @@ func TestDemoUpstreamOnly(t *testing.T) {
 		}
 	}
 }
+
+// TestDemoUpstreamPersonalities serves the demo with each provider
+// personality: the collector logs in and finds the welcome message, and
+// Gmail's capabilities reach it in the OK to LOGIN.
+func TestDemoUpstreamPersonalities(t *testing.T) {
+	for _, tc := range []struct {
+		upstream string
+		gmailCap bool
+	}{{"microsoft", false}, {"gmail", true}} {
+		t.Run(tc.upstream, func(t *testing.T) {
+			d := startDemo(t, "-listen", "127.0.0.1:0", "-dir", t.TempDir(), "-upstream", tc.upstream)
+			addr := d.waitFor(t, regexp.MustCompile(`serving IMAP on (\S+)`))[1]
+			d.waitFor(t, regexp.MustCompile(`Press Ctrl-C to stop\.`))
+			nc, err := net.DialTimeout("tcp", addr, 10*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			nc.SetDeadline(time.Now().Add(30 * time.Second))
+			cl := imapclient.New(nc, nil)
+			defer cl.Close()
+			if err := cl.Login(demoLogin, demoPassword).Wait(); err != nil {
+				t.Fatalf("LOGIN: %v", err)
+			}
+			if got := cl.Caps().Has(imap.Cap("X-GM-EXT-1")); got != tc.gmailCap {
+				t.Errorf("X-GM-EXT-1 after login: %v, want %v", got, tc.gmailCap)
+			}
+			if sel, err := cl.Select("INBOX", nil).Wait(); err != nil || sel.NumMessages != 1 {
+				t.Fatalf("SELECT INBOX: %v, %+v", err, sel)
+			}
+			if err := cl.Logout().Wait(); err != nil {
+				t.Errorf("LOGOUT: %v", err)
+			}
+		})
+	}
+	err := run(context.Background(), []string{"-upstream", "mars"}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "want plain, microsoft or gmail") {
+		t.Errorf("-upstream mars: %v", err)
+	}
+}

@@ -43,6 +43,7 @@ import (
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
@@ -522,11 +523,11 @@ func startLab(messageSize int) (l *lab, err error) {
 		return nil, err
 	}
 	// What `token import` does, with the default (production) KDF.
-	store, err := auth.NewStore(cfg.Server.StateDir, nil)
+	store, err := tokenstore.New(cfg.Server.StateDir, nil)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := store.Create(loadLogin, loadPassword, auth.Secret{RefreshToken: l.tokens.Grant(loadMailbox)}); err != nil {
+	if _, err := store.Create(loadLogin, loadPassword, tokenstore.Secret{RefreshToken: l.tokens.Grant(loadMailbox)}); err != nil {
 		return nil, err
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))

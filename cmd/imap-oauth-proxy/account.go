@@ -3,7 +3,7 @@ package main
 import (
 	"fmt"
 
-	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 )
 
@@ -25,9 +25,9 @@ func loadAccount(path, login string) (*config.Config, *config.Account, error) {
 // root, the command first becomes the owner of the state directory (the
 // service's user), so that the records it writes stay the daemon's and the
 // command holds no more privilege than the daemon.
-func openStore(stateDir string) (*auth.Store, error) {
+func openStore(stateDir string) (*tokenstore.Store, error) {
 	if err := actAsOwnerOf(stateDir); err != nil {
 		return nil, err
 	}
-	return auth.NewStore(stateDir, nil)
+	return tokenstore.New(stateDir, nil)
 }

@@ -17,8 +17,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
 )
 
@@ -45,6 +45,13 @@ type cloud struct {
 
 func newCloud(t *testing.T, c *cli, opts authtest.Options, gmailErrors bool) *cloud {
 	t.Helper()
+	return newCloudUpstream(t, c, opts, proxytest.UpstreamOptions{GmailErrors: gmailErrors})
+}
+
+// newCloudUpstream is newCloud with an upstream configured by upOpts
+// (its Validate is the cloud's).
+func newCloudUpstream(t *testing.T, c *cli, opts authtest.Options, upOpts proxytest.UpstreamOptions) *cloud {
+	t.Helper()
 	cl := &cloud{dir: t.TempDir()}
 	if opts.ClientID == "" {
 		opts.ClientID = testClientID
@@ -57,14 +64,15 @@ func newCloud(t *testing.T, c *cli, opts authtest.Options, gmailErrors bool) *cl
 	c.secret(tenantSecret)
 	cl.tokens = authtest.NewServer(opts)
 	t.Cleanup(cl.tokens.Close)
-	up, err := proxytest.NewUpstream(proxytest.UpstreamOptions{GmailErrors: gmailErrors, Validate: func(user, token string) error {
+	upOpts.Validate = func(user, token string) error {
 		ir := "user=" + user + "\x01auth=Bearer " + token + "\x01\x01"
 		c.secret(token, base64.StdEncoding.EncodeToString([]byte(ir)))
 		cl.mu.Lock()
 		cl.users = append(cl.users, user)
 		cl.mu.Unlock()
 		return cl.tokens.Validate(user, token)
-	}})
+	}
+	up, err := proxytest.NewUpstream(upOpts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,11 +279,11 @@ func TestAuthorizeExternal(t *testing.T) {
 	path := cl.config(t, "google", "refresh_token", fmt.Sprintf("client_secret = %q\n", tenantSecret))
 	const old, password = "old-pw-canary-a11c", "external-pw-canary-5b0e"
 	c.secret(old, password)
-	store, err := auth.NewStore(cl.stateDir(), &auth.StoreOptions{KDF: testKDF})
+	store, err := tokenstore.New(cl.stateDir(), &tokenstore.Options{KDF: testKDF})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := store.Create("helpdesk", old, auth.Secret{RefreshToken: "stale-refresh-canary-d4"}); err != nil {
+	if _, err := store.Create("helpdesk", old, tokenstore.Secret{RefreshToken: "stale-refresh-canary-d4"}); err != nil {
 		t.Fatal(err)
 	}
 	c.secret("stale-refresh-canary-d4")

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -13,19 +12,15 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"regexp"
-	"strconv"
 	"strings"
-	"sync"
 	"time"
 
-	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
-	"github.com/emersion/go-sasl"
 	"golang.org/x/oauth2"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/tlsconfig"
 )
 
@@ -84,6 +79,8 @@ type checker struct {
 	cfg    *config.Config
 	acct   *config.Account
 	failed string // name of the failed step, "" while all pass
+	// printed holds the steps whose line was printed.
+	printed map[string]bool
 }
 
 // stepError is a failed step's operator-facing detail and its cause.
@@ -101,6 +98,7 @@ func failStep(cause error, format string, args ...any) error {
 // step runs fn as the step called name unless an earlier step failed,
 // and prints its line. It reports whether the step passed.
 func (c *checker) step(name string, fn func() (string, error)) bool {
+	c.markPrinted(name)
 	if c.failed != "" {
 		fmt.Fprintf(c.out, "%-11s %-4s %8s  %s\n", name, "skip", "-", "not run: step "+c.failed+" failed")
 		return false
@@ -113,6 +111,7 @@ func (c *checker) step(name string, fn func() (string, error)) bool {
 
 // report prints the line of a step that ran, and took elapsed.
 func (c *checker) report(name string, elapsed time.Duration, detail string, err error) {
+	c.markPrinted(name)
 	c.trace.flush()
 	outcome := "ok"
 	if err != nil {
@@ -140,6 +139,13 @@ func (c *checker) stepDone(name string, elapsed time.Duration, detail string, er
 	}
 	c.report(name, elapsed, detail, err)
 	return err == nil
+}
+
+func (c *checker) markPrinted(name string) {
+	if c.printed == nil {
+		c.printed = make(map[string]bool)
+	}
+	c.printed[name] = true
 }
 
 func formatDuration(d time.Duration) string {
@@ -216,6 +222,7 @@ func (c *checker) run(ctx context.Context, password string) {
 			return "", failStep(err, "[%s] %s", auth.KindOf(err), auth.MessageOf(err, err.Error()))
 		}
 		c.trace.addSecret(tok.AccessToken)
+		c.trace.addSecret(base64.StdEncoding.EncodeToString([]byte(tok.AccessToken)))
 		if tok.RefreshToken != "" {
 			c.trace.addSecret(tok.RefreshToken)
 		}
@@ -223,121 +230,136 @@ func (c *checker) run(ctx context.Context, password string) {
 			time.Until(tok.Expiry).Round(time.Second)), nil
 	})
 
-	tlsConfig, tlsErr := tlsconfig.Upstream(p.IMAPAddress, p.CAFile)
-	if tlsErr != nil {
-		tlsErr = failStep(tlsErr, "TLS settings of provider %s: %v", p.Name, tlsErr)
+	if c.failed != "" {
+		c.skipUpstream()
+		c.trace.stop()
+		return
 	}
-	var raw net.Conn
-	c.step("connect", func() (string, error) {
-		d := &net.Dialer{Timeout: c.cfg.Server.DialTimeout}
-		var err error
-		raw, err = d.DialContext(ctx, "tcp", p.IMAPAddress)
-		if err != nil {
-			return "", failStep(err, "cannot connect to %s: %s; check providers.%s.imap_address and the firewall",
-				p.IMAPAddress, netReason(err), p.Name)
-		}
-		if remote := raw.RemoteAddr().String(); remote != p.IMAPAddress {
-			return fmt.Sprintf("%s (%s)", p.IMAPAddress, remote), nil
-		}
-		return p.IMAPAddress, nil
-	})
-	if raw != nil {
-		defer raw.Close()
-		if dl, ok := ctx.Deadline(); ok {
-			raw.SetDeadline(dl)
-		}
+	tlsConfig, err := tlsconfig.Upstream(p.IMAPAddress, p.CAFile)
+	if err != nil {
+		c.stepDone("tls", 0, "", failStep(err, "TLS settings of provider %s: %v", p.Name, err))
+		c.skipUpstream()
+		return
 	}
+	up := c.login(ctx, tok, tlsConfig)
+	c.skipUpstream()
+	if up != nil {
+		c.list(ctx, up)
+	}
+	c.trace.stop()
+}
 
-	var client *imapclient.Client
-	var greeting *firstLine
-	var tlsState *tls.ConnectionState
-	opts := &imapclient.Options{}
-	if p.IMAPTLS == "starttls" {
-		if c.trace != nil {
-			// The connection changes under imapclient at STARTTLS: trace
-			// through its DebugWriter, guessing each line's direction.
-			opts.DebugWriter = c.trace
-		}
-		// imapclient reads the greeting, sends STARTTLS and shakes hands
-		// in one call; firstLine tells when the greeting came.
-		greeting = &firstLine{Conn: raw}
-		startErr := tlsErr
-		start, end := time.Now(), time.Now()
-		if raw != nil && tlsErr == nil && c.failed == "" {
-			cfg := tlsConfig.Clone()
-			cfg.VerifyConnection = func(cs tls.ConnectionState) error { tlsState = &cs; return nil }
-			opts.TLSConfig = cfg
-			client, startErr = imapclient.NewStartTLS(greeting, opts)
-			end = time.Now()
-		}
-		line, at, ok := greeting.get()
-		if !ok {
-			at = end
-		}
-		var gerr error
-		if !ok && startErr != nil {
-			gerr = failStep(startErr, "no greeting from %s: %v", p.IMAPAddress, startErr)
-		}
-		c.stepDone("greeting", at.Sub(start), line, gerr)
-		var terr error
-		switch {
-		case startErr != nil && startErr == tlsErr:
-			terr = tlsErr
-		case startErr != nil:
-			terr = failStep(startErr, "STARTTLS: %s", tlsReason(startErr, p))
-		}
-		c.stepDone("tls", end.Sub(at), tlsDetail(tlsState, tlsConfig.ServerName), terr)
-	} else {
-		var tc *tls.Conn
-		c.step("tls", func() (string, error) {
-			if tlsErr != nil {
-				return "", tlsErr
-			}
-			tc = tls.Client(raw, tlsConfig)
-			if err := tc.HandshakeContext(ctx); err != nil {
-				return "", failStep(err, "%s", tlsReason(err, p))
-			}
-			cs := tc.ConnectionState()
-			return tlsDetail(&cs, tlsConfig.ServerName), nil
-		})
-		c.step("greeting", func() (string, error) {
-			greeting = &firstLine{Conn: tc}
-			var conn net.Conn = greeting
-			if c.trace != nil {
-				conn = &tracedConn{Conn: greeting, client: c.trace.stream("C"), server: c.trace.stream("S")}
-			}
-			client = imapclient.New(conn, opts)
-			if err := client.WaitGreeting(); err != nil {
-				return "", failStep(err, "no IMAP greeting from %s: %v", p.IMAPAddress, err)
-			}
-			line, _, _ := greeting.get()
-			return line, nil
-		})
+// upstreamSteps are the steps of the upstream login in the order check
+// prints them, capability only when it ran.
+func (c *checker) upstreamSteps() []string {
+	if c.acct.Provider.IMAPTLS == "starttls" {
+		return []string{"connect", "greeting", "tls", "capability", strings.ToLower(c.acct.Provider.Mechanism), "list"}
 	}
+	return []string{"connect", "tls", "greeting", "capability", strings.ToLower(c.acct.Provider.Mechanism), "list"}
+}
 
+// skipUpstream prints a skip line for every upstream step not yet
+// printed, after a failure; capability is left out, as it may not have
+// been needed.
+func (c *checker) skipUpstream() {
+	if c.failed == "" {
+		return
+	}
+	for _, name := range c.upstreamSteps() {
+		if !c.printed[name] && name != "capability" {
+			c.step(name, nil)
+		}
+	}
+}
+
+// login logs in upstream with the daemon's own code, proxy.DialUpstream,
+// and prints a step line as each of its phases ends. It returns the
+// authenticated connection, or nil after a failed step.
+func (c *checker) login(ctx context.Context, tok *oauth2.Token, tlsConfig *tls.Config) *proxy.UpstreamConn {
+	p, acct := c.acct.Provider, c.acct
 	mech := p.Mechanism
-	c.step(strings.ToLower(mech), func() (string, error) {
-		var sc sasl.Client
-		if mech == sasl.OAuthBearer {
-			host, portStr, _ := net.SplitHostPort(p.IMAPAddress)
-			port, _ := strconv.Atoi(portStr)
-			sc = sasl.NewOAuthBearerClient(&sasl.OAuthBearerOptions{Username: acct.Mailbox, Token: tok.AccessToken, Host: host, Port: port})
-		} else {
-			sc = auth.NewXOAUTH2Client(acct.Mailbox, tok.AccessToken)
+	var offered string // the capabilities before login
+	l := &proxy.UpstreamLogin{
+		Account:     acct,
+		TLSConfig:   tlsConfig,
+		DialTimeout: c.cfg.Server.DialTimeout,
+		Token:       tok.AccessToken,
+		PhaseDone: func(phase proxy.Phase, r proxy.PhaseResult) {
+			name, detail, err := string(phase), r.Detail, r.Err
+			switch phase {
+			case proxy.PhaseConnect:
+				if err != nil {
+					err = failStep(err, "cannot connect to %s: %s; check providers.%s.imap_address and the firewall",
+						p.IMAPAddress, netReason(err), p.Name)
+				} else if detail == p.IMAPAddress {
+					detail = p.IMAPAddress
+				} else {
+					detail = fmt.Sprintf("%s (%s)", p.IMAPAddress, detail)
+				}
+			case proxy.PhaseTLS:
+				if err != nil {
+					err = failStep(err, "%s", tlsReason(err, p))
+				} else {
+					detail = tlsDetail(r.TLS, tlsConfig.ServerName)
+				}
+			case proxy.PhaseGreeting:
+				offered = detail
+				if err != nil {
+					err = failStep(err, "no IMAP greeting from %s: %s", p.IMAPAddress, auth.MessageOf(err, err.Error()))
+				}
+			case proxy.PhaseCapability:
+				offered = detail
+				if err != nil {
+					err = failStep(err, "CAPABILITY failed: %s", auth.MessageOf(err, err.Error()))
+				}
+			case proxy.PhaseAuthenticate:
+				name = strings.ToLower(mech)
+				note := ""
+				if !strings.Contains(strings.ToUpper(offered), "AUTH="+mech) {
+					note = fmt.Sprintf(" (the server does not announce AUTH=%s)", mech)
+				}
+				if err != nil {
+					err = failStep(err, "%s%s", refusalDetail(err, acct), note)
+				} else {
+					detail = fmt.Sprintf("logged in as %s%s", acct.Mailbox, note)
+				}
+			}
+			c.stepDone(name, r.Elapsed, detail, err)
+		},
+	}
+	if c.trace != nil {
+		client, server := c.trace.stream("C"), c.trace.stream("S")
+		l.Trace = func(dir, line string) {
+			w := server
+			if dir == "U>" {
+				w = client
+			}
+			io.WriteString(w, line+"\n")
 		}
-		_, ir, _ := sc.Start()
-		c.trace.addSecret(base64.StdEncoding.EncodeToString(ir))
-		c.trace.addSecret(base64.StdEncoding.EncodeToString([]byte(tok.AccessToken)))
-		note := ""
-		if caps := client.Caps(); !caps.Has(imap.Cap("AUTH=" + mech)) {
-			note = fmt.Sprintf(" (the server does not announce AUTH=%s)", mech)
-		}
-		if err := client.Authenticate(sc); err != nil {
-			return "", failStep(err, "%s%s", refusalDetail(err, acct), note)
-		}
-		return fmt.Sprintf("logged in as %s%s", acct.Mailbox, note), nil
-	})
+	}
+	up, err := proxy.DialUpstream(ctx, l)
+	if err != nil {
+		return nil
+	}
+	return up
+}
 
+// list lists the mailboxes over the authenticated connection with
+// go-imap's client, which starts on a PREAUTH greeting of check's own.
+func (c *checker) list(ctx context.Context, up *proxy.UpstreamConn) {
+	conn := up.Conn()
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	if c.trace != nil {
+		conn = &tracedConn{Conn: conn, client: c.trace.stream("C"), server: c.trace.stream("S")}
+	}
+	greeting := "* PREAUTH "
+	if caps := up.Capabilities(); caps != "" {
+		greeting += "[CAPABILITY " + caps + "] "
+	}
+	greeting += "logged in by imap-oauth-proxy check\r\n"
+	client := imapclient.New(&preludeConn{Conn: conn, r: io.MultiReader(strings.NewReader(greeting), conn)}, nil)
 	c.step("list", func() (string, error) {
 		boxes, err := client.List("", "*", nil).Collect()
 		if err != nil {
@@ -353,38 +375,47 @@ func (c *checker) run(ctx context.Context, password string) {
 		}
 		return fmt.Sprintf("%d mailboxes: %s", len(names), strings.Join(shown, ", ")), nil
 	})
-	if client != nil {
-		if c.failed == "" {
-			client.Logout().Wait()
-		}
-		client.Close()
+	if c.failed == "" {
+		client.Logout().Wait()
 	}
-	c.trace.stop()
+	client.Close()
 }
+
+// preludeConn is a net.Conn whose reads come from r: a line of check's
+// own, then the connection.
+type preludeConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (p *preludeConn) Read(b []byte) (int, error) { return p.r.Read(b) }
 
 // refusalDetail explains an AUTHENTICATE failure: the server's answer and
 // the usual causes for the provider and grant.
 func refusalDetail(err error, acct *config.Account) string {
-	var answer string
-	var ie *imap.Error
+	var parts []string
 	var xe *auth.XOAUTH2Error
-	switch {
-	case errors.As(err, &ie):
-		answer = "the server answered " + string(ie.Type)
-		if ie.Code != "" {
-			answer += " [" + string(ie.Code) + "]"
-		}
-		answer += " " + ie.Text
-	case errors.As(err, &xe):
-		answer = fmt.Sprintf("the server refused the token (XOAUTH2 status %s", xe.Status)
+	if errors.As(err, &xe) {
+		s := "the server refused the token (XOAUTH2 status " + xe.Status
 		if xe.Scope != "" {
-			answer += ", scope " + xe.Scope
+			s += ", scope " + xe.Scope
 		}
-		answer += ")"
-	default:
-		return fmt.Sprintf("AUTHENTICATE failed: %v", err)
+		parts = append(parts, s+")")
 	}
-	return strings.TrimSuffix(answer, ".") + ". " + auth.RefusalAdvice(acct)
+	var answer *proxy.UpstreamAnswer
+	switch {
+	case !errors.As(err, &answer):
+		return fmt.Sprintf("AUTHENTICATE failed: %s", auth.MessageOf(err, err.Error()))
+	case auth.KindOf(err) == auth.Unavailable:
+		// A limit or throttling: the token was not what failed.
+		return fmt.Sprintf("the server answered %s %s: it will not take this login now, whatever the token; "+
+			"the collector gets NO [UNAVAILABLE] and retries. If it persists, lower the sessions open to %s "+
+			"(max_sessions) or wait for the back-off", answer.Command, answer.String(), acct.Mailbox)
+	case answer.Command == "NAMESPACE":
+		return fmt.Sprintf("the server said OK to AUTHENTICATE, then %s to NAMESPACE. %s", answer.String(), proxy.NotConnectedAdvice(acct))
+	}
+	parts = append(parts, "the server answered "+answer.String())
+	return strings.TrimSuffix(strings.Join(parts, " and "), ".") + ". " + auth.RefusalAdvice(acct)
 }
 
 // tlsReason explains a failed TLS handshake.
@@ -446,211 +477,4 @@ func hostOf(rawURL string) string {
 func portOf(addr string) string {
 	_, port, _ := net.SplitHostPort(addr)
 	return port
-}
-
-// firstLine remembers the first line read from a connection: the server
-// greeting.
-type firstLine struct {
-	net.Conn
-	mu   sync.Mutex
-	buf  []byte
-	line string
-	at   time.Time // when the line was complete
-	done bool
-}
-
-func (f *firstLine) Read(p []byte) (int, error) {
-	n, err := f.Conn.Read(p)
-	f.mu.Lock()
-	if !f.done {
-		f.buf = append(f.buf, p[:n]...)
-		if i := bytes.IndexByte(f.buf, '\n'); i >= 0 {
-			f.line, f.done, f.buf, f.at = strings.TrimRight(string(f.buf[:i]), "\r"), true, nil, time.Now()
-		} else if len(f.buf) > 4096 {
-			f.done, f.buf = true, nil
-		}
-	}
-	f.mu.Unlock()
-	return n, err
-}
-
-func (f *firstLine) get() (string, time.Time, bool) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.line, f.at, f.line != ""
-}
-
-// tracingTransport writes one trace line per token endpoint request:
-// method, URL, status and time; never a body.
-type tracingTransport struct {
-	next  http.RoundTripper
-	trace *redactor
-}
-
-func (t *tracingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	start := time.Now()
-	resp, err := t.next.RoundTrip(r)
-	u := *r.URL
-	u.RawQuery = ""
-	if err != nil {
-		fmt.Fprintf(t.trace, "HTTP %s %s: %v\n", r.Method, u.String(), err)
-		return nil, err
-	}
-	fmt.Fprintf(t.trace, "HTTP %s %s -> %s (%s)\n", r.Method, u.String(), resp.Status, formatDuration(time.Since(start)))
-	return resp, nil
-}
-
-// redactor is the -v trace: it writes whole lines with a prefix, and
-// replaces every registered secret (access and refresh tokens, their
-// base64 forms, the SASL initial response) and every AUTHENTICATE payload
-// by [redacted]. Written to directly, it marks IMAP lines C: (client) or
-// S: (server) by their look; stream gives writers for one known
-// direction. It is safe for concurrent use; a nil *redactor discards
-// everything, and so does one after stop.
-type redactor struct {
-	w      io.Writer
-	prefix string
-
-	mu      sync.Mutex
-	secrets []string
-	stopped bool
-	pending map[string][]byte // partial lines by mark ("?" = guess)
-}
-
-var (
-	authenticateRE = regexp.MustCompile(`(?i)^(\S+ AUTHENTICATE \S+) \S+`)
-	serverLineRE   = regexp.MustCompile(`(?i)^(\* |\+ |\+$|\S+ (OK|NO|BAD|BYE|PREAUTH)\b)`)
-	base64LineRE   = regexp.MustCompile(`^[A-Za-z0-9+/=]{16,}$`)
-)
-
-func (r *redactor) addSecret(s string) {
-	if r == nil || s == "" {
-		return
-	}
-	r.mu.Lock()
-	r.secrets = append(r.secrets, s)
-	r.mu.Unlock()
-}
-
-// Write writes trace text whose direction is guessed line by line.
-func (r *redactor) Write(p []byte) (int, error) { return r.write("?", p) }
-
-// stream returns a writer for text going one way: mark is "C" or "S".
-func (r *redactor) stream(mark string) io.Writer { return markedWriter{r, mark} }
-
-type markedWriter struct {
-	r    *redactor
-	mark string
-}
-
-func (m markedWriter) Write(p []byte) (int, error) { return m.r.write(m.mark, p) }
-
-func (r *redactor) write(mark string, p []byte) (int, error) {
-	if r == nil {
-		return len(p), nil
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.stopped {
-		return len(p), nil
-	}
-	if r.pending == nil {
-		r.pending = make(map[string][]byte)
-	}
-	buf := append(r.pending[mark], p...)
-	for {
-		i := bytes.IndexByte(buf, '\n')
-		if i < 0 {
-			break
-		}
-		r.emitLocked(mark, string(buf[:i]))
-		buf = buf[i+1:]
-	}
-	if len(buf) > 64*1024 {
-		r.emitLocked(mark, string(buf))
-		buf = nil
-	}
-	r.pending[mark] = buf
-	return len(p), nil
-}
-
-// flush writes pending partial lines.
-func (r *redactor) flush() {
-	if r == nil {
-		return
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for mark, buf := range r.pending {
-		if len(buf) > 0 && !r.stopped {
-			r.emitLocked(mark, string(buf))
-		}
-		delete(r.pending, mark)
-	}
-}
-
-// stop flushes and discards everything written later.
-func (r *redactor) stop() {
-	if r == nil {
-		return
-	}
-	r.flush()
-	r.mu.Lock()
-	r.stopped = true
-	r.mu.Unlock()
-}
-
-func (r *redactor) redact(line string) string {
-	if r == nil {
-		return line
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.redactLocked(line)
-}
-
-func (r *redactor) redactLocked(line string) string {
-	for _, s := range r.secrets {
-		line = strings.ReplaceAll(line, s, "[redacted]")
-	}
-	return authenticateRE.ReplaceAllString(line, "$1 [redacted]")
-}
-
-func (r *redactor) emitLocked(mark, line string) {
-	line = strings.TrimRight(line, "\r")
-	if mark == "?" {
-		switch {
-		case strings.HasPrefix(line, "HTTP ") || strings.HasPrefix(line, "level="):
-			mark = ""
-		case serverLineRE.MatchString(line):
-			mark = "S"
-		default:
-			mark = "C"
-		}
-	}
-	if mark == "C" && base64LineRE.MatchString(line) {
-		line = "[redacted]" // a SASL response sent on its own line
-	}
-	if mark != "" {
-		mark += ": "
-	}
-	fmt.Fprintf(r.w, "%s%s%s\n", r.prefix, mark, r.redactLocked(line))
-}
-
-// tracedConn copies what goes over a connection to a trace, each
-// direction on its own, writes before they are sent.
-type tracedConn struct {
-	net.Conn
-	client, server io.Writer
-}
-
-func (t *tracedConn) Read(p []byte) (int, error) {
-	n, err := t.Conn.Read(p)
-	t.server.Write(p[:n])
-	return n, err
-}
-
-func (t *tracedConn) Write(p []byte) (int, error) {
-	t.client.Write(p)
-	return t.Conn.Write(p)
 }

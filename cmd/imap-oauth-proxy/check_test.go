@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
 )
 
@@ -49,14 +51,14 @@ func steps(t *testing.T, stdout string) map[string][2]string {
 func checkLab(t *testing.T, c *cli, flavor authtest.Flavor, password string) *cloud {
 	t.Helper()
 	cl := newCloud(t, c, authtest.Options{Flavor: flavor, ClientSecret: tenantSecret}, flavor == authtest.Google)
-	store, err := auth.NewStore(cl.stateDir(), &auth.StoreOptions{KDF: testKDF})
+	store, err := tokenstore.New(cl.stateDir(), &tokenstore.Options{KDF: testKDF})
 	if err != nil {
 		t.Fatal(err)
 	}
 	rt := cl.tokens.Grant(tenantOperator)
 	cl.tokens.Share(tenantShared, tenantOperator)
 	c.secret(password, rt)
-	if _, err := store.Create("helpdesk", password, auth.Secret{RefreshToken: rt}); err != nil {
+	if _, err := store.Create("helpdesk", password, tokenstore.Secret{RefreshToken: rt}); err != nil {
 		t.Fatal(err)
 	}
 	return cl
@@ -175,13 +177,13 @@ func TestCheckFailingSteps(t *testing.T) {
 			if tc.name == "XOAUTH2 refused (Microsoft)" || tc.name == "XOAUTH2 refused (Gmail)" {
 				// The operator never got access to the shared mailbox.
 				cl = newCloud(t, c, authtest.Options{Flavor: tc.flavor, ClientSecret: tenantSecret}, tc.flavor == authtest.Google)
-				store, err := auth.NewStore(cl.stateDir(), &auth.StoreOptions{KDF: testKDF})
+				store, err := tokenstore.New(cl.stateDir(), &tokenstore.Options{KDF: testKDF})
 				if err != nil {
 					t.Fatal(err)
 				}
 				rt := cl.tokens.Grant(tenantOperator)
 				c.secret(rt)
-				if _, err := store.Create("helpdesk", password, auth.Secret{RefreshToken: rt}); err != nil {
+				if _, err := store.Create("helpdesk", password, tokenstore.Secret{RefreshToken: rt}); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -359,7 +361,7 @@ func TestCheckStartTLS(t *testing.T) {
 		}
 		order = append(order, m[1])
 	}
-	if got := strings.Join(order, " "); got != "record token connect greeting tls xoauth2 list" {
+	if got := strings.Join(order, " "); got != "record token connect greeting tls capability xoauth2 list" {
 		t.Errorf("steps %s", got)
 	}
 	if !strings.Contains(r.stdout, "STARTTLS") || !strings.Contains(r.stdout, "AUTHENTICATE XOAUTH2 [redacted]") {
@@ -410,4 +412,64 @@ func mustRead(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// TestCheckProviderAnswers runs check against the Microsoft personality:
+// the login step names the upstream's answer, its causes and fixes.
+func TestCheckProviderAnswers(t *testing.T) {
+	const password = "answers-pw-canary-4c1d"
+	for _, tc := range []struct {
+		name   string
+		break_ func(up *proxytest.Upstream)
+		want   []string
+	}{
+		{
+			name:   "authenticated but not connected",
+			break_: func(up *proxytest.Upstream) { up.SetNotConnected(tenantShared, true) },
+			want: []string{"OK to AUTHENTICATE, then BAD User is authenticated but not connected. to NAMESPACE",
+				"Add-MailboxPermission -Identity " + tenantShared, "providers.tenant.tenant", "max_sessions"},
+		},
+		{
+			name:   "throttled",
+			break_: func(up *proxytest.Upstream) { up.Throttle(1, 89117*time.Millisecond) },
+			want: []string{"BAD Request is throttled. Suggested Backoff Time: 89117 milliseconds",
+				"whatever the token", "max_sessions"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newCLI(t)
+			cl := newCloudUpstream(t, c, authtest.Options{Flavor: authtest.Microsoft, ClientSecret: tenantSecret},
+				proxytest.UpstreamOptions{Personality: proxytest.Microsoft})
+			store, err := tokenstore.New(cl.stateDir(), &tokenstore.Options{KDF: testKDF})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rt := cl.tokens.Grant(tenantShared)
+			c.secret(password, rt)
+			if _, err := store.Create("helpdesk", password, tokenstore.Secret{RefreshToken: rt}); err != nil {
+				t.Fatal(err)
+			}
+			path := cl.config(t, "microsoft", "refresh_token", fmt.Sprintf("client_secret = %q\n", tenantSecret))
+			tc.break_(cl.upstream)
+			r := c.run(password+"\n", "check", "-config", path, "helpdesk")
+			t.Logf("check output:\n%s%s", r.stdout, r.stderr)
+			if r.code != 1 || !strings.Contains(r.stderr, "failed at step xoauth2") {
+				t.Errorf("exit %d, want 1 at step xoauth2", r.code)
+			}
+			var detail string
+			for _, m := range stepLineRE.FindAllStringSubmatch(r.stdout, -1) {
+				if m[1] == "xoauth2" {
+					detail = m[4]
+				}
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(detail, w) {
+					t.Errorf("xoauth2 detail lacks %q:\n%s", w, detail)
+				}
+			}
+			if cl.tokens.RefreshCount(tenantShared) != 1 {
+				t.Errorf("%d refreshes, want 1 (check's token step)", cl.tokens.RefreshCount(tenantShared))
+			}
+		})
+	}
 }

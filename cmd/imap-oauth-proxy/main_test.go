@@ -22,8 +22,8 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 
-	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
 )
 
@@ -33,7 +33,7 @@ const testDeadline = 30 * time.Second
 
 // testKDF keeps argon2id cheap for records the tests create themselves;
 // records carry their own parameters, so serve opens them as written.
-var testKDF = auth.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}
+var testKDF = tokenstore.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}
 
 // The upstream OAuth client every lab configures.
 const (
@@ -294,9 +294,9 @@ grant = "client_credentials"
 }
 
 // openRecord opens login's record with a default store, as serve would.
-func openRecord(t *testing.T, stateDir, login, password string) *auth.Unlocked {
+func openRecord(t *testing.T, stateDir, login, password string) *tokenstore.Unlocked {
 	t.Helper()
-	store, err := auth.NewStore(stateDir, nil)
+	store, err := tokenstore.New(stateDir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -595,13 +595,13 @@ func (l *lab) stateDir() string { return filepath.Join(l.dir, "state") }
 // grant, both registered as secrets with c.
 func (l *lab) authorize(t *testing.T, c *cli, login, password string) {
 	t.Helper()
-	store, err := auth.NewStore(l.stateDir(), &auth.StoreOptions{KDF: testKDF})
+	store, err := tokenstore.New(l.stateDir(), &tokenstore.Options{KDF: testKDF})
 	if err != nil {
 		t.Fatal(err)
 	}
 	rt := l.tokens.Grant(mailboxOf(login))
 	c.secret(password, rt)
-	if _, err := store.Create(login, password, auth.Secret{RefreshToken: rt}); err != nil {
+	if _, err := store.Create(login, password, tokenstore.Secret{RefreshToken: rt}); err != nil {
 		t.Fatal(err)
 	}
 }

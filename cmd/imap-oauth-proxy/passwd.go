@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 )
 
@@ -47,7 +47,7 @@ func cmdPasswd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	}
 	rec, err := store.Open(login, current)
 	switch {
-	case errors.Is(err, auth.ErrWrongPassword):
+	case errors.Is(err, tokenstore.ErrWrongPassword):
 		return fmt.Errorf("the current local password of %s is wrong (or its record was altered); nothing was changed", login)
 	case err != nil:
 		return err
@@ -65,7 +65,7 @@ func cmdPasswd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		if err == nil {
 			break
 		}
-		if !errors.Is(err, auth.ErrRecordChanged) || attempt == 3 {
+		if !errors.Is(err, tokenstore.ErrRecordChanged) || attempt == 3 {
 			return err
 		}
 		if rec, err = store.Open(login, current); err != nil {

@@ -11,15 +11,15 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 
-	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 )
 
 // passwdRecord writes login's record under password with cheap KDF
 // parameters into stateDir, registers the secrets with c, and returns the
 // record.
-func passwdRecord(t *testing.T, c *cli, stateDir, login, password, refreshToken string) *auth.Unlocked {
+func passwdRecord(t *testing.T, c *cli, stateDir, login, password, refreshToken string) *tokenstore.Unlocked {
 	t.Helper()
-	store, err := auth.NewStore(stateDir, &auth.StoreOptions{KDF: testKDF})
+	store, err := tokenstore.New(stateDir, &tokenstore.Options{KDF: testKDF})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -27,7 +27,7 @@ func passwdRecord(t *testing.T, c *cli, stateDir, login, password, refreshToken 
 	if refreshToken != "" {
 		c.secret(refreshToken)
 	}
-	u, err := store.Create(login, password, auth.Secret{RefreshToken: refreshToken})
+	u, err := store.Create(login, password, tokenstore.Secret{RefreshToken: refreshToken})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,11 +38,11 @@ func passwdRecord(t *testing.T, c *cli, stateDir, login, password, refreshToken 
 // login's record.
 func wantWrongPassword(t *testing.T, stateDir, login, password string) {
 	t.Helper()
-	store, err := auth.NewStore(stateDir, nil)
+	store, err := tokenstore.New(stateDir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := store.Open(login, password); !errors.Is(err, auth.ErrWrongPassword) {
+	if _, err := store.Open(login, password); !errors.Is(err, tokenstore.ErrWrongPassword) {
 		t.Errorf("the old password: Open returned %v, want ErrWrongPassword", err)
 	}
 }
@@ -237,7 +237,7 @@ func TestPasswdWhileServeRotates(t *testing.T) {
 	rotations := 0
 	rotate := func() { // the daemon's save, in its own Store
 		rotations++
-		daemon, err := auth.NewStore(stateDir, &auth.StoreOptions{KDF: testKDF})
+		daemon, err := tokenstore.New(stateDir, &tokenstore.Options{KDF: testKDF})
 		if err != nil {
 			t.Error(err)
 			return
@@ -247,7 +247,7 @@ func TestPasswdWhileServeRotates(t *testing.T) {
 			t.Error(err)
 			return
 		}
-		if err := daemon.Update(u, auth.Secret{RefreshToken: rotated}); err != nil {
+		if err := daemon.Update(u, tokenstore.Secret{RefreshToken: rotated}); err != nil {
 			t.Error(err)
 		}
 	}

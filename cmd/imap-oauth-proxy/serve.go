@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/internal/sdnotify"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
@@ -93,11 +94,19 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	pop3Ln, err := listen("listen_pop3", cfg.Server.ListenPOP3)
+	if err != nil {
+		return err
+	}
+	pop3TLSLn, err := listen("listen_pop3_tls", cfg.Server.ListenPOP3TLS)
+	if err != nil {
+		return err
+	}
 	metricsLn, err := listen("metrics_listen", cfg.Server.MetricsListen)
 	if err != nil {
 		return err
 	}
-	if plainLn == nil && tlsLn == nil {
+	if plainLn == nil && tlsLn == nil && pop3Ln == nil && pop3TLSLn == nil {
 		// config validation should have said so already.
 		return errors.New("nothing to listen on: set server.listen or server.listen_tls, or pass an imap or imaps socket")
 	}
@@ -107,7 +116,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer srv.Close()
 
-	served := make(chan error, 3)
+	served := make(chan error, 5)
 	var attrs []any
 	if plainLn != nil {
 		go func() { served <- srv.Serve(plainLn) }()
@@ -116,6 +125,14 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if tlsLn != nil {
 		go func() { served <- srv.ServeTLS(tlsLn) }()
 		attrs = append(attrs, "listen_tls", tlsLn.Addr().String())
+	}
+	if pop3Ln != nil {
+		go func() { served <- srv.ServePOP3(pop3Ln) }()
+		attrs = append(attrs, "listen_pop3", pop3Ln.Addr().String())
+	}
+	if pop3TLSLn != nil {
+		go func() { served <- srv.ServePOP3TLS(pop3TLSLn) }()
+		attrs = append(attrs, "listen_pop3_tls", pop3TLSLn.Addr().String())
 	}
 	if metricsLn != nil {
 		hs := metricsServer(srv)
@@ -206,6 +223,8 @@ func reload(srv *proxy.Server, path string, started *config.Config, in *inherite
 	}{
 		{"listen", a.Listen != b.Listen},
 		{"listen_tls", a.ListenTLS != b.ListenTLS},
+		{"listen_pop3", a.ListenPOP3 != b.ListenPOP3},
+		{"listen_pop3_tls", a.ListenPOP3TLS != b.ListenPOP3TLS},
 		{"metrics_listen", a.MetricsListen != b.MetricsListen},
 		{"state_dir", a.StateDir != b.StateDir},
 		{"log_level", a.LogLevel != b.LogLevel},
@@ -225,8 +244,8 @@ func reload(srv *proxy.Server, path string, started *config.Config, in *inherite
 }
 
 // newServer builds the token store, token manager and proxy for cfg.
-func newServer(ctx context.Context, cfg *config.Config, logger *slog.Logger, storeOpts *auth.StoreOptions) (*proxy.Server, error) {
-	store, err := auth.NewStore(cfg.Server.StateDir, storeOpts)
+func newServer(ctx context.Context, cfg *config.Config, logger *slog.Logger, storeOpts *tokenstore.Options) (*proxy.Server, error) {
+	store, err := tokenstore.New(cfg.Server.StateDir, storeOpts)
 	if err != nil {
 		return nil, err
 	}

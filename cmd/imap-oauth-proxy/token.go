@@ -8,7 +8,7 @@ import (
 	"io"
 	"strings"
 
-	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 )
 
@@ -30,7 +30,7 @@ func cmdTokenImport(args []string, stdin io.Reader, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	if acct.Grant != "refresh_token" {
+	if !acct.Grant.Delegated() {
 		return fmt.Errorf("accounts.%s uses grant %q, which has no refresh token to import", login, acct.Grant)
 	}
 
@@ -56,7 +56,7 @@ func cmdTokenImport(args []string, stdin io.Reader, stdout, stderr io.Writer) er
 	if exists && !*force {
 		return fmt.Errorf("%s already has an authorization (%s); add -force to replace it", login, store.Path(login))
 	}
-	if _, err := store.Create(login, password, auth.Secret{RefreshToken: refreshToken}); err != nil {
+	if _, err := store.Create(login, password, tokenstore.Secret{RefreshToken: refreshToken}); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "stored the refresh token for %s in %s (encrypted under the local password)\n", login, store.Path(login))

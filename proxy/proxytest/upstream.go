@@ -31,6 +31,14 @@ type UpstreamOptions struct {
 	// base64 JSON status before the NO, as Gmail does; otherwise the server
 	// answers NO at once, as Microsoft 365 does.
 	GmailErrors bool
+	// Personality makes the server greet, announce capabilities, refuse
+	// tokens and limit sessions as Microsoft 365 or Gmail do; Plain (the
+	// zero value) keeps go-imap's own behaviour.
+	Personality Personality
+	// MaxSessions bounds a mailbox's simultaneous sessions under a
+	// personality; zero means the personality's own limit (Gmail 15,
+	// Microsoft 20), negative means none.
+	MaxSessions int
 	// Logger receives go-imap's error messages; nil discards them.
 	Logger *log.Logger
 }
@@ -51,7 +59,15 @@ type Upstream struct {
 	conns    atomic.Int64
 	logins   atomic.Int64
 	refusals atomic.Int64
+	limited  atomic.Int64
 	done     chan struct{}
+
+	// The personalities' state, guarded by mu.
+	state   providerState
+	preauth map[net.Conn]string // go-imap's side of a relayed session: its mailbox
+	fronts  map[net.Conn]struct{}
+	pipes   *pipeListener
+	frontWG sync.WaitGroup
 }
 
 // NewUpstream starts an Upstream on a free loopback port.
@@ -70,6 +86,10 @@ func NewUpstream(opts UpstreamOptions) (*Upstream, error) {
 		opts:  opts,
 		users: make(map[string]*imapmemserver.User),
 		done:  make(chan struct{}),
+		state: providerState{sessions: make(map[string]map[*frontConn]struct{}),
+			notConnected: make(map[string]bool)},
+		preauth: make(map[net.Conn]string),
+		fronts:  make(map[net.Conn]struct{}),
 	}
 	u.ln = &countingListener{Listener: tls.NewListener(raw, &tls.Config{
 		Certificates: []tls.Certificate{cert},
@@ -80,7 +100,16 @@ func NewUpstream(opts UpstreamOptions) (*Upstream, error) {
 		logger = log.New(io.Discard, "", 0)
 	}
 	u.server = imapserver.New(&imapserver.Options{
-		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
+		NewSession: func(c *imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
+			u.mu.Lock()
+			mailbox, ok := u.preauth[c.NetConn()]
+			delete(u.preauth, c.NetConn())
+			u.mu.Unlock()
+			if ok {
+				// Logged in by a personality: start authenticated.
+				return &session{upstream: u, UserSession: imapmemserver.NewUserSession(u.user(mailbox))},
+					&imapserver.GreetingData{PreAuth: true}, nil
+			}
 			return &session{upstream: u}, nil, nil
 		},
 		Caps: imap.CapSet{
@@ -89,11 +118,56 @@ func NewUpstream(opts UpstreamOptions) (*Upstream, error) {
 		},
 		Logger: logger,
 	})
+	if opts.Personality == Plain {
+		go func() {
+			defer close(u.done)
+			u.server.Serve(u.ln)
+		}()
+		return u, nil
+	}
+	u.pipes = newPipeListener()
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		u.server.Serve(u.pipes)
+	}()
 	go func() {
 		defer close(u.done)
-		u.server.Serve(u.ln)
+		defer func() { <-served }()
+		u.acceptFronts()
 	}()
 	return u, nil
+}
+
+// acceptFronts serves the personality on every connection until the
+// listener closes.
+func (u *Upstream) acceptFronts() {
+	for {
+		nc, err := u.ln.Accept()
+		if err != nil {
+			u.frontWG.Wait()
+			return
+		}
+		u.mu.Lock()
+		u.fronts[nc] = struct{}{}
+		u.mu.Unlock()
+		u.frontWG.Add(1)
+		go func() {
+			defer u.frontWG.Done()
+			defer func() {
+				u.mu.Lock()
+				delete(u.fronts, nc)
+				u.mu.Unlock()
+			}()
+			if tc, ok := nc.(*tls.Conn); ok {
+				if tc.Handshake() != nil {
+					nc.Close()
+					return
+				}
+			}
+			u.serveFront(nc)
+		}()
+	}
 }
 
 // AddUser creates the mailbox user (with an INBOX) and returns it.
@@ -123,6 +197,10 @@ func (u *Upstream) Logins() int64 { return u.logins.Load() }
 // Refusals returns how many XOAUTH2 authentications were refused.
 func (u *Upstream) Refusals() int64 { return u.refusals.Load() }
 
+// Limited returns how many valid logins a personality refused at its
+// session limit.
+func (u *Upstream) Limited() int64 { return u.limited.Load() }
+
 // WriteCAFile writes CAPEM to path with mode 0600.
 func (u *Upstream) WriteCAFile(path string) error {
 	if err := os.WriteFile(path, u.CAPEM, 0o600); err != nil {
@@ -133,7 +211,21 @@ func (u *Upstream) WriteCAFile(path string) error {
 
 // Close stops the server and waits for it.
 func (u *Upstream) Close() error {
-	err := u.server.Close()
+	if u.pipes == nil {
+		err := u.server.Close()
+		<-u.done
+		return err
+	}
+	err := u.ln.Close()
+	u.mu.Lock()
+	for nc := range u.fronts {
+		nc.Close()
+	}
+	u.mu.Unlock()
+	// Closing the pipe listener ends go-imap's Serve (Server.Close could
+	// race with a Serve that has not started yet); its sessions end as
+	// their fronts close their pipes.
+	u.pipes.Close()
 	<-u.done
 	return err
 }

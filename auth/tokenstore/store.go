@@ -1,58 +1,36 @@
-package auth
+// Package tokenstore keeps the encrypted token records: one file per
+// login under the state directory, holding the login's refresh token
+// (empty for app-only grants) encrypted under a key that only the local
+// password unlocks.
+//
+// store.go is the API (Store, Open, Update, SetPassword), record.go the
+// format of a record (JSON, AES-256-GCM and what each ciphertext is bound
+// to), kdf.go the argon2id key derivation and its queue, and file.go the
+// file handling (the directory lock, atomic replacement, owner, and the
+// checks on the directory and on each file before it is read).
+package tokenstore
 
 import (
 	"bytes"
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
-	"golang.org/x/crypto/argon2"
-	"golang.org/x/sys/unix"
 )
 
-// Token record format. A record is a JSON file; see recordFile.
-const (
-	// recordVersion1 records hold the secret encrypted directly under the
-	// key derived from the password. They are still read, and rewritten as
-	// recordVersion at their next write.
-	recordVersion1 = 1
-	// recordVersion records hold the secret under a random data key, which
-	// is stored wrapped (encrypted) under the key derived from the
-	// password. A password change rewraps the data key, so another process
-	// that holds the data key can still save a rotated token afterwards.
-	recordVersion   = 2
-	recordSuffix    = ".token"
-	kdfAlgArgon2id  = "argon2id"
-	saltSize        = 16
-	keySize         = 32 // AES-256
-	idSize          = 16
-	maxRecordSize   = 1 << 20
-	defaultKeyCache = 256
-
-	// Upper bounds on KDF parameters, so that a damaged or hostile record
-	// cannot make Open allocate without limit.
-	maxKDFTime      = 64
-	maxKDFMemoryKiB = 1 << 20 // 1 GiB
-)
+// defaultKeyCache is Options.KeyCacheSize when zero.
+const defaultKeyCache = 256
 
 // ErrNoRecord is returned (wrapped, together with fs.ErrNotExist) when a
 // login has no token record.
@@ -78,7 +56,7 @@ var ErrNotCached = errors.New("password not in the key cache")
 
 // ErrKDFBusy is returned (wrapped) when a key derivation could not start
 // in time: as many run as there are CPUs, and the queue behind them is
-// full or did not move within StoreOptions.KDFQueueWait.
+// full or did not move within Options.KDFQueueWait.
 var ErrKDFBusy = errors.New("too many password checks at once")
 
 // ErrRecordChanged is returned (wrapped) by Update and SetPassword when the
@@ -104,35 +82,8 @@ func (s Secret) String() string {
 // GoString is String, for %#v.
 func (s Secret) GoString() string { return s.String() }
 
-// KDFParams are argon2id parameters. They are stored in each record, so a
-// record is always opened with the parameters it was written with.
-type KDFParams struct {
-	Time      uint32 // passes over the memory
-	MemoryKiB uint32 // memory in KiB
-	Threads   uint8  // lanes
-}
-
-// DefaultKDFParams returns the parameters new records use unless
-// StoreOptions say otherwise: 3 passes, 64 MiB, 2 lanes.
-func DefaultKDFParams() KDFParams {
-	return KDFParams{Time: 3, MemoryKiB: 64 * 1024, Threads: 2}
-}
-
-func (p KDFParams) check() error {
-	switch {
-	case p.Time < 1 || p.Time > maxKDFTime:
-		return fmt.Errorf("argon2id time %d out of range 1..%d", p.Time, maxKDFTime)
-	case p.Threads < 1:
-		return errors.New("argon2id threads must be at least 1")
-	case p.MemoryKiB < 8*uint32(p.Threads) || p.MemoryKiB > maxKDFMemoryKiB:
-		return fmt.Errorf("argon2id memory %d KiB out of range %d..%d",
-			p.MemoryKiB, 8*uint32(p.Threads), maxKDFMemoryKiB)
-	}
-	return nil
-}
-
-// StoreOptions tune a Store. A nil *StoreOptions means all defaults.
-type StoreOptions struct {
+// Options tune a Store. A nil *Options means all defaults.
+type Options struct {
 	// KDF are the argon2id parameters for new records (Create and
 	// SetPassword). Zero fields take DefaultKDFParams' values. Existing
 	// records keep the parameters they were written with.
@@ -172,11 +123,13 @@ type Store struct {
 	beforeRename func(tmp string) error
 }
 
-// NewStore returns a Store for the records in dir, creating dir (mode 0700)
-// if it does not exist.
-func NewStore(dir string, opts *StoreOptions) (*Store, error) {
+// New returns a Store for the records in dir, creating dir (mode 0700)
+// if it does not exist. It refuses a dir that others could write to:
+// group- or world-writable, or owned by a user other than this process's
+// or root.
+func New(dir string, opts *Options) (*Store, error) {
 	if opts == nil {
-		opts = &StoreOptions{}
+		opts = &Options{}
 	}
 	kdf := opts.KDF
 	def := DefaultKDFParams()
@@ -245,28 +198,6 @@ func (s *Store) Path(login string) string {
 	return filepath.Join(s.dir, recordFileName(login))
 }
 
-// recordFileName escapes login into a file name that cannot be ".", "..",
-// hidden, or contain a path separator.
-func recordFileName(login string) string {
-	const hexDigits = "0123456789ABCDEF"
-	var b strings.Builder
-	for i := 0; i < len(login); i++ {
-		c := login[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9',
-			c == '@', c == '_', c == '+', c == '=', c == '-',
-			c == '.' && i > 0:
-			b.WriteByte(c)
-		default:
-			b.WriteByte('%')
-			b.WriteByte(hexDigits[c>>4])
-			b.WriteByte(hexDigits[c&0xf])
-		}
-	}
-	b.WriteString(recordSuffix)
-	return b.String()
-}
-
 // RecordInfo is the clear metadata of a record. Open authenticates it
 // (it is bound to the ciphertext); Info does not.
 type RecordInfo struct {
@@ -302,120 +233,6 @@ func (u Unlocked) String() string {
 
 // GoString is String, for %#v.
 func (u Unlocked) GoString() string { return u.String() }
-
-// wrapping is how a record's data key is protected: argon2id parameters
-// and salt for the password's key, and the data key sealed under it.
-type wrapping struct {
-	kdf           KDFParams
-	salt          []byte
-	nonce, sealed []byte // empty in a version 1 record
-}
-
-// recordFile is the JSON form of a record.
-type recordFile struct {
-	Version          int       `json:"version"`
-	Login            string    `json:"login"`
-	ID               string    `json:"id"`
-	Generation       uint64    `json:"generation"`
-	SecretGeneration uint64    `json:"secret_generation,omitempty"` // version 2
-	Updated          string    `json:"updated"`                     // RFC 3339, as authenticated
-	KDF              kdfRecord `json:"kdf"`
-	// KeyNonce and WrappedKey (version 2): AES-256-GCM of the data key
-	// under the password's key.
-	KeyNonce   []byte `json:"key_nonce,omitempty"`
-	WrappedKey []byte `json:"wrapped_key,omitempty"`
-	Nonce      []byte `json:"nonce"`      // base64, 12 bytes, new on every write
-	Ciphertext []byte `json:"ciphertext"` // base64, AES-256-GCM of the JSON Secret
-}
-
-type kdfRecord struct {
-	Alg       string `json:"alg"`
-	Time      uint32 `json:"time"`
-	MemoryKiB uint32 `json:"memory_kib"`
-	Threads   uint8  `json:"threads"`
-	Salt      []byte `json:"salt"`
-}
-
-func (r *recordFile) params() KDFParams {
-	return KDFParams{Time: r.KDF.Time, MemoryKiB: r.KDF.MemoryKiB, Threads: r.KDF.Threads}
-}
-
-func (r *recordFile) wrapping() wrapping {
-	return wrapping{kdf: r.params(), salt: r.KDF.Salt, nonce: r.KeyNonce, sealed: r.WrappedKey}
-}
-
-func (r *recordFile) info() (RecordInfo, error) {
-	updated, err := time.Parse(time.RFC3339, r.Updated)
-	if err != nil {
-		return RecordInfo{}, fmt.Errorf("%w: bad updated time", ErrCorruptRecord)
-	}
-	secretGen := r.SecretGeneration
-	if r.Version == recordVersion1 {
-		secretGen = r.Generation
-	}
-	return RecordInfo{Login: r.Login, ID: r.ID, Generation: r.Generation,
-		SecretGeneration: secretGen, Updated: updated}, nil
-}
-
-// aadBuilder builds additional authenticated data; each string is
-// length-prefixed.
-type aadBuilder []byte
-
-func (b *aadBuilder) str(s string) {
-	*b = binary.AppendUvarint(*b, uint64(len(s)))
-	*b = append(*b, s...)
-}
-
-func (b *aadBuilder) num(n uint64) { *b = binary.AppendUvarint(*b, n) }
-
-func (b *aadBuilder) kdf(r *recordFile) {
-	b.str(r.KDF.Alg)
-	b.num(uint64(r.KDF.Time))
-	b.num(uint64(r.KDF.MemoryKiB))
-	b.num(uint64(r.KDF.Threads))
-	b.str(string(r.KDF.Salt))
-}
-
-// identity starts additional authenticated data with label and the
-// record's version, login and ID.
-func (r *recordFile) identity(label string) aadBuilder {
-	var b aadBuilder
-	b.str(label)
-	b.num(uint64(r.Version))
-	b.str(r.Login)
-	b.str(r.ID)
-	return b
-}
-
-// v1AAD is what a version 1 record's ciphertext is bound to: everything
-// in the clear.
-func (r *recordFile) v1AAD() []byte {
-	b := r.identity("imap-oauth-proxy token record")
-	b.num(r.Generation)
-	b.str(r.Updated)
-	b.kdf(r)
-	return b
-}
-
-// wrapAAD is what the wrapped data key is bound to: the record's identity
-// and the parameters of the password's key.
-func (r *recordFile) wrapAAD() []byte {
-	b := r.identity("imap-oauth-proxy record key")
-	b.kdf(r)
-	return b
-}
-
-// secretAAD is what a version 2 record's ciphertext is bound to: its
-// identity, generations and time, and the wrapped key beside it.
-func (r *recordFile) secretAAD() []byte {
-	b := r.identity("imap-oauth-proxy token record")
-	b.num(r.Generation)
-	b.num(r.SecretGeneration)
-	b.str(r.Updated)
-	b.str(string(r.KeyNonce))
-	b.str(string(r.WrappedKey))
-	return b
-}
 
 // Create writes a new record for login (fresh salt, fresh ID, Generation
 // 1) holding secret encrypted under password, replacing any existing
@@ -702,51 +519,14 @@ func (s *Store) current(u *Unlocked) (*recordFile, error) {
 	return disk, nil
 }
 
-// wrapKey seals dataKey under passKey for the record of login and id whose
-// password key has the given parameters and salt.
-func wrapKey(login, id string, passKey, dataKey []byte, kdf KDFParams, salt []byte) (wrapping, error) {
-	rec := &recordFile{Version: recordVersion, Login: login, ID: id}
-	rec.setKDF(kdf, salt)
-	nonce, sealed, err := gcmSeal(passKey, dataKey, rec.wrapAAD())
-	if err != nil {
-		return wrapping{}, err
-	}
-	return wrapping{kdf: kdf, salt: salt, nonce: nonce, sealed: sealed}, nil
-}
-
-func (r *recordFile) setKDF(kdf KDFParams, salt []byte) {
-	r.KDF = kdfRecord{Alg: kdfAlgArgon2id, Time: kdf.Time, MemoryKiB: kdf.MemoryKiB, Threads: kdf.Threads, Salt: salt}
-}
-
 // write encrypts secret under dataKey into a version 2 record with u's
 // login and ID, the given generations and the wrapping w of dataKey,
 // replaces the file, and on success updates u. The store is locked.
 func (s *Store) write(u *Unlocked, secret Secret, gen, secretGen uint64, w wrapping, dataKey, passKey []byte) error {
-	rec := &recordFile{
-		Version:          recordVersion,
-		Login:            u.Info.Login,
-		ID:               u.Info.ID,
-		Generation:       gen,
-		SecretGeneration: secretGen,
-		Updated:          time.Now().UTC().Format(time.RFC3339Nano),
-		KeyNonce:         w.nonce,
-		WrappedKey:       w.sealed,
-	}
-	rec.setKDF(w.kdf, w.salt)
-	plain, err := json.Marshal(secret)
-	if err != nil {
-		return fmt.Errorf("encoding secret: %w", err)
-	}
-	defer clear(plain)
-	rec.Nonce, rec.Ciphertext, err = gcmSeal(dataKey, plain, rec.secretAAD())
+	rec, data, err := sealRecord(u.Info.Login, u.Info.ID, secret, gen, secretGen, w, dataKey)
 	if err != nil {
 		return err
 	}
-	data, err := json.MarshalIndent(rec, "", "  ")
-	if err != nil {
-		return fmt.Errorf("encoding record: %w", err)
-	}
-	data = append(data, '\n')
 	info, err := rec.info()
 	if err != nil {
 		return err
@@ -762,336 +542,20 @@ func (s *Store) write(u *Unlocked, secret Secret, gen, secretGen uint64, w wrapp
 	return err
 }
 
-// lock serializes writes to the store: within this process, and with
-// other processes on the same directory (the CLI beside the daemon), by an
-// exclusive flock on the directory. It returns the release.
-func (s *Store) lock() (func(), error) {
-	s.writeMu.Lock()
-	d, err := os.Open(s.dir)
-	if err != nil {
-		s.writeMu.Unlock()
-		return nil, fmt.Errorf("opening token store directory to lock it: %w", err)
-	}
-	for {
-		err = unix.Flock(int(d.Fd()), unix.LOCK_EX)
-		if !errors.Is(err, unix.EINTR) {
-			break
-		}
-	}
-	if err != nil {
-		d.Close()
-		s.writeMu.Unlock()
-		return nil, fmt.Errorf("locking token store directory: %w", err)
-	}
-	return func() {
-		d.Close() // releases the flock
-		s.writeMu.Unlock()
-	}, nil
-}
-
-// replaceFile atomically replaces name in the store directory with data:
-// temporary file in the same directory (mode 0600), write, fsync, close,
-// rename, fsync the directory. On failure before the rename the temporary
-// file is removed and the old file is untouched. renamed reports whether
-// the new file is in place.
-func (s *Store) replaceFile(name string, data []byte) (renamed bool, err error) {
-	// Temporary names start with '.', which escaped logins never do.
-	f, err := os.CreateTemp(s.dir, "."+name+".tmp*")
-	if err != nil {
-		return false, fmt.Errorf("creating temporary file: %w", err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if !renamed {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if err := f.Chmod(0o600); err != nil {
-		return false, fmt.Errorf("setting mode of temporary file: %w", err)
-	}
-	if err := matchDirOwner(f, s.dir); err != nil {
-		return false, err
-	}
-	if _, err := f.Write(data); err != nil {
-		return false, fmt.Errorf("writing temporary file: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		return false, fmt.Errorf("syncing temporary file: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return false, fmt.Errorf("closing temporary file: %w", err)
-	}
-	if s.beforeRename != nil {
-		if err := s.beforeRename(tmp); err != nil {
-			return false, err
-		}
-	}
-	if err := os.Rename(tmp, filepath.Join(s.dir, name)); err != nil {
-		return false, fmt.Errorf("renaming temporary file: %w", err)
-	}
-	renamed = true
-	if err := syncDir(s.dir); err != nil {
-		return true, fmt.Errorf("syncing token store directory: %w", err)
-	}
-	return true, nil
-}
-
-// staleTempAge is how old a temporary record file must be before NewStore
-// removes it: younger ones may belong to a write in progress in another
-// process (the CLI next to the daemon).
-const staleTempAge = time.Minute
-
-// removeStaleTemps deletes temporary files left by writes that crashed
-// before their rename. They hold superseded (encrypted) records.
-func removeStaleTemps(dir string, now time.Time) {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return
-	}
-	for _, e := range entries {
-		name := e.Name()
-		if !strings.HasPrefix(name, ".") || !strings.Contains(name, recordSuffix+".tmp") || !e.Type().IsRegular() {
-			continue
-		}
-		if info, err := e.Info(); err == nil && now.Sub(info.ModTime()) > staleTempAge {
-			os.Remove(filepath.Join(dir, name))
-		}
-	}
-}
-
-// matchDirOwner gives f the owner of dir when root writes into a directory
-// that belongs to another user, so that `token import` run by root leaves
-// records the service's own (possibly dynamic) user can read.
-func matchDirOwner(f *os.File, dir string) error {
-	if os.Geteuid() != 0 {
-		return nil
-	}
-	info, err := os.Stat(dir)
-	if err != nil {
-		return fmt.Errorf("reading token store directory owner: %w", err)
-	}
-	st, ok := info.Sys().(*syscall.Stat_t)
-	if !ok || st.Uid == 0 {
-		return nil
-	}
-	if err := f.Chown(int(st.Uid), int(st.Gid)); err != nil {
-		return fmt.Errorf("giving the record the directory's owner: %w", err)
-	}
-	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
 // read loads and checks login's record file. Errors wrap ErrNoRecord (with
 // fs.ErrNotExist) or ErrCorruptRecord, or are I/O errors.
 func (s *Store) read(login string) (*recordFile, error) {
 	if err := checkLogin(login); err != nil {
 		return nil, err
 	}
-	f, err := openRecordFile(s.Path(login))
+	data, err := readRecordFile(s.Path(login))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %w", ErrNoRecord, err)
 	}
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	var buf bytes.Buffer
-	if _, err := buf.ReadFrom(io.LimitReader(f, maxRecordSize+1)); err != nil {
-		return nil, fmt.Errorf("reading record file: %w", err)
-	}
-	if buf.Len() > maxRecordSize {
-		return nil, fmt.Errorf("%w: file larger than %d bytes", ErrCorruptRecord, maxRecordSize)
-	}
-	var rec recordFile
-	if err := json.Unmarshal(buf.Bytes(), &rec); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrCorruptRecord, err)
-	}
-	switch {
-	case rec.Version != recordVersion && rec.Version != recordVersion1:
-		return nil, fmt.Errorf("%w: unsupported version %d", ErrCorruptRecord, rec.Version)
-	case rec.Version == recordVersion && (len(rec.KeyNonce) != gcmNonceSize || len(rec.WrappedKey) != keySize+gcmTagSize):
-		return nil, fmt.Errorf("%w: wrapped key of %d bytes", ErrCorruptRecord, len(rec.WrappedKey))
-	case rec.Login != login:
-		return nil, fmt.Errorf("%w: file holds the record of %q", ErrCorruptRecord, rec.Login)
-	case rec.KDF.Alg != kdfAlgArgon2id:
-		return nil, fmt.Errorf("%w: unsupported kdf %q", ErrCorruptRecord, rec.KDF.Alg)
-	case len(rec.KDF.Salt) != saltSize:
-		return nil, fmt.Errorf("%w: salt of %d bytes", ErrCorruptRecord, len(rec.KDF.Salt))
-	case len(rec.Nonce) != gcmNonceSize:
-		return nil, fmt.Errorf("%w: nonce of %d bytes", ErrCorruptRecord, len(rec.Nonce))
-	}
-	if err := rec.params().check(); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrCorruptRecord, err)
-	}
-	return &rec, nil
-}
-
-// openRecordFile opens a record for reading. It follows no symbolic link
-// and does not wait on a FIFO or a device (O_NOFOLLOW|O_NONBLOCK), and it
-// refuses anything but a regular file: whoever could put one there must
-// not be able to make a login hang or read another file.
-func openRecordFile(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
-	if errors.Is(err, syscall.ELOOP) {
-		return nil, fmt.Errorf("%w: %s is a symbolic link", ErrNotRegular, path)
-	}
-	if err != nil {
-		return nil, err
-	}
-	info, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("reading record file: %w", err)
-	}
-	if !info.Mode().IsRegular() {
-		f.Close()
-		return nil, fmt.Errorf("%w: %s is a %v", ErrNotRegular, path, info.Mode().Type())
-	}
-	return f, nil
-}
-
-// checkStoreDir refuses a token store directory that others could write
-// to: one that is group- or world-writable, or owned by another user than
-// this process's (or root). Such a directory would let them replace
-// records, or plant FIFOs and links where records are read.
-func checkStoreDir(dir string) error {
-	info, err := os.Stat(dir)
-	if err != nil {
-		return fmt.Errorf("checking token store directory: %w", err)
-	}
-	if !info.IsDir() {
-		return fmt.Errorf("token store directory %s is not a directory", dir)
-	}
-	if perm := info.Mode().Perm(); perm&0o022 != 0 {
-		return fmt.Errorf("token store directory %s is group- or world-writable (mode %04o); run: chmod go-w %s", dir, perm, dir)
-	}
-	st, ok := info.Sys().(*syscall.Stat_t)
-	if euid := os.Geteuid(); ok && euid != 0 && st.Uid != 0 && int(st.Uid) != euid {
-		return fmt.Errorf("token store directory %s belongs to uid %d, not to this user (uid %d) or root", dir, st.Uid, euid)
-	}
-	return nil
-}
-
-// cacheKey identifies a derived key without storing what derives it:
-// HMAC-SHA256 under the per-Store macKey of the login, the KDF parameters,
-// the salt and the password.
-func (s *Store) cacheKey(login string, kdf KDFParams, salt []byte, password string) [sha256.Size]byte {
-	m := hmac.New(sha256.New, s.macKey)
-	var b []byte
-	b = binary.AppendUvarint(b, uint64(len(login)))
-	b = append(b, login...)
-	b = append(b, 0)
-	b = binary.AppendUvarint(b, uint64(kdf.Time))
-	b = binary.AppendUvarint(b, uint64(kdf.MemoryKiB))
-	b = binary.AppendUvarint(b, uint64(kdf.Threads))
-	b = binary.AppendUvarint(b, uint64(len(salt)))
-	b = append(b, salt...)
-	b = append(b, 0)
-	m.Write(b)
-	m.Write([]byte(password))
-	var out [sha256.Size]byte
-	m.Sum(out[:0])
-	return out
-}
-
-// deriveKey runs argon2id once the KDF queue lets it start.
-func (s *Store) deriveKey(ctx context.Context, password string, salt []byte, kdf KDFParams) ([]byte, error) {
-	release, err := s.kdf.acquire(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer release()
-	s.kdfRuns.Add(1)
-	pw := []byte(password)
-	defer clear(pw)
-	return argon2.IDKey(pw, salt, kdf.Time, kdf.MemoryKiB, kdf.Threads, keySize), nil
-}
-
-// kdfQueue bounds argon2id runs: cap(running) at a time, at most
-// maxWaiting waiting behind them, and none waiting longer than maxWait.
-// Under a flood of password checks the excess fails fast instead of
-// making every login, the owner's included, wait behind it. It is safe
-// for concurrent use.
-type kdfQueue struct {
-	running    chan struct{}
-	waiting    atomic.Int64
-	maxWaiting int64
-	maxWait    time.Duration
-}
-
-// acquire waits for a run slot; release gives it back.
-func (q *kdfQueue) acquire(ctx context.Context) (release func(), err error) {
-	release = func() { <-q.running }
-	select {
-	case q.running <- struct{}{}:
-		return release, nil
-	default:
-	}
-	if q.waiting.Add(1) > q.maxWaiting {
-		q.waiting.Add(-1)
-		return nil, fmt.Errorf("%w: %d waiting", ErrKDFBusy, q.maxWaiting)
-	}
-	defer q.waiting.Add(-1)
-	timer := time.NewTimer(q.maxWait)
-	defer timer.Stop()
-	select {
-	case q.running <- struct{}{}:
-		return release, nil
-	case <-timer.C:
-		return nil, fmt.Errorf("%w: none could start within %v", ErrKDFBusy, q.maxWait)
-	case <-ctx.Done():
-		return nil, fmt.Errorf("waiting to check the password: %w", ctx.Err())
-	}
-}
-
-const (
-	gcmNonceSize = 12
-	gcmTagSize   = 16
-)
-
-func gcmSeal(key, plain, aad []byte) (nonce, ciphertext []byte, err error) {
-	aead, err := newGCM(key)
-	if err != nil {
-		return nil, nil, err
-	}
-	nonce = randomBytes(gcmNonceSize)
-	return nonce, aead.Seal(nil, nonce, plain, aad), nil
-}
-
-func gcmOpen(key, nonce, ciphertext, aad []byte) ([]byte, error) {
-	aead, err := newGCM(key)
-	if err != nil {
-		return nil, err
-	}
-	plain, err := aead.Open(nil, nonce, ciphertext, aad)
-	if err != nil {
-		return nil, ErrWrongPassword
-	}
-	return plain, nil
-}
-
-func newGCM(key []byte) (cipher.AEAD, error) {
-	block, err := aes.NewCipher(key)
-	if err != nil {
-		return nil, fmt.Errorf("creating cipher: %w", err)
-	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		return nil, fmt.Errorf("creating cipher: %w", err)
-	}
-	return aead, nil
+	return decodeRecord(data, login)
 }
 
 func checkLogin(login string) error {
@@ -1106,15 +570,6 @@ func checkPassword(password string) error {
 		return errors.New("empty password")
 	}
 	return nil
-}
-
-func newID() string { return hex.EncodeToString(randomBytes(idSize)) }
-
-// randomBytes returns n bytes from crypto/rand, which never fails.
-func randomBytes(n int) []byte {
-	b := make([]byte, n)
-	rand.Read(b)
-	return b
 }
 
 // decoySalt salts Decoy's derivations; its value does not matter.

@@ -1,4 +1,4 @@
-package auth
+package tokenstore
 
 import (
 	"bytes"
@@ -32,9 +32,9 @@ func newTestStore(t *testing.T, dir string) *Store {
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	s, err := NewStore(dir, &StoreOptions{KDF: testKDF})
+	s, err := New(dir, &Options{KDF: testKDF})
 	if err != nil {
-		t.Fatalf("NewStore: %v", err)
+		t.Fatalf("New: %v", err)
 	}
 	return s
 }
@@ -164,7 +164,7 @@ func TestStoreKeyCache(t *testing.T) {
 	}
 
 	// The cache is bounded.
-	small, err := NewStore(dir, &StoreOptions{KDF: testKDF, KeyCacheSize: 1})
+	small, err := New(dir, &Options{KDF: testKDF, KeyCacheSize: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -657,7 +657,7 @@ func TestStoreSetPassword(t *testing.T) {
 }
 
 func TestStoreOptions(t *testing.T) {
-	s, err := NewStore(t.TempDir(), nil)
+	s, err := New(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -667,27 +667,32 @@ func TestStoreOptions(t *testing.T) {
 	if s.keys.Len() != 0 || cap(s.kdf.running) < 1 {
 		t.Error("bad defaults")
 	}
-	s, err = NewStore(t.TempDir(), &StoreOptions{KDF: KDFParams{Time: 1, MemoryKiB: 64}})
+	s, err = New(t.TempDir(), &Options{KDF: KDFParams{Time: 1, MemoryKiB: 64}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if want := (KDFParams{Time: 1, MemoryKiB: 64, Threads: 2}); s.params != want {
 		t.Errorf("partial kdf = %+v; want %+v", s.params, want)
 	}
-	for _, bad := range []StoreOptions{
+	for _, bad := range []Options{
 		{KDF: KDFParams{Time: 1, MemoryKiB: 4, Threads: 1}},
 		{KDF: KDFParams{Time: 1000, MemoryKiB: 64, Threads: 1}},
 		{KeyCacheSize: -1},
 	} {
-		if _, err := NewStore(t.TempDir(), &bad); err == nil {
-			t.Errorf("NewStore(%+v) succeeded", bad)
+		if _, err := New(t.TempDir(), &bad); err == nil {
+			t.Errorf("New(%+v) succeeded", bad)
 		}
 	}
 }
 
 func TestStoreConcurrent(t *testing.T) {
-	s := newTestStore(t, "")
 	logins := []string{"a", "b", "c"}
+	// Every goroutine below may wait for the KDF at once: the default
+	// queue (4 per CPU) is shorter than that on 2 CPUs.
+	s, err := New(t.TempDir(), &Options{KDF: testKDF, KDFQueueLength: 4 * len(logins)})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, l := range logins {
 		if _, err := s.Create(l, "pw-"+l, Secret{RefreshToken: "rt-" + l}); err != nil {
 			t.Fatal(err)
@@ -740,7 +745,7 @@ func TestRecordTakesDirectoryOwner(t *testing.T) {
 	if err := os.Chown(dir, uid, gid); err != nil {
 		t.Fatal(err)
 	}
-	s, err := NewStore(dir, &StoreOptions{KDF: KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}})
+	s, err := New(dir, &Options{KDF: KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -759,7 +764,7 @@ func TestRecordTakesDirectoryOwner(t *testing.T) {
 
 // TestDecoy: a decoy costs one key derivation, like a wrong password.
 func TestDecoy(t *testing.T) {
-	s, err := NewStore(t.TempDir(), &StoreOptions{KDF: testKDF})
+	s, err := New(t.TempDir(), &Options{KDF: testKDF})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -770,7 +775,7 @@ func TestDecoy(t *testing.T) {
 	}
 }
 
-// TestStaleTempsRemoved: NewStore removes temporary files a crashed write
+// TestStaleTempsRemoved: New removes temporary files a crashed write
 // left behind, but not one young enough to be a write in progress.
 func TestStaleTempsRemoved(t *testing.T) {
 	dir := t.TempDir()
@@ -788,7 +793,7 @@ func TestStaleTempsRemoved(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := NewStore(dir, &StoreOptions{KDF: testKDF}); err != nil {
+	if _, err := New(dir, &Options{KDF: testKDF}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(stale); !errors.Is(err, fs.ErrNotExist) {

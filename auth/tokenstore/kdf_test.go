@@ -1,76 +1,11 @@
-package auth
+package tokenstore
 
 import (
 	"context"
 	"errors"
-	"os"
-	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 )
-
-// TestOpenRefusesNonRegular: a FIFO or a symbolic link where a record
-// belongs makes Open fail at once, instead of hanging on the FIFO or
-// reading the link's target.
-func TestOpenRefusesNonRegular(t *testing.T) {
-	dir := t.TempDir()
-	s, err := NewStore(dir, &StoreOptions{KDF: testKDF})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Mkfifo(s.Path("fifo"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Create("target", "pw", Secret{RefreshToken: "rt"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Symlink(s.Path("target"), s.Path("link")); err != nil {
-		t.Fatal(err)
-	}
-	for _, login := range []string{"fifo", "link"} {
-		done := make(chan error, 1)
-		go func() {
-			_, err := s.Open(login, "pw")
-			done <- err
-		}()
-		select {
-		case err := <-done:
-			if !errors.Is(err, ErrNotRegular) {
-				t.Errorf("Open(%s) = %v, want ErrNotRegular", login, err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("Open(%s) still blocked after 10 s", login)
-		}
-	}
-}
-
-// TestNewStoreRefusesWritableDir: a group- or world-writable state
-// directory is refused at start.
-func TestNewStoreRefusesWritableDir(t *testing.T) {
-	for _, mode := range []os.FileMode{0o770, 0o777, 0o1777, 0o720} {
-		dir := filepath.Join(t.TempDir(), "state")
-		if err := os.Mkdir(dir, 0o700); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chmod(dir, mode); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := NewStore(dir, nil); err == nil {
-			t.Errorf("NewStore accepted a state directory of mode %04o", mode)
-		}
-	}
-	dir := filepath.Join(t.TempDir(), "state")
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := NewStore(dir, nil); err != nil {
-		t.Errorf("NewStore refused a 0755 directory: %v", err)
-	}
-}
 
 // TestKDFQueue: runs beyond the CPUs wait at most the queue's bound, no
 // more than its length wait at all, and a cancelled login stops waiting.
@@ -119,7 +54,7 @@ func TestKDFQueue(t *testing.T) {
 // whose key is cached opens at once, and an uncached one fails fast with
 // ErrKDFBusy instead of waiting behind the runs.
 func TestCachedOpenNeverWaitsForKDF(t *testing.T) {
-	s, err := NewStore(t.TempDir(), &StoreOptions{KDF: testKDF, KDFQueueWait: 20 * time.Millisecond, KDFQueueLength: 1})
+	s, err := New(t.TempDir(), &Options{KDF: testKDF, KDFQueueWait: 20 * time.Millisecond, KDFQueueLength: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package auth
+package tokenstore
 
 import (
 	"bufio"
@@ -53,9 +53,9 @@ func TestStoreCrashChild(t *testing.T) {
 		fmt.Printf("error "+format+"\n", args...)
 		os.Exit(3)
 	}
-	s, err := NewStore(dir, &StoreOptions{KDF: crashKDF})
+	s, err := New(dir, &Options{KDF: crashKDF})
 	if err != nil {
-		fail("NewStore: %v", err)
+		fail("New: %v", err)
 	}
 	u, err := s.Open(crashLogin, crashPassword)
 	if err != nil {
@@ -191,9 +191,9 @@ func TestStoreCrash(t *testing.T) {
 			st := &results[d]
 			rng := rand.New(rand.NewPCG(seed, uint64(d)))
 			dir := dirs[d]
-			s, err := NewStore(dir, &StoreOptions{KDF: crashKDF})
+			s, err := New(dir, &Options{KDF: crashKDF})
 			if err != nil {
-				t.Errorf("NewStore: %v", err)
+				t.Errorf("New: %v", err)
 				return
 			}
 			if _, err := s.Create(crashLogin, crashPassword, Secret{RefreshToken: crashToken(1)}); err != nil {
@@ -219,9 +219,9 @@ func TestStoreCrash(t *testing.T) {
 				}
 				// Open with a fresh Store each time: no key cache, as after
 				// a restart.
-				fresh, err := NewStore(dir, &StoreOptions{KDF: crashKDF})
+				fresh, err := New(dir, &Options{KDF: crashKDF})
 				if err != nil {
-					t.Errorf("NewStore: %v", err)
+					t.Errorf("New: %v", err)
 					return
 				}
 				u, err := fresh.Open(crashLogin, crashPassword)
@@ -264,9 +264,9 @@ func TestStoreCrash(t *testing.T) {
 				t.Errorf("dir %d: Update after the kills: %v", d, err)
 				return
 			}
-			fresh, err := NewStore(dir, &StoreOptions{KDF: crashKDF})
+			fresh, err := New(dir, &Options{KDF: crashKDF})
 			if err != nil {
-				t.Errorf("NewStore: %v", err)
+				t.Errorf("New: %v", err)
 				return
 			}
 			u2, err := fresh.Open(crashLogin, crashPassword)

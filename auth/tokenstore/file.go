@@ -1,0 +1,240 @@
+package tokenstore
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// recordSuffix ends the name of every record file.
+	recordSuffix = ".token"
+	// maxRecordSize bounds what is read of a record file.
+	maxRecordSize = 1 << 20
+)
+
+// recordFileName escapes login into a file name that cannot be ".", "..",
+// hidden, or contain a path separator.
+func recordFileName(login string) string {
+	const hexDigits = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(login); i++ {
+		c := login[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9',
+			c == '@', c == '_', c == '+', c == '=', c == '-',
+			c == '.' && i > 0:
+			b.WriteByte(c)
+		default:
+			b.WriteByte('%')
+			b.WriteByte(hexDigits[c>>4])
+			b.WriteByte(hexDigits[c&0xf])
+		}
+	}
+	b.WriteString(recordSuffix)
+	return b.String()
+}
+
+// lock serializes writes to the store: within this process, and with
+// other processes on the same directory (the CLI beside the daemon), by an
+// exclusive flock on the directory. It returns the release.
+func (s *Store) lock() (func(), error) {
+	s.writeMu.Lock()
+	d, err := os.Open(s.dir)
+	if err != nil {
+		s.writeMu.Unlock()
+		return nil, fmt.Errorf("opening token store directory to lock it: %w", err)
+	}
+	for {
+		err = unix.Flock(int(d.Fd()), unix.LOCK_EX)
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		d.Close()
+		s.writeMu.Unlock()
+		return nil, fmt.Errorf("locking token store directory: %w", err)
+	}
+	return func() {
+		d.Close() // releases the flock
+		s.writeMu.Unlock()
+	}, nil
+}
+
+// replaceFile atomically replaces name in the store directory with data:
+// temporary file in the same directory (mode 0600), write, fsync, close,
+// rename, fsync the directory. On failure before the rename the temporary
+// file is removed and the old file is untouched. renamed reports whether
+// the new file is in place.
+func (s *Store) replaceFile(name string, data []byte) (renamed bool, err error) {
+	// Temporary names start with '.', which escaped logins never do.
+	f, err := os.CreateTemp(s.dir, "."+name+".tmp*")
+	if err != nil {
+		return false, fmt.Errorf("creating temporary file: %w", err)
+	}
+	tmp := f.Name()
+	defer func() {
+		if !renamed {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if err := f.Chmod(0o600); err != nil {
+		return false, fmt.Errorf("setting mode of temporary file: %w", err)
+	}
+	if err := matchDirOwner(f, s.dir); err != nil {
+		return false, err
+	}
+	if _, err := f.Write(data); err != nil {
+		return false, fmt.Errorf("writing temporary file: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		return false, fmt.Errorf("syncing temporary file: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return false, fmt.Errorf("closing temporary file: %w", err)
+	}
+	if s.beforeRename != nil {
+		if err := s.beforeRename(tmp); err != nil {
+			return false, err
+		}
+	}
+	if err := os.Rename(tmp, filepath.Join(s.dir, name)); err != nil {
+		return false, fmt.Errorf("renaming temporary file: %w", err)
+	}
+	renamed = true
+	if err := syncDir(s.dir); err != nil {
+		return true, fmt.Errorf("syncing token store directory: %w", err)
+	}
+	return true, nil
+}
+
+// staleTempAge is how old a temporary record file must be before New
+// removes it: younger ones may belong to a write in progress in another
+// process (the CLI next to the daemon).
+const staleTempAge = time.Minute
+
+// removeStaleTemps deletes temporary files left by writes that crashed
+// before their rename. They hold superseded (encrypted) records.
+func removeStaleTemps(dir string, now time.Time) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if !strings.HasPrefix(name, ".") || !strings.Contains(name, recordSuffix+".tmp") || !e.Type().IsRegular() {
+			continue
+		}
+		if info, err := e.Info(); err == nil && now.Sub(info.ModTime()) > staleTempAge {
+			os.Remove(filepath.Join(dir, name))
+		}
+	}
+}
+
+// matchDirOwner gives f the owner of dir when root writes into a directory
+// that belongs to another user, so that `token import` run by root leaves
+// records the service's own (possibly dynamic) user can read.
+func matchDirOwner(f *os.File, dir string) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	info, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("reading token store directory owner: %w", err)
+	}
+	st, ok := info.Sys().(*syscall.Stat_t)
+	if !ok || st.Uid == 0 {
+		return nil
+	}
+	if err := f.Chown(int(st.Uid), int(st.Gid)); err != nil {
+		return fmt.Errorf("giving the record the directory's owner: %w", err)
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// readRecordFile reads the record file at path, opened as openRecordFile
+// does. A file larger than maxRecordSize is an error wrapping
+// ErrCorruptRecord.
+func readRecordFile(path string) ([]byte, error) {
+	f, err := openRecordFile(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var buf bytes.Buffer
+	if _, err := buf.ReadFrom(io.LimitReader(f, maxRecordSize+1)); err != nil {
+		return nil, fmt.Errorf("reading record file: %w", err)
+	}
+	if buf.Len() > maxRecordSize {
+		return nil, fmt.Errorf("%w: file larger than %d bytes", ErrCorruptRecord, maxRecordSize)
+	}
+	return buf.Bytes(), nil
+}
+
+// openRecordFile opens a record for reading. It follows no symbolic link
+// and does not wait on a FIFO or a device (O_NOFOLLOW|O_NONBLOCK), and it
+// refuses anything but a regular file: whoever could put one there must
+// not be able to make a login hang or read another file.
+func openRecordFile(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("%w: %s is a symbolic link", ErrNotRegular, path)
+	}
+	if err != nil {
+		return nil, err
+	}
+	info, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("reading record file: %w", err)
+	}
+	if !info.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%w: %s is a %v", ErrNotRegular, path, info.Mode().Type())
+	}
+	return f, nil
+}
+
+// checkStoreDir refuses a token store directory that others could write
+// to: one that is group- or world-writable, or owned by another user than
+// this process's (or root). Such a directory would let them replace
+// records, or plant FIFOs and links where records are read.
+func checkStoreDir(dir string) error {
+	info, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("checking token store directory: %w", err)
+	}
+	if !info.IsDir() {
+		return fmt.Errorf("token store directory %s is not a directory", dir)
+	}
+	if perm := info.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Errorf("token store directory %s is group- or world-writable (mode %04o); run: chmod go-w %s", dir, perm, dir)
+	}
+	st, ok := info.Sys().(*syscall.Stat_t)
+	if euid := os.Geteuid(); ok && euid != 0 && st.Uid != 0 && int(st.Uid) != euid {
+		return fmt.Errorf("token store directory %s belongs to uid %d, not to this user (uid %d) or root", dir, st.Uid, euid)
+	}
+	return nil
+}

@@ -1,0 +1,126 @@
+package config
+
+import (
+	"slices"
+	"strings"
+)
+
+// Protocol is a collector protocol the proxy speaks, as named in the
+// file's protocols key.
+type Protocol string
+
+// The protocols an account can list.
+const (
+	IMAP Protocol = "imap"
+	POP3 Protocol = "pop3"
+)
+
+// knownProtocols are the values of accounts.LOGIN.protocols.
+var knownProtocols = []string{string(IMAP), string(POP3)}
+
+// Microsoft's delegated permissions per protocol, on the Exchange Online
+// resource of the provider's cloud: https://learn.microsoft.com/exchange/client-developer/legacy-protocols/how-to-authenticate-an-imap-pop-smtp-application-by-using-oauth
+var microsoftDelegatedPermissions = map[Protocol]string{
+	IMAP: "IMAP.AccessAsUser.All",
+	POP3: "POP.AccessAsUser.All",
+}
+
+// Allows reports whether the account may be used over proto.
+func (a *Account) Allows(proto Protocol) bool {
+	return slices.Contains(a.Protocols, proto)
+}
+
+// Scopes returns the scopes a delegated authorization of the account
+// requests. For a Microsoft provider whose scopes are the preset's, they
+// are the Exchange Online permission of each protocol the account lists
+// (IMAP.AccessAsUser.All, POP.AccessAsUser.All) and offline_access;
+// otherwise the provider's scopes (Google's https://mail.google.com/
+// covers IMAP, POP3 and SMTP). App-only grants use the provider's
+// AppScopes instead: Microsoft's .default names whatever application
+// permissions (IMAP.AccessAsApp, POP.AccessAsApp) the admin granted.
+func (a *Account) Scopes() []string {
+	p := a.Provider
+	if p == nil {
+		return nil
+	}
+	presetScopes := preset(p.Type, p.Tenant, p.Cloud).Scopes
+	if p.Type != "microsoft" || !slices.Equal(p.Scopes, presetScopes) {
+		return p.Scopes
+	}
+	// The preset's first scope is the cloud's IMAP permission, such as
+	// https://outlook.office365.us/IMAP.AccessAsUser.All.
+	resource := strings.TrimSuffix(presetScopes[0], microsoftDelegatedPermissions[IMAP])
+	var scopes []string
+	for _, proto := range a.Protocols {
+		scopes = append(scopes, resource+microsoftDelegatedPermissions[proto])
+	}
+	return append(scopes, "offline_access")
+}
+
+// protocols reads an account's protocols key into a.Protocols: a
+// non-empty array of known protocol names without duplicates, [imap] when
+// not set. A protocol the provider has no server for is a problem.
+func (p *parser) protocols(names *[]string, a *Account, at func(string) string) {
+	a.Protocols = []Protocol{IMAP}
+	if names == nil {
+		return
+	}
+	if len(*names) == 0 {
+		p.addf(at("protocols"), "empty (want some of %s)", strings.Join(knownProtocols, ", "))
+		return
+	}
+	var protos []Protocol
+	for _, name := range *names {
+		name = strings.ToLower(name)
+		switch {
+		case !isOneOf(name, knownProtocols...):
+			p.addf(at("protocols"), "unknown protocol %q (want %s)", name, strings.Join(knownProtocols, ", "))
+			return
+		case slices.Contains(protos, Protocol(name)):
+			p.addf(at("protocols"), "%s listed twice", name)
+			return
+		}
+		protos = append(protos, Protocol(name))
+	}
+	a.Protocols = protos
+	if a.Provider != nil && a.Allows(POP3) && a.Provider.POP3Address == "" {
+		p.addf(at("protocols"), "pop3 needs providers.%s.pop3_address", keyPath(a.Provider.Name))
+	}
+}
+
+// pop3Server reads a provider's POP3 keys into pr.
+func (p *parser) pop3Server(r *rawProvider, pr *Provider, at func(string) string) {
+	setIf(&pr.POP3Address, r.POP3Address)
+	if pr.POP3Address != "" {
+		p.address(pr.POP3Address, false, at("pop3_address"))
+	}
+	setIf(&pr.POP3InitialResponse, r.POP3InitialResponse)
+}
+
+// pop3Listeners reads the [server] POP3 listener keys into s.
+func (p *parser) pop3Listeners(r *rawServer, s *Server) {
+	setIf(&s.ListenPOP3, r.ListenPOP3)
+	setIf(&s.ListenPOP3TLS, r.ListenPOP3TLS)
+	if s.ListenPOP3 != "" {
+		p.address(s.ListenPOP3, true, "server.listen_pop3")
+	}
+	if s.ListenPOP3TLS != "" {
+		p.address(s.ListenPOP3TLS, true, "server.listen_pop3_tls")
+		if s.TLSCert == "" && s.TLSKey == "" {
+			p.addf("server.listen_pop3_tls", "needs server.tls_cert and server.tls_key")
+		}
+	}
+	seen := map[string]string{}
+	for _, l := range []struct{ key, addr string }{
+		{"listen", s.Listen}, {"listen_tls", s.ListenTLS},
+		{"listen_pop3", s.ListenPOP3}, {"listen_pop3_tls", s.ListenPOP3TLS},
+	} {
+		if l.addr == "" || strings.HasSuffix(l.addr, ":0") {
+			continue
+		}
+		if other, ok := seen[l.addr]; ok && l.key != "listen_tls" { // listen_tls vs listen: reported already
+			p.addf("server."+l.key, "same address as server.%s", other)
+		}
+		seen[l.addr] = l.key
+	}
+}
