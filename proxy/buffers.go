@@ -51,9 +51,13 @@ func putLineWriter(bw *bufio.Writer) {
 	}
 }
 
-// takeBuffered returns a copy of what br holds unread (nil if nothing),
-// so that br can go back to its pool before the bytes are passed on.
+// takeBuffered returns a copy of what br holds unread (nil if nothing, or
+// if br is nil), so that br can go back to its pool before the bytes are
+// passed on.
 func takeBuffered(br *bufio.Reader) []byte {
+	if br == nil {
+		return nil
+	}
 	n := br.Buffered()
 	if n == 0 {
 		return nil
