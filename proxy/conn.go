@@ -188,7 +188,9 @@ func (c *conn) preauth() string {
 			}
 			return reason
 		}
-		c.trace("C", cmd.redacted())
+		if c.tracing() {
+			c.trace("C", cmd.redacted())
+		}
 
 		switch cmd.name {
 		case "CAPABILITY":
@@ -360,9 +362,15 @@ func (c *conn) bye(text string) {
 // trace logs one protocol line at debug level. Callers pass lines with
 // every secret already replaced by [redacted].
 func (c *conn) trace(dir, line string) {
-	if c.logger.Enabled(context.Background(), slog.LevelDebug) {
+	if c.tracing() {
 		c.logger.Debug(string(c.proto.name), "dir", dir, "line", line)
 	}
+}
+
+// tracing reports whether the protocol trace is on (debug level), so
+// that a caller builds a trace line only when it will be logged.
+func (c *conn) tracing() bool {
+	return c.logger.Enabled(context.Background(), slog.LevelDebug)
 }
 
 // redactedMarker stands in for every secret in the protocol trace.
