@@ -37,7 +37,6 @@ import (
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
-	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
 )
 
 // interopClientTimeout bounds one run of a legacy client.
@@ -62,7 +61,6 @@ type interopEnv struct {
 	dovecot  *dovecot
 	addr     string // the proxy's
 	port     int
-	srv      *proxy.Server
 	logs     *syncBuffer
 	accounts map[string]*interopAccount
 
@@ -136,7 +134,7 @@ mechanism = %q
 	}
 	logger := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: level}))
 	p := newTestProxy(t, testProxyOptions{dir: dir, config: text.String(), records: records, logger: logger})
-	e.addr, e.port, e.srv = p.addr, p.port, p.srv
+	e.addr, e.port = p.addr, p.port
 	return e
 }
 
