@@ -69,14 +69,16 @@ fuzz:
 # Proxy against direct access to the same upstream, in the same run: relay
 # throughput (in-process upstream, and Dovecot when installed), login
 # latency (warm and cold token cache) and login rate under parallel
-# collectors, the relay's allocations, then the real daemon's memory per
-# idle session (1,000 at a time), and a collector's cold login while
-# another local user floods the proxy with 60 parallel wrong logins (as
-# root). Throughput runs five times, as its ratios vary most from run to
-# run. About ten minutes.
+# collectors, the relay's allocations, the coalescing relay against the
+# plain copy loop (Dovecot), then the real daemon's memory per idle session
+# (1,000 at a time), and a collector's cold login while another local user
+# floods the proxy with 60 parallel wrong logins (as root). Throughput runs
+# five times or more, as its ratios vary most from run to run. About
+# thirteen minutes.
 bench:
 	$(GO) test -run '^$$' -bench 'Fetch' -benchtime 2s -count 5 ./proxy/
 	$(GO) test -run '^$$' -bench 'Login|ProxyCopy' -benchmem -benchtime 2s -count 3 ./proxy/
+	$(GO) test -run '^$$' -bench 'RelayDovecot' -benchtime 40x -count 8 ./proxy/
 	$(GO) test -run '^$$' -bench 'IdleSessions' -benchtime 1x -count 3 ./proxy/
 	$(GO) test -run '^$$' -bench 'KDFFlood' -benchtime 3x -count 3 ./proxy/
 
