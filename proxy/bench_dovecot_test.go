@@ -1,15 +1,18 @@
 package proxy_test
 
 import (
+	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"log/slog"
 	"net"
 	"testing"
 
+	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
 )
 
 // BenchmarkFetchDovecot is BenchmarkFetch with Dovecot as the upstream: a
@@ -53,6 +56,63 @@ func dialTLSVia(b *testing.B, addr string, caPEM []byte) *imapclient.Client {
 	}
 	b.Cleanup(func() { c.Close() })
 	return c
+}
+
+// BenchmarkRelayDovecot compares the two relays against Dovecot in one
+// run: proxyCopy, which coalesces the TLS records that have already
+// arrived (recordConn, reads without waiting), and plainCopy, a plain
+// read/write loop with the same small idle buffer. Two sessions of the
+// same mailbox through the same proxy, one on each relay, fetch in turns
+// (paired, as in BenchmarkFetch), with the proxy logging at warn level:
+//
+//	coalescing/plain      speed of proxyCopy over plainCopy (median of the pairs; > 1: coalescing is faster)
+//	cpu-coalescing/plain  this process's CPU time (client and proxy) on the proxyCopy session over the plainCopy one
+func BenchmarkRelayDovecot(b *testing.B) {
+	for _, tc := range fetchCases {
+		b.Run(tc.name, func(b *testing.B) {
+			e := newInteropEnvLogging(b, slog.LevelWarn, "bench")
+			a := e.account(b, "bench")
+			seed := e.direct(b, a)
+			body := benchBody(tc.size)
+			for range tc.count {
+				appendMessage(b, seed, body)
+			}
+			seed.Close()
+			// Each session takes the relay in force when it starts
+			// relaying: SELECT waits for that before the switch.
+			session := func(plain bool) *imapclient.Client {
+				proxy.SetPlainRelay(e.srv, plain)
+				c := benchLoginAs(b, e.addr, a.Login, a.Password, false)
+				if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+					b.Fatal(err)
+				}
+				return c
+			}
+			plain, coalescing := session(true), session(false)
+			fetch := func(c *imapclient.Client) {
+				msgs, err := c.Fetch(allMessages(), &imap.FetchOptions{
+					BodySection: []*imap.FetchItemBodySection{{Peek: true}},
+				}).Collect()
+				if err != nil || len(msgs) != tc.count {
+					b.Fatalf("FETCH: %d messages, %v", len(msgs), err)
+				}
+			}
+			r := paired(b.N, func() { fetch(plain) }, func() { fetch(coalescing) })
+			mb := float64(tc.size*tc.count) / 1e6
+			b.ReportMetric(mb/r.direct.Seconds(), "plain-MB/s")
+			b.ReportMetric(mb/r.proxied.Seconds(), "coalescing-MB/s")
+			b.ReportMetric(r.ratio, "coalescing/plain")
+			b.ReportMetric(r.cpuRatio, "cpu-coalescing/plain")
+		})
+	}
+}
+
+// benchBody returns a message of size bytes.
+func benchBody(size int) []byte {
+	line := []byte("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.\r\n")
+	body := bytes.Repeat(line, size/len(line)+1)[:size]
+	copy(body, message("bench", ""))
+	return body
 }
 
 // BenchmarkLoginDovecot is BenchmarkLogin against Dovecot: one collector

@@ -37,6 +37,7 @@ import (
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
 )
 
 // interopClientTimeout bounds one run of a legacy client.
@@ -61,6 +62,7 @@ type interopEnv struct {
 	dovecot  *dovecot
 	addr     string // the proxy's
 	port     int
+	srv      *proxy.Server
 	logs     *syncBuffer
 	accounts map[string]*interopAccount
 
@@ -134,7 +136,7 @@ mechanism = %q
 	}
 	logger := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: level}))
 	p := newTestProxy(t, testProxyOptions{dir: dir, config: text.String(), records: records, logger: logger})
-	e.addr, e.port = p.addr, p.port
+	e.addr, e.port, e.srv = p.addr, p.port, p.srv
 	return e
 }
 

@@ -19,9 +19,8 @@ import (
 // idleBufferSize per direction; it takes a large pooled buffer only while
 // data flows, and puts it back before it waits again.
 const (
-	// relayBufferSize is the large buffer, io.Copy's size. A Read of the
-	// upstream's TLS connection fills at most maxRecordPlaintext of it; a
-	// Read of the collector's socket (an APPEND) may fill it all.
+	// relayBufferSize is the large buffer: two TLS records of the largest
+	// plaintext (2^14 bytes), so that two records can go out in one write.
 	relayBufferSize = 2 * maxRecordPlaintext
 	// idleBufferSize is the buffer a direction waits in. Most IMAP
 	// commands and responses other than message bodies fit.
@@ -129,8 +128,13 @@ func (c *conn) relay(up *UpstreamConn, log *slog.Logger) string {
 	up.br = nil
 
 	results := make(chan copyResult, 2)
-	go proxyCopy(results, true, up.nc, c.nc, toUpstreamFirst, &c.srv.metrics.bytesToUpstream)
-	go proxyCopy(results, false, c.nc, up.nc, toClientFirst, &c.srv.metrics.bytesToClient)
+	if c.srv.plainRelay.Load() {
+		go plainCopy(results, true, up.nc, c.nc, toUpstreamFirst, &c.srv.metrics.bytesToUpstream)
+		go plainCopy(results, false, c.nc, up.nc, toClientFirst, &c.srv.metrics.bytesToClient)
+	} else {
+		go proxyCopy(results, true, up.nc, c.nc, toUpstreamFirst, nil, &c.srv.metrics.bytesToUpstream)
+		go proxyCopy(results, false, c.nc, up.nc, toClientFirst, up.records, &c.srv.metrics.bytesToClient)
+	}
 
 	var toUpstream, toClient int64
 	var firstErr error
@@ -187,21 +191,130 @@ func (c *conn) relay(up *UpstreamConn, log *slog.Logger) string {
 // dumps show what each goroutine is. A clean EOF from src is reported as a
 // nil error.
 //
-// It is a plain read/write loop: each Read's bytes are written at once, so
-// an IDLE notification or a short response is never held back. It waits
-// for data in a small buffer, which is all an idle direction holds, and
-// moves to a large pooled one when a Read fills the small one; it goes
-// back to the small one after a Read that the small one would have held,
-// which ends most bursts (the last record of a large response, or a short
-// response). A TLS src returns at most one record per Read, so a large
-// response leaves in one write per record.
+// Each Read's bytes are written at once; proxyCopy never waits for more
+// data before a write. Two things keep that cheap:
+//   - Buffers: after a Read that emptied what had arrived, the next Read
+//     waits in a small buffer, which is all an idle direction holds. A Read
+//     that fills its buffer, or leaves records or part of one in the TLS
+//     layer, sends the next one to a large pooled buffer, which goes back
+//     to the pool as soon as the flow stops.
+//   - Coalescing: a TLS source returns one record per Read. When more
+//     records have already arrived (many small FETCH responses, one record
+//     each, or a large message faster than the collector reads), the relay
+//     reads them into the same buffer and writes them with one call,
+//     instead of one write (and one wake-up of the collector) per record.
+//     It takes only what cannot make it wait on the network: for those
+//     extra Reads, records (the socket under a TLS src) hands crypto/tls
+//     only what the kernel already holds, and fails them once it has
+//     nothing more.
 //
-// Until December 2026 the relay also coalesced the TLS records that had
-// already arrived (reading the socket without waiting) into one write.
-// Against Dovecot that was 3.9% faster than this loop for one large
-// message and 5.8% for many small ones (medians of 42 runs), under the 5%
-// it had to earn to keep its complexity (docs/performance.md).
-func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pending []byte, counter *atomic.Int64) {
+// records is the recordConn under a TLS src, or nil.
+func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pending []byte, records *recordConn, counter *atomic.Int64) {
+	var written int64
+	var tail byeTail
+	result := func(err error) copyResult {
+		r := copyResult{toUpstream: toUpstream, n: written, err: err}
+		if !toUpstream {
+			r.tail = append([]byte(nil), tail.buf[:tail.n]...) // tail stays on the stack
+		}
+		return r
+	}
+	if len(pending) > 0 {
+		m, err := dst.Write(pending)
+		written += int64(m)
+		counter.Add(int64(m))
+		if !toUpstream {
+			tail.add(pending[:m])
+		}
+		if err != nil {
+			results <- result(err)
+			return
+		}
+	}
+	idle := idleBuffers.Get().(*[]byte)
+	defer idleBuffers.Put(idle)
+	var large *[]byte // held only while data flows
+	defer func() {
+		if large != nil {
+			relayBuffers.Put(large)
+		}
+	}()
+	flowing := false // the last Read may have left data waiting
+	for {
+		var buf []byte
+		if flowing {
+			if large == nil {
+				large = relayBuffers.Get().(*[]byte)
+			}
+			buf = *large
+		} else {
+			if large != nil {
+				relayBuffers.Put(large)
+				large = nil
+			}
+			buf = *idle
+		}
+		n, rerr := src.Read(buf)
+		if records != nil && n > 0 {
+			records.noteReturned()
+		}
+		for records != nil && rerr == nil {
+			if n == len(buf) {
+				if large != nil {
+					break
+				}
+				// The small buffer is full, and the rest of a record may
+				// wait in the TLS layer: go on in the large one, so that
+				// one write carries it all.
+				large = relayBuffers.Get().(*[]byte)
+				n = copy(*large, buf)
+				buf = *large
+			} else if !records.more() {
+				break
+			}
+			m, err := records.readBuffered(src, buf[n:])
+			n += m
+			if err != nil || m == 0 {
+				break // an error other than errOnlyBuffered comes back at the next Read
+			}
+		}
+		flowing = n == len(buf) || (records != nil && (records.more() || records.midRecord()))
+		if n > 0 {
+			m, werr := dst.Write(buf[:n])
+			written += int64(m)
+			counter.Add(int64(m))
+			if !toUpstream {
+				tail.add(buf[:m])
+			}
+			if werr != nil {
+				results <- result(werr)
+				return
+			}
+		}
+		if rerr != nil {
+			if errors.Is(rerr, io.EOF) {
+				rerr = nil
+			}
+			results <- result(rerr)
+			return
+		}
+	}
+}
+
+// plainCopy copies src to dst, after first writing what pending holds, and
+// adds every byte written to counter, as proxyCopy does, but with a plain
+// read/write loop: one write per Read, no coalescing, no reads without
+// waiting. It waits for data in a small buffer and moves to a large
+// pooled one when a Read fills the small one; it goes back to the small
+// one after a Read that the small one would have held, which ends most
+// bursts (the last record of a large response, or a short response).
+//
+// It is the baseline proxyCopy's coalescing must beat by 5% to be kept:
+// BenchmarkRelayDovecot runs both against Dovecot in one run. Sessions use
+// it only when a test sets Server.plainRelay. Measured in December 2026
+// (docs/performance.md), proxyCopy was 5.5% faster (median of 32 runs,
+// two of four series under 5%), with 9-11% less CPU.
+func plainCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pending []byte, counter *atomic.Int64) {
 	var written int64
 	var tail byeTail
 	result := func(err error) copyResult {

@@ -13,21 +13,57 @@ import (
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
 )
 
-// TestProxyCopyDeliversWithoutWaiting: TLS records relayed from the
-// upstream's side arrive unchanged and in order, whatever their sizes,
-// and the last one is delivered although the sender then stays silent:
-// the relay never waits for more data before it writes.
-func TestProxyCopyDeliversWithoutWaiting(t *testing.T) {
+// countingConn counts the Write calls on a connection.
+type countingConn struct {
+	net.Conn
+	writes atomic.Int64
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+// TestProxyCopyCoalescesWithoutWaiting: records that have already arrived
+// leave in fewer writes than records, every byte arrives unchanged and in
+// order, and the last record is delivered although the sender then stays
+// silent (coalescing never waits for data that is not there). With the
+// socket's descriptor hidden, only the records the TLS layer has read
+// ahead can be coalesced (recordConn tells when).
+func TestProxyCopyCoalescesWithoutWaiting(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		hideSocket bool
+	}{{"kernel-queue", false}, {"tls-buffer-only", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			if !canReadWithoutWaiting && !tc.hideSocket {
+				t.Skip("on this platform the relay does not read a socket without waiting")
+			}
+			testProxyCopyCoalesces(t, tc.hideSocket)
+		})
+	}
+}
+
+// opaqueConn hides a connection's file descriptor (no SyscallConn), so the
+// relay cannot read it without waiting.
+type opaqueConn struct{ net.Conn }
+
+func testProxyCopyCoalesces(t *testing.T, hideSocket bool) {
 	sendSide, src := tcpPair(t)
-	dst, recvSide := tcpPair(t)
+	dstConn, recvSide := tcpPair(t)
 	cert, caPEM, err := proxytest.NewCertificate("localhost", "127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(caPEM)
+	var under net.Conn = src
+	if hideSocket {
+		under = opaqueConn{src}
+	}
+	rc := newRecordConn(under)
 	server := tls.Server(sendSide, &tls.Config{Certificates: []tls.Certificate{cert}})
-	client := tls.Client(src, &tls.Config{RootCAs: roots, ServerName: "localhost"})
+	client := tls.Client(rc, &tls.Config{RootCAs: roots, ServerName: "localhost"})
 	errc := make(chan error, 1)
 	go func() { errc <- server.Handshake() }()
 	if err := client.Handshake(); err != nil {
@@ -36,12 +72,14 @@ func TestProxyCopyDeliversWithoutWaiting(t *testing.T) {
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range []net.Conn{sendSide, src, dst, recvSide} {
+	for _, c := range []net.Conn{sendSide, src, dstConn, recvSide} {
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 	}
 
-	// Full records (a large literal), records that fill the idle buffer
-	// exactly, small ones, and a short last one; nothing follows it.
+	// One full record first (as a large literal would), which grows the
+	// TLS layer's read buffer, then 60 records of 1 KiB and a short last
+	// one: all in the receiver's kernel buffer before the relay starts,
+	// and nothing follows the last one.
 	var want bytes.Buffer
 	send := func(rec []byte) {
 		want.Write(rec)
@@ -49,30 +87,41 @@ func TestProxyCopyDeliversWithoutWaiting(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for i := range 3 {
-		send(bytes.Repeat([]byte{byte('L' + i)}, maxRecordPlaintext))
-	}
-	send(bytes.Repeat([]byte{'I'}, idleBufferSize))
-	for i := range 60 {
+	send(bytes.Repeat([]byte{'L'}, maxRecordPlaintext))
+	const records = 60
+	for i := 0; i < records; i++ {
 		rec := bytes.Repeat([]byte{byte('a' + i%26)}, 1024)
 		rec[0] = byte(i)
 		send(rec)
 	}
 	send([]byte("A1 OK done\r\n"))
 
+	dst := &countingConn{Conn: dstConn}
 	results := make(chan copyResult, 1)
 	var counter atomic.Int64
-	go proxyCopy(results, false, dst, client, []byte("* pending\r\n"), &counter)
+	go proxyCopy(results, false, dst, client, nil, rc, &counter)
 
-	got := make([]byte, len("* pending\r\n")+want.Len())
+	got := make([]byte, want.Len())
 	if _, err := io.ReadFull(recvSide, got); err != nil {
-		t.Fatalf("after the sender went silent, the relay delivered %d of %d bytes: %v", counter.Load(), len(got), err)
+		t.Fatalf("after the sender went silent, the relay delivered %d of %d bytes: %v", counter.Load(), want.Len(), err)
 	}
-	if !bytes.Equal(got, append([]byte("* pending\r\n"), want.Bytes()...)) {
+	if !bytes.Equal(got, want.Bytes()) {
 		t.Fatal("relayed bytes differ from the bytes sent")
 	}
+	// With the socket readable, everything queued can go out in full
+	// large buffers (one more write allowed for where the first Read
+	// ends). The TLS layer alone holds fewer records at a time.
+	limit := int64(records - 1)
+	if !hideSocket {
+		limit = int64((want.Len()+relayBufferSize-1)/relayBufferSize + 1)
+	}
+	if n := dst.writes.Load(); n > limit {
+		t.Errorf("%d writes for %d queued records (%d bytes): want at most %d", n, records+2, want.Len(), limit)
+	} else {
+		t.Logf("%d writes for %d records", n, records+2)
+	}
 	server.Close()
-	if r := <-results; r.err != nil || r.n != int64(len(got)) {
+	if r := <-results; r.err != nil || r.n != int64(want.Len()) {
 		t.Errorf("proxyCopy: %d bytes, %v", r.n, r.err)
 	}
 }

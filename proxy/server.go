@@ -65,6 +65,10 @@ type Server struct {
 	uidUnknown rateLimitedLog
 	// acceptFailed logs accept errors the server backs off from.
 	acceptFailed rateLimitedLog
+	// plainRelay makes sessions that start relaying from now on use
+	// plainCopy instead of proxyCopy (tests and benchmarks only, to
+	// compare the two in one run).
+	plainRelay atomic.Bool
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
