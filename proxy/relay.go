@@ -312,8 +312,9 @@ func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pe
 // It is the baseline proxyCopy's coalescing must beat by 5% to be kept:
 // BenchmarkRelayDovecot runs both against Dovecot in one run. Sessions use
 // it only when a test sets Server.plainRelay. Measured in December 2026
-// (docs/performance.md), proxyCopy was 5.5% faster (median of 32 runs,
-// two of four series under 5%), with 9-11% less CPU.
+// (docs/performance.md), proxyCopy was 5.4% faster (median of 84 runs:
+// 5.8% for many small messages, 3.9% for one large one), with 8-11% less
+// CPU.
 func plainCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pending []byte, counter *atomic.Int64) {
 	var written int64
 	var tail byeTail
