@@ -76,11 +76,15 @@ func (c *conn) openSession(login, password string) (*UpstreamConn, *slog.Logger,
 	if err != nil {
 		kind := auth.KindOf(err)
 		c.srv.metrics.login(kind.String())
+		if c.cfg.Accounts[login] != nil {
+			c.srv.auth.Health().Login(login, kind.String())
+		}
 		log.Warn("login failed", "outcome", kind.String(), "duration", time.Since(start).Round(time.Millisecond),
 			"throttle_wait", waited.Round(time.Millisecond), "err", err)
 		return nil, log, err
 	}
 	c.srv.metrics.login("OK")
+	c.srv.auth.Health().Login(login, "OK")
 	c.srv.metrics.observeDial(up.dialTime)
 	log.Info("login", "outcome", "OK", "duration", time.Since(start).Round(time.Millisecond),
 		"throttle_wait", waited.Round(time.Millisecond),
