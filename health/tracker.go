@@ -73,7 +73,9 @@ type Tracker struct {
 
 // NewTracker returns a Tracker that starts from the state file path left
 // by an earlier run, if any, and writes it on Flush. path "" keeps the
-// state in memory only. now is the clock; nil means time.Now.
+// state in memory only. now is the clock; nil means time.Now. If the file
+// cannot be read, the error comes with a usable Tracker that starts empty
+// and replaces the file on Flush.
 func NewTracker(path string, now func() time.Time) (*Tracker, error) {
 	if now == nil {
 		now = time.Now
@@ -84,7 +86,7 @@ func NewTracker(path string, now func() time.Time) (*Tracker, error) {
 	}
 	accounts, err := ReadFile(path)
 	if err != nil {
-		return nil, err
+		return t, err
 	}
 	for login, e := range accounts {
 		t.accounts[login] = &e
