@@ -75,17 +75,17 @@ func printStatus(w io.Writer, report []health.Status, now time.Time) {
 		case !s.Authorized:
 			refreshToken = "none"
 		case !s.RefreshTokenExpiry.IsZero():
-			refreshToken = "expires " + until(s.RefreshTokenExpiry, now)
+			refreshToken = until("expires", "expired", s.RefreshTokenExpiry, now)
 		case !s.RefreshTokenLapse.IsZero():
-			refreshToken = "lapses " + until(s.RefreshTokenLapse, now)
+			refreshToken = until("lapses", "lapsed", s.RefreshTokenLapse, now)
 		}
 		access := "-"
 		if !s.AccessTokenExpiry.IsZero() {
-			access = "expires " + until(s.AccessTokenExpiry, now)
+			access = until("expires", "expired", s.AccessTokenExpiry, now)
 		}
 		cert := "-"
 		if !s.CertificateNotAfter.IsZero() {
-			cert = "expires " + until(s.CertificateNotAfter, now)
+			cert = until("expires", "expired", s.CertificateNotAfter, now)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Login, s.Provider, s.Grant, s.Verdict,
 			lastLogin, ago(s.LastRefresh, now), access, refreshToken, cert)
@@ -107,13 +107,14 @@ func ago(t, now time.Time) string {
 	return t.UTC().Format("2006-01-02T15:04Z") + " (" + span(now.Sub(t)) + " ago)"
 }
 
-// until shows a time as a date and how long until it; "ago" if past.
-func until(t, now time.Time) string {
+// until shows when something ends: future or past, its date, and how
+// long until or since.
+func until(future, past string, t, now time.Time) string {
 	d := t.Sub(now)
 	if d < 0 {
-		return t.UTC().Format("2006-01-02T15:04Z") + " (" + span(-d) + " ago)"
+		return past + " " + t.UTC().Format("2006-01-02T15:04Z") + " (" + span(-d) + " ago)"
 	}
-	return t.UTC().Format("2006-01-02T15:04Z") + " (in " + span(d) + ")"
+	return future + " " + t.UTC().Format("2006-01-02T15:04Z") + " (in " + span(d) + ")"
 }
 
 // span is d rounded to days, hours or minutes.
