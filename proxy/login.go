@@ -161,10 +161,12 @@ func sleepContext(ctx context.Context, d time.Duration) bool {
 func (c *conn) connectUpstream(ctx context.Context, login string, account *auth.Account) (*UpstreamConn, error) {
 	acct := c.cfg.Accounts[login]
 	l := &UpstreamLogin{
-		Trace:       c.upstreamTrace(),
-		Account:     acct,
-		TLSConfig:   c.upstreamTLS(acct.Provider),
-		DialTimeout: c.cfg.Server.DialTimeout,
+		Trace:           c.upstreamTrace(),
+		Account:         acct,
+		TLSConfig:       c.upstreamTLS(acct.Provider),
+		DialTimeout:     c.cfg.Server.DialTimeout,
+		AskCapabilities: true,
+		ClientID:        c.clientID,
 	}
 	for attempt := 0; ; attempt++ {
 		tok, err := c.sessionToken(ctx, login, account)
