@@ -227,3 +227,39 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestMonitorTick: the first tick saves the state and warns; the next
+// ones save only what changed and warn again only a day later.
+func TestMonitorTick(t *testing.T) {
+	path := filepath.Join(t.TempDir(), FileName)
+	tr, err := NewTracker(path, func() time.Time { return now })
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &config.Config{Accounts: map[string]*config.Account{
+		"gone": account("gone", "microsoft", ""),
+		"used": account("used", "microsoft", ""),
+	}}
+	records := fakeRecords{"used": {ID: "r1", Updated: now}}
+	tr.Refreshed("used", "r1", now.Add(time.Hour), time.Time{})
+	tr.Login("used", "OK")
+	var buf bytes.Buffer
+	m := NewMonitor(tr, records, func() *config.Config { return cfg }, slog.New(slog.NewTextHandler(&buf, nil)))
+	warnings := func() int { return strings.Count(buf.String(), `msg="account needs authorization" login=gone`) }
+
+	m.Tick(now)
+	if got, err := ReadFile(path); err != nil || got["used"].LastOK.IsZero() {
+		t.Fatalf("state file after the first tick: %+v, %v", got, err)
+	}
+	if warnings() != 1 || strings.Contains(buf.String(), "login=used") {
+		t.Fatalf("first tick logged:\n%s", buf.String())
+	}
+	m.Tick(now.Add(2 * time.Hour))
+	if warnings() != 1 {
+		t.Errorf("warned again within the day:\n%s", buf.String())
+	}
+	m.Tick(now.Add(25 * time.Hour))
+	if warnings() != 2 {
+		t.Errorf("not warned again a day later:\n%s", buf.String())
+	}
+}
