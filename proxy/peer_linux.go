@@ -65,6 +65,11 @@ func sockDiagUID(local, remote net.Addr) (uint32, error) {
 		int(id.SourcePort) != r.Port || int(id.DestinationPort) != l.Port {
 		return 0, fmt.Errorf("sock_diag answered with socket %s:%d -> %s:%d", id.Source, id.SourcePort, id.Destination, id.DestinationPort)
 	}
+	if sock.INode == 0 {
+		// Orphaned: its client closed it; the uid the kernel gives (0)
+		// is nobody's.
+		return 0, errors.New("sock_diag: the client's socket has no owner left (closed by its client)")
+	}
 	return sock.UID, nil
 }
 
@@ -186,6 +191,11 @@ func scanProcNet(path, local, remote string) (uint32, error) {
 		fields := strings.Fields(sc.Text())
 		if len(fields) < 8 || fields[1] != local || fields[2] != remote {
 			continue
+		}
+		if len(fields) < 10 || fields[9] == "0" {
+			// ... uid timeout inode: an orphaned socket (its client
+			// closed it) shows uid 0 and inode 0, and has no owner.
+			return 0, fmt.Errorf("%s: socket %s -> %s has no owner left (closed by its client)", path, local, remote)
 		}
 		uid, err := strconv.ParseUint(fields[7], 10, 32)
 		if err != nil {

@@ -92,3 +92,31 @@ func BenchmarkSockDiagUID(b *testing.B) {
 		}
 	}
 }
+
+// TestPeerUIDOfClosedClient: a client that closed its socket before the
+// lookup has no owner left. The kernel reports an orphaned socket with uid
+// 0 and inode 0; counting it as root would let any local user spend root's
+// throttle and limits by closing at once.
+func TestPeerUIDOfClosedClient(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	client.Close()
+	if got, err := sockDiagUID(server.LocalAddr(), server.RemoteAddr()); err == nil {
+		t.Errorf("sock_diag: uid %d for a closed client, want an error", got)
+	}
+	if got, err := procNetUID("/proc/net", server.LocalAddr(), server.RemoteAddr()); err == nil {
+		t.Errorf("/proc/net: uid %d for a closed client, want an error", got)
+	}
+}
