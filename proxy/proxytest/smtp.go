@@ -190,7 +190,9 @@ func (x *smtpXOAUTH2Server) Next(response []byte) ([]byte, bool, error) {
 	if x.refused {
 		// Gmail: whatever answers the error challenge, the final 535.
 		return nil, false, &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8},
-			Message: "Username and Password not accepted. Learn more at\nhttps://support.google.com/mail/?p=BadCredentials - gsmtp"}
+			// go-smtp puts the enhanced code on the last line only; Gmail
+			// on each.
+			Message: "5.7.8 Username and Password not accepted. Learn more at\nhttps://support.google.com/mail/?p=BadCredentials - gsmtp"}
 	}
 	if response == nil {
 		return []byte{}, false, nil // "334 ": send the initial response
