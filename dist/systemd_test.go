@@ -555,6 +555,7 @@ func (l *lab) socketActivation(t *testing.T) {
 	l.must("systemctl stop imap-oauth-proxy")
 	l.must("systemctl enable --now imap-oauth-proxy.socket")
 	l.must("systemctl enable --now imap-oauth-proxy-tls.socket")
+	l.must("systemctl enable --now imap-oauth-proxy-pop3.socket")
 	l.must("systemctl reset-failed imap-oauth-proxy; systemctl start imap-oauth-proxy")
 	// The daemon has no capability to bind ports below 1024, and its
 	// config names neither: logins on 143 and 993 prove it got both sockets.
@@ -564,6 +565,23 @@ func (l *lab) socketActivation(t *testing.T) {
 	if !strings.Contains(out, "Welcome") {
 		t.Fatalf("imaps on 993:\n%s", out)
 	}
+	// POP3 on port 110: the daemon answers on the socket; the account
+	// lists only imap, so a right password gets -ERR too, but no wrong
+	// one gets further than [AUTH].
+	p := l.dial("127.0.0.1", 110)
+	if greeting := p.readLine(); !strings.HasPrefix(greeting, "+OK") {
+		t.Fatalf("POP3 greeting on port 110: %q", greeting)
+	}
+	p.write("USER helpdesk\r\n")
+	if r := p.readLine(); !strings.HasPrefix(r, "+OK") {
+		t.Fatalf("POP3 USER: %q", r)
+	}
+	p.write("PASS not-the-password\r\n")
+	if r := p.readLine(); !strings.HasPrefix(r, "-ERR [AUTH]") {
+		t.Fatalf("POP3 PASS with a wrong password: %q", r)
+	}
+	p.close()
+
 	// With the sockets listening, a stopped service starts on the next
 	// connection.
 	l.must("systemctl stop imap-oauth-proxy")
@@ -581,7 +599,7 @@ func (l *lab) socketActivation(t *testing.T) {
 func (l *lab) stopIsClean(t *testing.T) {
 	t.Helper()
 	stopped := l.journalCount(t, "msg=stopped")
-	l.must("systemctl stop imap-oauth-proxy.service imap-oauth-proxy.socket imap-oauth-proxy-tls.socket")
+	l.must("systemctl stop imap-oauth-proxy.service imap-oauth-proxy.socket imap-oauth-proxy-tls.socket imap-oauth-proxy-pop3.socket")
 	l.wantProps(t, "imap-oauth-proxy", map[string]string{"Result": "success", "ExecMainStatus": "0", "ActiveState": "inactive"})
 	l.waitJournal(t, "msg=stopped", stopped)
 }

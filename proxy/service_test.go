@@ -134,6 +134,18 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("metrics lack %q:\n%s", want, text)
 		}
 	}
+	// The relay counts bytes once written, so the collector may read an
+	// answer before its bytes are counted: end the sessions (Close waits
+	// for them) before reading the byte counts.
+	if err := c.Logout().Wait(); err != nil {
+		t.Fatal(err)
+	}
+	h.srv.Close()
+	out, err = testutil.CollectAndFormat(h.srv, expfmt.TypeTextPlain, "imap_oauth_proxy_relayed_bytes_total")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text = string(out)
 	for _, dir := range []string{"to_upstream", "to_client"} {
 		re := regexp.MustCompile(`imap_oauth_proxy_relayed_bytes_total\{direction="` + dir + `"\} ([1-9][0-9]*)\n`)
 		if !re.MatchString(text) {

@@ -44,12 +44,11 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	// Every listener, inherited or bound, is closed on return; srv and the
 	// metrics server may have closed them already.
-	listeners := []net.Listener{in.plain, in.tls, in.metrics}
+	var listeners []net.Listener // the ones bound here
 	defer func() {
+		in.close()
 		for _, ln := range listeners {
-			if ln != nil {
-				ln.Close()
-			}
+			ln.Close()
 		}
 	}()
 	cfg, err := config.LoadWithOptions(*configPath, in.loadOptions())
