@@ -69,13 +69,14 @@ func (c *conn) smtpServe() string {
 	srv.ErrorLog = smtpErrorLog{c.logger}
 	b.srv = srv
 
-	ln := &oneConnListener{conn: c.nc, accepted: make(chan struct{}), closed: make(chan struct{})}
+	ln := &oneConnListener{conn: c.nc, accepted: make(chan struct{}), waiting: make(chan struct{}),
+		closed: make(chan struct{})}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	done := make(chan struct{})
 	defer close(done)
 	go c.smtpWatch(done, b)
-	<-ln.accepted
+	<-ln.waiting                       // Serve has registered the connection
 	srv.Shutdown(context.Background()) // returns once the session is over
 	<-served
 	return b.reason()
@@ -112,10 +113,13 @@ func (c *conn) smtpWatch(done <-chan struct{}, b *smtpBackend) {
 }
 
 // oneConnListener hands go-smtp's Serve one connection, then blocks until
-// closed.
+// closed. Serve calls Accept again only after it has counted the
+// connection in, so that Shutdown, called after waiting is closed, waits
+// for it.
 type oneConnListener struct {
 	conn      net.Conn
 	accepted  chan struct{} // closed by the first Accept
+	waiting   chan struct{} // closed by the second
 	closed    chan struct{}
 	closeOnce sync.Once
 }
@@ -126,6 +130,11 @@ func (l *oneConnListener) Accept() (net.Conn, error) {
 	default:
 		close(l.accepted)
 		return l.conn, nil
+	}
+	select {
+	case <-l.waiting:
+	default:
+		close(l.waiting)
 	}
 	<-l.closed
 	return nil, net.ErrClosed
