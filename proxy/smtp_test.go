@@ -521,3 +521,44 @@ func TestSMTPPlaintextRule(t *testing.T) {
 		t.Errorf("upstream has %d messages, want 1", n)
 	}
 }
+
+// TestSMTPSharesMaxSessions: a logged-in SMTP sender holds one of the
+// mailbox's max_sessions until it quits, with IMAP sessions counting too.
+func TestSMTPSharesMaxSessions(t *testing.T) {
+	h := newHarness(t, harnessOptions{smtp: true, accountTOML: "max_sessions = 1\n"})
+	addr := h.serveSMTP("127.0.0.1:0", false)
+	sender := dialSMTPRaw(t, addr)
+	sender.login()
+	r := dialSMTPRaw(t, addr)
+	wantPrefix(t, "EHLO", r.cmd("EHLO x"), "250 ")
+	wantPrefix(t, "AUTH past max_sessions", r.cmd("AUTH PLAIN "+plainIR("", testLogin, testPassword)),
+		"454 4.7.0 too many sessions open for "+testLogin)
+	wantPrefix(t, "QUIT", sender.cmd("QUIT"), "221 ")
+	if !sender.closed() {
+		t.Fatal("session still open after QUIT")
+	}
+	// The slot is given back before the connection closes.
+	wantPrefix(t, "AUTH after the other sender quit", r.cmd("AUTH PLAIN "+plainIR("", testLogin, testPassword)), "235 ")
+	if err := h.dial().Login(testLogin, testPassword).Wait(); err == nil {
+		t.Error("IMAP login past max_sessions succeeded")
+	}
+}
+
+// TestSMTPServerClose: Close ends a logged-in SMTP session, whose
+// go-smtp server would otherwise wait for its next command.
+func TestSMTPServerClose(t *testing.T) {
+	h := newHarness(t, harnessOptions{smtp: true})
+	r := dialSMTPRaw(t, h.serveSMTP("127.0.0.1:0", false))
+	r.login()
+	wantPrefix(t, "MAIL", r.cmd("MAIL FROM:<"+testMailbox+">"), "250 ")
+	closed := make(chan error, 1)
+	go func() { closed <- h.srv.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(testDeadline):
+		t.Fatal("Close did not return: the SMTP session kept it waiting")
+	}
+	if !r.closed() {
+		t.Error("session still open after Close")
+	}
+}
