@@ -217,6 +217,9 @@ func TestSMTPUpstreamRefusesToken(t *testing.T) {
 			if !strings.Contains(msg, "upstream refused the token for "+testMailbox+": "+p.want) {
 				t.Errorf("AUTH refusal %q does not carry the upstream's %s", msg, p.want)
 			}
+			if !strings.Contains(msg, "likely cause: provider lab's scopes do not allow SMTP") {
+				t.Errorf("AUTH refusal %q does not name the likely cause", msg)
+			}
 			if tokens := h.accessTokens(); len(tokens) != 2 || tokens[0] == tokens[1] {
 				t.Errorf("upstream saw %d tokens, want a token and a refreshed one", len(tokens))
 			}

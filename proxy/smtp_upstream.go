@@ -11,6 +11,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 )
 
 // Timeouts of the upstream submission session after login, RFC 5321
@@ -151,7 +152,27 @@ func smtpAuthError(l *UpstreamLogin, addr string, err, challengeErr error) error
 	if challengeErr != nil {
 		detail = fmt.Errorf("%w (challenge: %w)", err, challengeErr)
 	}
-	return tokenRefused(l, text, detail)
+	advice := smtpRefusalAdvice(l.Account)
+	return &auth.Error{Kind: auth.AuthorizationFailed,
+		Message: auth.OneLine(fmt.Sprintf("upstream refused the token for %s: %s; likely cause: %s", l.Account.Mailbox, text, advice), 400),
+		Err:     fmt.Errorf("%w: %w", errTokenRefused, detail)}
+}
+
+// smtpRefusalAdvice names, for an operator, the usual reason why acct's
+// submission server refuses a token its token endpoint just issued.
+// (auth.RefusalAdvice speaks of IMAP's switches.)
+func smtpRefusalAdvice(acct *config.Account) string {
+	p := acct.Provider
+	switch {
+	case p.Type == "microsoft" && acct.Grant == config.GrantClientCredentials:
+		return "the app lacks SMTP.SendAsApp with admin consent, or its service principal has no access to " + acct.Mailbox
+	case p.Type == "microsoft":
+		return "the authorization lacks SMTP.Send (add it to the app, grant consent, run authorize again), or " +
+			acct.Mailbox + " is not the account that authorized and has no Send As permission for it"
+	case p.Type == "google":
+		return acct.Mailbox + " is not the Google account that authorized (run authorize again signed in as it)"
+	}
+	return fmt.Sprintf("provider %s's scopes do not allow SMTP, or accounts.%s.mailbox is wrong", p.Name, acct.Login)
 }
 
 // smtpUnavailable is the error for an upstream that failed during step
