@@ -70,6 +70,9 @@ type SMTPUpstreamOptions struct {
 	// MaxMessageBytes is announced in SIZE and enforced; zero means
 	// 35882577, Gmail's.
 	MaxMessageBytes int64
+	// DiscardData keeps only the envelope of accepted messages (Data is
+	// nil), for benchmarks.
+	DiscardData bool
 }
 
 // SMTPMessage is one message an SMTPUpstream accepted.
@@ -263,8 +266,12 @@ func (s *smtpUpstreamSession) Data(r io.Reader) error {
 		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 2, 252},
 			Message: "SendAsDenied; " + s.user + " not allowed to send as " + s.from}
 	}
+	data := buf.Bytes()
+	if s.u.opts.DiscardData {
+		data = nil
+	}
 	s.u.mu.Lock()
-	s.u.messages = append(s.u.messages, SMTPMessage{User: s.user, From: s.from, To: s.to, Data: buf.Bytes()})
+	s.u.messages = append(s.u.messages, SMTPMessage{User: s.user, From: s.from, To: s.to, Data: data})
 	s.u.mu.Unlock()
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK <queued-as-42@upstream>"}
 }
