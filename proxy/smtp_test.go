@@ -432,6 +432,10 @@ func TestSMTPPreauth(t *testing.T) {
 		{"HTTP", []string{"GET / HTTP/1.1", "Host: x", "", "x-header: y"},
 			[]string{"501 5.5.2 Bad command", "501 5.5.2 Bad command", "500 5.5.2 Error: bad syntax", "501 5.5.2 Bad command", "500 5.5.1 Too many errors"}, true},
 		{"overlong line", []string{"EHLO " + strings.Repeat("x", 600)}, []string{"500 5.4.0 Too long line"}, true},
+		{"AUTH PLAIN without an initial response", []string{"EHLO x", "AUTH PLAIN", plainIR("", testLogin, testPassword), "QUIT"},
+			[]string{"250 ", "334 ", "235 2.0.0 ", "221 "}, true},
+		{"AUTH LOGIN with the user as initial response", []string{"EHLO x", "AUTH LOGIN " + base64.StdEncoding.EncodeToString([]byte(testLogin)),
+			base64.StdEncoding.EncodeToString([]byte(testPassword)), "QUIT"}, []string{"250 ", "334 UGFzc3dvcmQ6", "235 2.0.0 ", "221 "}, true},
 		{"QUIT", []string{"QUIT"}, []string{"221 "}, true},
 	}
 	for _, tt := range tests {
