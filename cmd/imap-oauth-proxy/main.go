@@ -32,6 +32,8 @@ commands:
   check        [-config FILE] [-v] LOGIN
                                        diagnose LOGIN end to end: token, TLS, greeting,
                                        XOAUTH2, LIST
+  status       [-config FILE] [-json]  list every account's health and verdict (ok, needs
+                                       authorization, expiring, never used); no password
   version                              print the version
 `
 
@@ -64,6 +66,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = cmdPasswd(args[1:], stdin, stdout, stderr)
 	case "check":
 		err = cmdCheck(ctx, args[1:], stdin, stdout, stderr)
+	case "status":
+		err = cmdStatus(args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "imap-oauth-proxy", version)
 	case "help", "-h", "-help", "--help":
