@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"testing"
@@ -313,10 +314,14 @@ func (r *smtpRaw) cmd(line string) string {
 	return r.reply()
 }
 
-// closed reports whether the proxy closed the connection.
+// closed reports whether the proxy closed the connection, after what it
+// had still to say (go-smtp says 421 when a read deadline cuts a session).
 func (r *smtpRaw) closed() bool {
-	_, err := r.br.ReadByte()
-	return err != nil
+	rest, err := io.ReadAll(r.br)
+	if len(rest) > 0 && !bytes.HasPrefix(rest, []byte("421 ")) {
+		r.t.Errorf("before closing, the proxy said %q", rest)
+	}
+	return err == nil
 }
 
 // login says EHLO and logs in with AUTH PLAIN.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -48,7 +49,8 @@ func loginSMTPUpstream(ctx context.Context, l *UpstreamLogin) (*UpstreamConn, er
 	if l.Trace != nil {
 		l.Trace("U>", "EHLO localhost; STARTTLS")
 	}
-	client, err := smtp.NewClientStartTLS(&loginDeadlineConn{Conn: up.nc, ctx: ctx}, l.TLSConfig)
+	bounded := &loginDeadlineConn{Conn: up.nc, ctx: ctx}
+	client, err := smtp.NewClientStartTLS(bounded, l.TLSConfig)
 	if err != nil {
 		return nil, smtpUnavailable(addr, "EHLO and STARTTLS", err)
 	}
@@ -68,6 +70,7 @@ func loginSMTPUpstream(ctx context.Context, l *UpstreamLogin) (*UpstreamConn, er
 	if l.Trace != nil {
 		l.Trace("U<", "235 authenticated")
 	}
+	bounded.loggedIn.Store(true) // the session outlives the login's deadline
 	client.CommandTimeout = smtpCommandTimeout
 	client.SubmissionTimeout = smtpSubmissionTimeout
 	up.smtp = client
@@ -85,11 +88,12 @@ func loginDeadline(ctx context.Context) time.Time {
 }
 
 // loginDeadlineConn keeps the login's deadline on a connection whose user
-// (go-smtp's client) sets its own deadlines per command: no deadline it
-// sets goes past ctx's.
+// (go-smtp's client) sets its own deadlines per command: until loggedIn
+// is set, no deadline it sets goes past ctx's.
 type loginDeadlineConn struct {
 	net.Conn
-	ctx context.Context
+	ctx      context.Context
+	loggedIn atomic.Bool
 }
 
 func (c *loginDeadlineConn) SetDeadline(t time.Time) error {
@@ -105,6 +109,9 @@ func (c *loginDeadlineConn) SetWriteDeadline(t time.Time) error {
 }
 
 func (c *loginDeadlineConn) bound(t time.Time) time.Time {
+	if c.loggedIn.Load() {
+		return t
+	}
 	if dl, has := c.ctx.Deadline(); has && (t.IsZero() || dl.Before(t)) {
 		return dl
 	}
