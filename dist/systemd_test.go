@@ -135,6 +135,7 @@ func TestServiceFromMakeInstall(t *testing.T) {
 	l.badConfigDoesNotLoop(t)
 	l.socketActivation(t)
 	l.stopIsClean(t)
+	l.statusAfterStop(t)
 	l.journalHasNoSecret(t)
 
 	c.must("make -C /src uninstall")
@@ -602,6 +603,20 @@ func (l *lab) stopIsClean(t *testing.T) {
 	l.must("systemctl stop imap-oauth-proxy.service imap-oauth-proxy.socket imap-oauth-proxy-tls.socket imap-oauth-proxy-pop3.socket")
 	l.wantProps(t, "imap-oauth-proxy", map[string]string{"Result": "success", "ExecMainStatus": "0", "ActiveState": "inactive"})
 	l.waitJournal(t, "msg=stopped", stopped)
+}
+
+// statusAfterStop runs `status` as root, as the docs say: it reads what
+// the daemon saved at exit (the state directory is the service's), and
+// both accounts, which logged in, are ok.
+func (l *lab) statusAfterStop(t *testing.T) {
+	t.Helper()
+	out := l.must("imap-oauth-proxy status -json")
+	for _, login := range []string{"helpdesk", "sales"} {
+		re := regexp.MustCompile(`"login":\s*"` + login + `"[^}]*"verdict":\s*"ok"`)
+		if !re.MatchString(out) {
+			t.Errorf("status does not say %s is ok:\n%s", login, out)
+		}
+	}
 }
 
 // journalHasNoSecret searches the whole journal, at log level debug, for
