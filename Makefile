@@ -81,6 +81,7 @@ bench:
 	$(GO) test -run '^$$' -bench 'RelayDovecot' -benchtime 40x -count 8 ./proxy/
 	$(GO) test -run '^$$' -bench 'IdleSessions' -benchtime 1x -count 3 ./proxy/
 	$(GO) test -run '^$$' -bench 'KDFFlood' -benchtime 3x -count 3 ./proxy/
+	$(GO) test -run '^$$' -bench 'SMTPSubmit' -benchtime 2s -count 3 ./proxy/
 
 # Concurrent collectors for a bounded time against an in-process proxy and
 # directly against the same upstream: logins/s, login p50/p99, throughput

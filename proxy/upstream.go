@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
@@ -135,6 +136,8 @@ type UpstreamConn struct {
 	// release gives back the session's max_sessions slot; nil when
 	// there is none. The relay calls it as soon as the upstream is gone.
 	release func()
+	// smtp is the authenticated submission session; nil for IMAP and POP3.
+	smtp *smtp.Client
 }
 
 // Capabilities returns the capabilities the server announced with its OK
