@@ -447,3 +447,41 @@ func TestCheckOtherProtocols(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckNamesMissingScope: an authorization granted before pop3 was
+// added lacks POP.AccessAsUser.All; when the token endpoint says what it
+// granted, check's failed pop3 step names the scope and the fix.
+func TestCheckNamesMissingScope(t *testing.T) {
+	c := newCLI(t)
+	const password = "check-scope-pw-canary-2a7d"
+	cl := newCloud(t, c, authtest.Options{Flavor: authtest.Microsoft, ClientSecret: tenantSecret,
+		Scope: "https://outlook.office365.com/IMAP.AccessAsUser.All"}, false)
+	store, err := tokenstore.New(cl.stateDir(), &tokenstore.Options{KDF: testKDF})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := cl.tokens.Grant(tenantOperator)
+	cl.tokens.Share(tenantShared, tenantOperator)
+	c.secret(password, rt)
+	if _, err := store.Create("helpdesk", password, tokenstore.Secret{RefreshToken: rt}); err != nil {
+		t.Fatal(err)
+	}
+	pop3, err := proxytest.NewPOP3Upstream(proxytest.POP3UpstreamOptions{
+		Validate: func(string, string) error { return errors.New("no POP permission") }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pop3.Close() })
+	pop3.AddUser(tenantShared)
+	writeFile(t, cl.dir, "ca.pem", mustRead(t, cl.dir+"/ca.pem")+string(pop3.CAPEM))
+	path := cl.config(t, "microsoft", "refresh_token",
+		fmt.Sprintf("client_secret = %q\npop3_address = %q\n", tenantSecret, pop3.Addr))
+	writeFile(t, cl.dir, "pop3.toml", mustRead(t, path)+"protocols = [\"imap\", \"pop3\"]\n")
+
+	r := c.run(password+"\n", "check", "-config", cl.dir+"/pop3.toml", "helpdesk")
+	c.secret(cl.tokens.CurrentRefreshToken(tenantOperator))
+	if r.code != 1 || !strings.Contains(r.stdout, "lacks https://outlook.office365.com/POP.AccessAsUser.All") ||
+		!strings.Contains(r.stdout, "authorize -force helpdesk") {
+		t.Errorf("check: exit %d, want 1 naming the missing scope and the fix:\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
