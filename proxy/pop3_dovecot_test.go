@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"log/slog"
+
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 )
 
@@ -86,8 +88,9 @@ func (c *rawPOP3) stat() (int, error) {
 	return n, nil
 }
 
-// all retrieves every message.
+// all retrieves every message, within testDeadline.
 func (c *rawPOP3) all() ([][]byte, error) {
+	c.conn.SetDeadline(time.Now().Add(testDeadline))
 	n, err := c.stat()
 	if err != nil {
 		return nil, err
@@ -327,4 +330,57 @@ func sameSet(a, b []string) bool {
 		}
 	}
 	return true
+}
+
+// BenchmarkPOP3RetrDovecot compares POP3 RETR throughput through the
+// proxy with direct access to the same Dovecot pop3 service, in one run:
+// a direct XOAUTH2 session and a proxied USER/PASS session of the same
+// mailbox each RETR the whole mailbox in turns (paired, as in
+// BenchmarkFetch), with the proxy logging at warn level. Each message is
+// checked against the direct session's copy.
+//
+//	direct-MB/s, proxy-MB/s  median throughput of one whole-mailbox pull
+//	proxy/direct             proxied speed over direct (median of the pairs; 1: no cost)
+//	cpu-proxy/direct         this process's CPU time (client and proxy) proxied over direct
+//
+// It needs dovecot-imapd and dovecot-pop3d, like the interop tests.
+func BenchmarkPOP3RetrDovecot(b *testing.B) {
+	for _, tc := range fetchCases {
+		b.Run(tc.name, func(b *testing.B) {
+			e := newInteropEnvWith(b, interopOptions{level: slog.LevelWarn, pop3: true}, "bench")
+			a := e.account(b, "bench")
+			body := benchBody(tc.size)
+			msgs := make([][]byte, tc.count)
+			for i := range msgs {
+				msgs[i] = body
+			}
+			e.seed(b, a, msgs...)
+			direct, proxied := e.directPOP3(b, a), e.proxyPOP3(b, a)
+			want, err := direct.all()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if len(want) != tc.count {
+				b.Fatalf("direct pop3 sees %d messages, want %d", len(want), tc.count)
+			}
+			pull := func(c *rawPOP3, who string) func() {
+				return func() {
+					got, err := c.all()
+					if err != nil {
+						b.Fatalf("%s: %v", who, err)
+					}
+					if len(got) != len(want) || !bytes.Equal(got[len(got)-1], want[len(want)-1]) {
+						b.Fatalf("%s: %d messages, or the last one differs", who, len(got))
+					}
+				}
+			}
+			b.ResetTimer()
+			r := paired(b.N, pull(direct, "direct"), pull(proxied, "proxied"))
+			mb := float64(tc.size*tc.count) / 1e6
+			b.ReportMetric(mb/r.direct.Seconds(), "direct-MB/s")
+			b.ReportMetric(mb/r.proxied.Seconds(), "proxy-MB/s")
+			b.ReportMetric(r.ratio, "proxy/direct")
+			b.ReportMetric(r.cpuRatio, "cpu-proxy/direct")
+		})
+	}
 }
