@@ -75,7 +75,7 @@ fuzz:
 # (1,000 at a time), and a collector's cold login while another local user
 # floods the proxy with 60 parallel wrong logins (as root). Throughput runs
 # five times or more, as its ratios vary most from run to run. About
-# thirteen minutes.
+# fourteen minutes.
 bench:
 	$(GO) test -run '^$$' -bench 'Fetch' -benchtime 2s -count 5 ./proxy/
 	$(GO) test -run '^$$' -bench 'Login|ProxyCopy' -benchmem -benchtime 2s -count 3 ./proxy/
