@@ -133,3 +133,79 @@ func TestSMTPCurl(t *testing.T) {
 		}
 	})
 }
+
+// TestSMTPSwaks: swaks, the admins' SMTP test tool, with STARTTLS and AUTH
+// LOGIN or PLAIN, sends a message through the proxy; a refused recipient
+// ends swaks with a failure. Its transcript shows the AUTH exchange, so it
+// is hidden and only the exit status is reported.
+func TestSMTPSwaks(t *testing.T) {
+	swaks := requireProgram(t, "swaks", "swaks")
+	for _, mech := range []string{"LOGIN", "PLAIN"} {
+		t.Run(mech, func(t *testing.T) {
+			h, host, port, _ := smtpClientHarness(t, proxytest.SMTPMicrosoft)
+			cmd := exec.CommandContext(context.Background(), swaks, "--server", host, "--port", port, "--tls",
+				"--auth", mech, "--auth-user", testLogin, "--auth-password", testPassword,
+				"--from", testMailbox, "--to", "a@example.com", "--header", "Subject: swaks through the proxy", "--hide-all")
+			if err := cmd.Run(); err != nil {
+				t.Fatalf("swaks: %v", err)
+			}
+			msgs := h.smtpUpstream.Messages()
+			if len(msgs) != 1 || !bytes.Contains(msgs[0].Data, []byte("Subject: swaks through the proxy")) {
+				t.Fatalf("upstream got %d messages, want swaks' one", len(msgs))
+			}
+		})
+	}
+	t.Run("refused recipient", func(t *testing.T) {
+		h, host, port, _ := smtpClientHarness(t, proxytest.SMTPMicrosoft)
+		err := exec.CommandContext(context.Background(), swaks, "--server", host, "--port", port, "--tls",
+			"--auth", "LOGIN", "--auth-user", testLogin, "--auth-password", testPassword,
+			"--from", testMailbox, "--to", "unknown@contoso.test", "--hide-all").Run()
+		if err == nil {
+			t.Error("swaks to a refused recipient succeeded")
+		}
+		if n := len(h.smtpUpstream.Messages()); n != 0 {
+			t.Errorf("upstream got %d messages", n)
+		}
+	})
+}
+
+// TestSMTPMsmtp: msmtp, the sendmail stand-in of many appliances and PHP
+// setups, with STARTTLS against the proxy's certificate and AUTH LOGIN or
+// PLAIN, sends a 1 MB message that arrives byte for byte. The password
+// comes from a file, as a deployment would keep it.
+func TestSMTPMsmtp(t *testing.T) {
+	msmtp := requireProgram(t, "msmtp", "msmtp")
+	// msmtp adds a Date and a Message-ID to a message that lacks them.
+	msg := append([]byte("Date: Wed, 02 Dec 2026 06:00:00 +0000\r\nMessage-ID: <msmtp-test@example.com>\r\n"), bigMessage(1<<20)...)
+	for _, mech := range []string{"login", "plain"} {
+		t.Run(mech, func(t *testing.T) {
+			h, host, port, caFile := smtpClientHarness(t, proxytest.SMTPGmail)
+			dir := t.TempDir()
+			pwFile := filepath.Join(dir, "password")
+			if err := os.WriteFile(pwFile, []byte(testPassword+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.CommandContext(context.Background(), msmtp, "--host="+host, "--port="+port,
+				"--tls=on", "--tls-starttls=on", "--tls-trust-file="+caFile, "--auth="+mech,
+				"--user="+testLogin, "--passwordeval=cat "+pwFile, "--from="+testMailbox, "a@example.com")
+			cmd.Stdin = bytes.NewReader(msg)
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("msmtp: %v\n%s", err, out)
+			}
+			msgs := h.smtpUpstream.Messages()
+			if len(msgs) != 1 || !bytes.Equal(msgs[0].Data, msg) {
+				t.Fatalf("upstream got %d messages, want the %d-byte message byte for byte (got %d bytes; first difference at %d)", len(msgs), len(msg), len(msgs[0].Data), firstDiff(msgs[0].Data, msg))
+			}
+		})
+	}
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
+}
