@@ -99,15 +99,6 @@ type dovecotOptions struct {
 	POP3 bool
 }
 
-// startDovecot starts Dovecot in the foreground in a private directory,
-// validating tokens at introspectionURL, waits until it answers on its
-// port with its greeting, and stops it when the test ends. On failure the
-// test's log shows Dovecot's log.
-func startDovecot(t testing.TB, introspectionURL string) *dovecot {
-	t.Helper()
-	return startDovecotWith(t, introspectionURL, dovecotOptions{})
-}
-
 // requireDovecotService skips the test (fails it under CI=true) unless
 // Dovecot's service binary name is installed (Debian's libexec directory
 // first, then upstream's default): dovecot-core alone has neither imap
@@ -122,9 +113,11 @@ func requireDovecotService(t testing.TB, name, pkg string) {
 	}
 }
 
-// startDovecotWith is startDovecot with the services opts asks for; it
-// waits for each one's greeting.
-func startDovecotWith(t testing.TB, introspectionURL string, opts dovecotOptions) *dovecot {
+// startDovecot starts Dovecot in the foreground in a private directory,
+// with the services opts asks for, validating tokens at introspectionURL,
+// waits until each answers on its port with its greeting, and stops it
+// when the test ends. On failure the test's log shows Dovecot's log.
+func startDovecot(t testing.TB, introspectionURL string, opts dovecotOptions) *dovecot {
 	t.Helper()
 	bin := requireProgram(t, "dovecot", "dovecot-imapd", "/usr/sbin", "/usr/local/sbin")
 	requireDovecotService(t, "imap", "dovecot-imapd")

@@ -106,7 +106,7 @@ func newInteropEnvWith(t testing.TB, opts interopOptions, logins ...string) *int
 		Flavor: authtest.Microsoft, ClientID: testClientID, ClientSecret: testSecret, Rotate: true,
 	})
 	t.Cleanup(e.tokens.Close)
-	e.dovecot = startDovecotWith(t, e.tokens.IntrospectionURL(), dovecotOptions{POP3: opts.pop3})
+	e.dovecot = startDovecot(t, e.tokens.IntrospectionURL(), dovecotOptions{POP3: opts.pop3})
 	t.Cleanup(e.checkLogs)
 
 	dir := t.TempDir()
