@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-// TestRecordConnFraming feeds a stream of TLS records through coalescingConn
+// TestCoalescingConnFraming feeds a stream of TLS records through coalescingConn
 // in pieces of every size, headers split included, and checks that it
 // counts exactly the records that have fully passed.
 func TestCoalescingConnFraming(t *testing.T) {
@@ -64,7 +64,7 @@ func TestCoalescingConnFraming(t *testing.T) {
 	}
 }
 
-// TestRecordConnOnlyBuffered: under onlyBuffered a socket read fails at
+// TestCoalescingConnOnlyBuffered: under onlyBuffered a socket read fails at
 // once, with a temporary error, and holdsRecord follows what was returned.
 func TestCoalescingConnOnlyBuffered(t *testing.T) {
 	a, b := net.Pipe()
@@ -95,7 +95,7 @@ func TestCoalescingConnOnlyBuffered(t *testing.T) {
 	}
 }
 
-// TestRecordConnReadsQueuedBytesWithoutWaiting: under onlyBuffered a read
+// TestCoalescingConnReadsQueuedBytesWithoutWaiting: under onlyBuffered a read
 // takes what the kernel already holds, and once a read has emptied the
 // queue the next one fails at once instead of waiting for the peer.
 func TestCoalescingConnReadsQueuedBytesWithoutWaiting(t *testing.T) {
@@ -135,7 +135,7 @@ func TestCoalescingConnReadsQueuedBytesWithoutWaiting(t *testing.T) {
 	}
 }
 
-// TestRecordConnKeepsResetForNextRead: a connection reset met by a read
+// TestCoalescingConnKeepsResetForNextRead: a connection reset met by a read
 // that does not wait is reported by the next waiting read, not lost (the
 // kernel reports it once, then only EOF).
 func TestCoalescingConnKeepsResetForNextRead(t *testing.T) {
