@@ -40,3 +40,20 @@ type Backend interface {
 // ErrStoreUnavailable is returned (wrapped) when a shared backend cannot
 // be reached: the database is down or too slow. Nothing was written.
 var ErrStoreUnavailable = errors.New("token store unavailable")
+
+// freshReadKey marks a context whose reads must come from the backend
+// itself, never from a copy kept for when it is down.
+type freshReadKey struct{}
+
+// FreshRead returns ctx marked so that a shared backend's Read fails
+// rather than answer from its copy of the record when the database is
+// down. Reload uses it: a refresh must start from the newest record.
+func FreshRead(ctx context.Context) context.Context {
+	return context.WithValue(ctx, freshReadKey{}, true)
+}
+
+// IsFreshRead reports whether ctx was marked by FreshRead.
+func IsFreshRead(ctx context.Context) bool {
+	v, _ := ctx.Value(freshReadKey{}).(bool)
+	return v
+}

@@ -21,6 +21,7 @@ import (
 	"io/fs"
 	"os"
 	"runtime"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -66,15 +67,24 @@ var ErrRecordChanged = errors.New("token record changed on disk")
 // Secret is what a record protects.
 type Secret struct {
 	RefreshToken string `json:"refresh_token,omitempty"`
+	// AccessToken and Expiry are the newest access token, kept only in a
+	// Shared store, so that the instances that did not refresh use it
+	// instead of refreshing again.
+	AccessToken string    `json:"access_token,omitempty"`
+	Expiry      time.Time `json:"expiry,omitzero"`
 }
 
 // String redacts the secret, so that no log line or test failure that
 // prints a Secret shows the token.
 func (s Secret) String() string {
+	out := "{refresh token [redacted]"
 	if s.RefreshToken == "" {
-		return "{no refresh token}"
+		out = "{no refresh token"
 	}
-	return "{refresh token [redacted]}"
+	if s.AccessToken != "" {
+		out += ", access token [redacted]"
+	}
+	return out + "}"
 }
 
 // GoString is String, for %#v.
@@ -632,4 +642,92 @@ var decoySalt = make([]byte, saltSize)
 func (s *Store) Decoy(ctx context.Context, password string) error {
 	_, err := s.deriveKey(ctx, password, decoySalt, s.params)
 	return err
+}
+
+// Reload reads u's record again and, if another instance has saved a newer
+// secret of the same authorization since u was read (a rotated refresh
+// token, a shared access token), takes it into u and reports true. It
+// decrypts with the data key u holds, so it needs no password; a password
+// change by the other instance is kept. A record with another ID (a new
+// authorization) or none fails with ErrRecordChanged.
+func (s *Store) Reload(ctx context.Context, u *Unlocked) (bool, error) {
+	changed, err := s.reload(ctx, u)
+	if err != nil {
+		return false, fmt.Errorf("reloading token record for %q: %w", u.Info.Login, err)
+	}
+	return changed, nil
+}
+
+func (s *Store) reload(ctx context.Context, u *Unlocked) (bool, error) {
+	rec, err := s.read(FreshRead(ctx), u.Info.Login)
+	if errors.Is(err, ErrNoRecord) {
+		return false, fmt.Errorf("%w: %w", ErrRecordChanged, err)
+	}
+	if err != nil {
+		return false, err
+	}
+	info, err := rec.info()
+	if err != nil {
+		return false, err
+	}
+	switch {
+	case info.ID != u.Info.ID:
+		return false, fmt.Errorf("%w: stored id %s, have id %s", ErrRecordChanged, info.ID, u.Info.ID)
+	case info.SecretGeneration <= u.Info.SecretGeneration:
+		return false, nil
+	case rec.Version == recordVersion1 || u.dataKey == nil:
+		return false, fmt.Errorf("%w: version %d record", ErrRecordChanged, rec.Version)
+	}
+	plain, err := gcmOpen(u.dataKey, rec.Nonce, rec.Ciphertext, rec.secretAAD())
+	if err != nil {
+		return false, err
+	}
+	defer clear(plain)
+	var secret Secret
+	if err := json.Unmarshal(plain, &secret); err != nil {
+		return false, fmt.Errorf("%w: undecodable secret", ErrCorruptRecord)
+	}
+	if !bytes.Equal(rec.KDF.Salt, u.wrap.salt) {
+		u.passKey = nil // another instance changed the password; keep its wrapping
+	}
+	u.Info = info
+	u.Secret = secret
+	u.wrap = rec.wrapping()
+	return true, nil
+}
+
+// Logins lists the logins that have a record, sorted.
+func (s *Store) Logins(ctx context.Context) ([]string, error) {
+	logins, err := s.backend.Logins(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("listing token records: %w", err)
+	}
+	slices.Sort(logins)
+	return logins, nil
+}
+
+// Export returns login's record as stored: encrypted, byte for byte, after
+// checking that it is a well-formed record of login.
+func (s *Store) Export(ctx context.Context, login string) ([]byte, error) {
+	data, err := s.backend.Read(ctx, login)
+	if err == nil {
+		_, err = decodeRecord(data, login)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("exporting token record of %q: %w", login, err)
+	}
+	return data, nil
+}
+
+// Import stores data, a record Export returned (from any store), as
+// login's record, byte for byte, replacing any record of login.
+func (s *Store) Import(ctx context.Context, login string, data []byte) error {
+	rec, err := decodeRecord(data, login)
+	if err == nil {
+		_, err = s.backend.Replace(ctx, login, func([]byte) ([]byte, uint64, error) { return data, rec.Generation, nil })
+	}
+	if err != nil {
+		return fmt.Errorf("importing token record of %q: %w", login, err)
+	}
+	return nil
 }
