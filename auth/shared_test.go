@@ -1,0 +1,283 @@
+package auth_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore/pgstore"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore/pgstore/pgtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
+)
+
+// countingEndpoint is a rotating token endpoint (authtest, Rotate: true:
+// every refresh kills the refresh token it used) that records, per user,
+// when each successful refresh was answered, and counts invalid_grant
+// answers.
+type countingEndpoint struct {
+	*authtest.Server
+	http *httptest.Server
+
+	mu           sync.Mutex
+	users        []string
+	refreshes    map[string][]time.Time
+	invalidGrant int
+}
+
+func newCountingEndpoint(t *testing.T, ttl time.Duration) *countingEndpoint {
+	t.Helper()
+	e := &countingEndpoint{
+		Server:    authtest.New(authtest.Options{ClientID: "id", ClientSecret: "secret", Rotate: true, AccessTTL: ttl}),
+		refreshes: map[string][]time.Time{},
+	}
+	inner := e.Handler()
+	e.http = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := httptest.NewRecorder()
+		inner.ServeHTTP(rec, r)
+		e.record(rec)
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(rec.Code)
+		w.Write(rec.Body.Bytes())
+	}))
+	e.URL = e.http.URL
+	t.Cleanup(func() { e.http.Close(); e.Close() })
+	return e
+}
+
+func (e *countingEndpoint) record(rec *httptest.ResponseRecorder) {
+	var body struct {
+		AccessToken string `json:"access_token"`
+		Error       string `json:"error"`
+	}
+	json.Unmarshal(rec.Body.Bytes(), &body)
+	now := time.Now()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if body.Error == "invalid_grant" {
+		e.invalidGrant++
+		return
+	}
+	for _, u := range e.users {
+		if e.Validate(u, body.AccessToken) == nil {
+			e.refreshes[u] = append(e.refreshes[u], now)
+			return
+		}
+	}
+}
+
+// grant registers user and returns a first refresh token.
+func (e *countingEndpoint) grant(user string) string {
+	e.mu.Lock()
+	e.users = append(e.users, user)
+	e.mu.Unlock()
+	return e.Grant(user)
+}
+
+// instance is one proxy's token manager on the shared database.
+type instance struct {
+	store *tokenstore.Store
+	mgr   *auth.Manager
+}
+
+func newInstance(t *testing.T, ctx context.Context, dsn string, margin time.Duration) *instance {
+	t.Helper()
+	b, err := pgstore.Open(dsn, &pgstore.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	store, err := tokenstore.NewWithBackend(b, &tokenstore.Options{KDF: tokenstore.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	mgr, err := auth.NewManager(ctx, &auth.ManagerOptions{Store: store, RefreshMargin: margin,
+		Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &instance{store: store, mgr: mgr}
+}
+
+func (in *instance) login(ctx context.Context, acct *config.Account) (*auth.Account, error) {
+	a, err := in.mgr.Unlock(ctx, acct, managerPassword)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	_, err = a.Token(ctx)
+	return a, err
+}
+
+func sharedAccounts(t *testing.T, e *countingEndpoint, store *tokenstore.Store, n int) []*config.Account {
+	t.Helper()
+	accts := make([]*config.Account, n)
+	for i := range accts {
+		login := fmt.Sprintf("user%02d", i)
+		accts[i] = &config.Account{Login: login, Mailbox: login + "@contoso.test", Grant: "refresh_token",
+			Provider: &config.Provider{Name: "lab", Type: "generic", TokenURL: e.TokenURL(),
+				ClientID: "id", ClientSecret: "secret", Scopes: []string{"imap"}}}
+		if _, err := store.Create(login, managerPassword, tokenstore.Secret{RefreshToken: e.grant(accts[i].Mailbox)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return accts
+}
+
+// TestSharedStoreThreeInstances: three instances share one database
+// against an endpoint that kills every refresh token it rotates, with
+// access tokens that leave a one-second window. Under steady logins on
+// all three, every login succeeds, no refresh token is ever reused
+// (no invalid_grant), and each account refreshes once per expiry across
+// the three: no two refreshes of an account inside one token's window.
+func TestSharedStoreThreeInstances(t *testing.T) {
+	const (
+		ttl      = 2 * time.Second
+		margin   = time.Second
+		window   = ttl - margin
+		accounts = 20
+		workers  = 4 // per instance
+	)
+	duration := 5 * time.Second // about 20 accounts × 5 windows = 100 refreshes
+	if testing.Short() {
+		duration = 2 * time.Second
+	}
+	srv := pgtest.Start(t)
+	dsn := srv.NewDatabase(t)
+	e := newCountingEndpoint(t, ttl)
+	ctx := t.Context()
+	var insts []*instance
+	for range 3 {
+		insts = append(insts, newInstance(t, ctx, dsn, margin))
+	}
+	accts := sharedAccounts(t, e, insts[0].store, accounts)
+
+	var logins, failures atomic.Int64
+	var firstErr atomic.Value
+	deadline := time.Now().Add(duration)
+	var wg sync.WaitGroup
+	for i, in := range insts {
+		for w := range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for n := i*workers + w; time.Now().Before(deadline); n++ {
+					if _, err := in.login(ctx, accts[n%accounts]); err != nil {
+						failures.Add(1)
+						firstErr.CompareAndSwap(nil, err)
+					}
+					logins.Add(1)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	total := 0
+	for _, a := range accts {
+		times := e.refreshes[a.Mailbox]
+		total += len(times)
+		sort.Slice(times, func(i, j int) bool { return times[i].Before(times[j]) })
+		for i := 1; i < len(times); i++ {
+			if gap := times[i].Sub(times[i-1]); gap < window*8/10 {
+				t.Errorf("%s refreshed twice within %v (a token's window is %v): duplicate refresh", a.Login, gap, window)
+			}
+		}
+	}
+	t.Logf("%d logins over 3 instances in %v, %d refreshes at the endpoint (%d accounts, %v windows), %d invalid_grant, %d failed logins",
+		logins.Load(), duration, total, accounts, window, e.invalidGrant, failures.Load())
+	if e.invalidGrant != 0 {
+		t.Errorf("%d invalid_grant answers; want 0", e.invalidGrant)
+	}
+	if f := failures.Load(); f != 0 {
+		t.Errorf("%d logins failed; first: %v", f, firstErr.Load())
+	}
+	if min := accounts * int(duration/window) / 2; total < min {
+		t.Errorf("%d refreshes; want at least %d: tokens were not renewed as they expired", total, min)
+	}
+}
+
+// TestSharedStoreDatabaseRestart stops the database under two instances:
+// logins with a valid cached access token go on, a login that needs a
+// refresh and one never seen by the instance get Unavailable, and once
+// the database is back every login works again, with no restart.
+func TestSharedStoreDatabaseRestart(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsn := srv.NewDatabase(t)
+	e := newCountingEndpoint(t, time.Hour)
+	ctx := t.Context()
+	a, b := newInstance(t, ctx, dsn, time.Minute), newInstance(t, ctx, dsn, time.Minute)
+	accts := sharedAccounts(t, e, a.store, 3)
+	warm, needsRefresh, cold := accts[0], accts[1], accts[2]
+	if _, err := a.login(ctx, warm); err != nil {
+		t.Fatal(err)
+	}
+	acct, err := a.login(ctx, needsRefresh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := acct.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// b got a's access token through the record: no refresh of its own.
+	if _, err := b.login(ctx, warm); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.RefreshCount(warm.Mailbox); n != 1 {
+		t.Fatalf("%d refreshes of %s by two instances; want 1", n, warm.Login)
+	}
+
+	srv.Stop()
+	for _, in := range []*instance{a, b} {
+		if _, err := in.login(ctx, warm); err != nil {
+			t.Errorf("login with a cached access token while the database is down: %v", err)
+		}
+	}
+	acct.Refused(tok) // the upstream refused it: the next login needs a refresh
+	var ae *auth.Error
+	if _, err := a.login(ctx, needsRefresh); !errors.As(err, &ae) || ae.Kind != auth.Unavailable {
+		t.Errorf("login needing a refresh while the database is down = %v; want Unavailable", err)
+	}
+	if _, err := a.login(ctx, cold); !errors.As(err, &ae) || ae.Kind != auth.Unavailable {
+		t.Errorf("first login of an account while the database is down = %v; want Unavailable", err)
+	}
+	if n := e.RefreshCount(needsRefresh.Mailbox); n != 1 {
+		t.Errorf("%d refreshes of %s; want 1: no refresh without the store", n, needsRefresh.Login)
+	}
+
+	srv.Started()
+	for _, in := range []*instance{a, b} {
+		for _, acct := range accts {
+			if _, err := in.login(ctx, acct); err != nil {
+				t.Errorf("login of %s after the database came back: %v", acct.Login, err)
+			}
+		}
+	}
+	if e.invalidGrant != 0 {
+		t.Errorf("%d invalid_grant answers; want 0", e.invalidGrant)
+	}
+	if n := e.RefreshCount(needsRefresh.Mailbox); n != 2 {
+		t.Errorf("%d refreshes of %s; want 2", n, needsRefresh.Login)
+	}
+}
+
