@@ -280,4 +280,3 @@ func TestSharedStoreDatabaseRestart(t *testing.T) {
 		t.Errorf("%d refreshes of %s; want 2", n, needsRefresh.Login)
 	}
 }
-

@@ -731,3 +731,12 @@ func (s *Store) Import(ctx context.Context, login string, data []byte) error {
 	}
 	return nil
 }
+
+// Where names login's record for messages: its file, or a record in the
+// shared store.
+func (s *Store) Where(login string) string {
+	if s.files != nil {
+		return s.Path(login)
+	}
+	return fmt.Sprintf("the shared token store (record %q)", login)
+}

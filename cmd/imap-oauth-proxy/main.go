@@ -32,6 +32,10 @@ commands:
   check        [-config FILE] [-v] LOGIN
                                        diagnose LOGIN end to end: token, TLS, greeting,
                                        XOAUTH2, LIST
+  store init   [-config FILE]          create or migrate the PostgreSQL store's schema
+  store migrate [-config FILE] -to postgres|files [-force]
+                                       copy every token record from state_dir into the
+                                       database, or back, unchanged
   version                              print the version
 `
 
@@ -64,6 +68,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = cmdPasswd(args[1:], stdin, stdout, stderr)
 	case "check":
 		err = cmdCheck(ctx, args[1:], stdin, stdout, stderr)
+	case "store":
+		err = cmdStore(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "imap-oauth-proxy", version)
 	case "help", "-h", "-help", "--help":

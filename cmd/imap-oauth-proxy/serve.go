@@ -245,7 +245,7 @@ func reload(srv *proxy.Server, path string, started *config.Config, in *inherite
 
 // newServer builds the token store, token manager and proxy for cfg.
 func newServer(ctx context.Context, cfg *config.Config, logger *slog.Logger, storeOpts *tokenstore.Options) (*proxy.Server, error) {
-	store, err := tokenstore.New(cfg.Server.StateDir, storeOpts)
+	store, err := newStore(ctx, cfg, storeOpts)
 	if err != nil {
 		return nil, err
 	}
