@@ -117,7 +117,7 @@ install: imap-oauth-proxy $(MAN_PAGES)
 # What `make install` put in place, after disabling the units. The config,
 # the records and the user stay.
 uninstall:
-	-systemctl disable --now imap-oauth-proxy.service imap-oauth-proxy.socket imap-oauth-proxy-tls.socket
+	-systemctl disable --now imap-oauth-proxy.service $(notdir $(filter %.socket,$(UNITS)))
 	rm -f $(DESTDIR)$(BINDIR)/imap-oauth-proxy $(DESTDIR)$(SYSUSERSDIR)/imap-oauth-proxy.conf
 	for unit in $(UNITS); do rm -f $(DESTDIR)$(UNITDIR)/$${unit#dist/}; done
 	for page in $(MAN_PAGES); do rm -f $(DESTDIR)$(MANDIR)/man$${page##*.}/$${page##*/}; done

@@ -446,12 +446,14 @@ func (s *appSource) Token() (*oauth2.Token, error) {
 		a.m.countRefresh(authErr.Kind.String())
 		a.m.logger.Warn("token request failed", "login", a.login, "provider", a.provider.Name, "grant", a.grant,
 			"outcome", authErr.Kind.String(), "duration", elapsed, "err", err)
+		a.failed(authErr)
 		return nil, authErr
 	}
 	a.mu.Lock()
 	a.lastAccess = tok.AccessToken
 	a.mu.Unlock()
 	a.m.countRefresh("OK")
+	a.m.health.Refreshed(a.login, a.recordID, tok.Expiry, time.Time{})
 	a.m.logger.Info("token fetched", "login", a.login, "provider", a.provider.Name, "grant", a.grant,
 		"duration", elapsed.Round(time.Millisecond), "expires_in", time.Until(tok.Expiry).Round(time.Second))
 	return tok, nil

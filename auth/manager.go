@@ -20,6 +20,7 @@ import (
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/health"
 )
 
 // ManagerOptions configure a Manager. Store is required.
@@ -41,6 +42,8 @@ type ManagerOptions struct {
 	CacheSize int
 	// Logger receives token refresh events. If nil, slog.Default().
 	Logger *slog.Logger
+	// Health, if not nil, hears of every token request's outcome.
+	Health *health.Tracker
 }
 
 // Manager turns a local login and password into an access token for the
@@ -53,6 +56,7 @@ type Manager struct {
 	store  *tokenstore.Store
 	margin time.Duration
 	logger *slog.Logger
+	health *health.Tracker
 
 	refreshes [len(refreshOutcomes)]atomic.Int64
 
@@ -95,6 +99,7 @@ func NewManager(ctx context.Context, opts *ManagerOptions) (*Manager, error) {
 		store:   opts.Store,
 		margin:  margin,
 		logger:  logger,
+		health:  opts.Health,
 		sources: sources,
 	}, nil
 }
@@ -371,6 +376,7 @@ func (p *persistingSource) Token() (*oauth2.Token, error) {
 			a.revoked = authErr
 			a.mu.Unlock()
 		}
+		a.failed(authErr)
 		return nil, authErr
 	}
 	if tok.RefreshToken != "" {
@@ -401,6 +407,7 @@ func (p *persistingSource) Token() (*oauth2.Token, error) {
 	a.generation = p.record.Info.SecretGeneration
 	a.mu.Unlock()
 	a.m.countRefresh("OK")
+	a.m.health.Refreshed(a.login, a.recordID, tok.Expiry, refreshExpiry(tok))
 	a.m.logger.Info("token refreshed", "login", a.login, "provider", a.provider.Name,
 		"duration", elapsed.Round(time.Millisecond), "expires_in", time.Until(tok.Expiry).Round(time.Second), "rotated", rotated)
 	return tok, nil
@@ -568,3 +575,34 @@ func (m *Manager) Decoy(ctx context.Context, password string) error {
 	}
 	return nil
 }
+
+// Health returns the tracker of the accounts' health; nil if none.
+func (m *Manager) Health() *health.Tracker { return m.health }
+
+// failed records a token request that needs the operator.
+func (a *Account) failed(err *Error) {
+	if err.Kind == AuthorizationFailed {
+		a.m.health.RefreshFailed(a.login, a.recordID)
+	}
+}
+
+// refreshExpiry returns when tok's refresh token expires, if the token
+// endpoint said so (Google's refresh_token_expires_in, for time-limited
+// access).
+func refreshExpiry(tok *oauth2.Token) time.Time {
+	var secs float64
+	switch v := tok.Extra("refresh_token_expires_in").(type) {
+	case float64:
+		secs = v
+	case string:
+		secs, _ = strconv.ParseFloat(v, 64)
+	}
+	if secs <= 0 {
+		return time.Time{}
+	}
+	return time.Now().Add(time.Duration(secs) * time.Second)
+}
+
+// Info reads login's record metadata without a password
+// (tokenstore.Store.Info).
+func (m *Manager) Info(login string) (tokenstore.RecordInfo, error) { return m.store.Info(login) }

@@ -335,9 +335,14 @@ type LoadOptions struct {
 	// socket the process was given, which replaces server.listen_tls. It
 	// needs tls_cert and tls_key, as listen_tls does.
 	//
-	// With either field set, listen and listen_tls may both be empty: there
-	// is something to listen on all the same.
 	InheritedListenTLS bool
+	// InheritedPOP3 and InheritedPOP3TLS report the same of the POP3
+	// listeners (listen_pop3, listen_pop3_tls); the TLS one needs
+	// tls_cert and tls_key too.
+	InheritedPOP3, InheritedPOP3TLS bool
+	//
+	// With any of these set, listen and listen_tls may both be empty:
+	// there is something to listen on all the same.
 }
 
 // LoadWithOptions is Load with validation adjusted by opts (nil: none).

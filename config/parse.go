@@ -292,7 +292,7 @@ func (p *parser) server(r *rawServer, opts *LoadOptions) Server {
 		p.address(s.MetricsListen, true, "server.metrics_listen")
 	}
 
-	inherited := opts.InheritedListen || opts.InheritedListenTLS
+	inherited := opts.InheritedListen || opts.InheritedListenTLS || opts.InheritedPOP3 || opts.InheritedPOP3TLS
 	pop3 := s.ListenPOP3 != "" || s.ListenPOP3TLS != ""
 	switch {
 	case s.Listen == "" && s.ListenTLS == "" && !inherited && !pop3:
@@ -310,6 +310,8 @@ func (p *parser) server(r *rawServer, opts *LoadOptions) Server {
 		switch {
 		case opts.InheritedListenTLS:
 			p.addf("server.tls_cert", "missing: the implicit-TLS socket from systemd (FileDescriptorName=imaps) needs server.tls_cert and server.tls_key")
+		case opts.InheritedPOP3TLS:
+			p.addf("server.tls_cert", "missing: the implicit-TLS POP3 socket from systemd (FileDescriptorName=pop3s) needs server.tls_cert and server.tls_key")
 		case s.ListenTLS != "":
 			p.addf("server.listen_tls", "needs server.tls_cert and server.tls_key")
 		}

@@ -338,13 +338,19 @@ func (s *session) readLine() string {
 	}
 }
 
+// write sends text as it is.
+func (s *session) write(text string) {
+	s.t.Helper()
+	if _, err := io.WriteString(s.in, text); err != nil {
+		s.t.Fatalf("writing to the session: %v", err)
+	}
+}
+
 // command sends an IMAP command with tag and returns the lines up to and
 // including the tagged answer.
 func (s *session) command(tag, cmd string) []string {
 	s.t.Helper()
-	if _, err := io.WriteString(s.in, tag+" "+cmd+"\r\n"); err != nil {
-		s.t.Fatalf("writing to the session: %v", err)
-	}
+	s.write(tag + " " + cmd + "\r\n")
 	var lines []string
 	for {
 		line := s.readLine()

@@ -135,6 +135,7 @@ func TestServiceFromMakeInstall(t *testing.T) {
 	l.badConfigDoesNotLoop(t)
 	l.socketActivation(t)
 	l.stopIsClean(t)
+	l.statusAfterStop(t)
 	l.journalHasNoSecret(t)
 
 	c.must("make -C /src uninstall")
@@ -555,6 +556,7 @@ func (l *lab) socketActivation(t *testing.T) {
 	l.must("systemctl stop imap-oauth-proxy")
 	l.must("systemctl enable --now imap-oauth-proxy.socket")
 	l.must("systemctl enable --now imap-oauth-proxy-tls.socket")
+	l.must("systemctl enable --now imap-oauth-proxy-pop3.socket")
 	l.must("systemctl reset-failed imap-oauth-proxy; systemctl start imap-oauth-proxy")
 	// The daemon has no capability to bind ports below 1024, and its
 	// config names neither: logins on 143 and 993 prove it got both sockets.
@@ -564,6 +566,23 @@ func (l *lab) socketActivation(t *testing.T) {
 	if !strings.Contains(out, "Welcome") {
 		t.Fatalf("imaps on 993:\n%s", out)
 	}
+	// POP3 on port 110: the daemon answers on the socket; the account
+	// lists only imap, so a right password gets -ERR too, but no wrong
+	// one gets further than [AUTH].
+	p := l.dial("127.0.0.1", 110)
+	if greeting := p.readLine(); !strings.HasPrefix(greeting, "+OK") {
+		t.Fatalf("POP3 greeting on port 110: %q", greeting)
+	}
+	p.write("USER helpdesk\r\n")
+	if r := p.readLine(); !strings.HasPrefix(r, "+OK") {
+		t.Fatalf("POP3 USER: %q", r)
+	}
+	p.write("PASS not-the-password\r\n")
+	if r := p.readLine(); !strings.HasPrefix(r, "-ERR [AUTH]") {
+		t.Fatalf("POP3 PASS with a wrong password: %q", r)
+	}
+	p.close()
+
 	// With the sockets listening, a stopped service starts on the next
 	// connection.
 	l.must("systemctl stop imap-oauth-proxy")
@@ -581,9 +600,23 @@ func (l *lab) socketActivation(t *testing.T) {
 func (l *lab) stopIsClean(t *testing.T) {
 	t.Helper()
 	stopped := l.journalCount(t, "msg=stopped")
-	l.must("systemctl stop imap-oauth-proxy.service imap-oauth-proxy.socket imap-oauth-proxy-tls.socket")
+	l.must("systemctl stop imap-oauth-proxy.service imap-oauth-proxy.socket imap-oauth-proxy-tls.socket imap-oauth-proxy-pop3.socket")
 	l.wantProps(t, "imap-oauth-proxy", map[string]string{"Result": "success", "ExecMainStatus": "0", "ActiveState": "inactive"})
 	l.waitJournal(t, "msg=stopped", stopped)
+}
+
+// statusAfterStop runs `status` as root, as the docs say: it reads what
+// the daemon saved at exit (the state directory is the service's), and
+// both accounts, which logged in, are ok.
+func (l *lab) statusAfterStop(t *testing.T) {
+	t.Helper()
+	out := l.must("imap-oauth-proxy status -json")
+	for _, login := range []string{"helpdesk", "sales"} {
+		re := regexp.MustCompile(`"login":\s*"` + login + `"[^}]*"verdict":\s*"ok"`)
+		if !re.MatchString(out) {
+			t.Errorf("status does not say %s is ok:\n%s", login, out)
+		}
+	}
 }
 
 // journalHasNoSecret searches the whole journal, at log level debug, for

@@ -40,6 +40,10 @@ type conn struct {
 	// allow_plaintext.
 	plaintextOK bool
 
+	// clientID is the parameter list of the collector's last ID before
+	// login, forwarded upstream after login; "" for none.
+	clientID string
+
 	relaying atomic.Bool // past login: the byte relay owns the connection
 	draining atomic.Bool // the server is shutting down
 
@@ -193,7 +197,12 @@ func (c *conn) preauth() string {
 			c.writeStatus(cmd.tag, "OK", "", "LOGOUT completed")
 			return "logout"
 		case "ID":
-			c.writeLine(fmt.Sprintf("* ID (\"name\" \"imap-oauth-proxy\" \"version\" %q)", c.srv.version))
+			// Not the proxy's name: a client that learns the server from
+			// ID (imapflow) never asks again after login, and should see
+			// the provider's quirks, not the proxy's. The upstream gets the
+			// collector's ID after login instead.
+			c.clientID = clientID(cmd.args)
+			c.writeLine("* ID NIL")
 			c.writeStatus(cmd.tag, "OK", "", "ID completed")
 		case "STARTTLS":
 			if reason, done := c.startTLS(cmd.tag, reader); done {

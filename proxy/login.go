@@ -76,11 +76,15 @@ func (c *conn) openSession(login, password string) (*UpstreamConn, *slog.Logger,
 	if err != nil {
 		kind := auth.KindOf(err)
 		c.srv.metrics.login(kind.String())
+		if c.cfg.Accounts[login] != nil {
+			c.srv.auth.Health().Login(login, kind.String())
+		}
 		log.Warn("login failed", "outcome", kind.String(), "duration", time.Since(start).Round(time.Millisecond),
 			"throttle_wait", waited.Round(time.Millisecond), "err", err)
 		return nil, log, err
 	}
 	c.srv.metrics.login("OK")
+	c.srv.auth.Health().Login(login, "OK")
 	c.srv.metrics.observeDial(up.dialTime)
 	log.Info("login", "outcome", "OK", "duration", time.Since(start).Round(time.Millisecond),
 		"throttle_wait", waited.Round(time.Millisecond),
@@ -157,10 +161,12 @@ func sleepContext(ctx context.Context, d time.Duration) bool {
 func (c *conn) connectUpstream(ctx context.Context, login string, account *auth.Account) (*UpstreamConn, error) {
 	acct := c.cfg.Accounts[login]
 	l := &UpstreamLogin{
-		Trace:       c.upstreamTrace(),
-		Account:     acct,
-		TLSConfig:   c.upstreamTLS(acct.Provider),
-		DialTimeout: c.cfg.Server.DialTimeout,
+		Trace:           c.upstreamTrace(),
+		Account:         acct,
+		TLSConfig:       c.upstreamTLS(acct.Provider),
+		DialTimeout:     c.cfg.Server.DialTimeout,
+		AskCapabilities: true,
+		ClientID:        c.clientID,
 	}
 	for attempt := 0; ; attempt++ {
 		tok, err := c.sessionToken(ctx, login, account)

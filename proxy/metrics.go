@@ -81,14 +81,15 @@ var (
 		"Time to connect and finish TLS with the upstream.", nil, nil)
 )
 
-// Describe sends the descriptions of the server's metrics and of its
-// token manager's (prometheus.Collector).
+// Describe sends the descriptions of the server's metrics, of its token
+// manager's and of the per-account ones (prometheus.Collector).
 func (s *Server) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSessionsActive, descSessionsTotal, descRefusedTotal,
 		descAcceptErrors, descLogins, descRelayedBytes, descDialSeconds} {
 		ch <- d
 	}
 	s.auth.Describe(ch)
+	s.accounts.Describe(ch)
 }
 
 // Collect sends the current values of the server's metrics and of its
@@ -122,4 +123,5 @@ func (s *Server) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstHistogram(descDialSeconds, uint64(m.dialCount.Load()),
 		float64(m.dialSumMicros.Load())/1e6, buckets)
 	s.auth.Collect(ch)
+	s.accounts.Collect(ch)
 }

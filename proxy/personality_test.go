@@ -160,8 +160,8 @@ func TestMicrosoftAuthenticatedButNotConnected(t *testing.T) {
 	// Once the mailbox opens, the probe passes and the session relays.
 	h.upstream.SetNotConnected(testMailbox, false)
 	got, r := collectorLogin(h)
-	if got != "a1 OK LOGIN completed" {
-		t.Errorf("login: %q, want a plain OK (Microsoft's OK carries no capabilities)", got)
+	if !okWithCapabilities(got) {
+		t.Errorf("login: %q, want an OK with the capabilities asked for after login", got)
 	}
 	r.send("a2 SELECT INBOX\r\n")
 	if l := r.until("a2 "); !strings.HasPrefix(l[len(l)-1], "a2 OK") {
@@ -182,7 +182,7 @@ func TestMicrosoftRefusedTokenRefreshesOnce(t *testing.T) {
 		}})
 	refreshes := h.tokens.RefreshCount(testMailbox)
 	got, _ := collectorLogin(h)
-	if got != "a1 OK LOGIN completed" {
+	if !okWithCapabilities(got) {
 		t.Errorf("collector got %q, want OK after one refresh", got)
 	}
 	if n := h.tokens.RefreshCount(testMailbox) - refreshes; n != 2 {
@@ -220,7 +220,7 @@ func TestGmailRefusedTokenTwice(t *testing.T) {
 func TestMicrosoftAccessTokenExpiredBye(t *testing.T) {
 	h := newHarness(t, harnessOptions{flavor: authtest.Microsoft, personality: proxytest.Microsoft, providerType: "microsoft"})
 	got, r := collectorLogin(h)
-	if got != "a1 OK LOGIN completed" {
+	if !okWithCapabilities(got) {
 		t.Fatalf("login: %q", got)
 	}
 	r.send("a2 SELECT INBOX\r\n")
@@ -299,4 +299,56 @@ func TestMaxSessions(t *testing.T) {
 		t.Errorf("login after a session ended: %q", got)
 	}
 	wantNoSecrets(t, h)
+}
+
+// okWithCapabilities reports whether a collector's answer to LOGIN is OK
+// with a capability list: Microsoft's OK to AUTHENTICATE carries none, so
+// the proxy asks for them after login.
+func okWithCapabilities(got string) bool {
+	return strings.HasPrefix(got, "a1 OK [CAPABILITY IMAP4") && strings.HasSuffix(got, "] LOGIN completed")
+}
+
+// TestClientIDForwarded: the collector's pre-login ID gets * ID NIL, and
+// its parameters reach the upstream after AUTHENTICATE, so that the
+// provider's logs name the real client. Microsoft's OK to AUTHENTICATE
+// carries no capabilities, so the proxy asks for them (pipelined with the
+// mailbox probe); Gmail's carries them, so it does not.
+func TestClientIDForwarded(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		opts        harnessOptions
+		askCaps     bool
+		upstreamCap string
+	}{
+		{"microsoft", harnessOptions{flavor: authtest.Microsoft, personality: proxytest.Microsoft, providerType: "microsoft"},
+			true, "IMAP4rev1"},
+		{"gmail", harnessOptions{flavor: authtest.Google, personality: proxytest.Gmail, gmailErrors: true},
+			false, "X-GM-EXT-1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, tc.opts)
+			r := h.raw()
+			r.send(`a0 ID ("name" "fetchmail" "version" "6.4.38")` + "\r\n")
+			if got := r.until("a0 "); len(got) != 2 || got[0] != "* ID NIL" || !strings.HasPrefix(got[1], "a0 OK") {
+				t.Fatalf("ID: %q, want * ID NIL and OK", got)
+			}
+			r.send("a1 LOGIN " + testLogin + " \"" + testPassword + "\"\r\n")
+			lines := r.until("a1 ")
+			got := lines[len(lines)-1]
+			if !strings.HasPrefix(got, "a1 OK [CAPABILITY ") || !strings.Contains(got, tc.upstreamCap) {
+				t.Errorf("login: %q, want OK with the upstream's capabilities", got)
+			}
+			wantLogLine(t, h, `dir=U>`, `line="P5 ID (\"name\" \"fetchmail\" \"version\" \"6.4.38\")"`)
+			asked := strings.Contains(h.logs.String(), `line="P4 CAPABILITY"`)
+			if asked != tc.askCaps {
+				t.Errorf("asked for the capabilities after login: %v, want %v", asked, tc.askCaps)
+			}
+			// The session relays after the ID's answer was consumed.
+			r.send("a2 NOOP\r\n")
+			if l := r.until("a2 "); !strings.HasPrefix(l[len(l)-1], "a2 OK") {
+				t.Errorf("NOOP after login: %q", l)
+			}
+			wantNoSecrets(t, h)
+		})
+	}
 }

@@ -17,6 +17,8 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/emersion/go-sasl"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/common/expfmt"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
@@ -371,10 +373,22 @@ func TestRevokedAuthorization(t *testing.T) {
 			if n := h.tokens.Requests(); n != requests {
 				t.Errorf("a revoked account still reached the token endpoint (%d requests)", n-requests)
 			}
+			needsAuth := func(want string) {
+				t.Helper()
+				out, err := testutil.CollectAndFormat(h.srv, expfmt.TypeTextPlain, "imap_oauth_proxy_account_needs_authorization")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if line := `imap_oauth_proxy_account_needs_authorization{login="` + testLogin + `"} ` + want + "\n"; !strings.Contains(string(out), line) {
+					t.Errorf("metrics lack %q:\n%s", line, out)
+				}
+			}
+			needsAuth("1")
 			// A new authorization (a new record) clears the state.
 			if _, err := h.store.Create(testLogin, testPassword, tokenstore.Secret{RefreshToken: h.tokens.Grant(testMailbox)}); err != nil {
 				t.Fatal(err)
 			}
+			needsAuth("0")
 			h.login()
 		})
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/health"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/tlsconfig"
 )
 
@@ -57,6 +58,7 @@ type Server struct {
 	cfg      atomic.Pointer[runtimeConfig]
 	nextID   atomic.Uint64
 	metrics  metrics
+	accounts *health.Metrics // per-account gauges
 	throttle *throttle
 	sessions sessionSlots // upstream sessions per mailbox, for max_sessions
 	peerUID  PeerUIDFunc
@@ -116,6 +118,7 @@ func New(opts *Options) (*Server, error) {
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),
 	}
+	s.accounts = health.NewMetrics(opts.Auth.Health(), opts.Auth, s.Config)
 	if err := s.SetConfig(opts.Config); err != nil {
 		cancel()
 		return nil, err

@@ -5,7 +5,9 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"math"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -115,12 +117,16 @@ func TestMetrics(t *testing.T) {
 	// A pedantic registry also checks Describe against Collect.
 	out, err := testutil.CollectAndFormat(h.srv, expfmt.TypeTextPlain, "imap_oauth_proxy_logins_total",
 		"imap_oauth_proxy_sessions_total", "imap_oauth_proxy_sessions_active", "imap_oauth_proxy_upstream_dial_seconds",
-		"imap_oauth_proxy_token_refreshes_total", "imap_oauth_proxy_relayed_bytes_total")
+		"imap_oauth_proxy_token_refreshes_total", "imap_oauth_proxy_relayed_bytes_total",
+		"imap_oauth_proxy_account_last_login_ok", "imap_oauth_proxy_account_needs_authorization")
 	if err != nil {
 		t.Fatal(err)
 	}
 	text := string(out)
 	for _, want := range []string{
+		// The wrong password was the account's last login.
+		`imap_oauth_proxy_account_last_login_ok{login="` + testLogin + `"} 0` + "\n",
+		`imap_oauth_proxy_account_needs_authorization{login="` + testLogin + `"} 0` + "\n",
 		`imap_oauth_proxy_logins_total{outcome="OK"} 1` + "\n",
 		`imap_oauth_proxy_logins_total{outcome="AUTHENTICATIONFAILED"} 1` + "\n",
 		`imap_oauth_proxy_logins_total{outcome="UNAVAILABLE"} 0` + "\n",
@@ -134,10 +140,40 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("metrics lack %q:\n%s", want, text)
 		}
 	}
+	// The relay counts bytes once written, so the collector may read an
+	// answer before its bytes are counted: end the sessions (Close waits
+	// for them) before reading the byte counts.
+	if err := c.Logout().Wait(); err != nil {
+		t.Fatal(err)
+	}
+	h.srv.Close()
+	out, err = testutil.CollectAndFormat(h.srv, expfmt.TypeTextPlain, "imap_oauth_proxy_relayed_bytes_total")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text = string(out)
 	for _, dir := range []string{"to_upstream", "to_client"} {
 		re := regexp.MustCompile(`imap_oauth_proxy_relayed_bytes_total\{direction="` + dir + `"\} ([1-9][0-9]*)\n`)
 		if !re.MatchString(text) {
 			t.Errorf("no relayed bytes %s:\n%s", dir, text)
+		}
+	}
+	// The per-account times, in a registry of their own.
+	out, err = testutil.CollectAndFormat(h.srv, expfmt.TypeTextPlain,
+		"imap_oauth_proxy_account_access_token_expiry_timestamp_seconds",
+		"imap_oauth_proxy_account_last_refresh_timestamp_seconds", "imap_oauth_proxy_account_last_login_timestamp_seconds")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"access_token_expiry", "last_refresh", "last_login"} {
+		re := regexp.MustCompile(`imap_oauth_proxy_account_` + name + `_timestamp_seconds\{login="` + testLogin + `"\} (\S+)\n`)
+		m := re.FindStringSubmatch(string(out))
+		if m == nil {
+			t.Errorf("no %s of %s:\n%s", name, testLogin, out)
+			continue
+		}
+		if v, err := strconv.ParseFloat(m[1], 64); err != nil || math.Abs(v-float64(time.Now().Unix())) > 2*3600 {
+			t.Errorf("%s of %s = %s, not within 2 h of now", name, testLogin, m[1])
 		}
 	}
 }

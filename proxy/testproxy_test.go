@@ -14,6 +14,7 @@ import (
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/health"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
 )
 
@@ -103,8 +104,12 @@ func startTestProxy(t testing.TB, cfg *config.Config, store *tokenstore.Store, o
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel) // on failure below; stopping the proxy cancels it first
+	tracker, err := health.NewTracker("", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	mgr, err := auth.NewManager(ctx, &auth.ManagerOptions{Store: mgrStore, Logger: opts.logger,
-		RefreshMargin: cfg.Server.RefreshMargin, TokenTimeout: cfg.Server.TokenTimeout})
+		RefreshMargin: cfg.Server.RefreshMargin, TokenTimeout: cfg.Server.TokenTimeout, Health: tracker})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -110,6 +110,13 @@ type UpstreamLogin struct {
 	// PhaseDone, when not nil, is called as each phase ends, passed or
 	// failed, in the order of the phases, from DialUpstream's goroutine.
 	PhaseDone func(Phase, PhaseResult)
+	// AskCapabilities asks for the capabilities after login when the OK
+	// to AUTHENTICATE carried none (Microsoft 365's does not).
+	AskCapabilities bool
+	// ClientID is the collector's ID parameter list (RFC 2971), such as
+	// ("name" "fetchmail"), sent to the upstream after login when it
+	// announces ID; "" sends none.
+	ClientID string
 }
 
 // UpstreamConn is an upstream IMAP connection in the authenticated state.
@@ -218,8 +225,12 @@ func DialUpstream(ctx context.Context, l *UpstreamLogin) (*UpstreamConn, error) 
 		}
 	}
 	err = up.authenticate(l, hasCap(caps, "SASL-IR"))
-	if err == nil && l.Account.Provider.Type == "microsoft" {
-		err = up.probeMailbox(l)
+	if err == nil {
+		id := ""
+		if hasCap(caps, "ID") {
+			id = l.ClientID
+		}
+		err = up.afterLogin(l, l.Account.Provider.Type == "microsoft", l.AskCapabilities && up.caps == "", id)
 	}
 	if done(PhaseAuthenticate, up.caps, nil, err) != nil {
 		return nil, err
@@ -473,30 +484,86 @@ func (up *UpstreamConn) authenticate(l *UpstreamLogin, saslIR bool) error {
 	}
 }
 
-// probeMailbox sends NAMESPACE after Microsoft 365 accepted the token:
-// when the mailbox cannot be opened, Microsoft says OK to AUTHENTICATE
-// and BAD "User is authenticated but not connected." to every command
-// after it, so the collector would get OK and then an unexplained BAD.
-// NAMESPACE is the first command that fails in the published logs
-// (MailKit#1496, node-imap#523) and changes no state. Any answer but that
-// BAD passes; the untagged NAMESPACE response is consumed.
+// probeMailbox sends NAMESPACE after Microsoft 365 accepted the token
+// (see afterLogin).
 func (up *UpstreamConn) probeMailbox(l *UpstreamLogin) error {
+	return up.afterLogin(l, true, false, "")
+}
+
+// afterLogin sends, in one write, the commands that follow an accepted
+// AUTHENTICATE, and reads their answers in order:
+//
+//   - probe: NAMESPACE. When the mailbox cannot be opened, Microsoft
+//     says OK to AUTHENTICATE and BAD "User is authenticated but not
+//     connected." to every command after it, so the collector would get
+//     OK and then an unexplained BAD. NAMESPACE is the first command that
+//     fails in the published logs (MailKit#1496, node-imap#523) and
+//     changes no state. Any answer but that BAD (or a busy one) passes.
+//   - askCaps: CAPABILITY, whose list becomes up.caps.
+//   - id: ID with the collector's parameter list, so that the provider's
+//     logs name the real client. Its answer is not checked.
+//
+// Untagged responses (NAMESPACE, CAPABILITY, ID) are consumed.
+func (up *UpstreamConn) afterLogin(l *UpstreamLogin, probe, askCaps bool, id string) error {
+	var lines []string
+	if probe {
+		lines = append(lines, "P3 NAMESPACE")
+	}
+	if askCaps {
+		lines = append(lines, "P4 CAPABILITY")
+	}
+	if id != "" {
+		lines = append(lines, "P5 ID "+id)
+	}
+	if len(lines) == 0 {
+		return nil
+	}
 	addr := l.Account.Provider.IMAPAddress
-	if err := up.send("P3 NAMESPACE", ""); err != nil {
+	if err := up.sendAll(lines); err != nil {
 		return unavailable(fmt.Sprintf("upstream %s", addr), err)
 	}
-	r, err := up.waitTagged("P3", nil)
-	if err != nil {
-		return unavailable(fmt.Sprintf("upstream %s closed after AUTHENTICATE", addr), err)
-	}
-	answer := &UpstreamAnswer{Command: "NAMESPACE", Status: r.status, Code: r.code, Text: r.text}
-	if isNotConnected(answer) {
-		return notConnectedError(l.Account, answer)
-	}
-	if upstreamBusy(answer) {
-		return busyError(l.Account, answer)
+	for _, line := range lines {
+		tag, _, _ := strings.Cut(line, " ")
+		var caps string
+		r, err := up.waitTagged(tag, func(u response) {
+			if u.status == "CAPABILITY" {
+				caps = u.text
+			}
+		})
+		if err != nil {
+			return unavailable(fmt.Sprintf("upstream %s closed after AUTHENTICATE", addr), err)
+		}
+		switch tag {
+		case "P3":
+			answer := &UpstreamAnswer{Command: "NAMESPACE", Status: r.status, Code: r.code, Text: r.text}
+			if isNotConnected(answer) {
+				return notConnectedError(l.Account, answer)
+			}
+			if upstreamBusy(answer) {
+				return busyError(l.Account, answer)
+			}
+		case "P4":
+			if r.status == "OK" {
+				up.caps = caps
+			}
+		}
 	}
 	return nil
+}
+
+// sendAll writes command lines in one write, for pipelining (RFC 3501
+// section 5.5).
+func (up *UpstreamConn) sendAll(lines []string) error {
+	var b strings.Builder
+	for _, line := range lines {
+		if up.trace != nil {
+			up.trace("U>", line)
+		}
+		b.WriteString(line)
+		b.WriteString("\r\n")
+	}
+	_, err := io.WriteString(up.nc, b.String())
+	return err
 }
 
 // waitTagged reads responses until the one tagged tag, passing untagged

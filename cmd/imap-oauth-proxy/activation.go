@@ -27,8 +27,13 @@ const listenFDsStart = 3
 const (
 	socketIMAP    = "imap"    // plain IMAP, replaces server.listen
 	socketIMAPS   = "imaps"   // implicit TLS, replaces server.listen_tls
+	socketPOP3    = "pop3"    // plain POP3, replaces server.listen_pop3
+	socketPOP3S   = "pop3s"   // implicit-TLS POP3, replaces server.listen_pop3_tls
 	socketMetrics = "metrics" // Prometheus, replaces server.metrics_listen
 )
+
+// socketNames lists the names serve understands, for error messages.
+const socketNames = socketIMAP + ", " + socketIMAPS + ", " + socketPOP3 + ", " + socketPOP3S + " or " + socketMetrics
 
 // socketKey returns the config key the socket named name replaces, and
 // false for a name serve does not know.
@@ -38,6 +43,10 @@ func socketKey(name string) (key string, ok bool) {
 		return "listen", true
 	case socketIMAPS:
 		return "listen_tls", true
+	case socketPOP3:
+		return "listen_pop3", true
+	case socketPOP3S:
+		return "listen_pop3_tls", true
 	case socketMetrics:
 		return "metrics_listen", true
 	}
@@ -91,13 +100,13 @@ func parseListenEnv(pid int, lookup func(string) (string, bool)) (fds []listenFD
 	for i := range n {
 		fd := listenFDsStart + i
 		if !named {
-			return nil, "", fmt.Errorf("fd %d has no name (LISTEN_FDNAMES is not set): give its socket unit FileDescriptorName=%s, %s or %s",
-				fd, socketIMAP, socketIMAPS, socketMetrics)
+			return nil, "", fmt.Errorf("fd %d has no name (LISTEN_FDNAMES is not set): give its socket unit FileDescriptorName=%s",
+				fd, socketNames)
 		}
 		name := names[i]
 		if _, ok := socketKey(name); !ok {
-			return nil, "", fmt.Errorf("fd %d: unknown socket name %q: FileDescriptorName= must be %s, %s or %s",
-				fd, name, socketIMAP, socketIMAPS, socketMetrics)
+			return nil, "", fmt.Errorf("fd %d: unknown socket name %q: FileDescriptorName= must be %s",
+				fd, name, socketNames)
 		}
 		if other, dup := seen[name]; dup {
 			return nil, "", fmt.Errorf("fd %d: socket name %q already names fd %d: one socket per name (one ListenStream= per socket unit)",
@@ -111,7 +120,7 @@ func parseListenEnv(pid int, lookup func(string) (string, bool)) (fds []listenFD
 
 // inherited holds the listeners systemd passed. Its zero value has none.
 type inherited struct {
-	plain, tls, metrics net.Listener // nil when not passed
+	plain, tls, pop3, pop3TLS, metrics net.Listener // nil when not passed
 	// names lists the sockets taken, in fd order.
 	names []string
 	// ignored says why LISTEN_* variables were present but not used.
@@ -135,6 +144,10 @@ func (in *inherited) slot(key string) *net.Listener {
 		return &in.plain
 	case "listen_tls":
 		return &in.tls
+	case "listen_pop3":
+		return &in.pop3
+	case "listen_pop3_tls":
+		return &in.pop3TLS
 	case "metrics_listen":
 		return &in.metrics
 	}
@@ -143,12 +156,13 @@ func (in *inherited) slot(key string) *net.Listener {
 
 // loadOptions tells config validation which listeners are inherited.
 func (in *inherited) loadOptions() *config.LoadOptions {
-	return &config.LoadOptions{InheritedListen: in.plain != nil, InheritedListenTLS: in.tls != nil}
+	return &config.LoadOptions{InheritedListen: in.plain != nil, InheritedListenTLS: in.tls != nil,
+		InheritedPOP3: in.pop3 != nil, InheritedPOP3TLS: in.pop3TLS != nil}
 }
 
 // close closes every inherited listener.
 func (in *inherited) close() {
-	for _, ln := range []net.Listener{in.plain, in.tls, in.metrics} {
+	for _, ln := range []net.Listener{in.plain, in.tls, in.pop3, in.pop3TLS, in.metrics} {
 		if ln != nil {
 			ln.Close()
 		}

@@ -313,7 +313,7 @@ func TestSocketActivationStartFailures(t *testing.T) {
 		code  int // exit status
 		want  []string
 	}{
-		{"unknown name", "pop3", oneSocket, 1, []string{"fd 3", `"pop3"`}},
+		{"unknown name", "nntp", oneSocket, 1, []string{"fd 3", `"nntp"`}},
 		{"name twice", "imap:imap", func(t *testing.T) []*os.File {
 			return append(oneSocket(t), oneSocket(t)...)
 		}, 1, []string{"fd 4", `"imap"`, "fd 3"}},

@@ -376,19 +376,6 @@ func TestAuthorizeDevice(t *testing.T) {
 	}
 }
 
-func TestAuthorizeDeviceRefusedForGoogle(t *testing.T) {
-	c := newCLI(t)
-	cl := newCloud(t, c, authtest.Options{Flavor: authtest.Google, ClientSecret: tenantSecret}, true)
-	path := cl.config(t, "google", "refresh_token", fmt.Sprintf("client_secret = %q\n", tenantSecret))
-	r := c.run("pw\n", "authorize", "-config", path, "-device", "helpdesk")
-	if r.code != 1 || !strings.Contains(r.stderr, "https://mail.google.com/") || !strings.Contains(r.stderr, "-external") {
-		t.Errorf("exit %d, stderr:\n%s", r.code, r.stderr)
-	}
-	if cl.tokens.Requests() != 0 {
-		t.Error("reached the token endpoint")
-	}
-}
-
 // authorizeClientCredentials runs `authorize helpdesk` for a
 // client_credentials provider twice: with badLines, which must fail with
 // each of wantErr in stderr and store nothing, then with goodLines and

@@ -1,24 +1,15 @@
 package main
 
 import (
-	"crypto/tls"
 	"encoding/base64"
 	"fmt"
 	"io"
-	"log"
-	"net"
 	"os"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/emersion/go-imap/v2"
-	"github.com/emersion/go-imap/v2/imapserver"
-	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
-	"github.com/emersion/go-sasl"
-
-	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
@@ -261,86 +252,18 @@ func TestCheckUsage(t *testing.T) {
 	}
 }
 
-// startTLSUpstream is a plain IMAP server that offers STARTTLS and then
-// XOAUTH2, for check's STARTTLS path (proxytest's upstream speaks
-// implicit TLS only). Tokens are checked by validate.
-func startTLSUpstream(t *testing.T, mailbox string, validate func(user, token string) error) (addr string, caPEM []byte) {
-	t.Helper()
-	cert, caPEM, err := proxytest.NewCertificate("localhost", "127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	user := imapmemserver.NewUser(mailbox, "")
-	if err := user.Create("INBOX", nil); err != nil {
-		t.Fatal(err)
-	}
-	srv := imapserver.New(&imapserver.Options{
-		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
-			return &xoauth2Session{user: user, mailbox: mailbox, validate: validate}, nil, nil
-		},
-		Caps:      imap.CapSet{imap.CapIMAP4rev1: {}},
-		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}},
-		Logger:    log.New(io.Discard, "", 0),
-	})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return ln.Addr().String(), caPEM
-}
-
-type xoauth2Session struct {
-	*imapmemserver.UserSession
-	user     *imapmemserver.User
-	mailbox  string
-	validate func(user, token string) error
-}
-
-func (s *xoauth2Session) Login(string, string) error {
-	return &imap.Error{Type: imap.StatusResponseTypeNo, Text: "use XOAUTH2"}
-}
-
-func (s *xoauth2Session) Close() error {
-	if s.UserSession == nil {
-		return nil
-	}
-	return s.UserSession.Close()
-}
-
-func (s *xoauth2Session) AuthenticateMechanisms() []string { return []string{auth.XOAUTH2} }
-
-func (s *xoauth2Session) Authenticate(mech string) (sasl.Server, error) {
-	return xoauth2Server(func(ir []byte) error {
-		user, token, err := auth.ParseXOAUTH2(ir)
-		if err == nil {
-			err = s.validate(user, token)
-		}
-		if err != nil || user != s.mailbox {
-			return &imap.Error{Type: imap.StatusResponseTypeNo, Text: "AUTHENTICATE failed."}
-		}
-		s.UserSession = imapmemserver.NewUserSession(s.user)
-		return nil
-	}), nil
-}
-
-// xoauth2Server asks for the initial response and checks it.
-type xoauth2Server func(ir []byte) error
-
-func (f xoauth2Server) Next(response []byte) ([]byte, bool, error) {
-	if response == nil {
-		return []byte{}, false, nil
-	}
-	return nil, true, f(response)
-}
-
 func TestCheckStartTLS(t *testing.T) {
 	c := newCLI(t)
 	const password = "starttls-pw-canary-71b3"
 	cl := checkLab(t, c, authtest.Microsoft, password)
-	addr, caPEM := startTLSUpstream(t, tenantShared, cl.tokens.Validate)
-	writeFile(t, cl.dir, "starttls-ca.pem", string(caPEM))
+	up, err := proxytest.NewUpstream(proxytest.UpstreamOptions{StartTLS: true, Validate: cl.tokens.Validate})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	up.AddUser(tenantShared)
+	addr := up.Addr
+	writeFile(t, cl.dir, "starttls-ca.pem", string(up.CAPEM))
 	path := cl.config(t, "generic", "refresh_token", fmt.Sprintf("client_secret = %q\nscopes = [\"imap\", \"offline_access\"]\n", tenantSecret))
 	text := strings.Replace(mustRead(t, path), cl.upstream.Addr, addr, 1)
 	text = strings.Replace(text, `ca_file = "ca.pem"`, "ca_file = \"starttls-ca.pem\"\nimap_tls = \"starttls\"", 1)

@@ -24,6 +24,7 @@ import (
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/health"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
 )
 
@@ -681,6 +682,23 @@ func TestServe(t *testing.T) {
 		conn.Close()
 		t.Errorf("%s still accepts connections after serve stopped", addr)
 	}
+
+	// Saved at exit for status: the login, its refresh and its outcome
+	// (the wrong password came first, the OK last); nothing else.
+	entries, err := health.ReadFile(filepath.Join(l.stateDir(), health.FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := entries["collector"]
+	if len(entries) != 1 || e.LastOutcome != "OK" || e.LastOK.IsZero() || e.LastRefresh.IsZero() ||
+		e.AccessExpiry.IsZero() || e.RecordID == "" || e.NeedsAuthorization {
+		t.Errorf("health saved at exit: %+v", entries)
+	}
+	r := c.run("", "status", "-config", path, "-json")
+	if r.code != 0 || !strings.Contains(r.stdout, `"verdict": "ok"`) {
+		t.Errorf("status after serve: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	c.checkLeaks()
 }
 
 // TestServeReload checks SIGHUP: a valid file is swapped in for new

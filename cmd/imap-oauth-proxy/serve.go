@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -22,6 +23,7 @@ import (
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/health"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/internal/sdnotify"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/tlsconfig"
@@ -44,12 +46,11 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	// Every listener, inherited or bound, is closed on return; srv and the
 	// metrics server may have closed them already.
-	listeners := []net.Listener{in.plain, in.tls, in.metrics}
+	var listeners []net.Listener // the ones bound here
 	defer func() {
+		in.close()
 		for _, ln := range listeners {
-			if ln != nil {
-				ln.Close()
-			}
+			ln.Close()
 		}
 	}()
 	cfg, err := config.LoadWithOptions(*configPath, in.loadOptions())
@@ -110,11 +111,21 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		// config validation should have said so already.
 		return errors.New("nothing to listen on: set server.listen or server.listen_tls, or pass an imap or imaps socket")
 	}
-	srv, err := newServer(ctx, cfg, logger, nil)
+	srv, monitor, err := newServer(ctx, cfg, logger, nil)
 	if err != nil {
 		return err
 	}
 	defer srv.Close()
+	monitorCtx, stopMonitor := context.WithCancel(context.Background())
+	monitorDone := make(chan struct{})
+	go func() {
+		defer close(monitorDone)
+		monitor.Run(monitorCtx, healthInterval)
+	}()
+	defer func() { // after the drain: the last logins' outcomes are saved
+		stopMonitor()
+		<-monitorDone
+	}()
 
 	served := make(chan error, 5)
 	var attrs []any
@@ -243,20 +254,35 @@ func reload(srv *proxy.Server, path string, started *config.Config, in *inherite
 	logger.Info("reloaded", "config", path, "accounts", len(cfg.Accounts))
 }
 
-// newServer builds the token store, token manager and proxy for cfg.
-func newServer(ctx context.Context, cfg *config.Config, logger *slog.Logger, storeOpts *tokenstore.Options) (*proxy.Server, error) {
+// healthInterval is how often serve saves the accounts' health for the
+// status command.
+const healthInterval = time.Minute
+
+// newServer builds the token store, token manager and proxy for cfg, and
+// the monitor of the accounts' health.
+func newServer(ctx context.Context, cfg *config.Config, logger *slog.Logger, storeOpts *tokenstore.Options) (*proxy.Server, *health.Monitor, error) {
 	store, err := newStore(ctx, cfg, storeOpts)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	tracker, err := health.NewTracker(filepath.Join(cfg.Server.StateDir, health.FileName), nil)
+	if err != nil {
+		// Only status loses what it knew; serving goes on.
+		logger.Warn("starting the accounts' health afresh", "err", err)
 	}
 	mgr, err := auth.NewManager(ctx, &auth.ManagerOptions{
 		Store:         store,
 		TokenTimeout:  cfg.Server.TokenTimeout,
 		RefreshMargin: cfg.Server.RefreshMargin,
 		Logger:        logger,
+		Health:        tracker,
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return proxy.New(&proxy.Options{Config: cfg, Auth: mgr, Logger: logger, Version: version})
+	srv, err := proxy.New(&proxy.Options{Config: cfg, Auth: mgr, Logger: logger, Version: version})
+	if err != nil {
+		return nil, nil, err
+	}
+	return srv, health.NewMonitor(tracker, store, srv.Config, logger), nil
 }

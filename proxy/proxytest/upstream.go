@@ -41,6 +41,10 @@ type UpstreamOptions struct {
 	MaxSessions int
 	// Logger receives go-imap's error messages; nil discards them.
 	Logger *log.Logger
+	// StartTLS serves plain IMAP that offers STARTTLS (a provider's
+	// imap_tls = "starttls") instead of implicit TLS, and refuses to
+	// authenticate before it. Only without a Personality.
+	StartTLS bool
 }
 
 // Upstream is a TLS IMAP server on 127.0.0.1 that offers AUTH=XOAUTH2 and
@@ -91,10 +95,19 @@ func NewUpstream(opts UpstreamOptions) (*Upstream, error) {
 		preauth: make(map[net.Conn]string),
 		fronts:  make(map[net.Conn]struct{}),
 	}
-	u.ln = &countingListener{Listener: tls.NewListener(raw, &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		MinVersion:   tls.VersionTLS12,
-	}), count: &u.conns}
+	tlsConfig := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	var ln net.Listener = raw
+	var startTLS *tls.Config // go-imap offers STARTTLS when it has a config
+	switch {
+	case opts.StartTLS && opts.Personality != Plain:
+		raw.Close()
+		return nil, errors.New("proxytest: StartTLS needs the Plain personality")
+	case opts.StartTLS:
+		startTLS = tlsConfig
+	default:
+		ln = tls.NewListener(raw, tlsConfig)
+	}
+	u.ln = &countingListener{Listener: ln, count: &u.conns}
 	logger := opts.Logger
 	if logger == nil {
 		logger = log.New(io.Discard, "", 0)
@@ -116,7 +129,8 @@ func NewUpstream(opts UpstreamOptions) (*Upstream, error) {
 			imap.CapIMAP4rev1: {}, imap.CapIMAP4rev2: {},
 			imap.CapUIDPlus: {}, imap.CapMove: {}, imap.CapNamespace: {},
 		},
-		Logger: logger,
+		TLSConfig: startTLS,
+		Logger:    logger,
 	})
 	if opts.Personality == Plain {
 		go func() {

@@ -4,7 +4,7 @@ proxy/interop_test.go through the proxy.
 Usage: python3 imaplib_client.py HOST PORT USER < password
 The password is the first line of stdin, never an argument. Prints one JSON
 object: what the client saw before and after it changed the mailbox.
-  LOGIN, SELECT INBOX, UID FETCH 1:* (UID FLAGS BODY.PEEK[]),
+  ID ("name" "imaplib-interop") before login, LOGIN, SELECT INBOX, UID FETCH 1:* (UID FLAGS BODY.PEEK[]),
   STORE 1 +FLAGS (\\Seen), STORE 2 +FLAGS (\\Deleted), EXPUNGE,
   UID FETCH 1:* (UID FLAGS), LOGOUT.
 """
@@ -55,8 +55,15 @@ def main():
     password = sys.stdin.readline().rstrip("\r\n")
     m = imaplib.IMAP4(host, port)
     result = {"greeting": m.welcome.decode(errors="replace")}
+    typ, data = m.xatom("ID", '("name" "imaplib-interop")')
+    check("ID", typ, data)
+    result["id"] = [d.decode(errors="replace") for d in m.response("ID")[1] if d is not None]
     check("LOGIN", *m.login(user, password))
     result["capabilities"] = list(m.capabilities)
+    # The capabilities in the OK to LOGIN, which imaplib files as an
+    # untagged CAPABILITY response.
+    caps = [d for d in m.response("CAPABILITY")[1] if d is not None]
+    result["login_capabilities"] = caps[-1].decode().split() if caps else []
     exists = check("SELECT", *m.select("INBOX"))
     result["exists"] = int(exists[0])
     result["before"] = messages(m, "(UID FLAGS BODY.PEEK[])")
