@@ -5,10 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -30,6 +34,10 @@ type countingEndpoint struct {
 	*authtest.Server
 	http *httptest.Server
 
+	// hold, if set, is called for each refresh request of the victim
+	// instance, which then waits until the victim dies.
+	hold atomic.Pointer[func()]
+
 	mu           sync.Mutex
 	users        []string
 	refreshes    map[string][]time.Time
@@ -44,6 +52,15 @@ func newCountingEndpoint(t *testing.T, ttl time.Duration) *countingEndpoint {
 	}
 	inner := e.Handler()
 	e.http = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if hold := e.hold.Load(); hold != nil && r.URL.Query().Get("instance") == "victim" {
+			// A refresh by the instance about to be killed: it never
+			// reaches the endpoint, as if the process died before the
+			// provider answered.
+			io.Copy(io.Discard, r.Body) // so that the server notices the client's death
+			(*hold)()
+			<-r.Context().Done()
+			return
+		}
 		rec := httptest.NewRecorder()
 		inner.ServeHTTP(rec, r)
 		e.record(rec)
@@ -126,15 +143,24 @@ func (in *instance) login(ctx context.Context, acct *config.Account) (*auth.Acco
 	return a, err
 }
 
-func sharedAccounts(t *testing.T, e *countingEndpoint, store *tokenstore.Store, n int) []*config.Account {
-	t.Helper()
+// sharedConfigs returns n accounts userNN on tokenURL.
+func sharedConfigs(tokenURL string, n int) []*config.Account {
 	accts := make([]*config.Account, n)
 	for i := range accts {
 		login := fmt.Sprintf("user%02d", i)
 		accts[i] = &config.Account{Login: login, Mailbox: login + "@contoso.test", Grant: "refresh_token",
-			Provider: &config.Provider{Name: "lab", Type: "generic", TokenURL: e.TokenURL(),
+			Provider: &config.Provider{Name: "lab", Type: "generic", TokenURL: tokenURL,
 				ClientID: "id", ClientSecret: "secret", Scopes: []string{"imap"}}}
-		if _, err := store.Create(login, managerPassword, tokenstore.Secret{RefreshToken: e.grant(accts[i].Mailbox)}); err != nil {
+	}
+	return accts
+}
+
+// sharedAccounts returns n accounts on e, each with a fresh grant stored.
+func sharedAccounts(t *testing.T, e *countingEndpoint, store *tokenstore.Store, n int) []*config.Account {
+	t.Helper()
+	accts := sharedConfigs(e.TokenURL(), n)
+	for _, a := range accts {
+		if _, err := store.Create(a.Login, managerPassword, tokenstore.Secret{RefreshToken: e.grant(a.Mailbox)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -279,4 +305,120 @@ func TestSharedStoreDatabaseRestart(t *testing.T) {
 	if n := e.RefreshCount(needsRefresh.Mailbox); n != 2 {
 		t.Errorf("%d refreshes of %s; want 2", n, needsRefresh.Login)
 	}
+}
+
+// Environment of TestSharedStoreVictimInstance.
+const (
+	victimDSN      = "IMAP_OAUTH_PROXY_TEST_VICTIM_DSN"
+	victimTokenURL = "IMAP_OAUTH_PROXY_TEST_VICTIM_TOKEN_URL"
+	victimAccounts = "IMAP_OAUTH_PROXY_TEST_VICTIM_ACCOUNTS"
+)
+
+// TestSharedStoreVictimInstance is the instance that
+// TestSharedStoreKilledMidRefresh runs in a child process and kills: it
+// logs in to every account in turn until it is killed.
+func TestSharedStoreVictimInstance(t *testing.T) {
+	dsn := os.Getenv(victimDSN)
+	if dsn == "" {
+		t.Skip("run by TestSharedStoreKilledMidRefresh")
+	}
+	n, err := strconv.Atoi(os.Getenv(victimAccounts))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	in := newInstance(t, ctx, dsn, time.Second)
+	accts := sharedConfigs(os.Getenv(victimTokenURL), n)
+	for i := 0; ; i++ {
+		in.login(ctx, accts[i%n])
+	}
+}
+
+// TestSharedStoreKilledMidRefresh kills (SIGKILL) an instance in the
+// middle of a refresh, again and again, while two others go on: the dead
+// holder's refresh lock is freed by the database, nobody reuses a dead
+// refresh token, and every account keeps working.
+func TestSharedStoreKilledMidRefresh(t *testing.T) {
+	const (
+		ttl      = 2 * time.Second
+		margin   = time.Second
+		accounts = 5
+	)
+	kills := 5
+	if testing.Short() {
+		kills = 2
+	}
+	srv := pgtest.Start(t)
+	dsn := srv.NewDatabase(t)
+	e := newCountingEndpoint(t, ttl)
+	ctx := t.Context()
+	a, b := newInstance(t, ctx, dsn, margin), newInstance(t, ctx, dsn, margin)
+	accts := sharedAccounts(t, e, a.store, accounts)
+
+	stop := make(chan struct{})
+	var failures atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	for _, in := range []*instance{a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := in.login(ctx, accts[i%accounts]); err != nil {
+					failures.Add(1)
+					firstErr.CompareAndSwap(nil, err)
+				}
+			}
+		}()
+	}
+
+	for k := range kills {
+		inFlight := make(chan struct{})
+		var once sync.Once
+		hold := func() { once.Do(func() { close(inFlight) }) }
+		e.hold.Store(&hold)
+		cmd := exec.Command(os.Args[0], "-test.run=^TestSharedStoreVictimInstance$")
+		cmd.Env = append(os.Environ(), victimDSN+"="+dsn, victimTokenURL+"="+e.TokenURL()+"?instance=victim",
+			victimAccounts+"="+strconv.Itoa(accounts))
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		timer := time.NewTimer(30 * time.Second)
+		select {
+		case <-inFlight:
+		case <-timer.C:
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("kill %d: the victim did not start a refresh within 30s", k+1)
+		}
+		timer.Stop()
+		cmd.Process.Kill()
+		cmd.Wait()
+	}
+	e.hold.Store(nil)
+	close(stop)
+	wg.Wait()
+
+	// Every account still works, from both survivors.
+	for _, in := range []*instance{a, b} {
+		for _, acct := range accts {
+			if _, err := in.login(ctx, acct); err != nil {
+				t.Errorf("login of %s after the kills: %v", acct.Login, err)
+			}
+		}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.invalidGrant != 0 {
+		t.Errorf("%d invalid_grant answers; want 0", e.invalidGrant)
+	}
+	if f := failures.Load(); f != 0 {
+		t.Errorf("%d logins of the survivors failed; first: %v", f, firstErr.Load())
+	}
+	t.Logf("%d kills of an instance mid-refresh; survivors: 0 invalid_grant, %d failed logins", kills, failures.Load())
 }
