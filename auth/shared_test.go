@@ -422,3 +422,93 @@ func TestSharedStoreKilledMidRefresh(t *testing.T) {
 	}
 	t.Logf("%d kills of an instance mid-refresh; survivors: 0 invalid_grant, %d failed logins", kills, failures.Load())
 }
+
+// TestSharedStoreRestartUnderLoad restarts PostgreSQL while two instances
+// serve logins: the only failures are Unavailable (refreshes that need the
+// store), no refresh token is reused, and every account works afterwards
+// without help.
+func TestSharedStoreRestartUnderLoad(t *testing.T) {
+	const accounts = 10
+	srv := pgtest.Start(t)
+	dsn := srv.NewDatabase(t)
+	e := newCountingEndpoint(t, 2*time.Second)
+	ctx := t.Context()
+	insts := []*instance{newInstance(t, ctx, dsn, time.Second), newInstance(t, ctx, dsn, time.Second)}
+	accts := sharedAccounts(t, e, insts[0].store, accounts)
+
+	stop := make(chan struct{})
+	progress := make(chan struct{}, 1)
+	var ok, unavailable, other atomic.Int64
+	var otherErr atomic.Value
+	var wg sync.WaitGroup
+	for _, in := range insts {
+		for w := range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := w; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					_, err := in.login(ctx, accts[i%accounts])
+					var ae *auth.Error
+					switch {
+					case err == nil:
+						ok.Add(1)
+					case errors.As(err, &ae) && ae.Kind == auth.Unavailable:
+						unavailable.Add(1)
+					default:
+						other.Add(1)
+						otherErr.CompareAndSwap(nil, err)
+					}
+					select {
+					case progress <- struct{}{}:
+					default:
+					}
+				}
+			}()
+		}
+	}
+	// Let every account refresh at least once, then restart quickly, then
+	// stay down until cached logins went on and refreshes were refused.
+	for _, acct := range accts {
+		if _, err := insts[0].login(ctx, acct); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv.Restart()
+	srv.Stop()
+	okBefore := ok.Load()
+	timeout := time.NewTimer(30 * time.Second)
+	for unavailable.Load() == 0 || ok.Load() == okBefore {
+		select {
+		case <-progress:
+		case <-timeout.C:
+			t.Fatalf("database down: %d logins ok, %d Unavailable; want some of each", ok.Load()-okBefore, unavailable.Load())
+		}
+	}
+	timeout.Stop()
+	downOK := ok.Load() - okBefore
+	srv.Started()
+	close(stop)
+	wg.Wait()
+	for _, in := range insts {
+		for _, acct := range accts {
+			if _, err := in.login(ctx, acct); err != nil {
+				t.Errorf("login of %s after the restarts: %v", acct.Login, err)
+			}
+		}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	t.Logf("restarts under load: %d logins ok (%d while down), %d Unavailable, %d other failures, %d invalid_grant",
+		ok.Load(), downOK, unavailable.Load(), other.Load(), e.invalidGrant)
+	if e.invalidGrant != 0 {
+		t.Errorf("%d invalid_grant answers; want 0", e.invalidGrant)
+	}
+	if n := other.Load(); n != 0 {
+		t.Errorf("%d logins failed otherwise than Unavailable; first: %v", n, otherErr.Load())
+	}
+}
