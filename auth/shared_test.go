@@ -44,7 +44,7 @@ type countingEndpoint struct {
 	invalidGrant int
 }
 
-func newCountingEndpoint(t *testing.T, ttl time.Duration) *countingEndpoint {
+func newCountingEndpoint(t testing.TB, ttl time.Duration) *countingEndpoint {
 	t.Helper()
 	e := &countingEndpoint{
 		Server:    authtest.New(authtest.Options{ClientID: "id", ClientSecret: "secret", Rotate: true, AccessTTL: ttl}),
