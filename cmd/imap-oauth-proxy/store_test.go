@@ -3,10 +3,19 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2/imapclient"
+
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore/pgstore"
@@ -116,5 +125,118 @@ func TestStoreOnPostgres(t *testing.T) {
 	}
 	if _, err := db.Open("app", newPassword); err != nil {
 		t.Fatalf("the forced record does not open: %v", err)
+	}
+}
+
+// TestServeThreeDaemonsOnPostgres runs three serve commands on one
+// database against a token endpoint that kills every refresh token it
+// rotates, with access tokens that need a refresh every second (and
+// session_token_min below that, so that sessions take them): at least
+// 1,000 IMAP logins spread over the three all succeed (an invalid_grant
+// would fail one), and the endpoint sees about one refresh per account
+// and expiry, not one per daemon.
+func TestServeThreeDaemonsOnPostgres(t *testing.T) {
+	const (
+		accounts = 10
+		ttl      = 2 * time.Second
+		margin   = time.Second
+		minLogin = 1000
+	)
+	minTime := 4 * time.Second
+	if testing.Short() {
+		minTime = 2 * time.Second
+	}
+	srv := pgtest.Start(t)
+	dsn := srv.NewDatabase(t)
+	c := newCLI(t)
+	l := newLab(t, c)
+	l.tokens.Close()
+	l.tokens = authtest.NewServer(authtest.Options{
+		Flavor: authtest.Microsoft, ClientID: testClientID, ClientSecret: testClientSecret, Rotate: true, AccessTTL: ttl,
+	})
+	t.Cleanup(l.tokens.Close)
+
+	var logins []string
+	for i := range accounts {
+		logins = append(logins, fmt.Sprintf("collector%02d", i))
+	}
+	be, err := pgstore.Open(dsn, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := be.Migrate(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	db, err := tokenstore.NewWithBackend(be, &tokenstore.Options{KDF: testKDF})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	const password = "three-daemons-pw-canary-77d1"
+	c.secret(password)
+	for _, login := range logins {
+		l.upstream.AddUser(mailboxOf(login))
+		rt := l.tokens.Grant(mailboxOf(login))
+		c.secret(rt)
+		if _, err := db.Create(login, password, tokenstore.Secret{RefreshToken: rt}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeFile(t, l.dir, "store.dsn", dsn+"\n")
+	path := writeFile(t, l.dir, "config.toml",
+		labConfig(l.tokens.TokenURL(), l.upstream.Addr, fmt.Sprintf("refresh_margin = %q\nsession_token_min = %q\n", margin.String(), (margin/2).String()), logins...)+
+			"\n[store]\ntype = \"postgres\"\ndsn_file = \"store.dsn\"\n")
+	var addrs []string
+	for range 3 {
+		b := c.start("", "serve", "-config", path)
+		addrs = append(addrs, b.wait(b.stderr, servingRE)[1])
+	}
+
+	var done, failed atomic.Int64
+	var firstErr atomic.Value
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := w; done.Load() < minLogin || time.Since(start) < minTime; n++ {
+				conn, err := net.DialTimeout("tcp", addrs[n%3], testDeadline)
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err)
+					continue
+				}
+				conn.SetDeadline(time.Now().Add(testDeadline))
+				cl := imapclient.New(conn, nil)
+				err = cl.Login(logins[n%accounts], password).Wait()
+				cl.Close()
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err)
+				}
+				done.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	refreshes := 0
+	for _, login := range logins {
+		refreshes += l.tokens.RefreshCount(mailboxOf(login))
+	}
+	windows := int(elapsed / (ttl - margin))
+	t.Logf("%d logins over 3 daemons in %v: %d failed, %d refreshes at the endpoint for %d accounts (%d windows each)",
+		done.Load(), elapsed.Round(time.Millisecond), failed.Load(), refreshes, accounts, windows)
+	if f := failed.Load(); f != 0 {
+		t.Errorf("%d logins failed; first: %v", f, firstErr.Load())
+	}
+	// One refresh per account and window, plus the first; three daemons
+	// refreshing on their own would make about three times as many.
+	if max := accounts * (windows + 2); refreshes > max {
+		t.Errorf("%d refreshes; want at most %d (one per account and expiry)", refreshes, max)
+	}
+	if min := accounts * windows / 2; refreshes < min {
+		t.Errorf("%d refreshes; want at least %d", refreshes, min)
 	}
 }
