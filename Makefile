@@ -69,20 +69,26 @@ fuzz:
 # Proxy against direct access to the same upstream, in the same run: relay
 # throughput (in-process upstream, and Dovecot when installed), login
 # latency (warm and cold token cache) and login rate under parallel
-# collectors, the relay's allocations, then the real daemon's memory per
-# idle session (1,000 at a time), and a collector's cold login while
-# another local user floods the proxy with 60 parallel wrong logins (as
-# root). Throughput runs five times, as its ratios vary most from run to
-# run. About ten minutes.
+# collectors, the relay's allocations, the coalescing relay against the
+# plain copy loop (Dovecot), then the real daemon's memory per idle session
+# (1,000 at a time), and a collector's cold login while another local user
+# floods the proxy with 60 parallel wrong logins (as root). Throughput runs
+# five times or more, as its ratios vary most from run to run. About
+# thirteen minutes.
 bench:
 	$(GO) test -run '^$$' -bench 'Fetch' -benchtime 2s -count 5 ./proxy/
 	$(GO) test -run '^$$' -bench 'Login|ProxyCopy' -benchmem -benchtime 2s -count 3 ./proxy/
+	$(GO) test -run '^$$' -bench 'RelayDovecot' -benchtime 40x -count 8 ./proxy/
 	$(GO) test -run '^$$' -bench 'IdleSessions' -benchtime 1x -count 3 ./proxy/
 	$(GO) test -run '^$$' -bench 'KDFFlood' -benchtime 3x -count 3 ./proxy/
+	$(GO) test -run '^$$' -bench 'SMTPSubmit' -benchtime 2s -count 3 ./proxy/
 
 # Concurrent collectors for a bounded time against an in-process proxy and
-# directly against the same upstream: logins/s, login p50/p99, throughput.
-LOAD_FLAGS ?= -collectors 50 -duration 10s
+# directly against the same upstream: logins/s, login p50/p99, throughput
+# and CPU per session, and the proxy's ratios to direct. Five runs, each
+# alternating the modes in 1-second slices, then the median and range of
+# the ratios. About two minutes.
+LOAD_FLAGS ?= -collectors 50 -duration 10s -slices 10 -runs 5
 load:
 	$(GO) run ./cmd/imap-oauth-proxy-load $(LOAD_FLAGS)
 

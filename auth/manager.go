@@ -196,8 +196,12 @@ type Account struct {
 	recordID string
 	provider config.Provider // copy: a reload never changes a running source
 
-	mu         sync.Mutex
-	reuse      oauth2.TokenSource // ReuseTokenSource over source; replaced by Refused
+	mu    sync.Mutex
+	reuse oauth2.TokenSource // ReuseTokenSource over source; replaced by Refused
+	// served is the last token reuse returned. While it is Valid (reuse
+	// sets its expiry delta to the refresh margin), Token returns it
+	// without a goroutine; Refused clears it along with reuse.
+	served     *oauth2.Token
 	source     oauth2.TokenSource // *persistingSource, or *appSource for app-only grants
 	generation uint64             // newest secret generation of the record this account wrote or read
 	revoked    error              // sticky AuthorizationFailed after invalid_grant, until the record changes
@@ -280,10 +284,15 @@ func oauth2Config(p *config.Provider) *oauth2.Config {
 // background and serves the next login.
 func (a *Account) Token(ctx context.Context) (*oauth2.Token, error) {
 	a.mu.Lock()
-	ts, revoked := a.reuse, a.revoked
+	ts, revoked, served := a.reuse, a.revoked, a.served
 	a.mu.Unlock()
 	if revoked != nil {
 		return nil, revoked
+	}
+	if served.Valid() {
+		// The cached token still has the margin left: what ts would
+		// return, without a goroutine that only a refresh needs.
+		return served, nil
 	}
 	type result struct {
 		tok *oauth2.Token
@@ -292,6 +301,13 @@ func (a *Account) Token(ctx context.Context) (*oauth2.Token, error) {
 	done := make(chan result, 1)
 	go func() {
 		tok, err := ts.Token()
+		if err == nil {
+			a.mu.Lock()
+			if a.reuse == ts { // not refused meanwhile
+				a.served = tok
+			}
+			a.mu.Unlock()
+		}
 		done <- result{tok, err}
 	}()
 	select {
@@ -313,6 +329,7 @@ func (a *Account) Refused(tok *oauth2.Token) {
 	}
 	a.lastAccess = ""
 	a.refused = tok.AccessToken
+	a.served = nil
 	a.reuse = oauth2.ReuseTokenSourceWithExpiry(nil, a.source, a.m.margin)
 }
 

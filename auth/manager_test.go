@@ -323,3 +323,43 @@ func TestPasswordChangeKeepsAccount(t *testing.T) {
 		t.Errorf("the login after passwd refreshed %d times; want the cached access token", n)
 	}
 }
+
+// TestCachedTokenServedWithoutAllocating: while the cached access token
+// has more than the refresh margin left, Token returns it at once, with no
+// allocation (and so no goroutine) and no refresh; after Refused, the next
+// Token refreshes.
+func TestCachedTokenServedWithoutAllocating(t *testing.T) {
+	r := newManagerRig(t)
+	tokens := newTokens(t)
+	acct := r.account("collector", tokens)
+	a, err := r.mgr.Unlock(context.Background(), acct, managerPassword)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	first, err := a.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	allocs := testing.AllocsPerRun(100, func() {
+		tok, err := a.Token(ctx)
+		if err != nil || tok != first {
+			t.Fatalf("cached Token = %p, %v; want the first token", tok, err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("a cached Token allocates %v times", allocs)
+	}
+	if n := tokens.RefreshCount(acct.Mailbox); n != 1 {
+		t.Errorf("%d refreshes, want 1", n)
+	}
+	a.Refused(first)
+	second, err := a.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.AccessToken == first.AccessToken || tokens.RefreshCount(acct.Mailbox) != 2 {
+		t.Errorf("after Refused: same token %v, %d refreshes; want a new one from a second refresh",
+			second.AccessToken == first.AccessToken, tokens.RefreshCount(acct.Mailbox))
+	}
+}

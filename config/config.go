@@ -78,6 +78,18 @@ type Server struct {
 	// listen_pop3_tls); "" disables it. Setting it requires TLSCert and
 	// TLSKey.
 	ListenPOP3TLS string
+	// ListenSMTP is the SMTP submission listener address (key
+	// listen_smtp), port 587 style: STARTTLS is offered when TLSCert is
+	// set; "" (the default) disables it.
+	ListenSMTP string
+	// ListenSMTPS is the implicit-TLS submission listener address (key
+	// listen_smtps, port 465 style); "" disables it. Setting it requires
+	// TLSCert and TLSKey.
+	ListenSMTPS string
+	// SMTPMaxMessageBytes bounds one message a sender submits (key
+	// smtp_max_message_bytes), announced in EHLO's SIZE; the upstream's own
+	// limit applies too.
+	SMTPMaxMessageBytes int
 	// TLSCert and TLSKey are the PEM certificate chain and key for local TLS
 	// (keys tls_cert and tls_key), both set or both "". Relative paths are
 	// resolved against the config file's directory.
@@ -167,6 +179,7 @@ func Defaults() Server {
 		MaxLiteralBytes:       8192,
 		ShutdownTimeout:       10 * time.Second,
 		PreauthMaxTime:        3 * time.Minute,
+		SMTPMaxMessageBytes:   DefaultSMTPMaxMessageBytes,
 	}
 }
 
@@ -226,6 +239,10 @@ type Provider struct {
 	// the server's "+" first, as Microsoft 365 requires (RFC 5034 section
 	// 4 allows both).
 	POP3InitialResponse bool
+	// SMTPAddress is the upstream submission server's host:port (key
+	// smtp_address), spoken to with STARTTLS; "" when the provider has
+	// none, and then no account of it may list smtp.
+	SMTPAddress string
 	// CAFile is a PEM file of extra root certificates for the upstream (key
 	// ca_file), resolved against the config file's directory; "" for the
 	// system roots only.

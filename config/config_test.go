@@ -49,6 +49,7 @@ func TestLoadFull(t *testing.T) {
 		ShutdownTimeout:       3 * time.Second,
 		PreauthMaxTime:        2 * time.Minute,
 		MetricsListen:         "127.0.0.1:9143",
+		SMTPMaxMessageBytes:   DefaultSMTPMaxMessageBytes,
 	}
 	if cfg.Server != wantServer {
 		t.Errorf("Server =\n%+v\nwant\n%+v", cfg.Server, wantServer)
@@ -72,6 +73,7 @@ func TestLoadFull(t *testing.T) {
 			IMAPAddress:   "outlook.office365.us:993", // override
 			IMAPTLS:       "implicit",
 			POP3Address:   "outlook.office365.com:995",
+			SMTPAddress:   "smtp.office365.com:587",
 			Mechanism:     "OAUTHBEARER", // "oauthbearer" in the file
 		},
 		"contoso-app": {
@@ -87,6 +89,7 @@ func TestLoadFull(t *testing.T) {
 			IMAPAddress:           "outlook.office365.com:993",
 			IMAPTLS:               "implicit",
 			POP3Address:           "outlook.office365.com:995",
+			SMTPAddress:           "smtp.office365.com:587",
 			Mechanism:             "XOAUTH2",
 			ClientCertificateFile: filepath.Join(dir, "contoso-app.pem"),
 			ClientKeyFile:         filepath.Join(dir, "contoso-app.key"),
@@ -104,6 +107,7 @@ func TestLoadFull(t *testing.T) {
 			IMAPAddress:         "imap.gmail.com:993",
 			IMAPTLS:             "implicit",
 			POP3Address:         "pop.gmail.com:995",
+			SMTPAddress:         "smtp.gmail.com:587",
 			POP3InitialResponse: true,
 			Mechanism:           "XOAUTH2",
 			ServiceAccountFile:  filepath.Join(dir, "gmail-sa.json"),
@@ -204,6 +208,7 @@ func TestDefaults(t *testing.T) {
 		MaxLiteralBytes:       8192,
 		ShutdownTimeout:       10 * time.Second,
 		PreauthMaxTime:        3 * time.Minute,
+		SMTPMaxMessageBytes:   35 << 20,
 	}
 	if d != want {
 		t.Errorf("Defaults() = %+v, want %+v", d, want)

@@ -39,6 +39,8 @@ type rawServer struct {
 	ListenTLS      *string `toml:"listen_tls"`
 	ListenPOP3     *string `toml:"listen_pop3"`
 	ListenPOP3TLS  *string `toml:"listen_pop3_tls"`
+	ListenSMTP     *string `toml:"listen_smtp"`
+	ListenSMTPS    *string `toml:"listen_smtps"`
 	TLSCert        *string `toml:"tls_cert"`
 	TLSKey         *string `toml:"tls_key"`
 	AllowPlaintext *bool   `toml:"allow_plaintext"`
@@ -65,6 +67,7 @@ type rawServer struct {
 	MaxConnectionsPerIP   *int `toml:"max_connections_per_ip"`
 	MaxConnectionsPerPeer *int `toml:"max_connections_per_peer"`
 	MaxLineBytes          *int `toml:"max_line_bytes"`
+	SMTPMaxMessageBytes   *int `toml:"smtp_max_message_bytes"`
 	MaxLiteralBytes       *int `toml:"max_literal_bytes"`
 }
 
@@ -95,8 +98,10 @@ type rawProvider struct {
 	// The upstream POP3 server.
 	POP3Address         *string `toml:"pop3_address"`
 	POP3InitialResponse *bool   `toml:"pop3_initial_response"`
-	CAFile              *string `toml:"ca_file"`
-	Mechanism           *string `toml:"mechanism"`
+	// The upstream submission server.
+	SMTPAddress *string `toml:"smtp_address"`
+	CAFile      *string `toml:"ca_file"`
+	Mechanism   *string `toml:"mechanism"`
 
 	// Microsoft's cloud, and the sessions one mailbox may hold.
 	Cloud       *string `toml:"cloud"`
@@ -262,6 +267,7 @@ func (p *parser) server(r *rawServer, opts *LoadOptions) Server {
 	setIf(&s.ListenTLS, r.ListenTLS)
 	setIf(&s.TLSCert, r.TLSCert)
 	setIf(&s.TLSKey, r.TLSKey)
+	p.smtpListeners(r, &s) // before pop3Listeners, which compares all the addresses
 	p.pop3Listeners(r, &s)
 	setIf(&s.AllowPlaintext, r.AllowPlaintext)
 	setIf(&s.StateDir, r.StateDir)
@@ -293,7 +299,7 @@ func (p *parser) server(r *rawServer, opts *LoadOptions) Server {
 	}
 
 	inherited := opts.InheritedListen || opts.InheritedListenTLS || opts.InheritedPOP3 || opts.InheritedPOP3TLS
-	pop3 := s.ListenPOP3 != "" || s.ListenPOP3TLS != ""
+	pop3 := s.ListenPOP3 != "" || s.ListenPOP3TLS != "" || s.ListenSMTP != "" || s.ListenSMTPS != ""
 	switch {
 	case s.Listen == "" && s.ListenTLS == "" && !inherited && !pop3:
 		p.addf("server.listen", "empty, and server.listen_tls is not set: nothing to listen on")
@@ -390,6 +396,7 @@ func (p *parser) provider(name string, r *rawProvider) *Provider {
 	setIf(&pr.IMAPAddress, r.IMAPAddress)
 	p.enum(r.IMAPTLS, &pr.IMAPTLS, []string{"implicit", "starttls"}, at("imap_tls"))
 	p.pop3Server(r, &pr, at)
+	p.smtpServer(r, &pr, at)
 	setIf(&pr.CAFile, r.CAFile)
 	if setIf(&pr.Mechanism, r.Mechanism) {
 		pr.Mechanism = strings.ToUpper(pr.Mechanism)

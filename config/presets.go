@@ -13,10 +13,10 @@ const (
 // Microsoft cloud (key cloud): the global one, US Government GCC High and
 // DoD (mguessan/davmail#284; learn.microsoft.com national clouds), and the
 // China cloud operated by 21Vianet (mguessan/davmail#341).
-var microsoftClouds = map[string]struct{ login, exchange string }{
-	"global": {"login.microsoftonline.com", "outlook.office365.com"},
-	"usgov":  {"login.microsoftonline.us", "outlook.office365.us"},
-	"china":  {"login.chinacloudapi.cn", "partner.outlook.cn"},
+var microsoftClouds = map[string]struct{ login, exchange, smtp string }{
+	"global": {"login.microsoftonline.com", "outlook.office365.com", "smtp.office365.com"},
+	"usgov":  {"login.microsoftonline.us", "outlook.office365.us", "smtp.office365.us"},
+	"china":  {"login.chinacloudapi.cn", "partner.outlook.cn", "smtp.partner.outlook.cn"},
 }
 
 // preset returns the Provider values for a provider type, before the file's
@@ -42,6 +42,8 @@ func preset(typ, tenant, cloud string) Provider {
 		p.MaxSessions = microsoftMaxSessions
 		// https://learn.microsoft.com/exchange/clients-and-mobile-in-exchange-online/pop3-and-imap4/pop3-and-imap4
 		p.POP3Address = hosts.exchange + ":995"
+		// https://learn.microsoft.com/exchange/mail-flow-best-practices/how-to-set-up-a-multifunction-device-or-application-to-send-email-using-microsoft-365-or-office-365
+		p.SMTPAddress = hosts.smtp + ":587"
 	case "google":
 		p.AuthURL = "https://accounts.google.com/o/oauth2/auth"
 		p.TokenURL = "https://oauth2.googleapis.com/token"
@@ -53,6 +55,9 @@ func preset(typ, tenant, cloud string) Provider {
 		// AUTH takes the initial response on the command line.
 		p.POP3Address = "pop.gmail.com:995"
 		p.POP3InitialResponse = true
+		// https://developers.google.com/gmail/imap/imap-smtp: submission
+		// with STARTTLS on 587.
+		p.SMTPAddress = "smtp.gmail.com:587"
 	}
 	return p
 }

@@ -13,16 +13,18 @@ type Protocol string
 const (
 	IMAP Protocol = "imap"
 	POP3 Protocol = "pop3"
+	SMTP Protocol = "smtp"
 )
 
 // knownProtocols are the values of accounts.LOGIN.protocols.
-var knownProtocols = []string{string(IMAP), string(POP3)}
+var knownProtocols = []string{string(IMAP), string(POP3), string(SMTP)}
 
 // Microsoft's delegated permissions per protocol, on the Exchange Online
 // resource of the provider's cloud: https://learn.microsoft.com/exchange/client-developer/legacy-protocols/how-to-authenticate-an-imap-pop-smtp-application-by-using-oauth
 var microsoftDelegatedPermissions = map[Protocol]string{
 	IMAP: "IMAP.AccessAsUser.All",
 	POP3: "POP.AccessAsUser.All",
+	SMTP: "SMTP.Send",
 }
 
 // Allows reports whether the account may be used over proto.
@@ -33,11 +35,13 @@ func (a *Account) Allows(proto Protocol) bool {
 // Scopes returns the scopes a delegated authorization of the account
 // requests. For a Microsoft provider whose scopes are the preset's, they
 // are the Exchange Online permission of each protocol the account lists
-// (IMAP.AccessAsUser.All, POP.AccessAsUser.All) and offline_access;
+// (IMAP.AccessAsUser.All, POP.AccessAsUser.All, SMTP.Send) and
+// offline_access;
 // otherwise the provider's scopes (Google's https://mail.google.com/
 // covers IMAP, POP3 and SMTP). App-only grants use the provider's
 // AppScopes instead: Microsoft's .default names whatever application
-// permissions (IMAP.AccessAsApp, POP.AccessAsApp) the admin granted.
+// permissions (IMAP.AccessAsApp, POP.AccessAsApp, SMTP.SendAsApp) the
+// admin granted.
 func (a *Account) Scopes() []string {
 	p := a.Provider
 	if p == nil {
@@ -86,6 +90,9 @@ func (p *parser) protocols(names *[]string, a *Account, at func(string) string) 
 	if a.Provider != nil && a.Allows(POP3) && a.Provider.POP3Address == "" {
 		p.addf(at("protocols"), "pop3 needs providers.%s.pop3_address", keyPath(a.Provider.Name))
 	}
+	if a.Provider != nil && a.Allows(SMTP) && a.Provider.SMTPAddress == "" {
+		p.addf(at("protocols"), "smtp needs providers.%s.smtp_address", keyPath(a.Provider.Name))
+	}
 }
 
 // pop3Server reads a provider's POP3 keys into pr.
@@ -114,6 +121,7 @@ func (p *parser) pop3Listeners(r *rawServer, s *Server) {
 	for _, l := range []struct{ key, addr string }{
 		{"listen", s.Listen}, {"listen_tls", s.ListenTLS},
 		{"listen_pop3", s.ListenPOP3}, {"listen_pop3_tls", s.ListenPOP3TLS},
+		{"listen_smtp", s.ListenSMTP}, {"listen_smtps", s.ListenSMTPS},
 	} {
 		if l.addr == "" || strings.HasSuffix(l.addr, ":0") {
 			continue

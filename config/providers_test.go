@@ -11,14 +11,14 @@ import (
 // host, and that personal accounts get the consumers endpoints.
 func TestMicrosoftClouds(t *testing.T) {
 	for _, tc := range []struct {
-		cloud, tenant        string
-		login, exchange      string
-		wantTenantInTokenURL string
+		cloud, tenant         string
+		login, exchange, smtp string
+		wantTenantInTokenURL  string
 	}{
-		{"", "contoso.onmicrosoft.com", "login.microsoftonline.com", "outlook.office365.com", "contoso.onmicrosoft.com"},
-		{"global", "consumers", "login.microsoftonline.com", "outlook.office365.com", "consumers"},
-		{"usgov", "contoso.onmicrosoft.us", "login.microsoftonline.us", "outlook.office365.us", "contoso.onmicrosoft.us"},
-		{"china", "contoso.partner.onmschina.cn", "login.chinacloudapi.cn", "partner.outlook.cn", "contoso.partner.onmschina.cn"},
+		{"", "contoso.onmicrosoft.com", "login.microsoftonline.com", "outlook.office365.com", "smtp.office365.com", "contoso.onmicrosoft.com"},
+		{"global", "consumers", "login.microsoftonline.com", "outlook.office365.com", "smtp.office365.com", "consumers"},
+		{"usgov", "contoso.onmicrosoft.us", "login.microsoftonline.us", "outlook.office365.us", "smtp.office365.us", "contoso.onmicrosoft.us"},
+		{"china", "contoso.partner.onmschina.cn", "login.chinacloudapi.cn", "partner.outlook.cn", "smtp.partner.outlook.cn", "contoso.partner.onmschina.cn"},
 	} {
 		t.Run(tc.cloud+" "+tc.tenant, func(t *testing.T) {
 			cloudLine := ""
@@ -45,7 +45,8 @@ mailbox = "a@example.com"
 				AppScopes:   []string{"https://" + tc.exchange + "/.default"},
 				ClientID:    "id",
 				IMAPAddress: tc.exchange + ":993", POP3Address: tc.exchange + ":995",
-				IMAPTLS: "implicit", Mechanism: "XOAUTH2", MaxSessions: 16}
+				SMTPAddress: tc.smtp + ":587",
+				IMAPTLS:     "implicit", Mechanism: "XOAUTH2", MaxSessions: 16}
 			if !reflect.DeepEqual(p, want) {
 				t.Errorf("got\n%+v\nwant\n%+v", p, want)
 			}

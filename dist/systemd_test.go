@@ -170,7 +170,10 @@ func TestServiceFromPackage(t *testing.T) {
 	// Upgrade over itself: config (a changed conffile) and records stay,
 	// and the running service restarts on the new binary.
 	configSum := c.must("sha256sum /etc/imap-oauth-proxy/config.toml")
-	records := c.must("ls -l --time-style=+ /var/lib/imap-oauth-proxy")
+	// The token records, byte for byte (health.json beside them is the
+	// daemon's own state, rewritten at every stop).
+	const recordSums = "cd /var/lib/imap-oauth-proxy && sha256sum *.token && stat -c '%U:%G %a %n' *.token"
+	records := c.must(recordSums)
 	oldPID := c.must("systemctl show -p MainPID --value imap-oauth-proxy")
 	c.must("apt-get install -y -q " + art.newDeb)
 	if got := c.must("dpkg-query -W -f '${Version}' imap-oauth-proxy"); got != "0.1.1" {
@@ -179,7 +182,7 @@ func TestServiceFromPackage(t *testing.T) {
 	if got := c.must("sha256sum /etc/imap-oauth-proxy/config.toml"); got != configSum {
 		t.Errorf("the upgrade changed config.toml")
 	}
-	if got := c.must("ls -l --time-style=+ /var/lib/imap-oauth-proxy"); got != records {
+	if got := c.must(recordSums); got != records {
 		t.Errorf("the upgrade changed the records:\nbefore\n%s\nafter\n%s", records, got)
 	}
 	if got := c.must("systemctl is-active imap-oauth-proxy"); got != "active" {

@@ -71,10 +71,18 @@ func (c *conn) serve() {
 			return
 		}
 	}
-	c.br = bufio.NewReaderSize(c.nc, 4096)
-	c.bw = bufio.NewWriterSize(c.nc, 4096)
+	c.br, c.bw = newLineReader(c.nc), newLineWriter(c.nc)
 	reason := c.proto.preauth(c)
+	c.releaseLineBuffers()
 	c.logger.Info("session end", "duration", time.Since(c.start).Round(time.Millisecond), "reason", reason)
+}
+
+// releaseLineBuffers returns the pre-auth reader and writer to their
+// pools, once nothing reads or writes through them any more.
+func (c *conn) releaseLineBuffers() {
+	putLineReader(c.br)
+	putLineWriter(c.bw)
+	c.br, c.bw = nil, nil
 }
 
 // handshake runs the server side of TLS on c.nc (implicit TLS or STARTTLS).
@@ -184,7 +192,9 @@ func (c *conn) preauth() string {
 			}
 			return reason
 		}
-		c.trace("C", cmd.redacted())
+		if c.tracing() {
+			c.trace("C", cmd.redacted())
+		}
 
 		switch cmd.name {
 		case "CAPABILITY":
@@ -309,7 +319,7 @@ func (c *conn) resumeInTLS() error {
 	if err := c.handshake(); err != nil {
 		return fmt.Errorf("TLS handshake failed: %w", err)
 	}
-	c.br = bufio.NewReaderSize(c.nc, 4096)
+	c.br.Reset(c.nc) // empty: both callers refuse pipelined bytes first
 	c.bw.Reset(c.nc)
 	return nil
 }
@@ -361,9 +371,15 @@ func (c *conn) bye(text string) {
 // trace logs one protocol line at debug level. Callers pass lines with
 // every secret already replaced by [redacted].
 func (c *conn) trace(dir, line string) {
-	if c.logger.Enabled(context.Background(), slog.LevelDebug) {
+	if c.tracing() {
 		c.logger.Debug(string(c.proto.name), "dir", dir, "line", line)
 	}
+}
+
+// tracing reports whether the protocol trace is on (debug level), so
+// that a caller builds a trace line only when it will be logged.
+func (c *conn) tracing() bool {
+	return c.logger.Enabled(context.Background(), slog.LevelDebug)
 }
 
 // redactedMarker stands in for every secret in the protocol trace.

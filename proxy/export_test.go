@@ -14,3 +14,7 @@ const (
 func ProcNetPeerUID(local, remote net.Addr) (uint32, error) {
 	return procNetUID("/proc/net", local, remote)
 }
+
+// SetPlainRelay makes the sessions of s that start relaying from now on
+// use plainCopy (on) or proxyCopy (off).
+func SetPlainRelay(s *Server, on bool) { s.plainRelay.Store(on) }

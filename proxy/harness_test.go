@@ -73,6 +73,10 @@ type harnessOptions struct {
 	// account use it; pop3Personality is its wire behaviour.
 	pop3            bool
 	pop3Personality proxytest.POP3Personality
+	// smtp adds a submission upstream (see smtpHarness) and lets the test
+	// account use it, with these options (Validate is the harness's).
+	smtp        bool
+	smtpOptions proxytest.SMTPUpstreamOptions
 }
 
 // harness is a token endpoint, an XOAUTH2-only upstream, a token store and
@@ -83,6 +87,9 @@ type harness struct {
 	upstream *proxytest.Upstream
 	// pop3Upstream is the POP3 upstream when harnessOptions.pop3 is set.
 	pop3Upstream *proxytest.POP3Upstream
+	// smtpUpstream is the submission upstream when harnessOptions.smtp is
+	// set.
+	smtpUpstream *proxytest.SMTPUpstream
 	dir          string
 	logs         *syncBuffer
 	// testProxy is the running proxy, with its config and token store;
@@ -144,6 +151,14 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 	if opts.pop3 {
 		pop3Address, protocols = h.startPOP3Upstream(validate, opts.pop3Personality), []string{"imap", "pop3"}
 	}
+	var smtpAddress string
+	if opts.smtp {
+		smtpAddress = h.startSMTPUpstream(validate, opts.smtpOptions)
+		if protocols == nil {
+			protocols = []string{"imap"}
+		}
+		protocols = append(protocols, "smtp")
+	}
 	imapAddress, tokenURL := up.Addr, h.tokens.TokenURL()
 	if opts.imapAddress != "" {
 		imapAddress = opts.imapAddress
@@ -174,6 +189,7 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 		Type:        opts.providerType,
 		POP3Address: pop3Address, Protocols: protocols,
 		POP3InitialResponse: opts.pop3Personality == proxytest.POP3Gmail,
+		SMTPAddress:         smtpAddress,
 	})
 	text += opts.accountTOML // the test account's table is the last one
 	rt := h.tokens.Grant(testMailbox)

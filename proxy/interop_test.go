@@ -37,6 +37,7 @@ import (
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
 )
 
 // interopClientTimeout bounds one run of a legacy client.
@@ -61,6 +62,7 @@ type interopEnv struct {
 	dovecot  *dovecot
 	addr     string // the proxy's
 	port     int
+	srv      *proxy.Server
 	logs     *syncBuffer
 	accounts map[string]*interopAccount
 
@@ -72,6 +74,14 @@ type interopEnv struct {
 // account for each login in logins (mailbox LOGIN@contoso.test). A login
 // ending in "-bearer" logs in upstream with OAUTHBEARER.
 func newInteropEnv(t testing.TB, logins ...string) *interopEnv {
+	t.Helper()
+	return newInteropEnvLogging(t, slog.LevelDebug, logins...)
+}
+
+// newInteropEnvLogging is newInteropEnv with the proxy logging at level:
+// benchmarks use slog.LevelWarn, as a production daemon's log is not the
+// debug trace.
+func newInteropEnvLogging(t testing.TB, level slog.Level, logins ...string) *interopEnv {
 	t.Helper()
 	e := &interopEnv{t: t, logs: &syncBuffer{}, accounts: make(map[string]*interopAccount)}
 	e.tokens = authtest.NewServer(authtest.Options{
@@ -124,9 +134,9 @@ mechanism = %q
 		e.addSecret(rt)
 		records = append(records, tokenRecord{a.Login, a.Password, rt})
 	}
-	logger := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	logger := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: level}))
 	p := newTestProxy(t, testProxyOptions{dir: dir, config: text.String(), records: records, logger: logger})
-	e.addr, e.port = p.addr, p.port
+	e.addr, e.port, e.srv = p.addr, p.port, p.srv
 	return e
 }
 

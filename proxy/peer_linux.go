@@ -7,10 +7,13 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
 )
 
 // lookupPeerUID finds the uid owning the client end of a loopback TCP
@@ -32,29 +35,109 @@ func lookupPeerUID(local, remote net.Addr) (uint32, error) {
 	return 0, fmt.Errorf("finding the peer's uid: sock_diag: %w; /proc/net: %w", diagErr, procErr)
 }
 
-// sockDiagUID asks sock_diag for the client socket's owner.
+// sockDiagUID asks sock_diag for the client socket's owner. It asks for
+// that one socket (an exact lookup, which the kernel answers from its
+// connection hash table), not for a dump filtered on ports: a dump walks
+// every TCP socket on the host, time-wait ones included, and under a burst
+// of logins it cost milliseconds per connection in the accept loop.
 func sockDiagUID(local, remote net.Addr) (uint32, error) {
 	l, r, ok := tcpAddrs(local, remote)
 	if !ok {
 		return 0, errors.New("not a TCP connection")
 	}
-	var sock *netlink.Socket
-	var err error
-	for range 2 { // a dump interrupted by a change is worth one retry
-		if sock, err = netlink.SocketGet(r, l); !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
-	}
+	req := nl.NewNetlinkRequest(nl.SOCK_DIAG_BY_FAMILY, 0)
+	// The client's socket: bound to remote, connected to local.
+	req.AddData(newInetDiagRequest(r, l))
+	msgs, err := req.Execute(unix.NETLINK_INET_DIAG, nl.SOCK_DIAG_BY_FAMILY)
 	if err != nil {
+		return 0, fmt.Errorf("sock_diag lookup: %w", err)
+	}
+	if len(msgs) != 1 {
+		return 0, fmt.Errorf("sock_diag answered with %d sockets, want 1", len(msgs))
+	}
+	var sock netlink.Socket
+	if err := parseInetDiagMsg(msgs[0], &sock); err != nil {
 		return 0, err
 	}
-	// The kernel matches a dump request on ports; check the addresses.
+	// Check the answer names the socket asked for.
 	id := sock.ID
 	if !id.Source.Equal(r.IP) || !id.Destination.Equal(l.IP) ||
 		int(id.SourcePort) != r.Port || int(id.DestinationPort) != l.Port {
 		return 0, fmt.Errorf("sock_diag answered with socket %s:%d -> %s:%d", id.Source, id.SourcePort, id.Destination, id.DestinationPort)
 	}
+	if sock.INode == 0 {
+		// Orphaned: its client closed it; the uid the kernel gives (0)
+		// is nobody's.
+		return 0, errors.New("sock_diag: the client's socket has no owner left (closed by its client)")
+	}
 	return sock.UID, nil
+}
+
+// inetDiagRequest is struct inet_diag_req_v2 (linux/inet_diag.h) for an
+// exact lookup of one TCP socket.
+type inetDiagRequest struct {
+	family      uint8
+	source, dst *net.TCPAddr
+}
+
+// Sizes from linux/inet_diag.h: inet_diag_req_v2 and inet_diag_msg.
+const (
+	sizeofInetDiagRequest = 56
+	sizeofInetDiagMsg     = 72
+	// inetDiagNoCookie is INET_DIAG_NOCOOKIE: match any socket cookie.
+	inetDiagNoCookie = ^uint32(0)
+)
+
+func newInetDiagRequest(source, dst *net.TCPAddr) *inetDiagRequest {
+	family := uint8(unix.AF_INET6)
+	if source.IP.To4() != nil && dst.IP.To4() != nil {
+		family = unix.AF_INET
+	}
+	return &inetDiagRequest{family: family, source: source, dst: dst}
+}
+
+func (r *inetDiagRequest) Len() int { return sizeofInetDiagRequest }
+
+func (r *inetDiagRequest) Serialize() []byte {
+	b := make([]byte, sizeofInetDiagRequest)
+	b[0] = r.family
+	b[1] = unix.IPPROTO_TCP
+	// b[2] (extensions) and b[3] (pad) stay zero.
+	binary.NativeEndian.PutUint32(b[4:], ^uint32(0)) // every state
+	binary.BigEndian.PutUint16(b[8:], uint16(r.source.Port))
+	binary.BigEndian.PutUint16(b[10:], uint16(r.dst.Port))
+	if r.family == unix.AF_INET {
+		copy(b[12:28], r.source.IP.To4())
+		copy(b[28:44], r.dst.IP.To4())
+	} else {
+		copy(b[12:28], r.source.IP.To16())
+		copy(b[28:44], r.dst.IP.To16())
+	}
+	// b[44:48] (interface) stays zero: any.
+	binary.NativeEndian.PutUint32(b[48:], inetDiagNoCookie)
+	binary.NativeEndian.PutUint32(b[52:], inetDiagNoCookie)
+	return b
+}
+
+// parseInetDiagMsg reads the fields of struct inet_diag_msg that
+// sockDiagUID needs into s.
+func parseInetDiagMsg(b []byte, s *netlink.Socket) error {
+	if len(b) < sizeofInetDiagMsg {
+		return fmt.Errorf("sock_diag answer of %d bytes, want at least %d", len(b), sizeofInetDiagMsg)
+	}
+	s.Family, s.State = b[0], b[1]
+	s.ID.SourcePort = binary.BigEndian.Uint16(b[4:])
+	s.ID.DestinationPort = binary.BigEndian.Uint16(b[6:])
+	if s.Family == unix.AF_INET {
+		s.ID.Source = net.IP(slices.Clone(b[8:12]))
+		s.ID.Destination = net.IP(slices.Clone(b[24:28]))
+	} else {
+		s.ID.Source = net.IP(slices.Clone(b[8:24]))
+		s.ID.Destination = net.IP(slices.Clone(b[24:40]))
+	}
+	s.UID = binary.NativeEndian.Uint32(b[64:])
+	s.INode = binary.NativeEndian.Uint32(b[68:])
+	return nil
 }
 
 // procNetUID finds the client socket's owner in dir's tcp and tcp6
@@ -108,6 +191,11 @@ func scanProcNet(path, local, remote string) (uint32, error) {
 		fields := strings.Fields(sc.Text())
 		if len(fields) < 8 || fields[1] != local || fields[2] != remote {
 			continue
+		}
+		if len(fields) < 10 || fields[9] == "0" {
+			// ... uid timeout inode: an orphaned socket (its client
+			// closed it) shows uid 0 and inode 0, and has no owner.
+			return 0, fmt.Errorf("%s: socket %s -> %s has no owner left (closed by its client)", path, local, remote)
 		}
 		uid, err := strconv.ParseUint(fields[7], 10, 32)
 		if err != nil {

@@ -101,7 +101,9 @@ func (s *pop3Session) command(line string, first bool) (reason string, done bool
 	c := s.c
 	name, arg, hasArg := strings.Cut(line, " ")
 	name = strings.ToUpper(name)
-	c.trace("C", pop3Redacted(name, arg, hasArg))
+	if c.tracing() {
+		c.trace("C", pop3Redacted(name, arg, hasArg))
+	}
 	switch name {
 	case "CAPA":
 		return s.capa()

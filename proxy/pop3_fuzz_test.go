@@ -40,6 +40,38 @@ func FuzzPOP3Preauth(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
+	srv, ln := newFuzzServer(f, "pop3_address = \"pop.example:995\"\n", "pop3")
+
+	f.Fuzz(func(t *testing.T, data []byte) {
+		out := fuzzSession(t, srv, ln, pop3Protocol, data)
+		lines := strings.Split(strings.TrimSuffix(out, "\r\n"), "\r\n")
+		if lines[0] != "+OK imap-oauth-proxy POP3 ready" {
+			t.Fatalf("greeting %q", lines[0])
+		}
+		inList := false
+		for _, l := range lines[1:] {
+			switch {
+			case inList:
+				inList = l != "."
+			case strings.HasPrefix(l, "+OK ") && strings.HasSuffix(l, " follows"):
+				inList = true
+			case l == "+ " || strings.HasPrefix(l, "+OK ") || strings.HasPrefix(l, "-ERR "):
+			case l == "":
+			default:
+				t.Fatalf("answer line %q", l)
+			}
+		}
+		if strings.Contains(out, fuzzPOP3Secret) {
+			t.Fatal("an answer repeats the password")
+		}
+	})
+}
+
+// newFuzzServer returns a proxy for a pre-auth fuzz target, whose account
+// "collector" has no token record (every login fails) and lists protocol,
+// with providerTOML in its provider's table; and a loopback listener for
+// fuzzSession.
+func newFuzzServer(f *testing.F, providerTOML, protocol string) (*Server, net.Listener) {
 	cfg, err := config.Parse([]byte(`[server]
 state_dir = "state"
 max_line_bytes = 512
@@ -49,11 +81,10 @@ token_url = "https://idp.example/token"
 scopes = ["mail"]
 client_id = "c"
 imap_address = "imap.example:993"
-pop3_address = "pop.example:995"
-[accounts.collector]
+`+providerTOML+`[accounts.collector]
 provider = "lab"
 mailbox = "a"
-protocols = ["pop3"]
+protocols = ["`+protocol+`"]
 `), f.TempDir())
 	if err != nil {
 		f.Fatal(err)
@@ -82,52 +113,36 @@ protocols = ["pop3"]
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { ln.Close() })
+	return srv, ln
+}
 
-	f.Fuzz(func(t *testing.T, data []byte) {
-		client, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer client.Close()
-		server, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := srv.newConn(server, false, true, pop3Protocol)
-		if c == nil {
-			t.Fatal("connection refused")
-		}
-		ended := make(chan struct{})
-		go func() {
-			defer close(ended)
-			c.serve()
-		}()
-		go func() {
-			client.Write(data) // fails once the session has ended: fine
-			client.(*net.TCPConn).CloseWrite()
-		}()
-		var out bytes.Buffer
-		io.Copy(&out, client)
-		<-ended
-		lines := strings.Split(strings.TrimSuffix(out.String(), "\r\n"), "\r\n")
-		if lines[0] != "+OK imap-oauth-proxy POP3 ready" {
-			t.Fatalf("greeting %q", lines[0])
-		}
-		inList := false
-		for _, l := range lines[1:] {
-			switch {
-			case inList:
-				inList = l != "."
-			case strings.HasPrefix(l, "+OK ") && strings.HasSuffix(l, " follows"):
-				inList = true
-			case l == "+ " || strings.HasPrefix(l, "+OK ") || strings.HasPrefix(l, "-ERR "):
-			case l == "":
-			default:
-				t.Fatalf("answer line %q", l)
-			}
-		}
-		if strings.Contains(out.String(), fuzzPOP3Secret) {
-			t.Fatal("an answer repeats the password")
-		}
-	})
+// fuzzSession runs one loopback session of proto on srv with data as the
+// client's input, and returns every byte the proxy answered.
+func fuzzSession(t *testing.T, srv *Server, ln net.Listener, proto *protocol, data []byte) string {
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := srv.newConn(server, false, true, proto)
+	if c == nil {
+		t.Fatal("connection refused")
+	}
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		c.serve()
+	}()
+	go func() {
+		client.Write(data) // fails once the session has ended: fine
+		client.(*net.TCPConn).CloseWrite()
+	}()
+	var out bytes.Buffer
+	io.Copy(&out, client)
+	<-ended
+	return out.String()
 }

@@ -36,16 +36,22 @@ func (h *harness) startPOP3Upstream(validate func(user, token string) error, per
 	for _, m := range pop3Messages {
 		up.AddMessage(testMailbox, m)
 	}
+	h.appendCA(up.CAPEM)
+	h.pop3Upstream = up
+	return up.Addr
+}
+
+// appendCA adds a CA certificate to ca.pem, the provider's ca_file.
+func (h *harness) appendCA(caPEM []byte) {
+	h.t.Helper()
 	f, err := os.OpenFile(filepath.Join(h.dir, "ca.pem"), os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	defer f.Close()
-	if _, err := f.Write(up.CAPEM); err != nil {
+	if _, err := f.Write(caPEM); err != nil {
 		h.t.Fatal(err)
 	}
-	h.pop3Upstream = up
-	return up.Addr
 }
 
 // servePOP3 makes the running proxy accept POP3 on listenAddr (implicit

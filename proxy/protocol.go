@@ -46,6 +46,14 @@ var (
 		upstreamAddress:    func(p *config.Provider) string { return p.POP3Address },
 		tooManyConnections: "-ERR [SYS/TEMP] Too many connections; try again later",
 	}
+	smtpProtocol = &protocol{
+		name:               config.SMTP,
+		label:              "SMTP",
+		preauth:            (*conn).smtpServe,
+		loginUpstream:      loginSMTPUpstream,
+		upstreamAddress:    func(p *config.Provider) string { return p.SMTPAddress },
+		tooManyConnections: "421 4.7.0 Too many connections; try again later",
+	}
 )
 
 // protocolTLS is the TLS configuration of one protocol, derived from a
@@ -60,20 +68,31 @@ type protocolTLS struct {
 // client configuration for each provider's POP3 server, whose host name
 // may differ from the IMAP server's (pop.gmail.com).
 func pop3TLS(cfg *config.Config, imapLocal *tls.Config) (protocolTLS, error) {
+	return deriveTLS(cfg, imapLocal, pop3Protocol, "pop3_address", "pop3")
+}
+
+// deriveTLS derives proto's TLS settings from the IMAP ones and cfg: the
+// local certificate with the ALPN id alpn, and a client configuration for
+// each provider's server of proto (the provider key addrKey), with alpn
+// too when upstreamALPN is set.
+func deriveTLS(cfg *config.Config, imapLocal *tls.Config, proto *protocol, addrKey, upstreamALPN string) (protocolTLS, error) {
 	pt := protocolTLS{upstream: make(map[string]*tls.Config)}
 	if imapLocal != nil {
 		pt.local = imapLocal.Clone()
-		pt.local.NextProtos = []string{"pop3"}
+		pt.local.NextProtos = []string{string(proto.name)}
 	}
 	for name, p := range cfg.Providers {
-		if p.POP3Address == "" {
+		addr := proto.upstreamAddress(p)
+		if addr == "" {
 			continue
 		}
-		tc, err := tlsconfig.Upstream(p.POP3Address, p.CAFile)
+		tc, err := tlsconfig.Upstream(addr, p.CAFile)
 		if err != nil {
-			return protocolTLS{}, fmt.Errorf("providers.%s.pop3_address: %w", name, err)
+			return protocolTLS{}, fmt.Errorf("providers.%s.%s: %w", name, addrKey, err)
 		}
-		tc.NextProtos = []string{"pop3"}
+		if upstreamALPN != "" {
+			tc.NextProtos = []string{upstreamALPN}
+		}
 		pt.upstream[name] = tc
 	}
 	return pt, nil
@@ -82,8 +101,11 @@ func pop3TLS(cfg *config.Config, imapLocal *tls.Config) (protocolTLS, error) {
 // localTLS is the server TLS configuration for c's protocol; nil without
 // a local certificate.
 func (c *conn) localTLS() *tls.Config {
-	if c.proto.name == config.POP3 {
+	switch c.proto.name {
+	case config.POP3:
 		return c.cfg.pop3.local
+	case config.SMTP:
+		return c.cfg.smtp.local
 	}
 	return c.cfg.localTLS
 }
@@ -91,8 +113,11 @@ func (c *conn) localTLS() *tls.Config {
 // upstreamTLS is the client TLS configuration for p's server of c's
 // protocol.
 func (c *conn) upstreamTLS(p *config.Provider) *tls.Config {
-	if c.proto.name == config.POP3 {
+	switch c.proto.name {
+	case config.POP3:
 		return c.cfg.pop3.upstream[p.Name]
+	case config.SMTP:
+		return c.cfg.smtp.upstream[p.Name]
 	}
 	return c.cfg.upstreamTLS[p.Name]
 }

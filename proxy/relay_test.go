@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
@@ -100,7 +99,7 @@ func testProxyCopyCoalesces(t *testing.T, hideSocket bool) {
 	dst := &countingConn{Conn: dstConn}
 	results := make(chan copyResult, 1)
 	var counter atomic.Int64
-	go proxyCopy(results, false, dst, client, bufio.NewReader(client), rc, &counter)
+	go proxyCopy(results, false, dst, client, nil, rc, &counter)
 
 	got := make([]byte, want.Len())
 	if _, err := io.ReadFull(recvSide, got); err != nil {

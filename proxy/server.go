@@ -67,6 +67,10 @@ type Server struct {
 	uidUnknown rateLimitedLog
 	// acceptFailed logs accept errors the server backs off from.
 	acceptFailed rateLimitedLog
+	// plainRelay makes sessions that start relaying from now on use
+	// plainCopy instead of proxyCopy (tests and benchmarks only, to
+	// compare the two in one run).
+	plainRelay atomic.Bool
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -82,6 +86,7 @@ type runtimeConfig struct {
 	upstreamTLS map[string]*tls.Config // by provider name
 	localTLS    *tls.Config            // nil without tls_cert
 	pop3        protocolTLS
+	smtp        protocolTLS
 }
 
 // New returns a Server for opts.
@@ -151,6 +156,10 @@ func (s *Server) SetConfig(cfg *config.Config) error {
 		return err
 	}
 	rc.pop3 = pop3
+	// No ALPN id towards the upstream: STARTTLS servers do not expect one.
+	if rc.smtp, err = deriveTLS(cfg, rc.localTLS, smtpProtocol, "smtp_address", ""); err != nil {
+		return err
+	}
 	s.cfg.Store(rc)
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
@@ -135,6 +136,8 @@ type UpstreamConn struct {
 	// release gives back the session's max_sessions slot; nil when
 	// there is none. The relay calls it as soon as the upstream is gone.
 	release func()
+	// smtp is the authenticated submission session; nil for IMAP and POP3.
+	smtp *smtp.Client
 }
 
 // Capabilities returns the capabilities the server announced with its OK
@@ -197,6 +200,7 @@ func DialUpstream(ctx context.Context, l *UpstreamLogin) (*UpstreamConn, error) 
 	var caps string
 	starttls := l.Account.Provider.IMAPTLS == "starttls"
 	if starttls {
+		up.br = bufio.NewReader(up.nc) // only STARTTLS reads before TLS
 		// Capabilities before TLS are not to be trusted (RFC 3501
 		// section 6.2.1): they are asked for again after the handshake.
 		if _, err := up.readGreeting(addr); done(PhaseGreeting, up.lastLine, nil, err) != nil {
@@ -268,7 +272,7 @@ func dialUpstream(ctx context.Context, l *UpstreamLogin, addr string) (*Upstream
 	if dl, has := ctx.Deadline(); has {
 		raw.SetDeadline(dl)
 	}
-	return &UpstreamConn{nc: raw, br: bufio.NewReader(raw), trace: l.Trace}, nil
+	return &UpstreamConn{nc: raw, trace: l.Trace}, nil
 }
 
 // secure runs the TLS handshake on up's plain connection and reads on
@@ -279,7 +283,7 @@ func (up *UpstreamConn) secure(ctx context.Context, l *UpstreamLogin, addr strin
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return unavailable(fmt.Sprintf("TLS with upstream %s failed", addr), err)
 	}
-	up.nc, up.br = tc, bufio.NewReader(tc)
+	up.nc, up.br = tc, newLineReader(tc) // the relay gives it back
 	up.dialTime = time.Since(start)
 	return nil
 }

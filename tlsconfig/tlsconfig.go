@@ -14,18 +14,33 @@ import (
 // MinVersion is the oldest TLS version the proxy speaks on either side.
 const MinVersion = tls.VersionTLS12
 
+// upstreamSessionCacheSize bounds the TLS sessions one upstream
+// configuration keeps. Its sessions are keyed by server name, and a
+// configuration has one, so a handful is plenty.
+const upstreamSessionCacheSize = 4
+
 // Upstream returns the client configuration for dialing the IMAP server at
 // address (host:port): TLS 1.2 or newer, certificate and host name verified
 // against the system roots plus the PEM certificates in caFile, if any.
+//
+// Each call returns a configuration with a session cache of its own, in
+// memory only, so that later connections to the same server resume the
+// TLS session (an abbreviated handshake, still with a fresh key exchange)
+// instead of a full one. Sessions are never shared between configurations:
+// one per provider, and a reload starts afresh. Before resuming, crypto/tls
+// checks the cached certificate chain against this configuration's roots,
+// the host name and the current time, so resumption never accepts a
+// server that a full handshake would refuse.
 func Upstream(address, caFile string) (*tls.Config, error) {
 	host, _, err := net.SplitHostPort(address)
 	if err != nil {
 		return nil, fmt.Errorf("upstream address %q: %w", address, err)
 	}
 	cfg := &tls.Config{
-		MinVersion: MinVersion,
-		ServerName: host,
-		NextProtos: []string{"imap"},
+		MinVersion:         MinVersion,
+		ServerName:         host,
+		NextProtos:         []string{"imap"},
+		ClientSessionCache: tls.NewLRUClientSessionCache(upstreamSessionCacheSize),
 	}
 	if caFile != "" {
 		pool, err := x509.SystemCertPool()

@@ -1,7 +1,9 @@
 // Command imap-oauth-proxy-load drives concurrent collectors against an
 // imap-oauth-proxy for a bounded time and reports logins per second, login
-// latency (p50, p99) and FETCH throughput, through the proxy and, for
-// comparison, directly against the same upstream.
+// latency (p50, p99), FETCH throughput and the process's CPU time per
+// session, through the proxy and, for comparison, directly against the
+// same upstream. With -runs N it measures N times and reports the median
+// and range of the proxy's ratios to direct.
 //
 // By default it runs everything in process on 127.0.0.1: an XOAUTH2-only
 // upstream (proxy/proxytest), a token endpoint (auth/authtest) and the
@@ -15,7 +17,7 @@
 // the password comes from $IMAP_OAUTH_PROXY_PASSWORD) and has no direct
 // mode to compare with.
 //
-//	go run ./cmd/imap-oauth-proxy-load -collectors 50 -duration 10s
+//	go run ./cmd/imap-oauth-proxy-load -collectors 50 -duration 10s -slices 10 -runs 5
 package main
 
 import (
@@ -31,6 +33,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -94,6 +97,9 @@ type options struct {
 	messageSize int
 	addr        string
 	login       string
+	runs        int
+	cpuProfile  string
+	memProfile  string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -106,6 +112,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.messageSize, "message-size", 64<<10, "size in bytes of the message each loop fetches (in-process upstream)")
 	fs.StringVar(&o.addr, "addr", "", "a running proxy to drive instead of the in-process one (loopback only; password in $"+passwordEnv+")")
 	fs.StringVar(&o.login, "login", "", "the login to use with -addr")
+	fs.IntVar(&o.runs, "runs", 1, "measure this many times in a row and report the median and range of the ratios (1..20)")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole measurement (every run, both modes) to this file")
+	fs.StringVar(&o.memProfile, "memprofile", "", "write an allocation profile (every run, both modes) to this file at the end")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: imap-oauth-proxy-load [flags]\n\n"+
 			"Drives concurrent collectors (connect, LOGIN, SELECT, FETCH, LOGOUT) through the proxy and\n"+
@@ -128,6 +137,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		err = fmt.Errorf("-duration %v out of range (0, %v]", o.duration, maxDuration)
 	case o.slices < 1 || o.slices > 100:
 		err = fmt.Errorf("-slices %d out of range 1..100", o.slices)
+	case o.runs < 1 || o.runs > 20:
+		err = fmt.Errorf("-runs %d out of range 1..20", o.runs)
 	case o.messageSize < 1 || o.messageSize > maxMessageSize:
 		err = fmt.Errorf("-message-size %d out of range 1..%d", o.messageSize, maxMessageSize)
 	case o.addr == "" && o.login != "":
@@ -198,40 +209,138 @@ func run(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("%s: warm-up session: %w", m.name, err)
 		}
 	}
+	stopProfiles, err := startProfiles(o.cpuProfile, o.memProfile)
+	if err != nil {
+		return err
+	}
 	// Every network step has a deadline, so the run ends on its own; the
 	// watchdog is a last resort against a bug here.
-	watchdog := time.AfterFunc(time.Duration(len(modes))*o.duration+2*opTimeout+time.Minute, func() {
+	watchdog := time.AfterFunc(time.Duration(o.runs*len(modes))*(o.duration+opTimeout)+opTimeout+time.Minute, func() {
 		fmt.Fprintln(stderr, "imap-oauth-proxy-load: still running long after -duration; giving up")
 		os.Exit(1)
 	})
 	defer watchdog.Stop()
-	slice := o.duration / time.Duration(o.slices)
-	for i := 0; i < o.slices; i++ {
+	var ratios []runRatios
+	for run := 1; run <= o.runs; run++ {
 		for _, m := range modes {
-			m.drive(o.collectors, slice)
+			m.reset()
+		}
+		slice := o.duration / time.Duration(o.slices)
+		for i := 0; i < o.slices; i++ {
+			for _, m := range modes {
+				m.drive(o.collectors, slice)
+			}
+		}
+		if o.runs > 1 {
+			fmt.Fprintf(stdout, "\nrun %d of %d", run, o.runs)
+		}
+		r, err := report(stdout, modes)
+		if err != nil {
+			stopProfiles()
+			return err
+		}
+		if r != nil {
+			ratios = append(ratios, *r)
 		}
 	}
+	if err := stopProfiles(); err != nil {
+		return err
+	}
+	if len(ratios) > 1 {
+		reportMedians(stdout, ratios)
+	}
+	return nil
+}
 
-	fmt.Fprintf(stdout, "\n%-7s %9s %9s %10s %10s %11s %7s\n", "mode", "sessions", "logins/s", "login p50", "login p99", "fetch MB/s", "errors")
+// runRatios are one run's proxy figures as fractions of direct's.
+type runRatios struct {
+	logins, fetch, cpu float64
+}
+
+// report prints one run's table and, with both modes, the proxy's ratios
+// to direct, which it returns (nil with one mode).
+func report(stdout io.Writer, modes []*mode) (*runRatios, error) {
+	fmt.Fprintf(stdout, "\n%-7s %9s %9s %10s %10s %11s %13s %7s\n", "mode", "sessions", "logins/s", "login p50", "login p99", "fetch MB/s", "CPU/session", "errors")
 	for _, m := range modes {
-		fmt.Fprintf(stdout, "%-7s %9d %9.1f %10s %10s %11.1f %7d\n", m.name, len(m.logins), m.rate(),
-			ms(m.percentile(50)), ms(m.percentile(99)), m.throughput(), m.errors)
+		fmt.Fprintf(stdout, "%-7s %9d %9.1f %10s %10s %11.1f %13s %7d\n", m.name, len(m.logins), m.rate(),
+			ms(m.percentile(50)), ms(m.percentile(99)), m.throughput(), ms(m.cpuPerSession()), m.errors)
 		if m.firstErr != nil {
 			fmt.Fprintf(stdout, "        first error: %v\n", m.firstErr)
 		}
 	}
-	if len(modes) == 2 {
-		d, p := modes[0], modes[1]
-		fmt.Fprintf(stdout, "\nproxy vs direct: logins/s %.2f of direct; login p50 %+.2f ms, p99 %+.2f ms; fetch throughput %.2f of direct\n",
-			p.rate()/d.rate(), msf(p.percentile(50)-d.percentile(50)), msf(p.percentile(99)-d.percentile(99)),
-			p.throughput()/d.throughput())
-	}
 	for _, m := range modes {
 		if len(m.logins) == 0 {
-			return fmt.Errorf("%s: no session completed", m.name)
+			return nil, fmt.Errorf("%s: no session completed", m.name)
 		}
 	}
-	return nil
+	if len(modes) != 2 {
+		return nil, nil
+	}
+	d, p := modes[0], modes[1]
+	r := &runRatios{
+		logins: p.rate() / d.rate(),
+		fetch:  p.throughput() / d.throughput(),
+		cpu:    float64(p.cpuPerSession()) / float64(d.cpuPerSession()),
+	}
+	fmt.Fprintf(stdout, "\nproxy vs direct: logins/s %.2f of direct; login p50 %+.2f ms, p99 %+.2f ms; fetch throughput %.2f of direct; CPU per session %.2fx direct\n",
+		r.logins, msf(p.percentile(50)-d.percentile(50)), msf(p.percentile(99)-d.percentile(99)), r.fetch, r.cpu)
+	return r, nil
+}
+
+// reportMedians prints the median and range of each ratio over the runs.
+func reportMedians(stdout io.Writer, runs []runRatios) {
+	stat := func(get func(runRatios) float64) string {
+		v := make([]float64, len(runs))
+		for i, r := range runs {
+			v[i] = get(r)
+		}
+		slices.Sort(v)
+		median := (v[(len(v)-1)/2] + v[len(v)/2]) / 2
+		return fmt.Sprintf("%.2f (%.2f-%.2f)", median, v[0], v[len(v)-1])
+	}
+	fmt.Fprintf(stdout, "\nmedian of %d runs (range): logins/s %s of direct; fetch throughput %s of direct; CPU per session %sx direct\n",
+		len(runs), stat(func(r runRatios) float64 { return r.logins }), stat(func(r runRatios) float64 { return r.fetch }),
+		stat(func(r runRatios) float64 { return r.cpu }))
+}
+
+// startProfiles starts a CPU profile into cpuPath and, for memPath, records
+// every allocation from now on; the function it returns writes them.
+// Empty paths profile nothing.
+func startProfiles(cpuPath, memPath string) (stop func() error, err error) {
+	var cpuFile *os.File
+	if cpuPath != "" {
+		if cpuFile, err = os.Create(cpuPath); err != nil {
+			return nil, fmt.Errorf("-cpuprofile: %w", err)
+		}
+		if err := pprof.StartCPUProfile(cpuFile); err != nil {
+			cpuFile.Close()
+			return nil, fmt.Errorf("-cpuprofile: %w", err)
+		}
+	}
+	if memPath != "" {
+		runtime.MemProfileRate = 4096
+	}
+	return func() error {
+		if cpuFile != nil {
+			pprof.StopCPUProfile()
+			if err := cpuFile.Close(); err != nil {
+				return fmt.Errorf("-cpuprofile: %w", err)
+			}
+			cpuFile = nil
+		}
+		if memPath != "" {
+			f, err := os.Create(memPath)
+			if err != nil {
+				return fmt.Errorf("-memprofile: %w", err)
+			}
+			defer f.Close()
+			if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+				return fmt.Errorf("-memprofile: %w", err)
+			}
+			memPath = ""
+		}
+		return nil
+	}, nil
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", msf(d)) }
@@ -253,13 +362,28 @@ type mode struct {
 	logins   []time.Duration
 	bytes    int64
 	elapsed  time.Duration
+	cpu      time.Duration // process CPU time while this mode ran
 	errors   int
 	firstErr error
 }
 
+// reset forgets what earlier runs measured.
+func (m *mode) reset() {
+	m.logins, m.bytes, m.elapsed, m.cpu, m.errors, m.firstErr = nil, 0, 0, 0, 0, nil
+}
+
+// cpuPerSession is the process CPU time (collectors, and in process the
+// upstream and the proxy) per completed session.
+func (m *mode) cpuPerSession() time.Duration {
+	if len(m.logins) == 0 {
+		return 0
+	}
+	return m.cpu / time.Duration(len(m.logins))
+}
+
 // drive runs n collectors for d (each finishes the loop it is in).
 func (m *mode) drive(n int, d time.Duration) {
-	start := time.Now()
+	start, cpu0 := time.Now(), processCPU()
 	stop := start.Add(d)
 	var wg sync.WaitGroup
 	for i := 0; i < n; i++ {
@@ -287,6 +411,7 @@ func (m *mode) drive(n int, d time.Duration) {
 	}
 	wg.Wait()
 	m.elapsed += time.Since(start)
+	m.cpu += processCPU() - cpu0
 }
 
 // rate is completed sessions (each one login) per second.

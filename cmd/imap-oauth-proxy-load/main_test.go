@@ -17,6 +17,8 @@ func TestFlagsRefused(t *testing.T) {
 		{"-duration", "0s"},
 		{"-message-size", "0"},
 		{"-slices", "0"},
+		{"-runs", "0"},
+		{"-runs", "21"},
 		{"-addr", "192.0.2.1:143", "-login", "x"},
 		{"-addr", "127.0.0.1:1143"},
 		{"-login", "x"},
@@ -34,17 +36,18 @@ func TestFlagsRefused(t *testing.T) {
 	}
 }
 
-// TestShortRun drives a few collectors in process for a moment: the run
-// ends by itself, both modes complete sessions without errors, and the
-// report has the ratios.
+// TestShortRun drives a few collectors in process for a moment, twice:
+// the run ends by itself, both modes complete sessions without errors, and
+// the report has each run's ratios and their medians.
 func TestShortRun(t *testing.T) {
 	var stdout, stderr bytes.Buffer
-	err := run([]string{"-collectors", "2", "-duration", "400ms", "-message-size", "2048"}, &stdout, &stderr)
+	err := run([]string{"-collectors", "2", "-duration", "400ms", "-message-size", "2048", "-runs", "2"}, &stdout, &stderr)
 	if err != nil {
 		t.Fatalf("run: %v\nstdout:\n%s\nstderr:\n%s", err, &stdout, &stderr)
 	}
 	out := stdout.String()
-	for _, want := range []string{"\ndirect ", "\nproxy ", "proxy vs direct: logins/s "} {
+	for _, want := range []string{"\ndirect ", "\nproxy ", "proxy vs direct: logins/s ", "CPU per session ",
+		"\nrun 2 of 2", "\nmedian of 2 runs (range): logins/s "} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q:\n%s", want, out)
 		}

@@ -103,11 +103,19 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	smtpLn, err := listen("listen_smtp", cfg.Server.ListenSMTP)
+	if err != nil {
+		return err
+	}
+	smtpsLn, err := listen("listen_smtps", cfg.Server.ListenSMTPS)
+	if err != nil {
+		return err
+	}
 	metricsLn, err := listen("metrics_listen", cfg.Server.MetricsListen)
 	if err != nil {
 		return err
 	}
-	if plainLn == nil && tlsLn == nil && pop3Ln == nil && pop3TLSLn == nil {
+	if plainLn == nil && tlsLn == nil && pop3Ln == nil && pop3TLSLn == nil && smtpLn == nil && smtpsLn == nil {
 		// config validation should have said so already.
 		return errors.New("nothing to listen on: set server.listen or server.listen_tls, or pass an imap or imaps socket")
 	}
@@ -127,7 +135,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		<-monitorDone
 	}()
 
-	served := make(chan error, 5)
+	served := make(chan error, 7)
 	var attrs []any
 	if plainLn != nil {
 		go func() { served <- srv.Serve(plainLn) }()
@@ -144,6 +152,14 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if pop3TLSLn != nil {
 		go func() { served <- srv.ServePOP3TLS(pop3TLSLn) }()
 		attrs = append(attrs, "listen_pop3_tls", pop3TLSLn.Addr().String())
+	}
+	if smtpLn != nil {
+		go func() { served <- srv.ServeSMTP(smtpLn) }()
+		attrs = append(attrs, "listen_smtp", smtpLn.Addr().String())
+	}
+	if smtpsLn != nil {
+		go func() { served <- srv.ServeSMTPS(smtpsLn) }()
+		attrs = append(attrs, "listen_smtps", smtpsLn.Addr().String())
 	}
 	if metricsLn != nil {
 		hs := metricsServer(srv)
@@ -236,6 +252,8 @@ func reload(srv *proxy.Server, path string, started *config.Config, in *inherite
 		{"listen_tls", a.ListenTLS != b.ListenTLS},
 		{"listen_pop3", a.ListenPOP3 != b.ListenPOP3},
 		{"listen_pop3_tls", a.ListenPOP3TLS != b.ListenPOP3TLS},
+		{"listen_smtp", a.ListenSMTP != b.ListenSMTP},
+		{"listen_smtps", a.ListenSMTPS != b.ListenSMTPS},
 		{"metrics_listen", a.MetricsListen != b.MetricsListen},
 		{"state_dir", a.StateDir != b.StateDir},
 		{"log_level", a.LogLevel != b.LogLevel},

@@ -27,6 +27,8 @@ type LabConfigOptions struct {
 	// POP3InitialResponse its pop3_initial_response.
 	POP3Address         string
 	POP3InitialResponse bool
+	// SMTPAddress is the provider's smtp_address ("" for none).
+	SMTPAddress string
 	// Protocols, if not empty, are every account's protocols.
 	Protocols []string
 }
@@ -52,6 +54,9 @@ ca_file = %q
 		opts.IMAPAddress, opts.CAFile)
 	if opts.POP3Address != "" {
 		fmt.Fprintf(&b, "pop3_address = %q\npop3_initial_response = %t\n", opts.POP3Address, opts.POP3InitialResponse)
+	}
+	if opts.SMTPAddress != "" {
+		fmt.Fprintf(&b, "smtp_address = %q\n", opts.SMTPAddress)
 	}
 	for _, login := range slices.Sorted(maps.Keys(opts.Accounts)) {
 		fmt.Fprintf(&b, "\n[accounts.%s]\nprovider = \"lab\"\nmailbox = %q\n", login, opts.Accounts[login])
