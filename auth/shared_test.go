@@ -512,3 +512,45 @@ func TestSharedStoreRestartUnderLoad(t *testing.T) {
 		t.Errorf("%d logins failed otherwise than Unavailable; first: %v", n, otherErr.Load())
 	}
 }
+
+// TestSharedStorePasswdSeenAtOnce: a password change or a new
+// authorization made through one instance holds on the others at their
+// next login, with no notification.
+func TestSharedStorePasswdSeenAtOnce(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsn := srv.NewDatabase(t)
+	e := newCountingEndpoint(t, time.Hour)
+	ctx := t.Context()
+	a, b := newInstance(t, ctx, dsn, time.Minute), newInstance(t, ctx, dsn, time.Minute)
+	acct := sharedAccounts(t, e, a.store, 1)[0]
+	if _, err := b.login(ctx, acct); err != nil {
+		t.Fatal(err)
+	}
+	u, err := a.store.Open(acct.Login, managerPassword)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const newPassword = "the new local password"
+	if err := a.store.SetPassword(u, newPassword); err != nil {
+		t.Fatal(err)
+	}
+	var ae *auth.Error
+	if _, err := b.mgr.Unlock(ctx, acct, managerPassword); !errors.As(err, &ae) || ae.Kind != auth.AuthenticationFailed {
+		t.Fatalf("old password on the other instance after passwd = %v; want AuthenticationFailed", err)
+	}
+	if _, err := b.mgr.Unlock(ctx, acct, newPassword); err != nil {
+		t.Fatalf("new password on the other instance: %v", err)
+	}
+
+	// A new authorization: the other instance drops its token source.
+	if _, err := a.store.Create(acct.Login, managerPassword, tokenstore.Secret{RefreshToken: e.Grant(acct.Mailbox)}); err != nil {
+		t.Fatal(err)
+	}
+	before := e.RefreshCount(acct.Mailbox)
+	if _, err := b.login(ctx, acct); err != nil {
+		t.Fatalf("login after a new authorization: %v", err)
+	}
+	if got := e.RefreshCount(acct.Mailbox); got != before+1 {
+		t.Fatalf("%d refreshes after a new authorization; want %d (from the new grant)", got, before+1)
+	}
+}

@@ -269,6 +269,9 @@ func reload(srv *proxy.Server, path string, started *config.Config, in *inherite
 			logger.Warn("setting changed; it takes effect at the next restart", "key", "server."+k.key)
 		}
 	}
+	if started.Store != cfg.Store {
+		logger.Warn("setting changed; it takes effect at the next restart", "key", "store")
+	}
 	logger.Info("reloaded", "config", path, "accounts", len(cfg.Accounts))
 }
 
