@@ -412,7 +412,11 @@ func (p *persistingSource) Token() (*oauth2.Token, error) {
 		if shared {
 			secret.AccessToken, secret.Expiry = tok.AccessToken, tok.Expiry
 		}
-		if err := a.m.store.Update(p.record, secret); err != nil {
+		save := func() error { return a.m.store.Update(p.record, secret) }
+		if shared {
+			save = func() error { return p.saveShared(secret) }
+		}
+		if err := save(); err != nil {
 			// The next refresh uses the new token and tries to save again.
 			a.m.logger.Error("saving rotated refresh token failed", "login", a.login, "err", err)
 			return nil, &Error{Kind: Unavailable, Message: "cannot save the rotated refresh token", Err: err}

@@ -67,3 +67,37 @@ func (p *persistingSource) lockShared() (release func(), tok *oauth2.Token, err 
 	}
 	return release, nil, nil
 }
+
+// While a shared store is unreachable, saving a refreshed token is tried
+// again, after saveRetryFirst, doubling up to saveRetryMax, for
+// saveRetryFor in all: a refresh token the provider has rotated lives only
+// in this process until it is saved, and another instance that refreshes
+// the account first, from the record, would present the dead one.
+const (
+	saveRetryFirst = 100 * time.Millisecond
+	saveRetryMax   = time.Second
+	saveRetryFor   = 15 * time.Second
+)
+
+// saveShared writes secret to the record, retrying while the store is
+// unavailable. It runs under ReuseTokenSource's mutex, as Token does.
+func (p *persistingSource) saveShared(secret tokenstore.Secret) error {
+	a := p.account
+	deadline := time.Now().Add(saveRetryFor)
+	wait := saveRetryFirst
+	for {
+		err := a.m.store.Update(p.record, secret)
+		if err == nil || !errors.Is(err, tokenstore.ErrStoreUnavailable) || time.Now().Add(wait).After(deadline) {
+			return err
+		}
+		a.m.logger.Warn("saving the refreshed token failed; retrying", "login", a.login, "retry_in", wait, "err", err)
+		timer := time.NewTimer(wait)
+		select {
+		case <-timer.C:
+		case <-a.m.ctx.Done():
+			timer.Stop()
+			return err
+		}
+		wait = min(2*wait, saveRetryMax)
+	}
+}

@@ -37,6 +37,9 @@ type countingEndpoint struct {
 	// hold, if set, is called for each refresh request of the victim
 	// instance, which then waits until the victim dies.
 	hold atomic.Pointer[func()]
+	// afterRefresh, if set, is called after a refresh succeeded (the
+	// refresh token it used is dead) and before the answer is sent.
+	afterRefresh atomic.Pointer[func()]
 
 	mu           sync.Mutex
 	users        []string
@@ -64,6 +67,9 @@ func newCountingEndpoint(t testing.TB, ttl time.Duration) *countingEndpoint {
 		rec := httptest.NewRecorder()
 		inner.ServeHTTP(rec, r)
 		e.record(rec)
+		if after := e.afterRefresh.Load(); after != nil && rec.Code == http.StatusOK {
+			(*after)()
+		}
 		for k, v := range rec.Header() {
 			w.Header()[k] = v
 		}
@@ -112,6 +118,11 @@ type instance struct {
 
 func newInstance(t *testing.T, ctx context.Context, dsn string, margin time.Duration) *instance {
 	t.Helper()
+	return newInstanceLogging(t, ctx, dsn, margin, slog.New(slog.DiscardHandler))
+}
+
+func newInstanceLogging(t *testing.T, ctx context.Context, dsn string, margin time.Duration, logger *slog.Logger) *instance {
+	t.Helper()
 	b, err := pgstore.Open(dsn, &pgstore.Options{Timeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -124,8 +135,7 @@ func newInstance(t *testing.T, ctx context.Context, dsn string, margin time.Dura
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	mgr, err := auth.NewManager(ctx, &auth.ManagerOptions{Store: store, RefreshMargin: margin,
-		Logger: slog.New(slog.DiscardHandler)})
+	mgr, err := auth.NewManager(ctx, &auth.ManagerOptions{Store: store, RefreshMargin: margin, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -552,5 +562,81 @@ func TestSharedStorePasswdSeenAtOnce(t *testing.T) {
 	}
 	if got := e.RefreshCount(acct.Mailbox); got != before+1 {
 		t.Fatalf("%d refreshes after a new authorization; want %d (from the new grant)", got, before+1)
+	}
+}
+
+// signalHandler discards log records, and signals on ch when one has the
+// message msg.
+type signalHandler struct {
+	slog.Handler
+	msg string
+	ch  chan struct{}
+}
+
+func (h signalHandler) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h signalHandler) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		select {
+		case h.ch <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+// TestSharedStoreRotationSavedAfterOutage stops the database after the
+// provider rotated a refresh token and before the instance saved it: the
+// instance keeps trying, saves it once the database is back, and the
+// other instance then uses the rotated token, never the dead one.
+func TestSharedStoreRotationSavedAfterOutage(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsn := srv.NewDatabase(t)
+	e := newCountingEndpoint(t, time.Hour)
+	ctx := t.Context()
+	retrying := make(chan struct{}, 1)
+	a := newInstanceLogging(t, ctx, dsn, time.Minute, slog.New(signalHandler{slog.DiscardHandler,
+		"saving the refreshed token failed; retrying", retrying}))
+	b := newInstance(t, ctx, dsn, time.Minute)
+	acct := sharedAccounts(t, e, a.store, 1)[0]
+
+	var once sync.Once
+	stopDB := func() { once.Do(srv.Stop) }
+	e.afterRefresh.Store(&stopDB)
+	done := make(chan error, 1)
+	go func() {
+		_, err := a.login(ctx, acct)
+		done <- err
+	}()
+	select {
+	case <-retrying:
+	case err := <-done:
+		t.Fatalf("login ended before the save was retried: %v", err)
+	}
+	e.afterRefresh.Store(nil)
+	srv.Started()
+	if err := <-done; err != nil {
+		t.Fatalf("login whose save waited for the database: %v", err)
+	}
+	if _, err := b.login(ctx, acct); err != nil {
+		t.Fatalf("the other instance after the outage: %v", err)
+	}
+	acctB, err := b.login(ctx, acct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Force b to refresh: it must use the rotated token a saved.
+	tok, err := acctB.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acctB.Refused(tok)
+	if _, err := acctB.Token(ctx); err != nil {
+		t.Fatalf("refresh on the other instance: %v", err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.invalidGrant != 0 {
+		t.Errorf("%d invalid_grant answers; want 0", e.invalidGrant)
 	}
 }

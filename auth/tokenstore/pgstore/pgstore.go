@@ -177,7 +177,9 @@ func (b *Backend) Read(ctx context.Context, login string) ([]byte, error) {
 	qctx, cancel := context.WithTimeout(ctx, b.timeout)
 	defer cancel()
 	var data []byte
-	err := b.pool.QueryRow(qctx, `SELECT record FROM token_records WHERE login = $1`, login).Scan(&data)
+	err := b.retry(qctx, func() error {
+		return b.pool.QueryRow(qctx, `SELECT record FROM token_records WHERE login = $1`, login).Scan(&data)
+	})
 	switch {
 	case err == nil:
 		b.cache.Add(login, data)
@@ -201,33 +203,35 @@ func (b *Backend) Replace(ctx context.Context, login string, fn func(old []byte)
 	defer cancel()
 	var data []byte
 	var fnErr error
-	err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
-		var old []byte
-		var oldGen int64
-		err := tx.QueryRow(ctx, `SELECT record, generation FROM token_records WHERE login = $1 FOR UPDATE`, login).Scan(&old, &oldGen)
-		exists := err == nil
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-			return b.wrap(err)
-		}
-		var gen uint64
-		if data, gen, fnErr = fn(old); fnErr != nil {
-			return fnErr
-		}
-		var tag pgconn.CommandTag
-		if exists {
-			tag, err = tx.Exec(ctx, `UPDATE token_records SET record = $2, generation = $3, updated = now()
+	err := b.retry(ctx, func() error {
+		return pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+			var old []byte
+			var oldGen int64
+			err := tx.QueryRow(ctx, `SELECT record, generation FROM token_records WHERE login = $1 FOR UPDATE`, login).Scan(&old, &oldGen)
+			exists := err == nil
+			if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+				return b.wrap(err)
+			}
+			var gen uint64
+			if data, gen, fnErr = fn(old); fnErr != nil {
+				return fnErr
+			}
+			var tag pgconn.CommandTag
+			if exists {
+				tag, err = tx.Exec(ctx, `UPDATE token_records SET record = $2, generation = $3, updated = now()
 				WHERE login = $1 AND generation = $4`, login, data, int64(gen), oldGen)
-		} else {
-			tag, err = tx.Exec(ctx, `INSERT INTO token_records (login, generation, record) VALUES ($1, $2, $3)
+			} else {
+				tag, err = tx.Exec(ctx, `INSERT INTO token_records (login, generation, record) VALUES ($1, $2, $3)
 				ON CONFLICT (login) DO NOTHING`, login, int64(gen), data)
-		}
-		if err != nil {
-			return b.wrap(err)
-		}
-		if tag.RowsAffected() != 1 {
-			return fmt.Errorf("%w: written by another instance meanwhile", tokenstore.ErrRecordChanged)
-		}
-		return nil
+			}
+			if err != nil {
+				return b.wrap(err)
+			}
+			if tag.RowsAffected() != 1 {
+				return fmt.Errorf("%w: written by another instance meanwhile", tokenstore.ErrRecordChanged)
+			}
+			return nil
+		})
 	})
 	switch {
 	case err != nil && (err == fnErr || errors.Is(err, tokenstore.ErrRecordChanged)):
@@ -245,11 +249,15 @@ func (b *Backend) Replace(ctx context.Context, login string, fn func(old []byte)
 func (b *Backend) Logins(ctx context.Context) ([]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, b.timeout)
 	defer cancel()
-	rows, err := b.pool.Query(ctx, `SELECT login FROM token_records`)
-	if err != nil {
-		return nil, b.wrap(err)
-	}
-	logins, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	var logins []string
+	err := b.retry(ctx, func() error {
+		rows, err := b.pool.Query(ctx, `SELECT login FROM token_records`)
+		if err != nil {
+			return err
+		}
+		logins, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		return err
+	})
 	if err != nil {
 		return nil, b.wrap(err)
 	}
@@ -263,13 +271,19 @@ func (b *Backend) Logins(ctx context.Context) ([]string, error) {
 func (b *Backend) LockRefresh(ctx context.Context, login string) (func(), error) {
 	ctx, cancel := context.WithTimeout(ctx, b.lockWait)
 	defer cancel()
-	conn, err := b.pool.Acquire(ctx)
+	var conn *pgxpool.Conn
+	var tx pgx.Tx
+	err := b.retry(ctx, func() error {
+		var err error
+		if conn, err = b.pool.Acquire(ctx); err != nil {
+			return err
+		}
+		if tx, err = conn.Begin(ctx); err != nil {
+			conn.Release()
+		}
+		return err
+	})
 	if err != nil {
-		return nil, b.wrap(err)
-	}
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		conn.Release()
 		return nil, b.wrap(err)
 	}
 	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, lockClass, login); err != nil {
@@ -285,6 +299,19 @@ func (b *Backend) LockRefresh(ctx context.Context, login string) (func(), error)
 		}
 		conn.Release()
 	}, nil
+}
+
+// retry runs op, and once more if it failed before sending anything
+// (pgconn.SafeToRetry), typically on a pooled connection that the server
+// closed when it restarted. Then every pooled connection is presumed dead
+// and closed first, so the second try connects afresh.
+func (b *Backend) retry(ctx context.Context, op func() error) error {
+	err := op()
+	if err == nil || !pgconn.SafeToRetry(err) || ctx.Err() != nil {
+		return err
+	}
+	b.pool.Reset()
+	return op()
 }
 
 // Shared is true: several instances share the database.
