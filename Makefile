@@ -70,15 +70,17 @@ fuzz:
 # throughput (in-process upstream, and Dovecot when installed), login
 # latency (warm and cold token cache) and login rate under parallel
 # collectors, the relay's allocations, the coalescing relay against the
-# plain copy loop (Dovecot), then the real daemon's memory per idle session
+# plain copy loop (Dovecot), POP3 RETR throughput against direct POP3
+# (Dovecot), then the real daemon's memory per idle session
 # (1,000 at a time), and a collector's cold login while another local user
 # floods the proxy with 60 parallel wrong logins (as root). Throughput runs
 # five times or more, as its ratios vary most from run to run. About
-# thirteen minutes.
+# fourteen minutes.
 bench:
 	$(GO) test -run '^$$' -bench 'Fetch' -benchtime 2s -count 5 ./proxy/
 	$(GO) test -run '^$$' -bench 'Login|ProxyCopy' -benchmem -benchtime 2s -count 3 ./proxy/
 	$(GO) test -run '^$$' -bench 'RelayDovecot' -benchtime 40x -count 8 ./proxy/
+	$(GO) test -run '^$$' -bench 'POP3RetrDovecot' -benchtime 20x -count 5 ./proxy/
 	$(GO) test -run '^$$' -bench 'IdleSessions' -benchtime 1x -count 3 ./proxy/
 	$(GO) test -run '^$$' -bench 'KDFFlood' -benchtime 3x -count 3 ./proxy/
 	$(GO) test -run '^$$' -bench 'SMTPSubmit' -benchtime 2s -count 3 ./proxy/

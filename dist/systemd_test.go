@@ -427,7 +427,7 @@ func (l *lab) metricsUnderTheSandbox(t *testing.T) {
 	t.Helper()
 	out := l.must("curl -sS --max-time 10 http://127.0.0.1:9143/metrics")
 	for _, re := range []string{
-		`(?m)^imap_oauth_proxy_logins_total\{outcome="OK"\} [1-9]`,
+		`(?m)^imap_oauth_proxy_logins_total\{outcome="OK",protocol="imap"\} [1-9]`,
 		`(?m)^process_open_fds [1-9]`,
 		`(?m)^process_resident_memory_bytes [1-9]`,
 		`(?m)^go_goroutines [1-9]`,

@@ -65,12 +65,14 @@ func missingPackage(t testing.TB, what, pkg string) {
 }
 
 // dovecot is a Dovecot 2.3 started by a test in a private directory: IMAP
-// with implicit TLS on a loopback port, accepting only XOAUTH2 and
-// OAUTHBEARER, each token checked with the test token endpoint's
-// introspection URL, any user a mailbox.
+// (and, if asked, POP3) with implicit TLS on loopback ports, accepting
+// only XOAUTH2 and OAUTHBEARER, each token checked with the test token
+// endpoint's introspection URL, any user a mailbox.
 type dovecot struct {
 	// Addr is the imaps address, "127.0.0.1:port".
 	Addr string
+	// POP3Addr is the pop3s address, "" unless dovecotOptions.POP3.
+	POP3Addr string
 	// CAPEM is the PEM certificate that signs (is) the server's.
 	CAPEM []byte
 
@@ -83,27 +85,44 @@ type dovecot struct {
 type dovecotConfig struct {
 	BaseDir, StateDir, LogPath, MailDir string
 	CertPath, KeyPath, OAuth2Conf       string
-	Port                                int
+	Port, POP3Port                      int
 	IntrospectionURL                    string
 	MailUID, MailGID                    int
 	NonRoot                             bool
 	User, Group                         string
 }
 
-// startDovecot starts Dovecot in the foreground in a private directory,
-// validating tokens at introspectionURL, waits until it answers on its
-// port with its greeting, and stops it when the test ends. On failure the
-// test's log shows Dovecot's log.
-func startDovecot(t testing.TB, introspectionURL string) *dovecot {
+// dovecotOptions is what a test asks of its Dovecot beyond IMAP.
+type dovecotOptions struct {
+	// POP3 adds the pop3 service (Debian dovecot-pop3d) with implicit
+	// TLS on a port of its own, same passdb and mail.
+	POP3 bool
+}
+
+// requireDovecotService skips the test (fails it under CI=true) unless
+// Dovecot's service binary name is installed (Debian's libexec directory
+// first, then upstream's default): dovecot-core alone has neither imap
+// nor pop3.
+func requireDovecotService(t testing.TB, name, pkg string) {
 	t.Helper()
-	bin := requireProgram(t, "dovecot", "dovecot-imapd", "/usr/sbin", "/usr/local/sbin")
-	// dovecot-core without dovecot-imapd has no imap service (Debian's
-	// libexec directory first, then upstream's default).
-	if !slices.ContainsFunc([]string{"/usr/lib/dovecot/imap", "/usr/libexec/dovecot/imap"}, func(p string) bool {
+	if !slices.ContainsFunc([]string{"/usr/lib/dovecot/" + name, "/usr/libexec/dovecot/" + name}, func(p string) bool {
 		_, err := os.Stat(p)
 		return err == nil
 	}) {
-		missingPackage(t, "dovecot's imap service not installed", "dovecot-imapd")
+		missingPackage(t, fmt.Sprintf("dovecot's %s service not installed", name), pkg)
+	}
+}
+
+// startDovecot starts Dovecot in the foreground in a private directory,
+// with the services opts asks for, validating tokens at introspectionURL,
+// waits until each answers on its port with its greeting, and stops it
+// when the test ends. On failure the test's log shows Dovecot's log.
+func startDovecot(t testing.TB, introspectionURL string, opts dovecotOptions) *dovecot {
+	t.Helper()
+	bin := requireProgram(t, "dovecot", "dovecot-imapd", "/usr/sbin", "/usr/local/sbin")
+	requireDovecotService(t, "imap", "dovecot-imapd")
+	if opts.POP3 {
+		requireDovecotService(t, "pop3", "dovecot-pop3d")
 	}
 
 	// Not t.TempDir: unix socket paths under base_dir must stay short,
@@ -161,6 +180,11 @@ func startDovecot(t testing.TB, introspectionURL string) *dovecot {
 	d.Addr = freeAddr(t)
 	_, port, _ := net.SplitHostPort(d.Addr)
 	cfg.Port, _ = strconv.Atoi(port)
+	if opts.POP3 {
+		d.POP3Addr = freeAddr(t)
+		_, port, _ := net.SplitHostPort(d.POP3Addr)
+		cfg.POP3Port, _ = strconv.Atoi(port)
+	}
 	renderFixture(t, "dovecot-oauth2.conf.ext", cfg.OAuth2Conf, cfg)
 	conf := filepath.Join(dir, "dovecot.conf")
 	renderFixture(t, "dovecot.conf", conf, cfg)
@@ -192,8 +216,13 @@ func startDovecot(t testing.TB, introspectionURL string) *dovecot {
 		}
 	})
 
-	if err := d.waitReady(exited, func() error { return waitErr }); err != nil {
+	if err := d.waitReady(d.Addr, "* OK", exited, func() error { return waitErr }); err != nil {
 		t.Fatalf("dovecot did not start: %v\noutput: %s", err, out.String())
+	}
+	if opts.POP3 {
+		if err := d.waitReady(d.POP3Addr, "+OK", exited, func() error { return waitErr }); err != nil {
+			t.Fatalf("dovecot's pop3 did not start: %v\noutput: %s", err, out.String())
+		}
 	}
 	return d
 }
@@ -248,9 +277,9 @@ func renderFixture(t testing.TB, name, path string, data any) {
 	}
 }
 
-// waitReady dials until Dovecot sends its greeting over TLS, or it exits,
-// or dovecotStartTimeout passes.
-func (d *dovecot) waitReady(exited <-chan struct{}, waitErr func() error) error {
+// waitReady dials addr until Dovecot sends a greeting starting with
+// prefix over TLS, or it exits, or dovecotStartTimeout passes.
+func (d *dovecot) waitReady(addr, prefix string, exited <-chan struct{}, waitErr func() error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), dovecotStartTimeout)
 	defer cancel()
 	pool := x509.NewCertPool()
@@ -258,7 +287,7 @@ func (d *dovecot) waitReady(exited <-chan struct{}, waitErr func() error) error 
 	dialer := &tls.Dialer{Config: &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}}
 	backoff := 5 * time.Millisecond
 	for {
-		conn, err := dialer.DialContext(ctx, "tcp", d.Addr)
+		conn, err := dialer.DialContext(ctx, "tcp", addr)
 		if err == nil {
 			conn.SetDeadline(time.Now().Add(dovecotStartTimeout))
 			greeting, err := bufio.NewReader(conn).ReadString('\n')
@@ -266,7 +295,7 @@ func (d *dovecot) waitReady(exited <-chan struct{}, waitErr func() error) error 
 			if err != nil {
 				return fmt.Errorf("reading the greeting: %w", err)
 			}
-			if !strings.HasPrefix(greeting, "* OK") {
+			if !strings.HasPrefix(greeting, prefix) {
 				return fmt.Errorf("greeting %q", greeting)
 			}
 			return nil
@@ -282,7 +311,7 @@ func (d *dovecot) waitReady(exited <-chan struct{}, waitErr func() error) error 
 			return fmt.Errorf("dovecot exited: %v", waitErr())
 		case <-ctx.Done():
 			timer.Stop()
-			return fmt.Errorf("%s not listening: %w", d.Addr, err)
+			return fmt.Errorf("%s not listening: %w", addr, err)
 		case <-timer.C:
 		}
 		backoff = min(2*backoff, 200*time.Millisecond)

@@ -61,6 +61,7 @@ type interopEnv struct {
 	tokens   *authtest.Server
 	dovecot  *dovecot
 	addr     string // the proxy's
+	pop3Addr string // the proxy's POP3 listener, "" without interopOptions.pop3
 	port     int
 	srv      *proxy.Server
 	logs     *syncBuffer
@@ -83,12 +84,29 @@ func newInteropEnv(t testing.TB, logins ...string) *interopEnv {
 // debug trace.
 func newInteropEnvLogging(t testing.TB, level slog.Level, logins ...string) *interopEnv {
 	t.Helper()
+	return newInteropEnvWith(t, interopOptions{level: level}, logins...)
+}
+
+// interopOptions is what differs between interop environments.
+type interopOptions struct {
+	// level is the proxy's log level.
+	level slog.Level
+	// pop3 adds Dovecot's pop3 service as the providers' POP3 upstream,
+	// lets every account use POP3 and serves the proxy's POP3 listener
+	// (pop3Addr) as well.
+	pop3 bool
+}
+
+// newInteropEnvWith is newInteropEnv with opts.
+func newInteropEnvWith(t testing.TB, opts interopOptions, logins ...string) *interopEnv {
+	t.Helper()
+	level := opts.level
 	e := &interopEnv{t: t, logs: &syncBuffer{}, accounts: make(map[string]*interopAccount)}
 	e.tokens = authtest.NewServer(authtest.Options{
 		Flavor: authtest.Microsoft, ClientID: testClientID, ClientSecret: testSecret, Rotate: true,
 	})
 	t.Cleanup(e.tokens.Close)
-	e.dovecot = startDovecot(t, e.tokens.IntrospectionURL())
+	e.dovecot = startDovecot(t, e.tokens.IntrospectionURL(), dovecotOptions{POP3: opts.pop3})
 	t.Cleanup(e.checkLogs)
 
 	dir := t.TempDir()
@@ -115,6 +133,9 @@ imap_tls = "implicit"
 ca_file = "dovecot-ca.pem"
 mechanism = %q
 `, p.name, e.tokens.TokenURL(), testClientID, testSecret, e.dovecot.Addr, p.mech)
+		if opts.pop3 {
+			fmt.Fprintf(&text, "pop3_address = %q\n", e.dovecot.POP3Addr)
+		}
 	}
 	for _, login := range logins {
 		a := &interopAccount{Login: login, Mailbox: login + "@contoso.test",
@@ -126,6 +147,9 @@ mechanism = %q
 			provider = "dovecot-bearer"
 		}
 		fmt.Fprintf(&text, "\n[accounts.%s]\nprovider = %q\nmailbox = %q\n", login, provider, a.Mailbox)
+		if opts.pop3 {
+			fmt.Fprintf(&text, "protocols = [\"imap\", \"pop3\"]\n")
+		}
 	}
 	var records []tokenRecord
 	for _, login := range logins {
@@ -137,7 +161,29 @@ mechanism = %q
 	logger := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: level}))
 	p := newTestProxy(t, testProxyOptions{dir: dir, config: text.String(), records: records, logger: logger})
 	e.addr, e.port, e.srv = p.addr, p.port, p.srv
+	if opts.pop3 {
+		e.pop3Addr = e.servePOP3(t)
+	}
 	return e
+}
+
+// servePOP3 serves the proxy's POP3 listener on a loopback port, until
+// the test ends, and returns its address.
+func (e *interopEnv) servePOP3(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- e.srv.ServePOP3(ln) }()
+	t.Cleanup(func() {
+		e.srv.Close()
+		if err := <-done; err != nil {
+			t.Errorf("serving POP3: %v", err)
+		}
+	})
+	return ln.Addr().String()
 }
 
 func randomHex(n int) string {

@@ -75,7 +75,7 @@ func (c *conn) openSession(login, password string) (*UpstreamConn, *slog.Logger,
 	}
 	if err != nil {
 		kind := auth.KindOf(err)
-		c.srv.metrics.login(kind.String())
+		c.srv.metrics.login(c.proto.name, kind.String())
 		if c.cfg.Accounts[login] != nil {
 			c.srv.auth.Health().Login(login, kind.String())
 		}
@@ -83,7 +83,7 @@ func (c *conn) openSession(login, password string) (*UpstreamConn, *slog.Logger,
 			"throttle_wait", waited.Round(time.Millisecond), "err", err)
 		return nil, log, err
 	}
-	c.srv.metrics.login("OK")
+	c.srv.metrics.login(c.proto.name, "OK")
 	c.srv.auth.Health().Login(login, "OK")
 	c.srv.metrics.observeDial(up.dialTime)
 	log.Info("login", "outcome", "OK", "duration", time.Since(start).Round(time.Millisecond),

@@ -2,15 +2,22 @@ package proxy
 
 import (
 	"errors"
+	"slices"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 )
 
-// loginOutcomes are the label values of imap_oauth_proxy_logins_total.
-var loginOutcomes = [...]string{"OK", "AUTHENTICATIONFAILED", "AUTHORIZATIONFAILED", "UNAVAILABLE"}
+// loginOutcomes and loginProtocols are the label values of
+// imap_oauth_proxy_logins_total.
+var (
+	loginOutcomes  = [...]string{"OK", "AUTHENTICATIONFAILED", "AUTHORIZATIONFAILED", "UNAVAILABLE"}
+	loginProtocols = [...]config.Protocol{config.IMAP, config.POP3, config.SMTP}
+)
 
 // dialBuckets are the upper bounds, in seconds, of the upstream dial
 // latency histogram.
@@ -21,7 +28,7 @@ type metrics struct {
 	sessionsTotal   atomic.Int64
 	rejectedTotal   atomic.Int64
 	acceptErrors    [len(acceptErrorKinds)]atomic.Int64
-	logins          [len(loginOutcomes)]atomic.Int64
+	logins          [len(loginProtocols)][len(loginOutcomes)]atomic.Int64
 	bytesToUpstream atomic.Int64
 	bytesToClient   atomic.Int64
 	dialCounts      [len(dialBuckets)]atomic.Int64 // non-cumulative
@@ -43,11 +50,20 @@ func (m *metrics) acceptError(err error) {
 	m.acceptErrors[len(acceptErrorKinds)-1].Add(1)
 }
 
-func (m *metrics) login(outcome string) {
-	for i, o := range loginOutcomes {
-		if o == outcome {
-			m.logins[i].Add(1)
-			return
+func (m *metrics) login(proto config.Protocol, outcome string) {
+	p := slices.Index(loginProtocols[:], proto)
+	o := slices.Index(loginOutcomes[:], outcome)
+	if p >= 0 && o >= 0 {
+		m.logins[p][o].Add(1)
+	}
+}
+
+// collectLogins sends the login counter, by protocol and outcome.
+func (m *metrics) collectLogins(ch chan<- prometheus.Metric) {
+	for p, proto := range loginProtocols {
+		for o, outcome := range loginOutcomes {
+			ch <- prometheus.MustNewConstMetric(descLogins, prometheus.CounterValue,
+				float64(m.logins[p][o].Load()), string(proto), outcome)
 		}
 	}
 }
@@ -74,7 +90,7 @@ var (
 	descAcceptErrors = prometheus.NewDesc("imap_oauth_proxy_accept_errors_total",
 		"Failed accepts the listener backed off from and survived, by error.", []string{"error"}, nil)
 	descLogins = prometheus.NewDesc("imap_oauth_proxy_logins_total",
-		"Logins by outcome (OK or the RFC 5530 code of the NO).", []string{"outcome"}, nil)
+		"Logins by protocol and outcome (OK, or the RFC 5530 kind of the refusal).", []string{"protocol", "outcome"}, nil)
 	descRelayedBytes = prometheus.NewDesc("imap_oauth_proxy_relayed_bytes_total",
 		"Bytes relayed after login, by direction.", []string{"direction"}, nil)
 	descDialSeconds = prometheus.NewDesc("imap_oauth_proxy_upstream_dial_seconds",
@@ -109,9 +125,7 @@ func (s *Server) Collect(ch chan<- prometheus.Metric) {
 	for i, k := range acceptErrorKinds {
 		counter(descAcceptErrors, m.acceptErrors[i].Load(), k)
 	}
-	for i, o := range loginOutcomes {
-		counter(descLogins, m.logins[i].Load(), o)
-	}
+	m.collectLogins(ch)
 	counter(descRelayedBytes, m.bytesToUpstream.Load(), "to_upstream")
 	counter(descRelayedBytes, m.bytesToClient.Load(), "to_client")
 	buckets := make(map[float64]uint64, len(dialBuckets))

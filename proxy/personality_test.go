@@ -41,7 +41,7 @@ func metrics(h *harness) string {
 // wantLoginMetric checks imap_oauth_proxy_logins_total for outcome.
 func wantLoginMetric(t *testing.T, h *harness, outcome string, n int) {
 	t.Helper()
-	want := fmt.Sprintf(`imap_oauth_proxy_logins_total{outcome=%q} %d`+"\n", outcome, n)
+	want := fmt.Sprintf(`imap_oauth_proxy_logins_total{outcome=%q,protocol="imap"} %d`+"\n", outcome, n)
 	if text := metrics(h); !strings.Contains(text, want) {
 		t.Errorf("metrics lack %q", want)
 	}

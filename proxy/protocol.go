@@ -25,6 +25,8 @@ type protocol struct {
 	loginUpstream func(context.Context, *UpstreamLogin) (*UpstreamConn, error)
 	// upstreamAddress is the provider's server for this protocol.
 	upstreamAddress func(*config.Provider) string
+	// upstreamALPN is the ALPN id offered to that server; "" for none.
+	upstreamALPN string
 	// tooManyConnections is the line a connection refused at a limit gets.
 	tooManyConnections string
 }
@@ -44,6 +46,7 @@ var (
 		preauth:            (*conn).pop3Preauth,
 		loginUpstream:      loginPOP3Upstream,
 		upstreamAddress:    func(p *config.Provider) string { return p.POP3Address },
+		upstreamALPN:       "pop3",
 		tooManyConnections: "-ERR [SYS/TEMP] Too many connections; try again later",
 	}
 	smtpProtocol = &protocol{
@@ -68,34 +71,97 @@ type protocolTLS struct {
 // client configuration for each provider's POP3 server, whose host name
 // may differ from the IMAP server's (pop.gmail.com).
 func pop3TLS(cfg *config.Config, imapLocal *tls.Config) (protocolTLS, error) {
-	return deriveTLS(cfg, imapLocal, pop3Protocol, "pop3_address", "pop3")
+	return deriveTLS(cfg, imapLocal, pop3Protocol, "pop3_address")
 }
 
 // deriveTLS derives proto's TLS settings from the IMAP ones and cfg: the
-// local certificate with the ALPN id alpn, and a client configuration for
-// each provider's server of proto (the provider key addrKey), with alpn
-// too when upstreamALPN is set.
-func deriveTLS(cfg *config.Config, imapLocal *tls.Config, proto *protocol, addrKey, upstreamALPN string) (protocolTLS, error) {
+// local certificate with the protocol's ALPN id, and a client
+// configuration for each provider's server of proto (the provider key
+// addrKey).
+func deriveTLS(cfg *config.Config, imapLocal *tls.Config, proto *protocol, addrKey string) (protocolTLS, error) {
 	pt := protocolTLS{upstream: make(map[string]*tls.Config)}
 	if imapLocal != nil {
 		pt.local = imapLocal.Clone()
 		pt.local.NextProtos = []string{string(proto.name)}
 	}
 	for name, p := range cfg.Providers {
-		addr := proto.upstreamAddress(p)
-		if addr == "" {
+		if proto.upstreamAddress(p) == "" {
 			continue
 		}
-		tc, err := tlsconfig.Upstream(addr, p.CAFile)
+		tc, err := proto.upstreamTLS(p)
 		if err != nil {
 			return protocolTLS{}, fmt.Errorf("providers.%s.%s: %w", name, addrKey, err)
-		}
-		if upstreamALPN != "" {
-			tc.NextProtos = []string{upstreamALPN}
 		}
 		pt.upstream[name] = tc
 	}
 	return pt, nil
+}
+
+// upstreamTLS is the client TLS configuration for p's server of proto.
+func (proto *protocol) upstreamTLS(p *config.Provider) (*tls.Config, error) {
+	tc, err := tlsconfig.Upstream(proto.upstreamAddress(p), p.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	if proto.upstreamALPN != "" {
+		tc.NextProtos = []string{proto.upstreamALPN}
+	}
+	return tc, nil
+}
+
+// protocolNamed returns the protocol called name, or nil.
+func protocolNamed(name config.Protocol) *protocol {
+	for _, p := range []*protocol{imapProtocol, pop3Protocol, smtpProtocol} {
+		if p.name == name {
+			return p
+		}
+	}
+	return nil
+}
+
+// LoginUpstream logs in to the server of the account in l for proto with
+// the token in l, as the daemon does for a collector of that protocol:
+// DialUpstream for IMAP, the POP3 and SMTP logins otherwise. When
+// l.TLSConfig is nil, it is the daemon's for that server, as
+// UpstreamTLSConfig gives it. The caller closes the connection.
+func LoginUpstream(ctx context.Context, proto config.Protocol, l *UpstreamLogin) (*UpstreamConn, error) {
+	p := protocolNamed(proto)
+	if p == nil {
+		return nil, fmt.Errorf("no upstream login for protocol %q", proto)
+	}
+	if l.TLSConfig == nil {
+		tc, err := UpstreamTLSConfig(l.Account.Provider, proto)
+		if err != nil {
+			return nil, err
+		}
+		copied := *l
+		copied.TLSConfig = tc
+		l = &copied
+	}
+	return p.loginUpstream(ctx, l)
+}
+
+// UpstreamTLSConfig returns the client TLS settings the daemon uses for
+// provider p's server of proto: certificate and host name verified (see
+// tlsconfig.Upstream), and the protocol's ALPN id.
+func UpstreamTLSConfig(p *config.Provider, proto config.Protocol) (*tls.Config, error) {
+	pr := protocolNamed(proto)
+	if pr == nil {
+		return nil, fmt.Errorf("no upstream for protocol %q", proto)
+	}
+	if pr.upstreamAddress(p) == "" {
+		return nil, fmt.Errorf("provider %s has no %s server", p.Name, pr.label)
+	}
+	return pr.upstreamTLS(p)
+}
+
+// UpstreamAddress returns provider p's server for proto, "" when it has
+// none.
+func UpstreamAddress(p *config.Provider, proto config.Protocol) string {
+	if pr := protocolNamed(proto); pr != nil {
+		return pr.upstreamAddress(p)
+	}
+	return ""
 }
 
 // localTLS is the server TLS configuration for c's protocol; nil without

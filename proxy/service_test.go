@@ -127,9 +127,9 @@ func TestMetrics(t *testing.T) {
 		// The wrong password was the account's last login.
 		`imap_oauth_proxy_account_last_login_ok{login="` + testLogin + `"} 0` + "\n",
 		`imap_oauth_proxy_account_needs_authorization{login="` + testLogin + `"} 0` + "\n",
-		`imap_oauth_proxy_logins_total{outcome="OK"} 1` + "\n",
-		`imap_oauth_proxy_logins_total{outcome="AUTHENTICATIONFAILED"} 1` + "\n",
-		`imap_oauth_proxy_logins_total{outcome="UNAVAILABLE"} 0` + "\n",
+		`imap_oauth_proxy_logins_total{outcome="OK",protocol="imap"} 1` + "\n",
+		`imap_oauth_proxy_logins_total{outcome="AUTHENTICATIONFAILED",protocol="imap"} 1` + "\n",
+		`imap_oauth_proxy_logins_total{outcome="UNAVAILABLE",protocol="imap"} 0` + "\n",
 		`imap_oauth_proxy_sessions_total 2` + "\n",
 		`imap_oauth_proxy_sessions_active 2` + "\n",
 		`imap_oauth_proxy_upstream_dial_seconds_count 1` + "\n",

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -247,16 +248,68 @@ func (c *checker) run(ctx context.Context, password string) {
 	if up != nil {
 		c.list(ctx, up)
 	}
+	c.otherProtocols(ctx, tok)
 	c.trace.stop()
+}
+
+// missingScopes returns the scopes the account's protocols need that the
+// token endpoint did not grant, when its answer says what it granted
+// (Microsoft's does, in "scope"); nil when it does not say.
+func missingScopes(tok *oauth2.Token, acct *config.Account) []string {
+	granted, _ := tok.Extra("scope").(string)
+	if granted == "" || acct.Grant.AppOnly() {
+		return nil
+	}
+	have := strings.Fields(granted)
+	var missing []string
+	for _, s := range acct.Scopes() {
+		if s != "offline_access" && !slices.Contains(have, s) {
+			missing = append(missing, s)
+		}
+	}
+	return missing
+}
+
+// otherProtocols logs in once over each protocol besides IMAP that the
+// account lists (pop3, smtp), with the daemon's own login for it, and
+// prints a step line for each.
+func (c *checker) otherProtocols(ctx context.Context, tok *oauth2.Token) {
+	p, acct := c.acct.Provider, c.acct
+	for _, proto := range acct.Protocols {
+		if proto == config.IMAP || c.printed[string(proto)] { // skipped already
+			continue
+		}
+		addr := proxy.UpstreamAddress(p, proto)
+		c.step(string(proto), func() (string, error) {
+			up, err := proxy.LoginUpstream(ctx, proto, &proxy.UpstreamLogin{
+				Account: acct, DialTimeout: c.cfg.Server.DialTimeout, Token: tok.AccessToken})
+			if err != nil {
+				hint := ""
+				if missing := missingScopes(tok, acct); len(missing) > 0 {
+					hint = fmt.Sprintf("; the stored authorization lacks %s, granted before %s was added to protocols: run imap-oauth-proxy authorize -force %s",
+						strings.Join(missing, " "), proto, acct.Login)
+				}
+				return "", failStep(err, "%s login to %s: %s%s", strings.ToUpper(string(proto)), addr, refusalDetail(err, acct), hint)
+			}
+			up.Close()
+			return fmt.Sprintf("logged in to %s as %s", addr, acct.Mailbox), nil
+		})
+	}
 }
 
 // upstreamSteps are the steps of the upstream login in the order check
 // prints them, capability only when it ran.
 func (c *checker) upstreamSteps() []string {
+	steps := []string{"connect", "tls", "greeting", "capability", strings.ToLower(c.acct.Provider.Mechanism), "list"}
 	if c.acct.Provider.IMAPTLS == "starttls" {
-		return []string{"connect", "greeting", "tls", "capability", strings.ToLower(c.acct.Provider.Mechanism), "list"}
+		steps = []string{"connect", "greeting", "tls", "capability", strings.ToLower(c.acct.Provider.Mechanism), "list"}
 	}
-	return []string{"connect", "tls", "greeting", "capability", strings.ToLower(c.acct.Provider.Mechanism), "list"}
+	for _, proto := range c.acct.Protocols {
+		if proto != config.IMAP {
+			steps = append(steps, string(proto))
+		}
+	}
+	return steps
 }
 
 // skipUpstream prints a skip line for every upstream step not yet

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -394,5 +395,93 @@ func TestCheckProviderAnswers(t *testing.T) {
 				t.Errorf("%d refreshes, want 1 (check's token step)", cl.tokens.RefreshCount(tenantShared))
 			}
 		})
+	}
+}
+
+// TestCheckOtherProtocols: an account that lists pop3 gets a pop3 step
+// after the IMAP ones, which logs in with the daemon's POP3 login; a
+// refused token fails that step and check.
+func TestCheckOtherProtocols(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		refuse  bool
+		code    int
+		outcome string
+	}{
+		{"pop3 logs in", false, 0, "ok"},
+		{"pop3 refuses the token", true, 1, "FAIL"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newCLI(t)
+			const password = "check-pop3-pw-canary-5e1c"
+			cl := checkLab(t, c, authtest.Microsoft, password)
+			validate := cl.tokens.Validate
+			if tc.refuse {
+				validate = func(string, string) error { return errors.New("refused") }
+			}
+			pop3, err := proxytest.NewPOP3Upstream(proxytest.POP3UpstreamOptions{Validate: validate})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { pop3.Close() })
+			pop3.AddUser(tenantShared)
+			// One ca_file for the provider: the IMAP and POP3 servers' CAs.
+			ca := mustRead(t, cl.dir+"/ca.pem") + string(pop3.CAPEM)
+			writeFile(t, cl.dir, "ca.pem", ca)
+			path := cl.config(t, "microsoft", "refresh_token",
+				fmt.Sprintf("client_secret = %q\npop3_address = %q\n", tenantSecret, pop3.Addr))
+			writeFile(t, cl.dir, "pop3.toml", mustRead(t, path)+"protocols = [\"imap\", \"pop3\"]\n")
+
+			r := c.run(password+"\n", "check", "-config", cl.dir+"/pop3.toml", "helpdesk")
+			c.secret(cl.tokens.CurrentRefreshToken(tenantOperator))
+			if r.code != tc.code {
+				t.Errorf("check: exit %d, want %d\n%s%s", r.code, tc.code, r.stdout, r.stderr)
+			}
+			m := regexp.MustCompile(`(?m)^pop3 +(ok|FAIL|skip) .*$`).FindStringSubmatch(r.stdout)
+			if m == nil || m[1] != tc.outcome {
+				t.Errorf("pop3 step %q, want %s:\n%s", m, tc.outcome, r.stdout)
+			}
+			if !tc.refuse && !strings.Contains(r.stdout, "logged in to "+pop3.Addr) {
+				t.Errorf("pop3 step does not name the server:\n%s", r.stdout)
+			}
+		})
+	}
+}
+
+// TestCheckNamesMissingScope: an authorization granted before pop3 was
+// added lacks POP.AccessAsUser.All; when the token endpoint says what it
+// granted, check's failed pop3 step names the scope and the fix.
+func TestCheckNamesMissingScope(t *testing.T) {
+	c := newCLI(t)
+	const password = "check-scope-pw-canary-2a7d"
+	cl := newCloud(t, c, authtest.Options{Flavor: authtest.Microsoft, ClientSecret: tenantSecret,
+		Scope: "https://outlook.office365.com/IMAP.AccessAsUser.All"}, false)
+	store, err := tokenstore.New(cl.stateDir(), &tokenstore.Options{KDF: testKDF})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := cl.tokens.Grant(tenantOperator)
+	cl.tokens.Share(tenantShared, tenantOperator)
+	c.secret(password, rt)
+	if _, err := store.Create("helpdesk", password, tokenstore.Secret{RefreshToken: rt}); err != nil {
+		t.Fatal(err)
+	}
+	pop3, err := proxytest.NewPOP3Upstream(proxytest.POP3UpstreamOptions{
+		Validate: func(string, string) error { return errors.New("no POP permission") }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pop3.Close() })
+	pop3.AddUser(tenantShared)
+	writeFile(t, cl.dir, "ca.pem", mustRead(t, cl.dir+"/ca.pem")+string(pop3.CAPEM))
+	path := cl.config(t, "microsoft", "refresh_token",
+		fmt.Sprintf("client_secret = %q\npop3_address = %q\n", tenantSecret, pop3.Addr))
+	writeFile(t, cl.dir, "pop3.toml", mustRead(t, path)+"protocols = [\"imap\", \"pop3\"]\n")
+
+	r := c.run(password+"\n", "check", "-config", cl.dir+"/pop3.toml", "helpdesk")
+	c.secret(cl.tokens.CurrentRefreshToken(tenantOperator))
+	if r.code != 1 || !strings.Contains(r.stdout, "lacks https://outlook.office365.com/POP.AccessAsUser.All") ||
+		!strings.Contains(r.stdout, "authorize -force helpdesk") {
+		t.Errorf("check: exit %d, want 1 naming the missing scope and the fix:\n%s%s", r.code, r.stdout, r.stderr)
 	}
 }
