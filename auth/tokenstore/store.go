@@ -438,7 +438,8 @@ func (s *Store) Exists(login string) (bool, error) {
 // A password change by another process since is not a conflict: the
 // secret is written under the data key u holds, with that process's
 // wrapping of it, so it opens with the new password. Writers in other
-// processes are kept out by a lock on the store directory.
+// processes are kept out by the backend: a lock on the store directory,
+// or the database row's lock and a compare-and-swap on its generation.
 // If only syncing the directory fails, the new record is in place, u is
 // updated, and the error is returned.
 func (s *Store) Update(u *Unlocked, secret Secret) error {
