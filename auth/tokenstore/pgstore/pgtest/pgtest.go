@@ -152,6 +152,8 @@ func (s *Server) start() {
 		defer logMu.Unlock()
 		s.t.Fatalf("postgres exited at start:\n%s", log.String())
 	case <-timer.C:
+		cmd.Process.Kill()
+		<-done
 		s.t.Fatalf("postgres did not start within %v", startTimeout)
 	}
 }
