@@ -60,7 +60,7 @@ func dialTLSVia(b *testing.B, addr string, caPEM []byte) *imapclient.Client {
 
 // BenchmarkRelayDovecot compares the two relays against Dovecot in one
 // run: proxyCopy, which coalesces the TLS records that have already
-// arrived (recordConn, reads without waiting), and plainCopy, a plain
+// arrived (coalescingConn, reads without waiting), and plainCopy, a plain
 // read/write loop with the same small idle buffer. Two sessions of the
 // same mailbox through the same proxy, one on each relay, fetch in turns
 // (paired, as in BenchmarkFetch), with the proxy logging at warn level:

@@ -133,7 +133,7 @@ func (c *conn) relay(up *UpstreamConn, log *slog.Logger) string {
 		go plainCopy(results, false, c.nc, up.nc, toClientFirst, &c.srv.metrics.bytesToClient)
 	} else {
 		go proxyCopy(results, true, up.nc, c.nc, toUpstreamFirst, nil, &c.srv.metrics.bytesToUpstream)
-		go proxyCopy(results, false, c.nc, up.nc, toClientFirst, up.records, &c.srv.metrics.bytesToClient)
+		go proxyCopy(results, false, c.nc, up.nc, toClientFirst, up.coalescer, &c.srv.metrics.bytesToClient)
 	}
 
 	var toUpstream, toClient int64
@@ -204,12 +204,12 @@ func (c *conn) relay(up *UpstreamConn, log *slog.Logger) string {
 //     reads them into the same buffer and writes them with one call,
 //     instead of one write (and one wake-up of the collector) per record.
 //     It takes only what cannot make it wait on the network: for those
-//     extra Reads, records (the socket under a TLS src) hands crypto/tls
+//     extra Reads, coalescer (the socket under a TLS src) hands crypto/tls
 //     only what the kernel already holds, and fails them once it has
 //     nothing more.
 //
-// records is the recordConn under a TLS src, or nil.
-func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pending []byte, records *recordConn, counter *atomic.Int64) {
+// coalescer is the coalescingConn under a TLS src, or nil.
+func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pending []byte, coalescer *coalescingConn, counter *atomic.Int64) {
 	var written int64
 	var tail byeTail
 	result := func(err error) copyResult {
@@ -255,10 +255,10 @@ func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pe
 			buf = *idle
 		}
 		n, rerr := src.Read(buf)
-		if records != nil && n > 0 {
-			records.noteReturned()
+		if coalescer != nil && n > 0 {
+			coalescer.noteReturned()
 		}
-		for records != nil && rerr == nil {
+		for coalescer != nil && rerr == nil {
 			if n == len(buf) {
 				if large != nil {
 					break
@@ -269,16 +269,16 @@ func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pe
 				large = relayBuffers.Get().(*[]byte)
 				n = copy(*large, buf)
 				buf = *large
-			} else if !records.more() {
+			} else if !coalescer.more() {
 				break
 			}
-			m, err := records.readBuffered(src, buf[n:])
+			m, err := coalescer.readBuffered(src, buf[n:])
 			n += m
 			if err != nil || m == 0 {
 				break // an error other than errOnlyBuffered comes back at the next Read
 			}
 		}
-		flowing = n == len(buf) || (records != nil && (records.more() || records.midRecord()))
+		flowing = n == len(buf) || (coalescer != nil && (coalescer.more() || coalescer.midRecord()))
 		if n > 0 {
 			m, werr := dst.Write(buf[:n])
 			written += int64(m)

@@ -50,7 +50,7 @@ func benchProxyCopy(b *testing.B, useTLS bool, chunk, size int) {
 	sendSide, src := tcpPair(b)
 	dst, recvSide := tcpPair(b)
 	var sender io.Writer = sendSide
-	var records *recordConn
+	var records *coalescingConn
 	if useTLS {
 		cert, caPEM, err := proxytest.NewCertificate("localhost", "127.0.0.1")
 		if err != nil {
@@ -59,7 +59,7 @@ func benchProxyCopy(b *testing.B, useTLS bool, chunk, size int) {
 		roots := x509.NewCertPool()
 		roots.AppendCertsFromPEM(caPEM)
 		server := tls.Server(sendSide, &tls.Config{Certificates: []tls.Certificate{cert}})
-		records = newRecordConn(src)
+		records = newCoalescingConn(src)
 		client := tls.Client(records, &tls.Config{RootCAs: roots, ServerName: "localhost"})
 		errc := make(chan error, 1)
 		go func() { errc <- server.Handshake() }()

@@ -29,7 +29,7 @@ func (c *countingConn) Write(p []byte) (int, error) {
 // order, and the last record is delivered although the sender then stays
 // silent (coalescing never waits for data that is not there). With the
 // socket's descriptor hidden, only the records the TLS layer has read
-// ahead can be coalesced (recordConn tells when).
+// ahead can be coalesced (coalescingConn tells when).
 func TestProxyCopyCoalescesWithoutWaiting(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
@@ -61,7 +61,7 @@ func testProxyCopyCoalesces(t *testing.T, hideSocket bool) {
 	if hideSocket {
 		under = opaqueConn{src}
 	}
-	rc := newRecordConn(under)
+	rc := newCoalescingConn(under)
 	server := tls.Server(sendSide, &tls.Config{Certificates: []tls.Certificate{cert}})
 	client := tls.Client(rc, &tls.Config{RootCAs: roots, ServerName: "localhost"})
 	errc := make(chan error, 1)

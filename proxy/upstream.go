@@ -124,9 +124,9 @@ type UpstreamLogin struct {
 type UpstreamConn struct {
 	nc net.Conn      // the TLS connection
 	br *bufio.Reader // may hold bytes the relay must forward first
-	// records is the socket under nc, following its TLS records.
-	records *recordConn
-	caps    string // post-login capabilities, "" when the server gave none
+	// coalescer is the socket under nc, following its TLS records.
+	coalescer *coalescingConn
+	caps      string // post-login capabilities, "" when the server gave none
 	// dialTime is how long TCP connect and TLS handshake took.
 	dialTime time.Duration
 	// trace logs protocol lines at debug level; nil disables it.
@@ -278,8 +278,8 @@ func dialUpstream(ctx context.Context, l *UpstreamLogin, addr string) (*Upstream
 // secure runs the TLS handshake on up's plain connection and reads on
 // through TLS from then on; dialTime counts from start.
 func (up *UpstreamConn) secure(ctx context.Context, l *UpstreamLogin, addr string, start time.Time) error {
-	up.records = newRecordConn(up.nc)
-	tc := tls.Client(up.records, l.TLSConfig)
+	up.coalescer = newCoalescingConn(up.nc)
+	tc := tls.Client(up.coalescer, l.TLSConfig)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return unavailable(fmt.Sprintf("TLS with upstream %s failed", addr), err)
 	}

@@ -5,14 +5,14 @@ import (
 	"net"
 )
 
-// recordConn sits between an upstream's socket and its TLS client. It
+// coalescingConn sits between an upstream's socket and its TLS client. It
 // follows the TLS record framing of the bytes it passes up, so that the
 // relay can tell when crypto/tls holds a whole record it has not returned
 // yet, and it can keep a Read on the TLS connection from waiting on the
 // network for a moment (onlyBuffered): the Read then returns what is
 // already buffered, in crypto/tls or in the kernel, or fails at once. Only
 // the goroutine reading the TLS connection uses it.
-type recordConn struct {
+type coalescingConn struct {
 	net.Conn
 	onlyBuffered bool
 	// drained: the last socket read returned less than it asked for, so
@@ -40,9 +40,9 @@ func (onlyBufferedError) Error() string   { return "relay: only buffered records
 func (onlyBufferedError) Timeout() bool   { return true }
 func (onlyBufferedError) Temporary() bool { return true }
 
-// newRecordConn returns a recordConn over an upstream's socket.
-func newRecordConn(nc net.Conn) *recordConn {
-	c := &recordConn{Conn: nc}
+// newCoalescingConn returns a coalescingConn over an upstream's socket.
+func newCoalescingConn(nc net.Conn) *coalescingConn {
+	c := &coalescingConn{Conn: nc}
 	c.now.init(nc)
 	return c
 }
@@ -50,7 +50,7 @@ func newRecordConn(nc net.Conn) *recordConn {
 // Read reads the socket and follows the framing of what it returns. Under
 // onlyBuffered it takes only bytes the kernel already holds, and fails with
 // errOnlyBuffered when there are none (or none are known to be there).
-func (c *recordConn) Read(p []byte) (int, error) {
+func (c *coalescingConn) Read(p []byte) (int, error) {
 	// crypto/tls reads only when it holds no whole record: every whole
 	// record so far has been used.
 	c.usedBefore, c.returned = c.complete, 0
@@ -84,18 +84,18 @@ func (c *recordConn) Read(p []byte) (int, error) {
 // more reports whether a Read of the TLS connection above c may have data
 // without waiting on the network: a whole record crypto/tls has not
 // returned, or bytes the kernel may hold.
-func (c *recordConn) more() bool {
+func (c *coalescingConn) more() bool {
 	return c.holdsRecord() || !c.drained
 }
 
 // midRecord reports whether crypto/tls holds part of a record: the rest is
 // on its way.
-func (c *recordConn) midRecord() bool {
+func (c *coalescingConn) midRecord() bool {
 	return c.headerN > 0 || c.bodyLeft > 0
 }
 
 // frame advances the record framing over b.
-func (c *recordConn) frame(b []byte) {
+func (c *coalescingConn) frame(b []byte) {
 	for len(b) > 0 {
 		if c.headerN < len(c.header) {
 			k := copy(c.header[c.headerN:], b)
@@ -118,19 +118,19 @@ func (c *recordConn) frame(b []byte) {
 
 // noteReturned records that a TLS Read returned data: one record used (or
 // the rest of one, which makes holdsRecord err on the safe side).
-func (c *recordConn) noteReturned() { c.returned++ }
+func (c *coalescingConn) noteReturned() { c.returned++ }
 
 // holdsRecord reports whether crypto/tls probably holds a whole record not
 // returned yet. It can be wrong only in one direction: a record that
 // carries no data (a session ticket) counts as one, and then a Read under
 // onlyBuffered just fails.
-func (c *recordConn) holdsRecord() bool {
+func (c *coalescingConn) holdsRecord() bool {
 	return c.complete-c.usedBefore-c.returned > 0
 }
 
 // readBuffered is one Read of src (the TLS connection above c) that takes
 // only what is already buffered.
-func (c *recordConn) readBuffered(src net.Conn, p []byte) (int, error) {
+func (c *coalescingConn) readBuffered(src net.Conn, p []byte) (int, error) {
 	c.onlyBuffered = true
 	n, err := src.Read(p)
 	c.onlyBuffered = false

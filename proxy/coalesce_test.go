@@ -12,10 +12,10 @@ import (
 	"time"
 )
 
-// TestRecordConnFraming feeds a stream of TLS records through recordConn
+// TestCoalescingConnFraming feeds a stream of TLS records through coalescingConn
 // in pieces of every size, headers split included, and checks that it
 // counts exactly the records that have fully passed.
-func TestRecordConnFraming(t *testing.T) {
+func TestCoalescingConnFraming(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	var stream bytes.Buffer
 	var ends []int // offset just after each record
@@ -34,7 +34,7 @@ func TestRecordConnFraming(t *testing.T) {
 	data := stream.Bytes()
 	for _, piece := range []int{1, 2, 4, 5, 6, 7, 100, 4096, len(data)} {
 		a, b := net.Pipe()
-		c := &recordConn{Conn: a}
+		c := &coalescingConn{Conn: a}
 		go func() {
 			for off := 0; off < len(data); off += piece {
 				b.Write(data[off:min(off+piece, len(data))])
@@ -64,12 +64,12 @@ func TestRecordConnFraming(t *testing.T) {
 	}
 }
 
-// TestRecordConnOnlyBuffered: under onlyBuffered a socket read fails at
+// TestCoalescingConnOnlyBuffered: under onlyBuffered a socket read fails at
 // once, with a temporary error, and holdsRecord follows what was returned.
-func TestRecordConnOnlyBuffered(t *testing.T) {
+func TestCoalescingConnOnlyBuffered(t *testing.T) {
 	a, b := net.Pipe()
 	defer b.Close()
-	c := &recordConn{Conn: a}
+	c := &coalescingConn{Conn: a}
 	c.onlyBuffered = true
 	n, err := c.Read(make([]byte, 10)) // net.Pipe would block here without onlyBuffered
 	if ne, ok := err.(net.Error); n != 0 || !ok || !ne.Timeout() {
@@ -95,16 +95,16 @@ func TestRecordConnOnlyBuffered(t *testing.T) {
 	}
 }
 
-// TestRecordConnReadsQueuedBytesWithoutWaiting: under onlyBuffered a read
+// TestCoalescingConnReadsQueuedBytesWithoutWaiting: under onlyBuffered a read
 // takes what the kernel already holds, and once a read has emptied the
 // queue the next one fails at once instead of waiting for the peer.
-func TestRecordConnReadsQueuedBytesWithoutWaiting(t *testing.T) {
+func TestCoalescingConnReadsQueuedBytesWithoutWaiting(t *testing.T) {
 	if !canReadWithoutWaiting {
 		t.Skip("on this platform the relay does not read a socket without waiting")
 	}
 	peer, local := tcpPair(t)
 	local.SetDeadline(time.Now().Add(10 * time.Second)) // a read that waits fails the test, not hangs it
-	c := newRecordConn(local)
+	c := newCoalescingConn(local)
 
 	two := []byte{23, 3, 3, 0, 1, 'x', 23, 3, 3, 0, 1, 'y'}
 	if _, err := peer.Write(two); err != nil {
@@ -135,16 +135,16 @@ func TestRecordConnReadsQueuedBytesWithoutWaiting(t *testing.T) {
 	}
 }
 
-// TestRecordConnKeepsResetForNextRead: a connection reset met by a read
+// TestCoalescingConnKeepsResetForNextRead: a connection reset met by a read
 // that does not wait is reported by the next waiting read, not lost (the
 // kernel reports it once, then only EOF).
-func TestRecordConnKeepsResetForNextRead(t *testing.T) {
+func TestCoalescingConnKeepsResetForNextRead(t *testing.T) {
 	if !canReadWithoutWaiting {
 		t.Skip("on this platform the relay does not read a socket without waiting")
 	}
 	peer, local := tcpPair(t)
 	local.SetDeadline(time.Now().Add(10 * time.Second))
-	c := newRecordConn(local)
+	c := newCoalescingConn(local)
 	if _, err := peer.Write([]byte{23, 3, 3, 0, 1, 'x'}); err != nil {
 		t.Fatal(err)
 	}
