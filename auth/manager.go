@@ -206,6 +206,7 @@ type Account struct {
 	generation uint64             // newest secret generation of the record this account wrote or read
 	revoked    error              // sticky AuthorizationFailed after invalid_grant, until the record changes
 	lastAccess string             // newest access token, so Refused ignores stale refusals
+	refused    string             // access token the upstream refused: never taken from a shared record again
 	refreshN   int                // refreshes attempted, for tests
 }
 
@@ -234,7 +235,12 @@ func newAccount(m *Manager, acct *config.Account, rec *tokenstore.Unlocked) (*Ac
 		}
 		a.source = &appSource{account: a, fetch: fetch}
 	}
-	a.reuse = oauth2.ReuseTokenSourceWithExpiry(nil, a.source, m.margin)
+	// In a shared store, the access token another instance saved.
+	seed := m.sharedAccess(rec.Secret, "")
+	if seed != nil {
+		a.lastAccess = seed.AccessToken
+	}
+	a.reuse = oauth2.ReuseTokenSourceWithExpiry(seed, a.source, m.margin)
 	return a, nil
 }
 
@@ -322,6 +328,7 @@ func (a *Account) Refused(tok *oauth2.Token) {
 		return // already replaced by a concurrent login
 	}
 	a.lastAccess = ""
+	a.refused = tok.AccessToken
 	a.served = nil
 	a.reuse = oauth2.ReuseTokenSourceWithExpiry(nil, a.source, a.m.margin)
 }
@@ -354,6 +361,17 @@ type persistingSource struct {
 
 func (p *persistingSource) Token() (*oauth2.Token, error) {
 	a := p.account
+	shared := a.m.store.Shared()
+	if shared {
+		// One refresh per account across the instances sharing the store:
+		// under the account's lock, the newest record may already hold
+		// what this refresh would fetch.
+		release, tok, err := p.lockShared()
+		if tok != nil || err != nil {
+			return tok, err
+		}
+		defer release()
+	}
 	a.mu.Lock()
 	a.refreshN++
 	a.mu.Unlock()
@@ -383,14 +401,22 @@ func (p *persistingSource) Token() (*oauth2.Token, error) {
 		p.refreshToken = tok.RefreshToken
 	}
 	rotated := p.refreshToken != p.savedRT
-	if rotated {
+	if rotated || shared {
 		// Claim the generation this write will create before it exists on
 		// disk: an Unlock that reads it meanwhile must keep using this
 		// account, not build a second source that the next rotation kills.
 		a.mu.Lock()
 		a.generation = p.record.Info.SecretGeneration + 1
 		a.mu.Unlock()
-		if err := a.m.store.Update(p.record, tokenstore.Secret{RefreshToken: p.refreshToken}); err != nil {
+		secret := tokenstore.Secret{RefreshToken: p.refreshToken}
+		if shared {
+			secret.AccessToken, secret.Expiry = tok.AccessToken, tok.Expiry
+		}
+		save := func() error { return a.m.store.Update(p.record, secret) }
+		if shared {
+			save = func() error { return p.saveShared(secret) }
+		}
+		if err := save(); err != nil {
 			// The next refresh uses the new token and tries to save again.
 			a.m.logger.Error("saving rotated refresh token failed", "login", a.login, "err", err)
 			return nil, &Error{Kind: Unavailable, Message: "cannot save the rotated refresh token", Err: err}

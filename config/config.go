@@ -54,6 +54,8 @@ type Config struct {
 	// Accounts holds the [accounts.LOGIN] tables by LOGIN, the login the
 	// collector sends. It is never nil.
 	Accounts map[string]*Account
+	// Store holds the [store] table: where token records live.
+	Store Store
 }
 
 // Server is the [server] table: listeners, local TLS, state, logging, timeouts

@@ -21,6 +21,7 @@ var manSections = map[string]string{
 	"server":    "SERVER KEYS",
 	"providers": "PROVIDER KEYS",
 	"accounts":  "ACCOUNT KEYS",
+	"store":     "STORE KEYS",
 }
 
 // manEntry is one key's entry in the man page: the text from its term line
@@ -83,6 +84,7 @@ func TestManPageHasEveryKey(t *testing.T) {
 		"server":    reflect.TypeFor[rawServer](),
 		"providers": reflect.TypeFor[rawProvider](),
 		"accounts":  reflect.TypeFor[rawAccount](),
+		"store":     reflect.TypeFor[rawStore](),
 	}
 	for top := range fieldNames(reflect.TypeFor[rawFile]()) {
 		section, ok := manSections[top]

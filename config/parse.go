@@ -29,6 +29,7 @@ type rawFile struct {
 	Server    rawServer              `toml:"server"`
 	Providers map[string]rawProvider `toml:"providers"`
 	Accounts  map[string]rawAccount  `toml:"accounts"`
+	Store     rawStore               `toml:"store"`
 }
 
 // rawServer is the [server] table before its values are checked.
@@ -163,6 +164,7 @@ func parse(data []byte, dir string, opts *LoadOptions) (*Config, error) {
 		Server:    p.server(&raw.Server, opts),
 		Providers: make(map[string]*Provider, len(raw.Providers)),
 		Accounts:  make(map[string]*Account, len(raw.Accounts)),
+		Store:     p.store(&raw.Store),
 	}
 	for _, name := range sortedKeys(raw.Providers) {
 		r := raw.Providers[name]
@@ -196,10 +198,15 @@ func redactParseError(err error, data []byte) error {
 		Position: perr.Position,
 		LastKey:  perr.LastKey,
 	}
-	secret := strings.Contains(strings.ToLower(perr.LastKey), "secret")
+	// A store DSN may hold a password too.
+	mentions := func(s string) bool {
+		s = strings.ToLower(s)
+		return strings.Contains(s, "secret") || strings.Contains(s, "dsn")
+	}
+	secret := mentions(perr.LastKey)
 	lines := strings.Split(string(data), "\n")
 	for _, n := range []int{perr.Position.Line - 1, perr.Position.Line} {
-		if n >= 1 && n <= len(lines) && strings.Contains(strings.ToLower(lines[n-1]), "secret") {
+		if n >= 1 && n <= len(lines) && mentions(lines[n-1]) {
 			secret = true
 		}
 	}
@@ -228,6 +235,7 @@ func (p *parser) unknownKeys(md toml.MetaData) {
 		"server":    fieldNames(reflect.TypeFor[rawServer]()),
 		"providers": fieldNames(reflect.TypeFor[rawProvider]()),
 		"accounts":  fieldNames(reflect.TypeFor[rawAccount]()),
+		"store":     fieldNames(reflect.TypeFor[rawStore]()),
 	}
 	var reported []toml.Key
 outer:
@@ -241,8 +249,8 @@ outer:
 		switch {
 		case len(k) == 1:
 			names = known[""]
-		case len(k) == 2 && k[0] == "server":
-			names = known["server"]
+		case len(k) == 2 && (k[0] == "server" || k[0] == "store"):
+			names = known[k[0]]
 		case len(k) == 3 && (k[0] == "providers" || k[0] == "accounts"):
 			names = known[k[0]]
 		}

@@ -2,12 +2,16 @@ package tokenstore
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -43,10 +47,107 @@ func recordFileName(login string) string {
 	return b.String()
 }
 
+// fileBackend keeps records as files in a directory, one per login. It is
+// not Shared: one daemon per directory (the CLI may write beside it).
+type fileBackend struct {
+	dir     string
+	writeMu sync.Mutex // serializes check-and-replace of record files (see lock)
+
+	// beforeRename, if set (by tests), runs on the synced and closed
+	// temporary file; an error fails the write there.
+	beforeRename func(tmp string) error
+}
+
+func (s *fileBackend) path(login string) string {
+	return filepath.Join(s.dir, recordFileName(login))
+}
+
+// Read reads login's record file.
+func (s *fileBackend) Read(_ context.Context, login string) ([]byte, error) {
+	data, err := readRecordFile(s.path(login))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %w", ErrNoRecord, err)
+	}
+	return data, err
+}
+
+// Replace runs fn on login's file under the directory lock and replaces
+// the file atomically with what it returns.
+func (s *fileBackend) Replace(ctx context.Context, login string, fn func(old []byte) ([]byte, uint64, error)) (bool, error) {
+	unlock, err := s.lock()
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	old, err := s.Read(ctx, login)
+	switch {
+	case errors.Is(err, ErrNoRecord):
+		old = nil
+	case err != nil:
+		return false, err
+	}
+	data, _, err := fn(old)
+	if err != nil {
+		return false, err
+	}
+	return s.replaceFile(recordFileName(login), data)
+}
+
+// Logins lists the logins of the record files in the directory.
+func (s *fileBackend) Logins(context.Context) ([]string, error) {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("listing token store directory: %w", err)
+	}
+	var logins []string
+	for _, e := range entries {
+		name := e.Name()
+		if strings.HasPrefix(name, ".") || !strings.HasSuffix(name, recordSuffix) {
+			continue
+		}
+		if login, ok := loginFromFileName(name); ok {
+			logins = append(logins, login)
+		}
+	}
+	return logins, nil
+}
+
+// LockRefresh does nothing: one daemon uses a directory, and its token
+// sources serialize their own refreshes.
+func (s *fileBackend) LockRefresh(context.Context, string) (func(), error) { return func() {}, nil }
+
+// Shared is false: a directory belongs to one daemon.
+func (s *fileBackend) Shared() bool { return false }
+
+// Close does nothing.
+func (s *fileBackend) Close() error { return nil }
+
+// loginFromFileName inverts recordFileName.
+func loginFromFileName(name string) (string, bool) {
+	name = strings.TrimSuffix(name, recordSuffix)
+	var b strings.Builder
+	for i := 0; i < len(name); i++ {
+		if name[i] != '%' {
+			b.WriteByte(name[i])
+			continue
+		}
+		if i+2 >= len(name) {
+			return "", false
+		}
+		v, err := strconv.ParseUint(name[i+1:i+3], 16, 8)
+		if err != nil {
+			return "", false
+		}
+		b.WriteByte(byte(v))
+		i += 2
+	}
+	return b.String(), b.Len() > 0
+}
+
 // lock serializes writes to the store: within this process, and with
 // other processes on the same directory (the CLI beside the daemon), by an
 // exclusive flock on the directory. It returns the release.
-func (s *Store) lock() (func(), error) {
+func (s *fileBackend) lock() (func(), error) {
 	s.writeMu.Lock()
 	d, err := os.Open(s.dir)
 	if err != nil {
@@ -75,7 +176,7 @@ func (s *Store) lock() (func(), error) {
 // rename, fsync the directory. On failure before the rename the temporary
 // file is removed and the old file is untouched. renamed reports whether
 // the new file is in place.
-func (s *Store) replaceFile(name string, data []byte) (renamed bool, err error) {
+func (s *fileBackend) replaceFile(name string, data []byte) (renamed bool, err error) {
 	// Temporary names start with '.', which escaped logins never do.
 	f, err := os.CreateTemp(s.dir, "."+name+".tmp*")
 	if err != nil {

@@ -20,9 +20,8 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"runtime"
-	"sync"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -68,15 +67,24 @@ var ErrRecordChanged = errors.New("token record changed on disk")
 // Secret is what a record protects.
 type Secret struct {
 	RefreshToken string `json:"refresh_token,omitempty"`
+	// AccessToken and Expiry are the newest access token, kept only in a
+	// Shared store, so that the instances that did not refresh use it
+	// instead of refreshing again.
+	AccessToken string    `json:"access_token,omitempty"`
+	Expiry      time.Time `json:"expiry,omitzero"`
 }
 
 // String redacts the secret, so that no log line or test failure that
 // prints a Secret shows the token.
 func (s Secret) String() string {
+	out := "{refresh token [redacted]"
 	if s.RefreshToken == "" {
-		return "{no refresh token}"
+		out = "{no refresh token"
 	}
-	return "{refresh token [redacted]}"
+	if s.AccessToken != "" {
+		out += ", access token [redacted]"
+	}
+	return out + "}"
 }
 
 // GoString is String, for %#v.
@@ -100,13 +108,16 @@ type Options struct {
 	KDFQueueLength int
 }
 
-// Store is a directory of encrypted token records, one file per login. It
-// is safe for concurrent use; several processes may share a directory
-// (each write replaces a whole file atomically, under a lock on the
-// directory).
+// Store keeps the encrypted token records, one per login, in a Backend: a
+// directory of files (New) or a database shared by several instances
+// (NewWithBackend with a Postgres). It is safe for concurrent use; several
+// processes may share a directory (each write replaces a whole file
+// atomically, under a lock on the directory) or a database (each write is
+// a compare-and-swap on the record's generation).
 type Store struct {
-	dir    string
-	params KDFParams // for new records
+	backend Backend
+	files   *fileBackend // the backend if it is a directory, else nil
+	params  KDFParams    // for new records
 
 	// keys maps cacheKey(login, kdf, salt, password) to the derived key.
 	// The cache key is an HMAC under macKey, which never leaves this
@@ -115,12 +126,7 @@ type Store struct {
 	macKey []byte
 
 	kdf     kdfQueue     // bounds argon2 runs (each takes MemoryKiB) and their wait
-	writeMu sync.Mutex   // serializes check-and-replace of record files (see lock)
 	kdfRuns atomic.Int64 // argon2 runs so far, for tests
-
-	// beforeRename, if set (by tests), runs on the synced and closed
-	// temporary file; an error fails the write there.
-	beforeRename func(tmp string) error
 }
 
 // New returns a Store for the records in dir, creating dir (mode 0700)
@@ -128,6 +134,28 @@ type Store struct {
 // group- or world-writable, or owned by a user other than this process's
 // or root.
 func New(dir string, opts *Options) (*Store, error) {
+	if dir == "" {
+		return nil, errors.New("token store: empty directory name")
+	}
+	files := &fileBackend{dir: dir}
+	s, err := NewWithBackend(files, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating token store directory: %w", err)
+	}
+	if err := checkStoreDir(dir); err != nil {
+		return nil, err
+	}
+	removeStaleTemps(dir, time.Now())
+	s.files = files
+	return s, nil
+}
+
+// NewWithBackend returns a Store whose records live in b. Closing the
+// Store closes b.
+func NewWithBackend(b Backend, opts *Options) (*Store, error) {
 	if opts == nil {
 		opts = &Options{}
 	}
@@ -152,16 +180,6 @@ func New(dir string, opts *Options) (*Store, error) {
 	if size < 0 {
 		return nil, fmt.Errorf("token store options: negative key cache size %d", size)
 	}
-	if dir == "" {
-		return nil, errors.New("token store: empty directory name")
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("creating token store directory: %w", err)
-	}
-	if err := checkStoreDir(dir); err != nil {
-		return nil, err
-	}
-	removeStaleTemps(dir, time.Now())
 	keys, err := lru.New[[sha256.Size]byte, []byte](size)
 	if err != nil {
 		return nil, fmt.Errorf("creating key cache: %w", err)
@@ -176,10 +194,10 @@ func New(dir string, opts *Options) (*Store, error) {
 		queueLength = 4 * runtime.NumCPU()
 	}
 	return &Store{
-		dir:    dir,
-		params: kdf,
-		keys:   keys,
-		macKey: macKey,
+		backend: b,
+		params:  kdf,
+		keys:    keys,
+		macKey:  macKey,
 		kdf: kdfQueue{
 			running:    make(chan struct{}, runtime.NumCPU()),
 			maxWait:    queueWait,
@@ -188,15 +206,42 @@ func New(dir string, opts *Options) (*Store, error) {
 	}, nil
 }
 
-// Dir returns the store's directory.
-func (s *Store) Dir() string { return s.dir }
+// Dir returns the store's directory, or "" if its records are not files.
+func (s *Store) Dir() string {
+	if s.files == nil {
+		return ""
+	}
+	return s.files.dir
+}
 
 // Path returns the file of login's record: the login with every byte
 // outside [A-Za-z0-9@_+=.-] (and a leading '.') written as %XX, plus
-// ".token".
+// ".token". It is "" if the store's records are not files.
 func (s *Store) Path(login string) string {
-	return filepath.Join(s.dir, recordFileName(login))
+	if s.files == nil {
+		return ""
+	}
+	return s.files.path(login)
 }
+
+// Shared reports whether other instances may share the store's records
+// (a database): then refreshes take LockRefresh and access tokens are
+// kept in the records.
+func (s *Store) Shared() bool { return s.backend.Shared() }
+
+// LockRefresh takes login's refresh lock, across every instance that
+// shares the store, and returns its release. Hold it from reading the
+// record (Reload) to saving the refreshed token (Update).
+func (s *Store) LockRefresh(ctx context.Context, login string) (func(), error) {
+	release, err := s.backend.LockRefresh(ctx, login)
+	if err != nil {
+		return nil, fmt.Errorf("taking refresh lock of %q: %w", login, err)
+	}
+	return release, nil
+}
+
+// Close releases the backend (a database's connections).
+func (s *Store) Close() error { return s.backend.Close() }
 
 // RecordInfo is the clear metadata of a record. Open authenticates it
 // (it is bound to the ciphertext); Info does not.
@@ -256,12 +301,8 @@ func (s *Store) Create(login, password string, secret Secret) (*Unlocked, error)
 		return nil, fmt.Errorf("creating token record for %q: %w", login, err)
 	}
 
-	unlock, err := s.lock()
+	err = s.write(u, secret, 1, 1, w, dataKey, passKey, func([]byte) error { return nil })
 	if err != nil {
-		return nil, fmt.Errorf("creating token record for %q: %w", login, err)
-	}
-	defer unlock()
-	if err := s.write(u, secret, 1, 1, w, dataKey, passKey); err != nil {
 		return nil, fmt.Errorf("creating token record for %q: %w", login, err)
 	}
 	u.cacheKey = s.cacheKey(login, s.params, salt, password)
@@ -299,7 +340,7 @@ func (s *Store) OpenCached(login, password string) (*Unlocked, error) {
 }
 
 func (s *Store) open(ctx context.Context, login, password string, cachedOnly bool) (*Unlocked, error) {
-	rec, err := s.read(login)
+	rec, err := s.read(ctx, login)
 	if err != nil {
 		return nil, err
 	}
@@ -353,7 +394,7 @@ func (s *Store) open(ctx context.Context, login, password string, cachedOnly boo
 // Info reads login's record metadata without a password. It is not
 // authenticated: only Open proves that a record is intact.
 func (s *Store) Info(login string) (RecordInfo, error) {
-	rec, err := s.read(login)
+	rec, err := s.read(context.Background(), login)
 	if err == nil {
 		var info RecordInfo
 		if info, err = rec.info(); err == nil {
@@ -363,13 +404,21 @@ func (s *Store) Info(login string) (RecordInfo, error) {
 	return RecordInfo{}, fmt.Errorf("reading token record of %q: %w", login, err)
 }
 
-// Exists reports whether login has a record file. It does not check that
+// Exists reports whether login has a record. It does not check that
 // the file is a valid record.
 func (s *Store) Exists(login string) (bool, error) {
 	if err := checkLogin(login); err != nil {
 		return false, fmt.Errorf("looking for token record of %q: %w", login, err)
 	}
-	_, err := os.Stat(s.Path(login))
+	var err error
+	if s.files != nil {
+		_, err = os.Stat(s.Path(login))
+	} else {
+		_, err = s.backend.Read(context.Background(), login)
+		if errors.Is(err, ErrNoRecord) {
+			err = fs.ErrNotExist
+		}
+	}
 	switch {
 	case err == nil:
 		return true, nil
@@ -389,7 +438,8 @@ func (s *Store) Exists(login string) (bool, error) {
 // A password change by another process since is not a conflict: the
 // secret is written under the data key u holds, with that process's
 // wrapping of it, so it opens with the new password. Writers in other
-// processes are kept out by a lock on the store directory.
+// processes are kept out by the backend: a lock on the store directory,
+// or the database row's lock and a compare-and-swap on its generation.
 // If only syncing the directory fails, the new record is in place, u is
 // updated, and the error is returned.
 func (s *Store) Update(u *Unlocked, secret Secret) error {
@@ -403,27 +453,35 @@ func (s *Store) update(u *Unlocked, secret Secret) error {
 	if u == nil || u.passKey == nil && u.dataKey == nil {
 		return errors.New("record is not unlocked")
 	}
-	disk, unlock, err := s.lockCurrent(u)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	dataKey, passKey, w := u.dataKey, u.passKey, disk.wrapping()
-	switch {
-	case disk.Version == recordVersion1:
-		// u read this very version 1 record (current checked the
-		// generation): give it a data key, wrapped under the same key.
-		dataKey = randomBytes(keySize)
-		if w, err = wrapKey(u.Info.Login, u.Info.ID, passKey, dataKey, u.wrap.kdf, u.wrap.salt); err != nil {
+	// The record to write depends on the one in place: prepare computes
+	// it under the backend's exclusion, from the current bytes.
+	var gen uint64
+	dataKey, passKey, w := u.dataKey, u.passKey, u.wrap
+	prepare := func(old []byte) error {
+		disk, err := s.current(u, old)
+		if err != nil {
 			return err
 		}
-	case u.dataKey == nil:
-		// u read a version 1 record that another process has rewritten.
-		return fmt.Errorf("%w: rewritten as version %d", ErrRecordChanged, disk.Version)
-	case !bytes.Equal(disk.KDF.Salt, u.wrap.salt):
-		passKey = nil // another process changed the password; keep its wrapping
+		dataKey, passKey, w = u.dataKey, u.passKey, disk.wrapping()
+		switch {
+		case disk.Version == recordVersion1:
+			// u read this very version 1 record (current checked the
+			// generation): give it a data key, wrapped under the same key.
+			dataKey = randomBytes(keySize)
+			if w, err = wrapKey(u.Info.Login, u.Info.ID, passKey, dataKey, u.wrap.kdf, u.wrap.salt); err != nil {
+				return err
+			}
+		case u.dataKey == nil:
+			// u read a version 1 record that another process has rewritten.
+			return fmt.Errorf("%w: rewritten as version %d", ErrRecordChanged, disk.Version)
+		case !bytes.Equal(disk.KDF.Salt, u.wrap.salt):
+			passKey = nil // another process changed the password; keep its wrapping
+		}
+		gen = disk.Generation + 1
+		return nil
 	}
-	return s.write(u, secret, disk.Generation+1, u.Info.SecretGeneration+1, w, dataKey, passKey)
+	return s.writeWith(u, secret, func() uint64 { return gen }, u.Info.SecretGeneration+1,
+		func() (wrapping, []byte, []byte) { return w, dataKey, passKey }, prepare)
 }
 
 // SetPassword wraps u's data key under newPassword with a new salt (and
@@ -461,16 +519,18 @@ func (s *Store) setPassword(u *Unlocked, newPassword string) error {
 		return err
 	}
 
-	disk, unlock, err := s.lockCurrent(u)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	if disk.Generation != u.Info.Generation {
-		return fmt.Errorf("%w: on disk generation %d, have %d", ErrRecordChanged, disk.Generation, u.Info.Generation)
-	}
 	oldCK := u.cacheKey
-	if err := s.write(u, u.Secret, disk.Generation+1, u.Info.SecretGeneration, w, dataKey, passKey); err != nil {
+	err = s.write(u, u.Secret, u.Info.Generation+1, u.Info.SecretGeneration, w, dataKey, passKey, func(old []byte) error {
+		disk, err := s.current(u, old)
+		if err != nil {
+			return err
+		}
+		if disk.Generation != u.Info.Generation {
+			return fmt.Errorf("%w: on disk generation %d, have %d", ErrRecordChanged, disk.Generation, u.Info.Generation)
+		}
+		return nil
+	})
+	if err != nil {
 		return err
 	}
 	s.keys.Remove(oldCK)
@@ -479,30 +539,15 @@ func (s *Store) setPassword(u *Unlocked, newPassword string) error {
 	return nil
 }
 
-// lockCurrent locks the store and returns u's record as current does,
-// with the release of the lock; on error the store is not locked.
-func (s *Store) lockCurrent(u *Unlocked) (*recordFile, func(), error) {
-	unlock, err := s.lock()
-	if err != nil {
-		return nil, nil, err
+// current decodes old, the bytes in place of u's record, and returns the
+// record if it still holds the secret u was read with: same ID and
+// SecretGeneration, and for a version 1 record the same generation.
+// Otherwise the error wraps ErrRecordChanged. Writers are kept out.
+func (s *Store) current(u *Unlocked, old []byte) (*recordFile, error) {
+	if old == nil {
+		return nil, fmt.Errorf("%w: %w", ErrRecordChanged, ErrNoRecord)
 	}
-	disk, err := s.current(u)
-	if err != nil {
-		unlock()
-		return nil, nil, err
-	}
-	return disk, unlock, nil
-}
-
-// current reads u's record and returns it if it still holds the secret u
-// was read with: same ID and SecretGeneration, and for a version 1 record
-// the same generation. Otherwise the error wraps ErrRecordChanged. The
-// store is locked.
-func (s *Store) current(u *Unlocked) (*recordFile, error) {
-	disk, err := s.read(u.Info.Login)
-	if errors.Is(err, ErrNoRecord) {
-		return nil, fmt.Errorf("%w: %w", ErrRecordChanged, err)
-	}
+	disk, err := decodeRecord(old, u.Info.Login)
 	if err != nil {
 		return nil, err
 	}
@@ -512,7 +557,7 @@ func (s *Store) current(u *Unlocked) (*recordFile, error) {
 	}
 	if info.ID != u.Info.ID || info.SecretGeneration != u.Info.SecretGeneration ||
 		disk.Version == recordVersion1 && info.Generation != u.Info.Generation {
-		return nil, fmt.Errorf("%w: on disk id %s generation %d (secret %d), have id %s generation %d (secret %d)",
+		return nil, fmt.Errorf("%w: stored id %s generation %d (secret %d), have id %s generation %d (secret %d)",
 			ErrRecordChanged, info.ID, info.Generation, info.SecretGeneration,
 			u.Info.ID, u.Info.Generation, u.Info.SecretGeneration)
 	}
@@ -520,19 +565,37 @@ func (s *Store) current(u *Unlocked) (*recordFile, error) {
 }
 
 // write encrypts secret under dataKey into a version 2 record with u's
-// login and ID, the given generations and the wrapping w of dataKey,
-// replaces the file, and on success updates u. The store is locked.
-func (s *Store) write(u *Unlocked, secret Secret, gen, secretGen uint64, w wrapping, dataKey, passKey []byte) error {
-	rec, data, err := sealRecord(u.Info.Login, u.Info.ID, secret, gen, secretGen, w, dataKey)
-	if err != nil {
-		return err
-	}
-	info, err := rec.info()
-	if err != nil {
-		return err
-	}
-	renamed, err := s.replaceFile(recordFileName(u.Info.Login), data)
-	if renamed {
+// login and ID, the given generations and the wrapping w of dataKey, and
+// replaces the record if check accepts the bytes in place (nil if none).
+// On success it updates u.
+func (s *Store) write(u *Unlocked, secret Secret, gen, secretGen uint64, w wrapping, dataKey, passKey []byte, check func(old []byte) error) error {
+	return s.writeWith(u, secret, func() uint64 { return gen }, secretGen,
+		func() (wrapping, []byte, []byte) { return w, dataKey, passKey }, check)
+}
+
+// writeWith is write for a record whose generation and keys prepare
+// computes from the bytes in place: gen and keys are called after it.
+func (s *Store) writeWith(u *Unlocked, secret Secret, gen func() uint64, secretGen uint64,
+	keys func() (wrapping, []byte, []byte), prepare func(old []byte) error) error {
+	var rec *recordFile
+	written, err := s.backend.Replace(context.Background(), u.Info.Login, func(old []byte) ([]byte, uint64, error) {
+		if err := prepare(old); err != nil {
+			return nil, 0, err
+		}
+		w, dataKey, _ := keys()
+		var data []byte
+		var err error
+		if rec, data, err = sealRecord(u.Info.Login, u.Info.ID, secret, gen(), secretGen, w, dataKey); err != nil {
+			return nil, 0, err
+		}
+		return data, rec.Generation, nil
+	})
+	if written {
+		info, ierr := rec.info()
+		if ierr != nil {
+			return ierr
+		}
+		w, dataKey, passKey := keys()
 		u.Info = info
 		u.Secret = secret
 		u.dataKey = dataKey
@@ -542,16 +605,13 @@ func (s *Store) write(u *Unlocked, secret Secret, gen, secretGen uint64, w wrapp
 	return err
 }
 
-// read loads and checks login's record file. Errors wrap ErrNoRecord (with
-// fs.ErrNotExist) or ErrCorruptRecord, or are I/O errors.
-func (s *Store) read(login string) (*recordFile, error) {
+// read loads and checks login's record. Errors wrap ErrNoRecord (with
+// fs.ErrNotExist) or ErrCorruptRecord, or are the backend's errors.
+func (s *Store) read(ctx context.Context, login string) (*recordFile, error) {
 	if err := checkLogin(login); err != nil {
 		return nil, err
 	}
-	data, err := readRecordFile(s.Path(login))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%w: %w", ErrNoRecord, err)
-	}
+	data, err := s.backend.Read(ctx, login)
 	if err != nil {
 		return nil, err
 	}
@@ -583,4 +643,101 @@ var decoySalt = make([]byte, saltSize)
 func (s *Store) Decoy(ctx context.Context, password string) error {
 	_, err := s.deriveKey(ctx, password, decoySalt, s.params)
 	return err
+}
+
+// Reload reads u's record again and, if another instance has saved a newer
+// secret of the same authorization since u was read (a rotated refresh
+// token, a shared access token), takes it into u and reports true. It
+// decrypts with the data key u holds, so it needs no password; a password
+// change by the other instance is kept. A record with another ID (a new
+// authorization) or none fails with ErrRecordChanged.
+func (s *Store) Reload(ctx context.Context, u *Unlocked) (bool, error) {
+	changed, err := s.reload(ctx, u)
+	if err != nil {
+		return false, fmt.Errorf("reloading token record for %q: %w", u.Info.Login, err)
+	}
+	return changed, nil
+}
+
+func (s *Store) reload(ctx context.Context, u *Unlocked) (bool, error) {
+	rec, err := s.read(FreshRead(ctx), u.Info.Login)
+	if errors.Is(err, ErrNoRecord) {
+		return false, fmt.Errorf("%w: %w", ErrRecordChanged, err)
+	}
+	if err != nil {
+		return false, err
+	}
+	info, err := rec.info()
+	if err != nil {
+		return false, err
+	}
+	switch {
+	case info.ID != u.Info.ID:
+		return false, fmt.Errorf("%w: stored id %s, have id %s", ErrRecordChanged, info.ID, u.Info.ID)
+	case info.SecretGeneration <= u.Info.SecretGeneration:
+		return false, nil
+	case rec.Version == recordVersion1 || u.dataKey == nil:
+		return false, fmt.Errorf("%w: version %d record", ErrRecordChanged, rec.Version)
+	}
+	plain, err := gcmOpen(u.dataKey, rec.Nonce, rec.Ciphertext, rec.secretAAD())
+	if err != nil {
+		return false, err
+	}
+	defer clear(plain)
+	var secret Secret
+	if err := json.Unmarshal(plain, &secret); err != nil {
+		return false, fmt.Errorf("%w: undecodable secret", ErrCorruptRecord)
+	}
+	if !bytes.Equal(rec.KDF.Salt, u.wrap.salt) {
+		u.passKey = nil // another instance changed the password; keep its wrapping
+	}
+	u.Info = info
+	u.Secret = secret
+	u.wrap = rec.wrapping()
+	return true, nil
+}
+
+// Logins lists the logins that have a record, sorted.
+func (s *Store) Logins(ctx context.Context) ([]string, error) {
+	logins, err := s.backend.Logins(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("listing token records: %w", err)
+	}
+	slices.Sort(logins)
+	return logins, nil
+}
+
+// Export returns login's record as stored: encrypted, byte for byte, after
+// checking that it is a well-formed record of login.
+func (s *Store) Export(ctx context.Context, login string) ([]byte, error) {
+	data, err := s.backend.Read(ctx, login)
+	if err == nil {
+		_, err = decodeRecord(data, login)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("exporting token record of %q: %w", login, err)
+	}
+	return data, nil
+}
+
+// Import stores data, a record Export returned (from any store), as
+// login's record, byte for byte, replacing any record of login.
+func (s *Store) Import(ctx context.Context, login string, data []byte) error {
+	rec, err := decodeRecord(data, login)
+	if err == nil {
+		_, err = s.backend.Replace(ctx, login, func([]byte) ([]byte, uint64, error) { return data, rec.Generation, nil })
+	}
+	if err != nil {
+		return fmt.Errorf("importing token record of %q: %w", login, err)
+	}
+	return nil
+}
+
+// Where names login's record for messages: its file, or a record in the
+// shared store.
+func (s *Store) Where(login string) string {
+	if s.files != nil {
+		return s.Path(login)
+	}
+	return fmt.Sprintf("the shared token store (record %q)", login)
 }

@@ -433,7 +433,7 @@ func TestStoreFailedWriteKeepsRecord(t *testing.T) {
 	before := readFile(t, s.Path(testLogin))
 	errInjected := errors.New("injected failure")
 	var tmpSeen string
-	s.beforeRename = func(tmp string) error {
+	s.files.beforeRename = func(tmp string) error {
 		tmpSeen = tmp
 		if fi, err := os.Stat(tmp); err != nil || fi.Mode() != 0o600 {
 			t.Errorf("temporary file: %v, %v; want mode 0600", fi, err)
@@ -463,7 +463,7 @@ func TestStoreFailedWriteKeepsRecord(t *testing.T) {
 	}
 	checkDirClean(t, s)
 
-	s.beforeRename = nil
+	s.files.beforeRename = nil
 	if err := s.Update(u, Secret{RefreshToken: "rt2"}); err != nil {
 		t.Fatalf("Update after the failures: %v", err)
 	}

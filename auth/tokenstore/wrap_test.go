@@ -161,7 +161,7 @@ func TestStoreLockExcludesOtherProcesses(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	unlock, err := s.lock()
+	unlock, err := s.files.lock()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
@@ -21,13 +22,17 @@ func loadAccount(path, login string) (*config.Config, *config.Account, error) {
 	return cfg, acct, nil
 }
 
-// openStore opens the token store in stateDir for a CLI command. Run as
-// root, the command first becomes the owner of the state directory (the
+// openStore opens cfg's token store for a CLI command: the files in
+// state_dir or the PostgreSQL database of [store]. Run as root with
+// files, the command first becomes the owner of the state directory (the
 // service's user), so that the records it writes stay the daemon's and the
 // command holds no more privilege than the daemon.
-func openStore(stateDir string) (*tokenstore.Store, error) {
-	if err := actAsOwnerOf(stateDir); err != nil {
+func openStore(cfg *config.Config) (*tokenstore.Store, error) {
+	if cfg.Store.Type == config.StorePostgres {
+		return newStore(context.Background(), cfg, nil)
+	}
+	if err := actAsOwnerOf(cfg.Server.StateDir); err != nil {
 		return nil, err
 	}
-	return tokenstore.New(stateDir, nil)
+	return tokenstore.New(cfg.Server.StateDir, nil)
 }

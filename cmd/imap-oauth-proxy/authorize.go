@@ -60,14 +60,15 @@ func cmdAuthorize(ctx context.Context, args []string, stdin io.Reader, stdout, s
 		return auth.ErrGoogleDevice
 	}
 
-	store, err := openStore(cfg.Server.StateDir)
+	store, err := openStore(cfg)
 	if err != nil {
 		return err
 	}
+	defer store.Close()
 	if exists, err := store.Exists(login); err != nil {
 		return err
 	} else if exists && !*force {
-		return fmt.Errorf("%s already has an authorization (%s); add -force to replace it", login, store.Path(login))
+		return fmt.Errorf("%s already has an authorization (%s); add -force to replace it", login, store.Where(login))
 	}
 
 	in := newInput(stdin, stderr)
@@ -121,7 +122,7 @@ func cmdAuthorize(ctx context.Context, args []string, stdin io.Reader, stdout, s
 	fmt.Fprintf(stdout, "Stored %s for %s (mailbox %s) in %s, encrypted under the local password.\n"+
 		"The collector logs in as %s with that password; a running serve picks it up at the next login.\n"+
 		"Test the whole path now with: imap-oauth-proxy check -config %s %s\n",
-		what, login, acct.Mailbox, store.Path(login), login, cfg.Path, login)
+		what, login, acct.Mailbox, store.Where(login), login, cfg.Path, login)
 	return nil
 }
 

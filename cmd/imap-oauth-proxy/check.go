@@ -161,11 +161,12 @@ func formatDuration(d time.Duration) string {
 
 func (c *checker) run(ctx context.Context, password string) {
 	acct, p := c.acct, c.acct.Provider
-	store, err := openStore(c.cfg.Server.StateDir)
+	store, err := openStore(c.cfg)
 	if err != nil {
-		c.step("record", func() (string, error) { return "", failStep(err, "cannot open the state directory: %v", err) })
+		c.step("record", func() (string, error) { return "", failStep(err, "cannot open the token store: %v", err) })
 		return
 	}
+	defer store.Close()
 	var traceLogger *slog.Logger
 	httpClient := &http.Client{Timeout: c.cfg.Server.TokenTimeout}
 	if c.trace != nil {
@@ -195,21 +196,21 @@ func (c *checker) run(ctx context.Context, password string) {
 	c.step("record", func() (string, error) {
 		exists, err := store.Exists(acct.Login)
 		if err != nil {
-			return "", failStep(err, "cannot read %s: %v", store.Path(acct.Login), err)
+			return "", failStep(err, "cannot read %s: %v", store.Where(acct.Login), err)
 		}
 		if !exists {
 			return "", failStep(nil, "no authorization stored for %s (%s); run: imap-oauth-proxy authorize %s",
-				acct.Login, store.Path(acct.Login), acct.Login)
+				acct.Login, store.Where(acct.Login), acct.Login)
 		}
 		account, err = mgr.Unlock(ctx, acct, password)
 		if err != nil {
 			if auth.KindOf(err) == auth.AuthenticationFailed {
-				return "", failStep(err, "the local password does not open %s (the collector's LOGIN would fail the same way)", store.Path(acct.Login))
+				return "", failStep(err, "the local password does not open %s (the collector's LOGIN would fail the same way)", store.Where(acct.Login))
 			}
 			return "", failStep(err, "%s", auth.MessageOf(err, err.Error()))
 		}
 		info, _ := store.Info(acct.Login)
-		return fmt.Sprintf("%s opens with the local password (written %s)", store.Path(acct.Login),
+		return fmt.Sprintf("%s opens with the local password (written %s)", store.Where(acct.Login),
 			info.Updated.Local().Format(time.RFC3339)), nil
 	})
 

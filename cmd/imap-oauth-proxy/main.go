@@ -34,6 +34,10 @@ commands:
                                        XOAUTH2, LIST
   status       [-config FILE] [-json]  list every account's health and verdict (ok, needs
                                        authorization, expiring, never used); no password
+  store init   [-config FILE]          create or migrate the PostgreSQL store's schema
+  store migrate [-config FILE] -to postgres|files [-force]
+                                       copy every token record from state_dir into the
+                                       database, or back, unchanged
   version                              print the version
 `
 
@@ -68,6 +72,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = cmdCheck(ctx, args[1:], stdin, stdout, stderr)
 	case "status":
 		err = cmdStatus(args[1:], stdout, stderr)
+	case "store":
+		err = cmdStore(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "imap-oauth-proxy", version)
 	case "help", "-h", "-help", "--help":

@@ -28,16 +28,17 @@ func cmdPasswd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	store, err := openStore(cfg.Server.StateDir)
+	store, err := openStore(cfg)
 	if err != nil {
 		return err
 	}
+	defer store.Close()
 	// Before asking for anything: is there a record to change?
 	if exists, err := store.Exists(login); err != nil {
 		return err
 	} else if !exists {
 		return fmt.Errorf("%s has no stored authorization (%s); create one with: imap-oauth-proxy authorize %s",
-			login, store.Path(login), login)
+			login, store.Where(login), login)
 	}
 
 	in := newInput(stdin, stderr)
@@ -77,6 +78,6 @@ func cmdPasswd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		"(same authorization, generation %d).\n"+
 		"Give the collector the new password. A running serve uses it from the next login, and refuses the old one; "+
 		"there is no need to reload.\n",
-		login, store.Path(login), rec.Info.Generation)
+		login, store.Where(login), rec.Info.Generation)
 	return nil
 }

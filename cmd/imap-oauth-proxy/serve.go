@@ -269,6 +269,9 @@ func reload(srv *proxy.Server, path string, started *config.Config, in *inherite
 			logger.Warn("setting changed; it takes effect at the next restart", "key", "server."+k.key)
 		}
 	}
+	if started.Store != cfg.Store {
+		logger.Warn("setting changed; it takes effect at the next restart", "key", "store")
+	}
 	logger.Info("reloaded", "config", path, "accounts", len(cfg.Accounts))
 }
 
@@ -279,7 +282,7 @@ const healthInterval = time.Minute
 // newServer builds the token store, token manager and proxy for cfg, and
 // the monitor of the accounts' health.
 func newServer(ctx context.Context, cfg *config.Config, logger *slog.Logger, storeOpts *tokenstore.Options) (*proxy.Server, *health.Monitor, error) {
-	store, err := tokenstore.New(cfg.Server.StateDir, storeOpts)
+	store, err := newStore(ctx, cfg, storeOpts)
 	if err != nil {
 		return nil, nil, err
 	}

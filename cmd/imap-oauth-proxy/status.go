@@ -34,10 +34,11 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	store, err := openStore(cfg.Server.StateDir)
+	store, err := openStore(cfg)
 	if err != nil {
 		return err
 	}
+	defer store.Close()
 	entries, err := health.ReadFile(filepath.Join(cfg.Server.StateDir, health.FileName))
 	if err != nil {
 		return err

@@ -45,21 +45,22 @@ func cmdTokenImport(args []string, stdin io.Reader, stdout, stderr io.Writer) er
 		return err
 	}
 
-	store, err := openStore(cfg.Server.StateDir)
+	store, err := openStore(cfg)
 	if err != nil {
 		return err
 	}
+	defer store.Close()
 	exists, err := store.Exists(login)
 	if err != nil {
 		return err
 	}
 	if exists && !*force {
-		return fmt.Errorf("%s already has an authorization (%s); add -force to replace it", login, store.Path(login))
+		return fmt.Errorf("%s already has an authorization (%s); add -force to replace it", login, store.Where(login))
 	}
 	if _, err := store.Create(login, password, tokenstore.Secret{RefreshToken: refreshToken}); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "stored the refresh token for %s in %s (encrypted under the local password)\n", login, store.Path(login))
+	fmt.Fprintf(stdout, "stored the refresh token for %s in %s (encrypted under the local password)\n", login, store.Where(login))
 	return nil
 }
 
