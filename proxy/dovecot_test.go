@@ -75,6 +75,12 @@ type dovecot struct {
 	POP3Addr string
 	// CAPEM is the PEM certificate that signs (is) the server's.
 	CAPEM []byte
+	// CertPath and KeyPath are the server's certificate and key files
+	// (mode 0600), which a private Postfix uses too.
+	CertPath, KeyPath string
+	// AuthSocket is the SASL socket for Postfix, "" unless
+	// dovecotOptions.SMTPAuth.
+	AuthSocket string
 
 	dir     string
 	logPath string
@@ -87,6 +93,7 @@ type dovecotConfig struct {
 	CertPath, KeyPath, OAuth2Conf       string
 	Port, POP3Port                      int
 	IntrospectionURL                    string
+	AuthSocket                          string
 	MailUID, MailGID                    int
 	NonRoot                             bool
 	User, Group                         string
@@ -97,6 +104,9 @@ type dovecotOptions struct {
 	// POP3 adds the pop3 service (Debian dovecot-pop3d) with implicit
 	// TLS on a port of its own, same passdb and mail.
 	POP3 bool
+	// SMTPAuth adds an auth listener (dovecot.AuthSocket) for Postfix's
+	// smtpd_sasl_type = dovecot, world-usable.
+	SMTPAuth bool
 }
 
 // requireDovecotService skips the test (fails it under CI=true) unless
@@ -144,6 +154,11 @@ func startDovecot(t testing.TB, introspectionURL string, opts dovecotOptions) *d
 		OAuth2Conf:       filepath.Join(dir, "dovecot-oauth2.conf.ext"),
 		IntrospectionURL: introspectionURL,
 	}
+	if opts.SMTPAuth {
+		cfg.AuthSocket = "auth-postfix" // under base_dir
+		d.AuthSocket = filepath.Join(cfg.BaseDir, cfg.AuthSocket)
+	}
+	d.CertPath, d.KeyPath = cfg.CertPath, cfg.KeyPath
 	for _, sub := range []string{cfg.BaseDir, cfg.StateDir, cfg.MailDir} {
 		// base_dir as Dovecot wants it (world-readable), the rest private.
 		mode := os.FileMode(0o700)

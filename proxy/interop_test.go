@@ -62,6 +62,8 @@ type interopEnv struct {
 	dovecot  *dovecot
 	addr     string // the proxy's
 	pop3Addr string // the proxy's POP3 listener, "" without interopOptions.pop3
+	postfix  *postfix
+	smtpAddr string // the proxy's SMTP listener, "" without interopOptions.smtp
 	port     int
 	srv      *proxy.Server
 	logs     *syncBuffer
@@ -95,6 +97,10 @@ type interopOptions struct {
 	// lets every account use POP3 and serves the proxy's POP3 listener
 	// (pop3Addr) as well.
 	pop3 bool
+	// smtp starts a private Postfix whose submission takes XOAUTH2
+	// through Dovecot's SASL as the providers' SMTP upstream, lets every
+	// account use SMTP and serves the proxy's SMTP listener (smtpAddr).
+	smtp bool
 }
 
 // newInteropEnvWith is newInteropEnv with opts.
@@ -106,7 +112,10 @@ func newInteropEnvWith(t testing.TB, opts interopOptions, logins ...string) *int
 		Flavor: authtest.Microsoft, ClientID: testClientID, ClientSecret: testSecret, Rotate: true,
 	})
 	t.Cleanup(e.tokens.Close)
-	e.dovecot = startDovecot(t, e.tokens.IntrospectionURL(), dovecotOptions{POP3: opts.pop3})
+	e.dovecot = startDovecot(t, e.tokens.IntrospectionURL(), dovecotOptions{POP3: opts.pop3, SMTPAuth: opts.smtp})
+	if opts.smtp {
+		e.postfix = startPostfix(t, e.dovecot)
+	}
 	t.Cleanup(e.checkLogs)
 
 	dir := t.TempDir()
@@ -136,6 +145,9 @@ mechanism = %q
 		if opts.pop3 {
 			fmt.Fprintf(&text, "pop3_address = %q\n", e.dovecot.POP3Addr)
 		}
+		if opts.smtp {
+			fmt.Fprintf(&text, "smtp_address = %q\n", e.postfix.Addr)
+		}
 	}
 	for _, login := range logins {
 		a := &interopAccount{Login: login, Mailbox: login + "@contoso.test",
@@ -147,9 +159,14 @@ mechanism = %q
 			provider = "dovecot-bearer"
 		}
 		fmt.Fprintf(&text, "\n[accounts.%s]\nprovider = %q\nmailbox = %q\n", login, provider, a.Mailbox)
+		protocols := []string{`"imap"`}
 		if opts.pop3 {
-			fmt.Fprintf(&text, "protocols = [\"imap\", \"pop3\"]\n")
+			protocols = append(protocols, `"pop3"`)
 		}
+		if opts.smtp {
+			protocols = append(protocols, `"smtp"`)
+		}
+		fmt.Fprintf(&text, "protocols = [%s]\n", strings.Join(protocols, ", "))
 	}
 	var records []tokenRecord
 	for _, login := range logins {
@@ -163,6 +180,9 @@ mechanism = %q
 	e.addr, e.port, e.srv = p.addr, p.port, p.srv
 	if opts.pop3 {
 		e.pop3Addr = e.servePOP3(t)
+	}
+	if opts.smtp {
+		e.smtpAddr = e.serveSMTP(t)
 	}
 	return e
 }
@@ -181,6 +201,25 @@ func (e *interopEnv) servePOP3(t testing.TB) string {
 		e.srv.Close()
 		if err := <-done; err != nil {
 			t.Errorf("serving POP3: %v", err)
+		}
+	})
+	return ln.Addr().String()
+}
+
+// serveSMTP serves the proxy's SMTP listener on a loopback port (AUTH
+// without STARTTLS), until the test ends, and returns its address.
+func (e *interopEnv) serveSMTP(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- e.srv.ServeSMTP(ln) }()
+	t.Cleanup(func() {
+		e.srv.Close()
+		if err := <-done; err != nil {
+			t.Errorf("serving SMTP: %v", err)
 		}
 	})
 	return ln.Addr().String()
@@ -222,6 +261,11 @@ func (e *interopEnv) checkLogs() {
 	}
 	if r := e.redact(dovecotLog); r != dovecotLog {
 		e.t.Errorf("dovecot's log shows a password or token")
+	}
+	if e.postfix != nil {
+		if l := e.postfix.Log(); e.redact(l) != l {
+			e.t.Errorf("postfix's log shows a password or token")
+		}
 	}
 	for _, line := range strings.Split(dovecotLog, "\n") {
 		if strings.Contains(line, " Error: ") || strings.Contains(line, " Fatal: ") || strings.Contains(line, " Panic: ") {
