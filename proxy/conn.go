@@ -62,7 +62,7 @@ func (c *conn) serve() {
 			c.logger.Error("panic in session", "panic", v, "stack", string(debug.Stack()))
 		}
 	}()
-	c.srv.metrics.sessionsTotal.Add(1)
+	c.srv.metrics.session(c.proto.name)
 	c.logger.Info("session start", "local", c.raw.LocalAddr().String(), "tls", c.implicit)
 	c.nc = c.raw
 	if c.implicit {

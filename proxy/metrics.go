@@ -25,7 +25,7 @@ var dialBuckets = [...]float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 
 // metrics are the server's counters; all fields are safe for concurrent use.
 type metrics struct {
-	sessionsTotal   atomic.Int64
+	sessionsTotal   [len(loginProtocols)]atomic.Int64
 	rejectedTotal   atomic.Int64
 	acceptErrors    [len(acceptErrorKinds)]atomic.Int64
 	logins          [len(loginProtocols)][len(loginOutcomes)]atomic.Int64
@@ -58,6 +58,21 @@ func (m *metrics) login(proto config.Protocol, outcome string) {
 	}
 }
 
+// session counts an accepted connection of proto.
+func (m *metrics) session(proto config.Protocol) {
+	if p := slices.Index(loginProtocols[:], proto); p >= 0 {
+		m.sessionsTotal[p].Add(1)
+	}
+}
+
+// collectSessions sends the session counter, by protocol.
+func (m *metrics) collectSessions(ch chan<- prometheus.Metric) {
+	for p, proto := range loginProtocols {
+		ch <- prometheus.MustNewConstMetric(descSessionsTotal, prometheus.CounterValue,
+			float64(m.sessionsTotal[p].Load()), string(proto))
+	}
+}
+
 // collectLogins sends the login counter, by protocol and outcome.
 func (m *metrics) collectLogins(ch chan<- prometheus.Metric) {
 	for p, proto := range loginProtocols {
@@ -84,7 +99,7 @@ var (
 	descSessionsActive = prometheus.NewDesc("imap_oauth_proxy_sessions_active",
 		"Collector connections open now.", nil, nil)
 	descSessionsTotal = prometheus.NewDesc("imap_oauth_proxy_sessions_total",
-		"Collector connections accepted.", nil, nil)
+		"Collector connections accepted, by protocol.", []string{"protocol"}, nil)
 	descRefusedTotal = prometheus.NewDesc("imap_oauth_proxy_connections_refused_total",
 		"Connections refused at a connection limit.", nil, nil)
 	descAcceptErrors = prometheus.NewDesc("imap_oauth_proxy_accept_errors_total",
@@ -120,7 +135,7 @@ func (s *Server) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
 	gauge(descSessionsActive, float64(s.ActiveSessions()))
-	counter(descSessionsTotal, m.sessionsTotal.Load())
+	m.collectSessions(ch)
 	counter(descRefusedTotal, m.rejectedTotal.Load())
 	for i, k := range acceptErrorKinds {
 		counter(descAcceptErrors, m.acceptErrors[i].Load(), k)

@@ -44,3 +44,28 @@ imap_oauth_proxy_logins_total{outcome="UNAVAILABLE",protocol="smtp"} 0
 		t.Error(err)
 	}
 }
+
+// sessionsOnly collects a metrics value's session counter alone.
+type sessionsOnly struct{ m *metrics }
+
+func (o sessionsOnly) Describe(ch chan<- *prometheus.Desc) { ch <- descSessionsTotal }
+
+func (o sessionsOnly) Collect(ch chan<- prometheus.Metric) { o.m.collectSessions(ch) }
+
+// TestSessionsByProtocol: each protocol's connections are counted apart.
+func TestSessionsByProtocol(t *testing.T) {
+	var m metrics
+	m.session(config.IMAP)
+	m.session(config.SMTP)
+	m.session(config.SMTP)
+	want := `
+# HELP imap_oauth_proxy_sessions_total Collector connections accepted, by protocol.
+# TYPE imap_oauth_proxy_sessions_total counter
+imap_oauth_proxy_sessions_total{protocol="imap"} 1
+imap_oauth_proxy_sessions_total{protocol="pop3"} 0
+imap_oauth_proxy_sessions_total{protocol="smtp"} 2
+`
+	if err := testutil.CollectAndCompare(sessionsOnly{&m}, strings.NewReader(want)); err != nil {
+		t.Error(err)
+	}
+}

@@ -130,7 +130,7 @@ func TestMetrics(t *testing.T) {
 		`imap_oauth_proxy_logins_total{outcome="OK",protocol="imap"} 1` + "\n",
 		`imap_oauth_proxy_logins_total{outcome="AUTHENTICATIONFAILED",protocol="imap"} 1` + "\n",
 		`imap_oauth_proxy_logins_total{outcome="UNAVAILABLE",protocol="imap"} 0` + "\n",
-		`imap_oauth_proxy_sessions_total 2` + "\n",
+		`imap_oauth_proxy_sessions_total{protocol="imap"} 2` + "\n",
 		`imap_oauth_proxy_sessions_active 2` + "\n",
 		`imap_oauth_proxy_upstream_dial_seconds_count 1` + "\n",
 		`imap_oauth_proxy_upstream_dial_seconds_bucket{le="+Inf"} 1` + "\n",

@@ -261,7 +261,7 @@ func TestSocketActivationAllSockets(t *testing.T) {
 	}
 	body, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if err != nil || resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "imap_oauth_proxy_sessions_total 3") {
+	if err != nil || resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `imap_oauth_proxy_sessions_total{protocol="imap"} 3`) {
 		t.Errorf("GET /metrics: %s, %v:\n%s", resp.Status, err, body)
 	}
 
