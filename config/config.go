@@ -357,6 +357,10 @@ type LoadOptions struct {
 	// listeners (listen_pop3, listen_pop3_tls); the TLS one needs
 	// tls_cert and tls_key too.
 	InheritedPOP3, InheritedPOP3TLS bool
+	// InheritedSMTP and InheritedSMTPS report the same of the SMTP
+	// listeners (listen_smtp, listen_smtps); the implicit-TLS one needs
+	// tls_cert and tls_key too.
+	InheritedSMTP, InheritedSMTPS bool
 	//
 	// With any of these set, listen and listen_tls may both be empty:
 	// there is something to listen on all the same.

@@ -298,7 +298,8 @@ func (p *parser) server(r *rawServer, opts *LoadOptions) Server {
 		p.address(s.MetricsListen, true, "server.metrics_listen")
 	}
 
-	inherited := opts.InheritedListen || opts.InheritedListenTLS || opts.InheritedPOP3 || opts.InheritedPOP3TLS
+	inherited := opts.InheritedListen || opts.InheritedListenTLS || opts.InheritedPOP3 || opts.InheritedPOP3TLS ||
+		opts.InheritedSMTP || opts.InheritedSMTPS
 	pop3 := s.ListenPOP3 != "" || s.ListenPOP3TLS != "" || s.ListenSMTP != "" || s.ListenSMTPS != ""
 	switch {
 	case s.Listen == "" && s.ListenTLS == "" && !inherited && !pop3:
@@ -318,6 +319,8 @@ func (p *parser) server(r *rawServer, opts *LoadOptions) Server {
 			p.addf("server.tls_cert", "missing: the implicit-TLS socket from systemd (FileDescriptorName=imaps) needs server.tls_cert and server.tls_key")
 		case opts.InheritedPOP3TLS:
 			p.addf("server.tls_cert", "missing: the implicit-TLS POP3 socket from systemd (FileDescriptorName=pop3s) needs server.tls_cert and server.tls_key")
+		case opts.InheritedSMTPS:
+			p.addf("server.tls_cert", "missing: the implicit-TLS SMTP socket from systemd (FileDescriptorName=smtps) needs server.tls_cert and server.tls_key")
 		case s.ListenTLS != "":
 			p.addf("server.listen_tls", "needs server.tls_cert and server.tls_key")
 		}

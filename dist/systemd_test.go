@@ -560,6 +560,7 @@ func (l *lab) socketActivation(t *testing.T) {
 	l.must("systemctl enable --now imap-oauth-proxy.socket")
 	l.must("systemctl enable --now imap-oauth-proxy-tls.socket")
 	l.must("systemctl enable --now imap-oauth-proxy-pop3.socket")
+	l.must("systemctl enable --now imap-oauth-proxy-smtp.socket")
 	l.must("systemctl reset-failed imap-oauth-proxy; systemctl start imap-oauth-proxy")
 	// The daemon has no capability to bind ports below 1024, and its
 	// config names neither: logins on 143 and 993 prove it got both sockets.
@@ -585,6 +586,24 @@ func (l *lab) socketActivation(t *testing.T) {
 		t.Fatalf("POP3 PASS with a wrong password: %q", r)
 	}
 	p.close()
+	// SMTP submission on port 587: the greeting, and STARTTLS offered
+	// since the config has a certificate.
+	m := l.dial("127.0.0.1", 587)
+	if greeting := m.readLine(); !strings.HasPrefix(greeting, "220") {
+		t.Fatalf("SMTP greeting on port 587: %q", greeting)
+	}
+	m.write("EHLO scanner.example\r\n")
+	var ehlo []string
+	for line := m.readLine(); ; line = m.readLine() {
+		ehlo = append(ehlo, line)
+		if !strings.HasPrefix(line, "250-") {
+			break
+		}
+	}
+	if !strings.Contains(strings.Join(ehlo, "\n"), "STARTTLS") {
+		t.Fatalf("EHLO on port 587: %q", ehlo)
+	}
+	m.close()
 
 	// With the sockets listening, a stopped service starts on the next
 	// connection.
@@ -603,7 +622,8 @@ func (l *lab) socketActivation(t *testing.T) {
 func (l *lab) stopIsClean(t *testing.T) {
 	t.Helper()
 	stopped := l.journalCount(t, "msg=stopped")
-	l.must("systemctl stop imap-oauth-proxy.service imap-oauth-proxy.socket imap-oauth-proxy-tls.socket imap-oauth-proxy-pop3.socket")
+	l.must("systemctl stop imap-oauth-proxy.service imap-oauth-proxy.socket imap-oauth-proxy-tls.socket " +
+		"imap-oauth-proxy-pop3.socket imap-oauth-proxy-smtp.socket")
 	l.wantProps(t, "imap-oauth-proxy", map[string]string{"Result": "success", "ExecMainStatus": "0", "ActiveState": "inactive"})
 	l.waitJournal(t, "msg=stopped", stopped)
 }

@@ -29,11 +29,14 @@ const (
 	socketIMAPS   = "imaps"   // implicit TLS, replaces server.listen_tls
 	socketPOP3    = "pop3"    // plain POP3, replaces server.listen_pop3
 	socketPOP3S   = "pop3s"   // implicit-TLS POP3, replaces server.listen_pop3_tls
+	socketSMTP    = "smtp"    // submission with STARTTLS, replaces server.listen_smtp
+	socketSMTPS   = "smtps"   // implicit-TLS submission, replaces server.listen_smtps
 	socketMetrics = "metrics" // Prometheus, replaces server.metrics_listen
 )
 
 // socketNames lists the names serve understands, for error messages.
-const socketNames = socketIMAP + ", " + socketIMAPS + ", " + socketPOP3 + ", " + socketPOP3S + " or " + socketMetrics
+const socketNames = socketIMAP + ", " + socketIMAPS + ", " + socketPOP3 + ", " + socketPOP3S + ", " +
+	socketSMTP + ", " + socketSMTPS + " or " + socketMetrics
 
 // socketKey returns the config key the socket named name replaces, and
 // false for a name serve does not know.
@@ -47,6 +50,10 @@ func socketKey(name string) (key string, ok bool) {
 		return "listen_pop3", true
 	case socketPOP3S:
 		return "listen_pop3_tls", true
+	case socketSMTP:
+		return "listen_smtp", true
+	case socketSMTPS:
+		return "listen_smtps", true
 	case socketMetrics:
 		return "metrics_listen", true
 	}
@@ -120,7 +127,7 @@ func parseListenEnv(pid int, lookup func(string) (string, bool)) (fds []listenFD
 
 // inherited holds the listeners systemd passed. Its zero value has none.
 type inherited struct {
-	plain, tls, pop3, pop3TLS, metrics net.Listener // nil when not passed
+	plain, tls, pop3, pop3TLS, smtp, smtps, metrics net.Listener // nil when not passed
 	// names lists the sockets taken, in fd order.
 	names []string
 	// ignored says why LISTEN_* variables were present but not used.
@@ -148,6 +155,10 @@ func (in *inherited) slot(key string) *net.Listener {
 		return &in.pop3
 	case "listen_pop3_tls":
 		return &in.pop3TLS
+	case "listen_smtp":
+		return &in.smtp
+	case "listen_smtps":
+		return &in.smtps
 	case "metrics_listen":
 		return &in.metrics
 	}
@@ -157,12 +168,13 @@ func (in *inherited) slot(key string) *net.Listener {
 // loadOptions tells config validation which listeners are inherited.
 func (in *inherited) loadOptions() *config.LoadOptions {
 	return &config.LoadOptions{InheritedListen: in.plain != nil, InheritedListenTLS: in.tls != nil,
-		InheritedPOP3: in.pop3 != nil, InheritedPOP3TLS: in.pop3TLS != nil}
+		InheritedPOP3: in.pop3 != nil, InheritedPOP3TLS: in.pop3TLS != nil,
+		InheritedSMTP: in.smtp != nil, InheritedSMTPS: in.smtps != nil}
 }
 
 // close closes every inherited listener.
 func (in *inherited) close() {
-	for _, ln := range []net.Listener{in.plain, in.tls, in.pop3, in.pop3TLS, in.metrics} {
+	for _, ln := range []net.Listener{in.plain, in.tls, in.pop3, in.pop3TLS, in.smtp, in.smtps, in.metrics} {
 		if ln != nil {
 			ln.Close()
 		}

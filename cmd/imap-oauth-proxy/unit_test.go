@@ -133,7 +133,8 @@ func TestSocketUnitsMatchServe(t *testing.T) {
 		names[got[0]] = unit
 	}
 	for unit, want := range map[string]string{"imap-oauth-proxy.socket": socketIMAP, "imap-oauth-proxy-tls.socket": socketIMAPS,
-		"imap-oauth-proxy-pop3.socket": socketPOP3, "imap-oauth-proxy-pop3s.socket": socketPOP3S} {
+		"imap-oauth-proxy-pop3.socket": socketPOP3, "imap-oauth-proxy-pop3s.socket": socketPOP3S,
+		"imap-oauth-proxy-smtp.socket": socketSMTP, "imap-oauth-proxy-smtps.socket": socketSMTPS} {
 		if names[want] != unit {
 			t.Errorf("FileDescriptorName=%s is in %q, want %s", want, names[want], unit)
 		}
