@@ -231,11 +231,11 @@ func startDovecot(t testing.TB, introspectionURL string, opts dovecotOptions) *d
 		}
 	})
 
-	if err := d.waitReady(d.Addr, "* OK", exited, func() error { return waitErr }); err != nil {
+	if err := waitGreeting(d.tlsDialer().DialContext, d.Addr, "* OK", exited, func() error { return waitErr }); err != nil {
 		t.Fatalf("dovecot did not start: %v\noutput: %s", err, out.String())
 	}
 	if opts.POP3 {
-		if err := d.waitReady(d.POP3Addr, "+OK", exited, func() error { return waitErr }); err != nil {
+		if err := waitGreeting(d.tlsDialer().DialContext, d.POP3Addr, "+OK", exited, func() error { return waitErr }); err != nil {
 			t.Fatalf("dovecot's pop3 did not start: %v\noutput: %s", err, out.String())
 		}
 	}
@@ -292,17 +292,24 @@ func renderFixture(t testing.TB, name, path string, data any) {
 	}
 }
 
-// waitReady dials addr until Dovecot sends a greeting starting with
-// prefix over TLS, or it exits, or dovecotStartTimeout passes.
-func (d *dovecot) waitReady(addr, prefix string, exited <-chan struct{}, waitErr func() error) error {
-	ctx, cancel := context.WithTimeout(context.Background(), dovecotStartTimeout)
-	defer cancel()
+// tlsDialer dials Dovecot's TLS ports, trusting its test CA.
+func (d *dovecot) tlsDialer() *tls.Dialer {
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(d.CAPEM)
-	dialer := &tls.Dialer{Config: &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}}
+	return &tls.Dialer{Config: &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}}
+}
+
+// waitGreeting dials addr with dial until the server greets with a line
+// starting with prefix, or exits (exited closes; waitErr says how), or
+// dovecotStartTimeout passes. Only a failed dial is retried, with a
+// growing pause; TLS or protocol trouble ends the wait at once.
+func waitGreeting(dial func(context.Context, string, string) (net.Conn, error), addr, prefix string,
+	exited <-chan struct{}, waitErr func() error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), dovecotStartTimeout)
+	defer cancel()
 	backoff := 5 * time.Millisecond
 	for {
-		conn, err := dialer.DialContext(ctx, "tcp", addr)
+		conn, err := dial(ctx, "tcp", addr)
 		if err == nil {
 			conn.SetDeadline(time.Now().Add(dovecotStartTimeout))
 			greeting, err := bufio.NewReader(conn).ReadString('\n')
@@ -317,13 +324,13 @@ func (d *dovecot) waitReady(addr, prefix string, exited <-chan struct{}, waitErr
 		}
 		var opErr *net.OpError
 		if !errors.As(err, &opErr) || opErr.Op != "dial" {
-			return err // TLS or protocol trouble: no point in retrying
+			return err
 		}
 		timer := time.NewTimer(backoff)
 		select {
 		case <-exited:
 			timer.Stop()
-			return fmt.Errorf("dovecot exited: %v", waitErr())
+			return fmt.Errorf("the server exited: %v", waitErr())
 		case <-ctx.Done():
 			timer.Stop()
 			return fmt.Errorf("%s not listening: %w", addr, err)

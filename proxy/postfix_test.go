@@ -1,7 +1,6 @@
 package proxy_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -152,46 +151,10 @@ func startPostfix(t testing.TB, d *dovecot) *postfix {
 			<-exited
 		}
 	})
-	if err := waitGreeting(p.Addr, "220 ", exited, func() error { return waitErr }); err != nil {
+	if err := waitGreeting((&net.Dialer{}).DialContext, p.Addr, "220 ", exited, func() error { return waitErr }); err != nil {
 		t.Fatalf("postfix did not start: %v\noutput: %s", err, out.String())
 	}
 	return p
-}
-
-// waitGreeting dials addr in the clear until it greets with a line
-// starting with prefix, or the server exits, or dovecotStartTimeout
-// passes.
-func waitGreeting(addr, prefix string, exited <-chan struct{}, waitErr func() error) error {
-	ctx, cancel := context.WithTimeout(context.Background(), dovecotStartTimeout)
-	defer cancel()
-	var dialer net.Dialer
-	backoff := 5 * time.Millisecond
-	for {
-		conn, err := dialer.DialContext(ctx, "tcp", addr)
-		if err == nil {
-			conn.SetDeadline(time.Now().Add(dovecotStartTimeout))
-			greeting, err := bufio.NewReader(conn).ReadString('\n')
-			conn.Close()
-			if err != nil {
-				return fmt.Errorf("reading the greeting: %w", err)
-			}
-			if !strings.HasPrefix(greeting, prefix) {
-				return fmt.Errorf("greeting %q", greeting)
-			}
-			return nil
-		}
-		timer := time.NewTimer(backoff)
-		select {
-		case <-exited:
-			timer.Stop()
-			return fmt.Errorf("exited: %v", waitErr())
-		case <-ctx.Done():
-			timer.Stop()
-			return fmt.Errorf("%s not listening: %w", addr, err)
-		case <-timer.C:
-		}
-		backoff = min(2*backoff, 200*time.Millisecond)
-	}
 }
 
 // Log returns Postfix's log (maillog_file) so far.
