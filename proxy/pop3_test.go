@@ -66,9 +66,7 @@ func (h *harness) servePOP3(listenAddr string, implicitTLS bool) string {
 
 // pop3Client speaks POP3 by hand.
 type pop3Client struct {
-	t    testing.TB
-	conn net.Conn
-	br   *bufio.Reader
+	*rawConn // send and line, as for IMAP
 }
 
 // dialPOP3 connects to addr and checks the greeting.
@@ -85,27 +83,11 @@ func dialPOP3(t testing.TB, addr string) *pop3Client {
 func newPOP3Client(t testing.TB, conn net.Conn) *pop3Client {
 	t.Helper()
 	conn.SetDeadline(time.Now().Add(testDeadline))
-	c := &pop3Client{t: t, conn: conn, br: bufio.NewReader(conn)}
+	c := &pop3Client{&rawConn{t: t, conn: conn, br: bufio.NewReader(conn)}}
 	if g := c.line(); !strings.HasPrefix(g, "+OK ") {
 		t.Fatalf("greeting = %q", g)
 	}
 	return c
-}
-
-func (c *pop3Client) send(s string) {
-	c.t.Helper()
-	if _, err := c.conn.Write([]byte(s)); err != nil {
-		c.t.Fatalf("write: %v", err)
-	}
-}
-
-func (c *pop3Client) line() string {
-	c.t.Helper()
-	l, err := c.br.ReadString('\n')
-	if err != nil {
-		c.t.Fatalf("read after %q: %v", l, err)
-	}
-	return strings.TrimRight(l, "\r\n")
 }
 
 // cmd sends one command line and returns the answer's first line.

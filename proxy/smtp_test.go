@@ -265,9 +265,7 @@ func TestSMTPNotEnabled(t *testing.T) {
 
 // smtpRaw speaks SMTP by hand.
 type smtpRaw struct {
-	t    testing.TB
-	conn net.Conn
-	br   *bufio.Reader
+	*rawConn // send and line, as for IMAP
 }
 
 func dialSMTPRaw(t testing.TB, addr string) *smtpRaw {
@@ -278,30 +276,18 @@ func dialSMTPRaw(t testing.TB, addr string) *smtpRaw {
 	}
 	t.Cleanup(func() { conn.Close() })
 	conn.SetDeadline(time.Now().Add(testDeadline))
-	r := &smtpRaw{t: t, conn: conn, br: bufio.NewReader(conn)}
+	r := &smtpRaw{&rawConn{t: t, conn: conn, br: bufio.NewReader(conn)}}
 	if g := r.reply(); !strings.HasPrefix(g, "220 ") {
 		t.Fatalf("greeting = %q", g)
 	}
 	return r
 }
 
-func (r *smtpRaw) send(s string) {
-	r.t.Helper()
-	if _, err := r.conn.Write([]byte(s)); err != nil {
-		r.t.Fatalf("write: %v", err)
-	}
-}
-
 // reply reads one reply, multi-line or not, and returns its last line.
 func (r *smtpRaw) reply() string {
 	r.t.Helper()
 	for {
-		l, err := r.br.ReadString('\n')
-		if err != nil {
-			r.t.Fatalf("read after %q: %v", l, err)
-		}
-		l = strings.TrimRight(l, "\r\n")
-		if len(l) < 4 || l[3] != '-' {
+		if l := r.line(); len(l) < 4 || l[3] != '-' {
 			return l
 		}
 	}
