@@ -211,31 +211,13 @@ func startDovecot(t testing.TB, introspectionURL string, opts dovecotOptions) *d
 	})
 	// -F: the master stays in the foreground, so the test owns it and
 	// SIGTERM stops it and every process it started.
-	cmd := exec.Command(bin, "-F", "-c", conf)
-	out := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting dovecot: %v", err)
-	}
-	exited := make(chan struct{})
-	var waitErr error
-	go func() { waitErr = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(dovecotStartTimeout):
-			t.Errorf("dovecot did not stop within %v after SIGTERM; killing it", dovecotStartTimeout)
-			cmd.Process.Kill()
-			<-exited
-		}
-	})
+	out, exited, waitErr := startForeground(t, "dovecot", exec.Command(bin, "-F", "-c", conf))
 
-	if err := waitGreeting(d.tlsDialer().DialContext, d.Addr, "* OK", exited, func() error { return waitErr }); err != nil {
+	if err := waitGreeting(d.tlsDialer().DialContext, d.Addr, "* OK", exited, waitErr); err != nil {
 		t.Fatalf("dovecot did not start: %v\noutput: %s", err, out.String())
 	}
 	if opts.POP3 {
-		if err := waitGreeting(d.tlsDialer().DialContext, d.POP3Addr, "+OK", exited, func() error { return waitErr }); err != nil {
+		if err := waitGreeting(d.tlsDialer().DialContext, d.POP3Addr, "+OK", exited, waitErr); err != nil {
 			t.Fatalf("dovecot's pop3 did not start: %v\noutput: %s", err, out.String())
 		}
 	}
@@ -290,6 +272,33 @@ func renderFixture(t testing.TB, name, path string, data any) {
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// startForeground starts cmd, a mail server's master process that stays
+// in the foreground, and stops it with SIGTERM (then kills it after
+// dovecotStartTimeout) when the test ends. It returns the process's
+// output, a channel closed when it exits, and its exit error once it has.
+func startForeground(t testing.TB, name string, cmd *exec.Cmd) (out *syncBuffer, exited <-chan struct{}, waitErr func() error) {
+	t.Helper()
+	out = &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", name, err)
+	}
+	done := make(chan struct{})
+	var err error
+	go func() { err = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(dovecotStartTimeout):
+			t.Errorf("%s did not stop within %v after SIGTERM; killing it", name, dovecotStartTimeout)
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	return out, done, func() error { <-done; return err }
 }
 
 // tlsDialer dials Dovecot's TLS ports, trusting its test CA.

@@ -133,25 +133,8 @@ func startPostfix(t testing.TB, d *dovecot) *postfix {
 	// it and its children.
 	cmd := exec.Command(master, "-c", confDir, "-d")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	out := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting postfix: %v", err)
-	}
-	exited := make(chan struct{})
-	var waitErr error
-	go func() { waitErr = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(dovecotStartTimeout):
-			t.Errorf("postfix did not stop within %v after SIGTERM; killing it", dovecotStartTimeout)
-			cmd.Process.Kill()
-			<-exited
-		}
-	})
-	if err := waitGreeting((&net.Dialer{}).DialContext, p.Addr, "220 ", exited, func() error { return waitErr }); err != nil {
+	out, exited, waitErr := startForeground(t, "postfix", cmd)
+	if err := waitGreeting((&net.Dialer{}).DialContext, p.Addr, "220 ", exited, waitErr); err != nil {
 		t.Fatalf("postfix did not start: %v\noutput: %s", err, out.String())
 	}
 	return p
