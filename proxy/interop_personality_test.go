@@ -82,20 +82,5 @@ func TestInteropPersonalities(t *testing.T) {
 // client and returns what that client sees.
 func seedDirect(t *testing.T, h *harness, msgs [][]byte) []interopMessage {
 	t.Helper()
-	c := h.direct(nil)
-	for _, msg := range msgs {
-		cmd := c.Append("INBOX", int64(len(msg)), nil)
-		if _, err := cmd.Write(msg); err != nil {
-			t.Fatalf("APPEND: %v", err)
-		}
-		if err := cmd.Close(); err != nil {
-			t.Fatalf("APPEND: %v", err)
-		}
-		if _, err := cmd.Wait(); err != nil {
-			t.Fatalf("APPEND: %v", err)
-		}
-	}
-	v := view(t, c)
-	c.Logout().Wait()
-	return v
+	return appendAndView(t, h.direct(nil), msgs)
 }

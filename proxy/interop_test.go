@@ -423,7 +423,13 @@ func (e *interopEnv) directView(t testing.TB, a *interopAccount) []interopMessag
 // seed appends msgs to a's INBOX directly and returns the direct view.
 func (e *interopEnv) seed(t testing.TB, a *interopAccount, msgs ...[]byte) []interopMessage {
 	t.Helper()
-	c := e.direct(t, a)
+	return appendAndView(t, e.direct(t, a), msgs)
+}
+
+// appendAndView appends msgs to INBOX over the direct client c, returns
+// what c then sees, and logs it out.
+func appendAndView(t testing.TB, c *imapclient.Client, msgs [][]byte) []interopMessage {
+	t.Helper()
 	for _, msg := range msgs {
 		cmd := c.Append("INBOX", int64(len(msg)), nil)
 		if _, err := cmd.Write(msg); err != nil {
