@@ -363,3 +363,43 @@ func TestCachedTokenServedWithoutAllocating(t *testing.T) {
 			second.AccessToken == first.AccessToken, tokens.RefreshCount(acct.Mailbox))
 	}
 }
+
+// TestPasswordChangeHoldsAtNextLogin: after passwd (another process), the
+// next login with the old password is refused, also when that password
+// opened the record just before and is in the key cache, and the new
+// password logs in.
+func TestPasswordChangeHoldsAtNextLogin(t *testing.T) {
+	r := newManagerRig(t)
+	tokens := newTokens(t)
+	acct := r.account("collector", tokens)
+	for range 2 { // the second from the key cache
+		if _, err := r.mgr.Unlock(context.Background(), acct, managerPassword); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := r.mgr.UnlockCached(acct, managerPassword); err != nil {
+		t.Fatalf("login from the key cache: %v", err)
+	}
+	cli, err := tokenstore.New(r.store.Dir(), &tokenstore.Options{KDF: tokenstore.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := cli.Open("collector", managerPassword)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const newPassword = "new local password"
+	if err := cli.SetPassword(u, newPassword); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.mgr.UnlockCached(acct, managerPassword); !errors.Is(err, tokenstore.ErrNotCached) {
+		t.Fatalf("old password from the key cache after passwd = %v; want ErrNotCached", err)
+	}
+	var ae *auth.Error
+	if _, err := r.mgr.Unlock(context.Background(), acct, managerPassword); !errors.As(err, &ae) || ae.Kind != auth.AuthenticationFailed {
+		t.Fatalf("old password after passwd = %v; want AuthenticationFailed", err)
+	}
+	if _, err := r.mgr.Unlock(context.Background(), acct, newPassword); err != nil {
+		t.Fatalf("new password after passwd: %v", err)
+	}
+}

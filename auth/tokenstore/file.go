@@ -64,11 +64,53 @@ func (s *fileBackend) path(login string) string {
 
 // Read reads login's record file.
 func (s *fileBackend) Read(_ context.Context, login string) ([]byte, error) {
-	data, err := readRecordFile(s.path(login))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%w: %w", ErrNoRecord, err)
-	}
+	data, _, err := s.readStamped(login)
 	return data, err
+}
+
+// readStamped is Read, and also returns the stamp of the file it read.
+func (s *fileBackend) readStamped(login string) ([]byte, fileStamp, error) {
+	data, stamp, err := readRecordFile(s.path(login))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fileStamp{}, fmt.Errorf("%w: %w", ErrNoRecord, err)
+	}
+	return data, stamp, err
+}
+
+// stamp returns the stamp of login's record file, without opening it or
+// following a link. ok is false if there is no regular file to stamp.
+func (s *fileBackend) stamp(login string) (stamp fileStamp, ok bool) {
+	var st unix.Stat_t
+	if err := unix.Lstat(s.path(login), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fileStamp{}, false
+	}
+	return stampOf(&st), true
+}
+
+// fileStamp identifies one version of a record file. Writers replace a
+// record by renaming a new file over it, which has another inode number
+// while both exist; a change in place moves the size or the times, and
+// always the change time (ctime), which no user can set.
+type fileStamp struct {
+	dev, ino     uint64
+	size         int64
+	mtime, ctime int64 // nanoseconds since the epoch
+}
+
+func stampOf(st *unix.Stat_t) fileStamp {
+	return fileStamp{dev: uint64(st.Dev), ino: uint64(st.Ino), size: int64(st.Size),
+		mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano()}
+}
+
+// settled reports whether the file's last change (ctime) came at least
+// margin before readAt, a time taken before the file was read. Only then
+// does an equal stamp later prove the same content: file systems keep
+// times in coarse steps (a clock tick, or up to 2 s), so a change made
+// within the step of the one stamped could carry the same times, and a
+// freed inode number can come back. Any change after readAt has a later
+// ctime than a settled stamp's.
+func (st fileStamp) settled(readAt time.Time, margin time.Duration) bool {
+	return st.ctime < readAt.Add(-margin).UnixNano()
 }
 
 // Replace runs fn on login's file under the directory lock and replaces
@@ -276,46 +318,65 @@ func syncDir(dir string) error {
 }
 
 // readRecordFile reads the record file at path, opened as openRecordFile
-// does. A file larger than maxRecordSize is an error wrapping
-// ErrCorruptRecord.
-func readRecordFile(path string) ([]byte, error) {
-	f, err := openRecordFile(path)
+// does, and returns the stamp of the file it read. A file larger than
+// maxRecordSize is an error wrapping ErrCorruptRecord.
+func readRecordFile(path string) ([]byte, fileStamp, error) {
+	f, stamp, err := openRecordFile(path)
 	if err != nil {
-		return nil, err
+		return nil, fileStamp{}, err
 	}
 	defer f.Close()
 	var buf bytes.Buffer
 	if _, err := buf.ReadFrom(io.LimitReader(f, maxRecordSize+1)); err != nil {
-		return nil, fmt.Errorf("reading record file: %w", err)
+		return nil, fileStamp{}, fmt.Errorf("reading record file: %w", err)
 	}
 	if buf.Len() > maxRecordSize {
-		return nil, fmt.Errorf("%w: file larger than %d bytes", ErrCorruptRecord, maxRecordSize)
+		return nil, fileStamp{}, fmt.Errorf("%w: file larger than %d bytes", ErrCorruptRecord, maxRecordSize)
 	}
-	return buf.Bytes(), nil
+	return buf.Bytes(), stamp, nil
 }
 
-// openRecordFile opens a record for reading. It follows no symbolic link
-// and does not wait on a FIFO or a device (O_NOFOLLOW|O_NONBLOCK), and it
-// refuses anything but a regular file: whoever could put one there must
-// not be able to make a login hang or read another file.
-func openRecordFile(path string) (*os.File, error) {
+// openRecordFile opens a record for reading and returns its stamp. It
+// follows no symbolic link and does not wait on a FIFO or a device
+// (O_NOFOLLOW|O_NONBLOCK), and it refuses anything but a regular file:
+// whoever could put one there must not be able to make a login hang or
+// read another file.
+func openRecordFile(path string) (*os.File, fileStamp, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if errors.Is(err, syscall.ELOOP) {
-		return nil, fmt.Errorf("%w: %s is a symbolic link", ErrNotRegular, path)
+		return nil, fileStamp{}, fmt.Errorf("%w: %s is a symbolic link", ErrNotRegular, path)
 	}
 	if err != nil {
-		return nil, err
+		return nil, fileStamp{}, err
 	}
-	info, err := f.Stat()
+	var st unix.Stat_t
+	err = fstat(f, &st)
+	switch {
+	case err != nil:
+		f.Close()
+		return nil, fileStamp{}, fmt.Errorf("reading record file: %w", err)
+	case st.Mode&unix.S_IFMT != unix.S_IFREG:
+		kind := "special file"
+		if info, err := f.Stat(); err == nil {
+			kind = info.Mode().Type().String()
+		}
+		f.Close()
+		return nil, fileStamp{}, fmt.Errorf("%w: %s is a %s", ErrNotRegular, path, kind)
+	}
+	return f, stampOf(&st), nil
+}
+
+// fstat fills st for the open file f.
+func fstat(f *os.File, st *unix.Stat_t) error {
+	rc, err := f.SyscallConn()
 	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("reading record file: %w", err)
+		return err
 	}
-	if !info.Mode().IsRegular() {
-		f.Close()
-		return nil, fmt.Errorf("%w: %s is a %v", ErrNotRegular, path, info.Mode().Type())
+	var statErr error
+	if err := rc.Control(func(fd uintptr) { statErr = unix.Fstat(int(fd), st) }); err != nil {
+		return err
 	}
-	return f, nil
+	return statErr
 }
 
 // checkStoreDir refuses a token store directory that others could write

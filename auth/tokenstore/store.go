@@ -127,6 +127,29 @@ type Store struct {
 
 	kdf     kdfQueue     // bounds argon2 runs (each takes MemoryKiB) and their wait
 	kdfRuns atomic.Int64 // argon2 runs so far, for tests
+
+	// opened keeps, per login, the record this Store last opened, so that
+	// a login with the same password, while the record is unchanged, is
+	// served without reading, decoding and decrypting it (see reopen).
+	opened *lru.Cache[string, *openedRecord]
+	// settleTime is how long before it is read a record file must have
+	// last changed for its stamp to be trusted (fileStamp.settled).
+	settleTime time.Duration
+	decrypts   atomic.Int64 // opens that decoded a record to decrypt it, for tests
+}
+
+// defaultSettleTime is Store.settleTime: above any file system's time
+// step (FAT's is 2 s) and a clock tick.
+const defaultSettleTime = 3 * time.Second
+
+// openedRecord is a record that a Store opened: the version it was read
+// from (the file's stamp, or the bytes from a backend that is not files)
+// and what opening it gave. Its fields are never changed; reopen hands out
+// copies.
+type openedRecord struct {
+	stamp fileStamp
+	data  []byte
+	u     Unlocked
 }
 
 // New returns a Store for the records in dir, creating dir (mode 0700)
@@ -184,6 +207,10 @@ func NewWithBackend(b Backend, opts *Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating key cache: %w", err)
 	}
+	opened, err := lru.New[string, *openedRecord](size)
+	if err != nil {
+		return nil, fmt.Errorf("creating record cache: %w", err)
+	}
 	macKey := make([]byte, 32)
 	rand.Read(macKey)
 	queueWait, queueLength := opts.KDFQueueWait, opts.KDFQueueLength
@@ -203,6 +230,8 @@ func NewWithBackend(b Backend, opts *Options) (*Store, error) {
 			maxWait:    queueWait,
 			maxWaiting: int64(queueLength),
 		},
+		opened:     opened,
+		settleTime: defaultSettleTime,
 	}, nil
 }
 
@@ -340,10 +369,34 @@ func (s *Store) OpenCached(login, password string) (*Unlocked, error) {
 }
 
 func (s *Store) open(ctx context.Context, login, password string, cachedOnly bool) (*Unlocked, error) {
-	rec, err := s.read(ctx, login)
+	if err := checkLogin(login); err != nil {
+		return nil, err
+	}
+	if s.files != nil {
+		// One lstat tells whether the file is the one opened before.
+		if stamp, ok := s.files.stamp(login); ok {
+			if u := s.reopen(login, password, func(o *openedRecord) bool { return o.data == nil && o.stamp == stamp }); u != nil {
+				return u, nil
+			}
+		}
+	}
+	readAt := time.Now()
+	data, stamp, err := s.readBytes(ctx, login)
 	if err != nil {
 		return nil, err
 	}
+	if s.files == nil {
+		// The backend read is the check: a shared store's record changed
+		// by another instance shows in its bytes at once.
+		if u := s.reopen(login, password, func(o *openedRecord) bool { return bytes.Equal(o.data, data) }); u != nil {
+			return u, nil
+		}
+	}
+	rec, err := decodeRecord(data, login)
+	if err != nil {
+		return nil, err
+	}
+	s.decrypts.Add(1)
 	info, err := rec.info()
 	if err != nil {
 		return nil, err
@@ -381,14 +434,38 @@ func (s *Store) open(ctx context.Context, login, password string, cachedOnly boo
 	if !cached {
 		s.keys.Add(ck, passKey)
 	}
-	return &Unlocked{
+	u := &Unlocked{
 		Info:     info,
 		Secret:   secret,
 		dataKey:  dataKey,
 		passKey:  passKey,
 		wrap:     rec.wrapping(),
 		cacheKey: ck,
-	}, nil
+	}
+	switch {
+	case s.files == nil:
+		s.opened.Add(login, &openedRecord{data: data, u: *u})
+	case stamp.settled(readAt, s.settleTime):
+		s.opened.Add(login, &openedRecord{stamp: stamp, u: *u})
+	}
+	return u, nil
+}
+
+// reopen returns a copy of login's opened record if same accepts its
+// version and password opened it: the password's cache key (an HMAC
+// under this process's key, with the record's salt) is the one it was
+// opened with, and that key is still in the key cache, as a decryption
+// would need. Otherwise it returns nil.
+func (s *Store) reopen(login, password string, same func(*openedRecord) bool) *Unlocked {
+	o, ok := s.opened.Get(login)
+	if !ok || !same(o) || s.cacheKey(login, o.u.wrap.kdf, o.u.wrap.salt, password) != o.u.cacheKey {
+		return nil
+	}
+	if _, ok := s.keys.Get(o.u.cacheKey); !ok {
+		return nil
+	}
+	u := o.u
+	return &u
 }
 
 // Info reads login's record metadata without a password. It is not
@@ -591,6 +668,7 @@ func (s *Store) writeWith(u *Unlocked, secret Secret, gen func() uint64, secretG
 		return data, rec.Generation, nil
 	})
 	if written {
+		s.opened.Remove(u.Info.Login)
 		info, ierr := rec.info()
 		if ierr != nil {
 			return ierr
@@ -611,11 +689,21 @@ func (s *Store) read(ctx context.Context, login string) (*recordFile, error) {
 	if err := checkLogin(login); err != nil {
 		return nil, err
 	}
-	data, err := s.backend.Read(ctx, login)
+	data, _, err := s.readBytes(ctx, login)
 	if err != nil {
 		return nil, err
 	}
 	return decodeRecord(data, login)
+}
+
+// readBytes reads login's record bytes from the backend, and for a file
+// the stamp of the file read.
+func (s *Store) readBytes(ctx context.Context, login string) ([]byte, fileStamp, error) {
+	if s.files != nil {
+		return s.files.readStamped(login)
+	}
+	data, err := s.backend.Read(ctx, login)
+	return data, fileStamp{}, err
 }
 
 func checkLogin(login string) error {
@@ -726,6 +814,7 @@ func (s *Store) Import(ctx context.Context, login string, data []byte) error {
 	rec, err := decodeRecord(data, login)
 	if err == nil {
 		_, err = s.backend.Replace(ctx, login, func([]byte) ([]byte, uint64, error) { return data, rec.Generation, nil })
+		s.opened.Remove(login)
 	}
 	if err != nil {
 		return fmt.Errorf("importing token record of %q: %w", login, err)
