@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"sync/atomic"
 	"time"
 
@@ -51,8 +52,16 @@ func (p KDFParams) check() error {
 // HMAC-SHA256 under the per-Store macKey of the login, the KDF parameters,
 // the salt and the password.
 func (s *Store) cacheKey(login string, kdf KDFParams, salt []byte, password string) [sha256.Size]byte {
-	m := hmac.New(sha256.New, s.macKey)
-	var b []byte
+	m, ok := s.macs.Get().(hash.Hash)
+	if !ok {
+		m = hmac.New(sha256.New, s.macKey)
+	}
+	defer func() {
+		m.Reset()
+		s.macs.Put(m)
+	}()
+	var buf [128]byte
+	b := buf[:0]
 	b = binary.AppendUvarint(b, uint64(len(login)))
 	b = append(b, login...)
 	b = append(b, 0)

@@ -22,6 +22,7 @@ import (
 	"os"
 	"runtime"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -124,6 +125,7 @@ type Store struct {
 	// process, so neither the password nor a fast password check is kept.
 	keys   *lru.Cache[[sha256.Size]byte, []byte]
 	macKey []byte
+	macs   sync.Pool // of HMAC-SHA256 under macKey, reset after use
 
 	kdf     kdfQueue     // bounds argon2 runs (each takes MemoryKiB) and their wait
 	kdfRuns atomic.Int64 // argon2 runs so far, for tests
