@@ -10,9 +10,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
@@ -45,18 +45,13 @@ func sockDiagUID(local, remote net.Addr) (uint32, error) {
 	if !ok {
 		return 0, errors.New("not a TCP connection")
 	}
-	req := nl.NewNetlinkRequest(nl.SOCK_DIAG_BY_FAMILY, 0)
 	// The client's socket: bound to remote, connected to local.
-	req.AddData(newInetDiagRequest(r, l))
-	msgs, err := req.Execute(unix.NETLINK_INET_DIAG, nl.SOCK_DIAG_BY_FAMILY)
+	answer, err := sockDiagQuery(newInetDiagRequest(r, l).Serialize())
 	if err != nil {
 		return 0, fmt.Errorf("sock_diag lookup: %w", err)
 	}
-	if len(msgs) != 1 {
-		return 0, fmt.Errorf("sock_diag answered with %d sockets, want 1", len(msgs))
-	}
 	var sock netlink.Socket
-	if err := parseInetDiagMsg(msgs[0], &sock); err != nil {
+	if err := parseInetDiagMsg(answer, &sock); err != nil {
 		return 0, err
 	}
 	// Check the answer names the socket asked for.
@@ -71,6 +66,64 @@ func sockDiagUID(local, remote net.Addr) (uint32, error) {
 		return 0, errors.New("sock_diag: the client's socket has no owner left (closed by its client)")
 	}
 	return sock.UID, nil
+}
+
+// sockDiagQuery sends one SOCK_DIAG_BY_FAMILY request (payload: an
+// inet_diag_req_v2) for one socket and returns the payload of the answer.
+// It takes four system calls on a blocking socket of its own: the kernel
+// answers an exact lookup while it handles the send, so the answer is
+// queued when sendto returns (SO_RCVTIMEO bounds the wait all the same).
+// netlink's NetlinkRequest.Execute takes about ten, and registers the
+// socket with the network poller.
+func sockDiagQuery(payload []byte) ([]byte, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_INET_DIAG)
+	if err != nil {
+		return nil, fmt.Errorf("opening a netlink socket: %w", err)
+	}
+	defer unix.Close(fd)
+	timeout := unix.Timeval{Sec: 1}
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &timeout); err != nil {
+		return nil, fmt.Errorf("setting the netlink socket's timeout: %w", err)
+	}
+	const seq = 1 // the socket is this query's alone
+	msg := make([]byte, unix.SizeofNlMsghdr+len(payload))
+	binary.NativeEndian.PutUint32(msg[0:], uint32(len(msg)))
+	binary.NativeEndian.PutUint16(msg[4:], unix.SOCK_DIAG_BY_FAMILY)
+	binary.NativeEndian.PutUint16(msg[6:], unix.NLM_F_REQUEST)
+	binary.NativeEndian.PutUint32(msg[8:], seq)
+	// msg[12:16], the sender's port id, stays 0: the kernel fills it in.
+	copy(msg[unix.SizeofNlMsghdr:], payload)
+	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return nil, fmt.Errorf("sending: %w", err)
+	}
+	buf := make([]byte, 1024) // one inet_diag_msg without attributes: 88 bytes
+	n, from, err := unix.Recvfrom(fd, buf, 0)
+	if err != nil {
+		return nil, fmt.Errorf("receiving: %w", err)
+	}
+	if sa, ok := from.(*unix.SockaddrNetlink); !ok || sa.Pid != 0 {
+		return nil, fmt.Errorf("answer from %v, not from the kernel", from)
+	}
+	msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+	if err != nil {
+		return nil, fmt.Errorf("parsing the answer: %w", err)
+	}
+	if len(msgs) != 1 {
+		return nil, fmt.Errorf("answered with %d messages, want 1", len(msgs))
+	}
+	m := msgs[0]
+	switch {
+	case m.Header.Seq != seq:
+		return nil, fmt.Errorf("answer to request %d, want %d", m.Header.Seq, seq)
+	case m.Header.Type == unix.NLMSG_ERROR && len(m.Data) >= 4:
+		if errno := int32(binary.NativeEndian.Uint32(m.Data)); errno != 0 {
+			return nil, unix.Errno(-errno)
+		}
+		return nil, errors.New("acknowledged without an answer")
+	case m.Header.Type != unix.SOCK_DIAG_BY_FAMILY:
+		return nil, fmt.Errorf("answer of type %d, want %d", m.Header.Type, unix.SOCK_DIAG_BY_FAMILY)
+	}
+	return m.Data, nil
 }
 
 // inetDiagRequest is struct inet_diag_req_v2 (linux/inet_diag.h) for an
@@ -95,8 +148,6 @@ func newInetDiagRequest(source, dst *net.TCPAddr) *inetDiagRequest {
 	}
 	return &inetDiagRequest{family: family, source: source, dst: dst}
 }
-
-func (r *inetDiagRequest) Len() int { return sizeofInetDiagRequest }
 
 func (r *inetDiagRequest) Serialize() []byte {
 	b := make([]byte, sizeofInetDiagRequest)
