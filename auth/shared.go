@@ -136,8 +136,8 @@ func (p *persistingSource) sharedFailure(err error, authErr *Error) *Error {
 		held := &Error{Kind: Unavailable, Err: err, Message: fmt.Sprintf(
 			"refresh token refused, but a refresh of it by another instance started at %s and never saved its record; "+
 				"that instance may still save the rotated token: retry later", p.unfinished.UTC().Format(time.RFC3339))}
-		a.m.logger.Warn("refresh token refused while another instance's rotation may be pending save; not final before "+
-			p.unfinished.Add(unfinishedGrace).UTC().Format(time.RFC3339), "login", a.login, "err", err)
+		a.m.logger.Warn("refresh token refused while another instance's rotation may be pending save; not final yet",
+			"login", a.login, "final_after", p.unfinished.Add(unfinishedGrace).UTC().Format(time.RFC3339), "err", err)
 		a.mu.Lock()
 		a.revoked, a.heldUntil = held, time.Now().Add(pendingHold)
 		a.mu.Unlock()
