@@ -158,6 +158,13 @@ func TestSharedStoreSpillOutageAndRestart(t *testing.T) {
 		t.Errorf("PendingSaves after the save = %d; want 0", n)
 	}
 
+	rec, err := other.store.Open(acct.Login, managerPassword)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Info.SecretGeneration != 2 {
+		t.Errorf("record's secret generation %d after the save; want 2 (the rotation)", rec.Info.SecretGeneration)
+	}
 	// The database holds the rotated token: both instances refresh from it.
 	for name, in := range map[string]*instance{"restarted holder": holder.instance, "other instance": other} {
 		if err := forceRefresh(t, in, acct); err != nil {
