@@ -1,10 +1,14 @@
 package auth_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -139,7 +143,17 @@ func TestSharedStoreSpillOutageAndRestart(t *testing.T) {
 
 	// Restart the holder during the outage: only the spill file is left.
 	holder.stop()
-	holder = newSpillInstance(t, dsn, stateDir, opts)
+	restartedSavesSpill(t, srv, e, dsn, stateDir, opts, other, acct)
+}
+
+// restartedSavesSpill starts a holder over stateDir while the database is
+// down, and checks that it finds the spilled record of acct, saves it by
+// itself once the database is back, and that the account then works on
+// it and on other from the rotated token, with no invalid_grant at all.
+func restartedSavesSpill(t *testing.T, srv *pgtest.Server, e *countingEndpoint, dsn, stateDir string,
+	opts auth.ManagerOptions, other *instance, acct *config.Account) {
+	t.Helper()
+	holder := newSpillInstance(t, dsn, stateDir, opts)
 	if n := holder.mgr.PendingSaves(); n != 1 {
 		t.Errorf("PendingSaves after the restart = %d; want 1", n)
 	}
@@ -176,6 +190,82 @@ func TestSharedStoreSpillOutageAndRestart(t *testing.T) {
 	if e.invalidGrant != 0 {
 		t.Errorf("%d invalid_grant answers; want 0: a dead refresh token was used", e.invalidGrant)
 	}
+}
+
+// Environment of TestSharedStoreSpillVictimInstance.
+const victimStateDir = "IMAP_OAUTH_PROXY_TEST_VICTIM_STATE_DIR"
+
+// TestSharedStoreSpillVictimInstance is the holder that
+// TestSharedStoreSpillKilled runs in a child process: it logs in once
+// (the parent stops the database as the provider answers), says so on
+// stdout, and waits to be killed.
+func TestSharedStoreSpillVictimInstance(t *testing.T) {
+	dsn := os.Getenv(victimDSN)
+	if dsn == "" {
+		t.Skip("run by TestSharedStoreSpillKilled")
+	}
+	in := newSpillInstance(t, dsn, os.Getenv(victimStateDir), auth.ManagerOptions{RefreshMargin: time.Minute, PendingRetry: -1})
+	acct := sharedConfigs(os.Getenv(victimTokenURL), 1)[0]
+	if _, err := in.login(t.Context(), acct); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println("logged in")
+	<-t.Context().Done()
+}
+
+// TestSharedStoreSpillKilled is TestSharedStoreSpillOutageAndRestart with
+// the holder killed (SIGKILL) during the outage, after the login that
+// rotated the token: what it spilled is enough.
+func TestSharedStoreSpillKilled(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsn := srv.NewDatabase(t)
+	e := newCountingEndpoint(t, time.Hour)
+	other := newInstance(t, t.Context(), dsn, time.Minute)
+	acct := sharedAccounts(t, e, other.store, 1)[0]
+	stateDir := t.TempDir()
+
+	var once sync.Once
+	stopDB := func() { once.Do(srv.Stop) }
+	e.afterRefresh.Store(&stopDB)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestSharedStoreSpillVictimInstance$")
+	cmd.Env = append(os.Environ(), victimDSN+"="+dsn, victimTokenURL+"="+e.TokenURL(), victimStateDir+"="+stateDir)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer cmd.Process.Kill()
+	loggedIn := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if sc.Text() == "logged in" {
+				loggedIn <- true
+				io.Copy(io.Discard, stdout)
+				return
+			}
+		}
+		loggedIn <- false
+	}()
+	timer := time.NewTimer(30 * time.Second)
+	defer timer.Stop()
+	select {
+	case ok := <-loggedIn:
+		if !ok {
+			t.Fatal("the holder ended without logging in")
+		}
+	case <-timer.C:
+		t.Fatal("the holder did not log in within 30s")
+	}
+	e.afterRefresh.Store(nil)
+	cmd.Process.Kill()
+	cmd.Wait()
+
+	restartedSavesSpill(t, srv, e, dsn, stateDir,
+		auth.ManagerOptions{RefreshMargin: time.Minute, PendingRetry: 100 * time.Millisecond}, other, acct)
 }
 
 // TestSharedStoreSpillOtherInstanceFirst: after the outage, another
