@@ -9,7 +9,11 @@
 // advisory lock on the login (pg_advisory_xact_lock), which the server
 // releases when the holder commits, rolls back, or dies: a killed instance
 // never blocks the others, and there is no lease length to tune against
-// slow token endpoints.
+// slow token endpoints. Before its token request, a refresh marks the row
+// (refresh_started, committed at once; MarkRefresh), and the write of the
+// refreshed record clears the mark: another instance that finds the mark
+// knows that the record's refresh token may have been rotated by a
+// refresh whose save is still pending.
 //
 // While the database is down, Read answers from the newest bytes this
 // process read or wrote of the record (unless the context asks for a
