@@ -31,7 +31,9 @@ func (m *Manager) startPending(maxWait time.Duration) {
 	if !m.store.Shared() || !m.store.Spilling() {
 		return
 	}
-	m.pending.recount(m.store)
+	if n := m.pending.recount(m.store); n > 0 {
+		m.logger.Warn("rotated tokens pending save to the database, from an earlier run; saving them", "count", n)
+	}
 	if maxWait < 0 {
 		return
 	}
