@@ -23,12 +23,15 @@ const maxBadCommands = 3
 
 // conn is one collector connection.
 type conn struct {
-	srv      *Server
-	proto    *protocol      // what the listener speaks
-	cfg      *runtimeConfig // snapshot taken at accept
-	raw      net.Conn       // the accepted connection; deadlines on it reach TLS too
-	peer     peer           // who connects, for limits and throttling
-	nc       net.Conn       // raw, or the TLS connection over it
+	srv   *Server
+	proto *protocol      // what the listener speaks
+	cfg   *runtimeConfig // snapshot taken at accept
+	raw   net.Conn       // the accepted connection; deadlines on it reach TLS too
+	peer  peer           // who connects, for limits and throttling
+	// refusing, if not nil, refuses a PROXY header from a source not
+	// allowed to send one; raw reads through it.
+	refusing *headerRefusingConn
+	nc       net.Conn // raw, or the TLS connection over it
 	br       *bufio.Reader
 	bw       *bufio.Writer
 	id       string
@@ -67,6 +70,9 @@ func (c *conn) serve() {
 	c.nc = c.raw
 	if c.implicit {
 		if err := c.handshake(); err != nil {
+			if c.refusing != nil && c.refusing.refused {
+				err = errProxyHeaderNotAllowed
+			}
 			c.logger.Info("session end", "duration", time.Since(c.start).Round(time.Millisecond), "reason", "TLS handshake failed: "+err.Error())
 			return
 		}
@@ -74,6 +80,9 @@ func (c *conn) serve() {
 	c.br, c.bw = newLineReader(c.nc), newLineWriter(c.nc)
 	reason := c.proto.preauth(c)
 	c.releaseLineBuffers()
+	if c.refusing != nil && c.refusing.refused {
+		reason = errProxyHeaderNotAllowed.Error()
+	}
 	c.logger.Info("session end", "duration", time.Since(c.start).Round(time.Millisecond), "reason", reason)
 }
 

@@ -66,6 +66,8 @@ type harnessOptions struct {
 	providerType string
 	// accountTOML adds lines to the test account's table.
 	accountTOML string
+	// tablesTOML adds tables after the accounts, such as [proxy_protocol].
+	tablesTOML string
 	// localTLS gives the proxy a certificate for localhost and 127.0.0.1
 	// (STARTTLS, implicit TLS); its CA is in harness.localCA.
 	localTLS bool
@@ -192,6 +194,7 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 		SMTPAddress:         smtpAddress,
 	})
 	text += opts.accountTOML // the test account's table is the last one
+	text += "\n" + opts.tablesTOML
 	rt := h.tokens.Grant(testMailbox)
 	h.grants = append(h.grants, rt)
 	failureDelay := opts.failureDelay

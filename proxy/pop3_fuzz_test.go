@@ -128,7 +128,10 @@ func fuzzSession(t *testing.T, srv *Server, ln net.Listener, proto *protocol, da
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := srv.newConn(server, false, true, proto)
+	var c *conn
+	if srv.admit(server, proto) {
+		c = srv.newConn(server, &origin{nc: server, remote: server.RemoteAddr()}, false, true, proto, srv.cfg.Load())
+	}
 	if c == nil {
 		t.Fatal("connection refused")
 	}
