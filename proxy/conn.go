@@ -31,14 +31,17 @@ type conn struct {
 	// refusing, if not nil, refuses a PROXY header from a source not
 	// allowed to send one; raw reads through it.
 	refusing *headerRefusingConn
-	nc       net.Conn // raw, or the TLS connection over it
-	br       *bufio.Reader
-	bw       *bufio.Writer
-	id       string
-	start    time.Time
-	logger   *slog.Logger
-	implicit bool // accepted on an implicit-TLS listener
-	tlsOn    bool // the connection is protected by TLS
+	// balancerOwn marks a connection whose PROXY header had the LOCAL
+	// command: the load balancer's own, such as a health check.
+	balancerOwn bool
+	nc          net.Conn // raw, or the TLS connection over it
+	br          *bufio.Reader
+	bw          *bufio.Writer
+	id          string
+	start       time.Time
+	logger      *slog.Logger
+	implicit    bool // accepted on an implicit-TLS listener
+	tlsOn       bool // the connection is protected by TLS
 	// plaintextOK allows LOGIN without TLS: loopback listener or
 	// allow_plaintext.
 	plaintextOK bool
@@ -66,14 +69,14 @@ func (c *conn) serve() {
 		}
 	}()
 	c.srv.metrics.session(c.proto.name)
-	c.logger.Info("session start", "local", c.raw.LocalAddr().String(), "tls", c.implicit)
+	c.logSession("session start", "local", c.raw.LocalAddr().String(), "tls", c.implicit)
 	c.nc = c.raw
 	if c.implicit {
 		if err := c.handshake(); err != nil {
 			if c.refusing != nil && c.refusing.refused {
 				err = errProxyHeaderNotAllowed
 			}
-			c.logger.Info("session end", "duration", time.Since(c.start).Round(time.Millisecond), "reason", "TLS handshake failed: "+err.Error())
+			c.logSession("session end", "duration", time.Since(c.start).Round(time.Millisecond), "reason", "TLS handshake failed: "+err.Error())
 			return
 		}
 	}
@@ -83,7 +86,18 @@ func (c *conn) serve() {
 	if c.refusing != nil && c.refusing.refused {
 		reason = errProxyHeaderNotAllowed.Error()
 	}
-	c.logger.Info("session end", "duration", time.Since(c.start).Round(time.Millisecond), "reason", reason)
+	c.logSession("session end", "duration", time.Since(c.start).Round(time.Millisecond), "reason", reason)
+}
+
+// logSession logs a session's start or end: at info level, or at debug
+// level for the load balancer's own connections (health checks), which
+// come every few seconds.
+func (c *conn) logSession(msg string, attrs ...any) {
+	level := slog.LevelInfo
+	if c.balancerOwn {
+		level = slog.LevelDebug
+	}
+	c.logger.Log(context.Background(), level, msg, attrs...)
 }
 
 // releaseLineBuffers returns the pre-auth reader and writer to their

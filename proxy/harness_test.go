@@ -223,17 +223,23 @@ func (h *harness) serveOn(listenAddr string, implicitTLS bool) string {
 // address to dial.
 func (h *harness) serveWith(listenAddr string, serve func(net.Listener) error) string {
 	h.t.Helper()
+	return serveListener(h.t, h.srv, listenAddr, serve)
+}
+
+// serveListener listens on listenAddr, runs serve (a Serve method of srv)
+// on it until the test ends, and returns the loopback address to dial.
+func serveListener(t testing.TB, srv *proxy.Server, listenAddr string, serve func(net.Listener) error) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", listenAddr)
 	if err != nil {
-		h.t.Fatal(err)
+		t.Fatal(err)
 	}
-	srv := h.srv
 	done := make(chan error, 1)
 	go func() { done <- serve(ln) }()
-	h.t.Cleanup(func() {
+	t.Cleanup(func() {
 		srv.Close()
 		if err := <-done; err != nil {
-			h.t.Errorf("serving %s: %v", listenAddr, err)
+			t.Errorf("serving %s: %v", listenAddr, err)
 		}
 	})
 	_, port, _ := net.SplitHostPort(ln.Addr().String())

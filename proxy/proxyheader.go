@@ -36,8 +36,9 @@ type origin struct {
 	// via is the load balancer's address when a header named the client;
 	// nil for a direct connection and a LOCAL header.
 	via net.Addr
-	// local reports a LOCAL header (or v1's UNKNOWN): the load balancer's
-	// own connection, such as a health check.
+	// local reports a header for the load balancer's own connection,
+	// such as a health check: LOCAL (or v1's UNKNOWN), or one naming the
+	// direct connection's own address.
 	local bool
 	// refusing is the wrapper that refuses a PROXY header from a source
 	// not allowed; nil unless the listener takes headers.
@@ -79,7 +80,9 @@ func readOrigin(nc net.Conn, pp *config.ProxyProtocol, listenerKey string) (*ori
 	}
 	switch src := h.SourceAddr.(type) {
 	case *net.TCPAddr:
-		if !h.Command.IsLocal() {
+		// HAProxy's health checks (check-send-proxy) name the check's own
+		// connection: that is the balancer speaking for itself too.
+		if !h.Command.IsLocal() && src.String() != direct.String() {
 			o.remote, o.via = src, direct
 			return o, nil
 		}
@@ -89,8 +92,9 @@ func readOrigin(nc net.Conn, pp *config.ProxyProtocol, listenerKey string) (*ori
 			return nil, fmt.Errorf("bad PROXY header: the client is %s %s, not TCP", src.Network(), src)
 		}
 	}
-	// LOCAL (v2) or UNKNOWN (v1), or a family the proxy does not know:
-	// the load balancer speaking for itself, as in a health check.
+	// LOCAL (v2), UNKNOWN (v1), a family the proxy does not know, or the
+	// direct connection itself: the load balancer speaking for itself, as
+	// in a health check.
 	o.local = true
 	return o, nil
 }

@@ -334,12 +334,13 @@ func isLoopback(addr net.Addr) bool {
 
 // newConn turns the pending connection nc, from o, into a session; it
 // returns nil (and closes nc) once the server is closing or
-// max_connections_per_peer is reached. A connection whose client came
-// from a PROXY header counts by that address, with no uid lookup: the
-// socket is the load balancer's.
+// max_connections_per_peer is reached. A connection with a PROXY header
+// counts by an address with no uid lookup: the client's, or for a LOCAL
+// header the load balancer's (whose health checks close at once, before
+// a lookup could find the socket).
 func (s *Server) newConn(nc net.Conn, o *origin, implicitTLS, loopbackListener bool, proto *protocol, cfg *runtimeConfig) *conn {
 	var who peer
-	if o.proxied() {
+	if o.proxied() || o.local {
 		who = addressPeer(o.remote)
 	} else {
 		var err error
@@ -358,6 +359,7 @@ func (s *Server) newConn(nc net.Conn, o *origin, implicitTLS, loopbackListener b
 		raw:         o.nc,
 		peer:        who,
 		refusing:    o.refusing,
+		balancerOwn: o.local,
 		id:          strconv.FormatUint(s.nextID.Add(1), 36),
 		start:       time.Now(),
 		implicit:    implicitTLS,
