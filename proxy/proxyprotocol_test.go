@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"bufio"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,8 @@ import (
 	"time"
 
 	"github.com/pires/go-proxyproto"
+
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 )
 
 // proxyHarness is a harness whose plain IMAP listener takes PROXY
@@ -20,20 +23,34 @@ func proxyHarness(t *testing.T, headerTimeout string, serverTOML string) *harnes
 		tablesTOML: "[proxy_protocol]\nlisteners = [\"listen\"]\nallowed = [\"127.0.0.1\"]\nheader_timeout = \"" + headerTimeout + "\"\n"})
 }
 
-// proxiedFrom connects from 127.0.0.1 (allowed) and sends a PROXY header
-// of the version given that names client as the source.
+// proxiedFrom connects to the IMAP listener from 127.0.0.1 (allowed) and
+// sends a PROXY header of the version given that names client as the
+// source.
 func (h *harness) proxiedFrom(version byte, client string) *rawConn {
 	h.t.Helper()
-	conn := h.connFrom("127.0.0.1")
+	conn := proxiedConn(h.t, h.addr, version, client)
+	return &rawConn{t: h.t, conn: conn, br: bufio.NewReader(conn)}
+}
+
+// proxiedConn connects to addr from 127.0.0.1 and sends a PROXY header
+// of the version given that names client as the source.
+func proxiedConn(t testing.TB, addr string, version byte, client string) net.Conn {
+	t.Helper()
+	d := &net.Dialer{Timeout: testDeadline, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}}
+	conn, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.SetDeadline(time.Now().Add(testDeadline))
+	t.Cleanup(func() { conn.Close() })
 	src, err := net.ResolveTCPAddr("tcp", client)
 	if err != nil {
-		h.t.Fatal(err)
+		t.Fatal(err)
 	}
-	hdr := proxyproto.HeaderProxyFromAddrs(version, src, conn.RemoteAddr())
-	if _, err := hdr.WriteTo(conn); err != nil {
-		h.t.Fatal(err)
+	if _, err := proxyproto.HeaderProxyFromAddrs(version, src, conn.RemoteAddr()).WriteTo(conn); err != nil {
+		t.Fatal(err)
 	}
-	return &rawConn{t: h.t, conn: conn, br: bufio.NewReader(conn)}
+	return conn
 }
 
 // waitLog polls the proxy's log for a line holding every one of parts,
@@ -219,4 +236,75 @@ func TestProxyProtocolPeerLimit(t *testing.T) {
 		t.Fatalf("the same client's second connection got %q", g)
 	}
 	h.waitLog("limit reached", "peer=127.0.0.40", "server.max_connections_per_peer")
+}
+
+// TestProxyProtocolEveryListener: implicit TLS, POP3 and SMTP listeners
+// take PROXY headers as the plain IMAP one does: the header comes first,
+// before any TLS; a header from a source not allowed is refused.
+func TestProxyProtocolEveryListener(t *testing.T) {
+	h := newHarness(t, harnessOptions{localTLS: true, pop3: true, smtp: true,
+		serverTOML: "listen_tls = \"127.0.0.1:0\"\nlisten_pop3 = \"127.0.0.1:0\"\nlisten_smtp = \"127.0.0.1:0\"\n",
+		tablesTOML: "[proxy_protocol]\nlisteners = [\"listen_tls\", \"listen_pop3\", \"listen_smtp\"]\nallowed = [\"127.0.0.1\"]\n"})
+	for i, l := range []struct {
+		name, addr, greeting string
+		tls                  bool
+	}{
+		{"imaps", h.serveOn("127.0.0.1:0", true), "* OK", true},
+		{"pop3", h.servePOP3("127.0.0.1:0", false), "+OK", false},
+		{"smtp", h.serveSMTP("127.0.0.1:0", false), "220 ", false},
+	} {
+		t.Run(l.name, func(t *testing.T) {
+			client := fmt.Sprintf("127.0.0.60:%d", 100+i)
+			conn := proxiedConn(t, l.addr, 2, client)
+			if l.tls {
+				tc := tls.Client(conn, &tls.Config{RootCAs: h.localCA, ServerName: "127.0.0.1"})
+				if err := tc.Handshake(); err != nil {
+					t.Fatalf("TLS after the header: %v", err)
+				}
+				conn = tc
+			}
+			g, err := bufio.NewReader(conn).ReadString('\n')
+			if err != nil || !strings.HasPrefix(g, l.greeting) {
+				t.Fatalf("greeting = %q, %v", g, err)
+			}
+			h.waitLog("session start", "remote="+client, "via=127.0.0.1:")
+
+			// The same header from 127.0.0.2 is refused.
+			d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+			other, err := d.Dial("tcp", l.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			other.SetDeadline(time.Now().Add(testDeadline))
+			defer other.Close()
+			src, _ := net.ResolveTCPAddr("tcp", client)
+			if _, err := proxyproto.HeaderProxyFromAddrs(1, src, other.RemoteAddr()).WriteTo(other); err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, other)
+			h.waitLog("session end", "remote="+other.LocalAddr().String(), "proxy_protocol.allowed does not list")
+		})
+	}
+}
+
+// TestProxyProtocolReload: a new configuration applies to the connections
+// accepted from then on.
+func TestProxyProtocolReload(t *testing.T) {
+	h := proxyHarness(t, "1s", "")
+	off := *h.cfg
+	off.ProxyProtocol = config.ProxyProtocol{}
+	if err := h.srv.SetConfig(&off); err != nil {
+		t.Fatal(err)
+	}
+	c := h.rawFrom("127.0.0.1") // no header: served, as without the table
+	c.send("a LOGOUT\r\n")
+	c.until("a ")
+	if err := h.srv.SetConfig(h.cfg); err != nil {
+		t.Fatal(err)
+	}
+	conn := h.connFrom("127.0.0.1")
+	if got, _ := io.ReadAll(conn); len(got) != 0 {
+		t.Errorf("a connection without a header got %q", got)
+	}
+	h.waitLog("connection refused", "remote="+conn.LocalAddr().String(), "no PROXY header")
 }
