@@ -26,7 +26,7 @@ type conn struct {
 	srv   *Server
 	proto *protocol      // what the listener speaks
 	cfg   *runtimeConfig // snapshot taken at accept
-	raw   net.Conn       // the accepted connection; deadlines on it reach TLS too
+	raw   net.Conn       // the accepted connection, past its PROXY header; deadlines on it reach TLS too
 	peer  peer           // who connects, for limits and throttling
 	// refusing, if not nil, refuses a PROXY header from a source not
 	// allowed to send one; raw reads through it.

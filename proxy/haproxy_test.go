@@ -354,7 +354,7 @@ func TestHAProxyActiveStandby(t *testing.T) {
 
 // waitFor polls cond until it holds, for at most testDeadline. Polling
 // is bounded; the logs have no other signal.
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), testDeadline)
 	defer cancel()

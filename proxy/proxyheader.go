@@ -76,7 +76,7 @@ func readOrigin(nc net.Conn, pp *config.ProxyProtocol, listenerKey string) (*ori
 	}
 	o := &origin{nc: nc, remote: direct}
 	if br.Buffered() > 0 { // the client's first bytes came with the header
-		o.nc = &bufferedConn{Conn: nc, br: br} // loses the relay's reads without waiting; rare
+		o.nc = &bufferedConn{Conn: nc, br: br}
 	}
 	switch src := h.SourceAddr.(type) {
 	case *net.TCPAddr:

@@ -53,24 +53,24 @@ func proxiedConn(t testing.TB, addr string, version byte, client string) net.Con
 	return conn
 }
 
-// waitLog polls the proxy's log for a line holding every one of parts,
-// and returns it. Polling is bounded; the log has no other signal.
+// waitLog waits for a line of the proxy's log holding every one of
+// parts, and returns it.
 func (h *harness) waitLog(parts ...string) string {
 	h.t.Helper()
-	deadline := time.Now().Add(testDeadline)
-	for {
+	var found string
+	waitFor(h.t, fmt.Sprintf("log line with %q", parts), func() bool {
 		for _, line := range strings.Split(h.logs.String(), "\n") {
 			if containsAll(line, parts) {
-				return line
+				found = line
+				return true
 			}
 		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("no log line with %q", parts)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return false
+	})
+	return found
 }
 
+// containsAll reports whether s contains every one of parts.
 func containsAll(s string, parts []string) bool {
 	for _, p := range parts {
 		if !strings.Contains(s, p) {
