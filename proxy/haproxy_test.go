@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -15,6 +13,8 @@ import (
 	"time"
 
 	"github.com/pires/go-proxyproto"
+
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/internal/haproxytest"
 )
 
 // The HAProxy tests run the haproxy.cfg files of docs/operations.md
@@ -66,79 +66,31 @@ func newHAProxyPair(t *testing.T, failureDelay time.Duration) *haproxyPair {
 // docsHAProxyConfig returns the haproxy.cfg block of docs/operations.md
 // that contains marker, made to run here: the frontends on loopback
 // ports (returned by frontend name), the servers at pair's listeners,
-// logs to stderr, no user or group (the test may not run as root), and,
-// if v1Second, send-proxy (version 1) on proxy2's lines instead of
-// send-proxy-v2. Every substitution must apply, so that the test follows
-// the docs.
+// and, if v1Second, send-proxy (version 1) on proxy2's lines instead of
+// send-proxy-v2.
 func docsHAProxyConfig(t *testing.T, pair *haproxyPair, marker string, v1Second bool) (cfg string, frontends map[string]string) {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join("..", "docs", "operations.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var block string
-	for _, m := range regexp.MustCompile("(?s)```haproxy\n(.*?)```").FindAllStringSubmatch(string(data), -1) {
-		if strings.Contains(m[1], marker) {
-			block = m[1]
-			break
-		}
-	}
-	if block == "" {
-		t.Fatalf("docs/operations.md has no haproxy block with %q", marker)
-	}
 	frontends = map[string]string{"imap": freeAddr(t), "imaps": freeAddr(t)}
 	p1, p2 := pair.instances[0], pair.instances[1]
-	for _, r := range []struct{ old, new string }{
-		{"bind :143\n", "bind " + frontends["imap"] + "\n"},
-		{"bind :993\n", "bind " + frontends["imaps"] + "\n"},
-		{"10.0.0.11:1143 ", p1.plain + " "},
-		{"10.0.0.12:1143 ", p2.plain + " "},
-		{"10.0.0.11:1993 ", p1.tls + " "},
-		{"10.0.0.12:1993 ", p2.tls + " "},
-		{"log /dev/log local0\n", "log stderr format raw local0\n"},
-		{"    user haproxy\n", ""},
-		{"    group haproxy\n", ""},
-	} {
-		if !strings.Contains(block, r.old) {
-			t.Fatalf("the docs' haproxy.cfg has no %q any more: update this test", r.old)
-		}
-		block = strings.ReplaceAll(block, r.old, r.new)
-	}
+	cfg = haproxytest.DocsConfig(t, filepath.Join("..", "docs", "operations.md"), marker,
+		append([]haproxytest.Replacement{
+			{Old: "bind :143\n", New: "bind " + frontends["imap"] + "\n"},
+			{Old: "bind :993\n", New: "bind " + frontends["imaps"] + "\n"},
+			{Old: "10.0.0.11:1143 ", New: p1.plain + " "},
+			{Old: "10.0.0.12:1143 ", New: p2.plain + " "},
+			{Old: "10.0.0.11:1993 ", New: p1.tls + " "},
+			{Old: "10.0.0.12:1993 ", New: p2.tls + " "},
+		}, haproxytest.RunnableHere...)...)
 	if v1Second {
-		lines := strings.Split(block, "\n")
+		lines := strings.Split(cfg, "\n")
 		for i, l := range lines {
 			if strings.Contains(l, "server proxy2 ") {
 				lines[i] = strings.Replace(l, " send-proxy-v2", " send-proxy", 1)
 			}
 		}
-		block = strings.Join(lines, "\n")
+		cfg = strings.Join(lines, "\n")
 	}
-	return block, frontends
-}
-
-// startHAProxy checks and runs cfg in the foreground until the test ends,
-// and waits for its IMAP frontend to greet through a proxy. It returns
-// HAProxy's output.
-func startHAProxy(t *testing.T, cfg, imapFrontend string) *syncBuffer {
-	t.Helper()
-	haproxy := requireProgram(t, "haproxy", "haproxy", "/usr/sbin")
-	path := filepath.Join(t.TempDir(), "haproxy.cfg")
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command(haproxy, "-c", "-f", path).CombinedOutput(); err != nil {
-		t.Fatalf("haproxy -c: %v\n%s\n%s", err, out, cfg)
-	}
-	out, exited, waitErr := startForeground(t, "haproxy", exec.Command(haproxy, "-db", "-f", path))
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("haproxy output:\n%s", out.String())
-		}
-	})
-	if err := waitGreeting((&net.Dialer{}).DialContext, imapFrontend, "* OK", exited, waitErr); err != nil {
-		t.Fatalf("HAProxy in front of the proxies: %v", err)
-	}
-	return out
+	return cfg, frontends
 }
 
 // dialFrom connects to addr from localIP and reads the greeting.
@@ -187,7 +139,7 @@ func TestHAProxyTwoInstances(t *testing.T) {
 	const failureDelay = 2 * time.Second
 	pair := newHAProxyPair(t, failureDelay)
 	cfg, front := docsHAProxyConfig(t, pair, "balance source", true)
-	haproxyOut := startHAProxy(t, cfg, front["imap"])
+	haproxy := haproxytest.Start(t, cfg, front["imap"], front["imaps"])
 
 	// Which instance serves which client: balance source sends each
 	// address to one. The sessions' logs name the client, not HAProxy.
@@ -300,7 +252,7 @@ func TestHAProxyTwoInstances(t *testing.T) {
 			t.Errorf("%s refused a connection from HAProxy:\n%s", in.name, in.logs.String())
 		}
 	}
-	if strings.Contains(haproxyOut.String(), " is DOWN") {
+	if strings.Contains(haproxy.Output(), " is DOWN") {
 		t.Error("HAProxy marked a proxy down")
 	}
 }
@@ -310,7 +262,7 @@ func TestHAProxyTwoInstances(t *testing.T) {
 func TestHAProxyActiveStandby(t *testing.T) {
 	pair := newHAProxyPair(t, 0)
 	cfg, front := docsHAProxyConfig(t, pair, " backup\n", false)
-	startHAProxy(t, cfg, front["imap"])
+	haproxytest.Start(t, cfg, front["imap"], front["imaps"])
 	active, standby := pair.instances[0], pair.instances[1]
 	for i := 2; i < 6; i++ {
 		client := fmt.Sprintf("127.0.0.%d", i)
