@@ -70,7 +70,7 @@ func newHAProxyPair(t *testing.T, failureDelay time.Duration) *haproxyPair {
 // send-proxy-v2.
 func docsHAProxyConfig(t *testing.T, pair *haproxyPair, marker string, v1Second bool) (cfg string, frontends map[string]string) {
 	t.Helper()
-	frontends = map[string]string{"imap": freeAddr(t), "imaps": freeAddr(t)}
+	frontends = map[string]string{"imap": haproxytest.FreeAddr(t), "imaps": haproxytest.FreeAddr(t)}
 	p1, p2 := pair.instances[0], pair.instances[1]
 	cfg = haproxytest.DocsConfig(t, filepath.Join("..", "docs", "operations.md"), marker,
 		append([]haproxytest.Replacement{

@@ -116,6 +116,17 @@ func findBinary(t testing.TB) string {
 	return ""
 }
 
+// FreeAddr returns a loopback address nobody listens on, for a frontend.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
 // Replacement is a substitution DocsConfig makes: every Old becomes New.
 type Replacement struct{ Old, New string }
 
