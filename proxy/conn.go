@@ -31,8 +31,8 @@ type conn struct {
 	// refusing, if not nil, refuses a PROXY header from a source not
 	// allowed to send one; raw reads through it.
 	refusing *headerRefusingConn
-	// balancerOwn marks a connection whose PROXY header had the LOCAL
-	// command: the load balancer's own, such as a health check.
+	// balancerOwn marks the load balancer's own connection, such as a
+	// health check (see origin.local).
 	balancerOwn bool
 	nc          net.Conn // raw, or the TLS connection over it
 	br          *bufio.Reader
@@ -42,8 +42,8 @@ type conn struct {
 	logger      *slog.Logger
 	implicit    bool // accepted on an implicit-TLS listener
 	tlsOn       bool // the connection is protected by TLS
-	// plaintextOK allows LOGIN without TLS: loopback listener or
-	// allow_plaintext.
+	// plaintextOK allows LOGIN without TLS: a loopback listener (and,
+	// behind a load balancer, a loopback client) or allow_plaintext.
 	plaintextOK bool
 
 	// clientID is the parameter list of the collector's last ID before

@@ -34,7 +34,7 @@ type origin struct {
 	nc     net.Conn // what to read from: the accepted connection, or a wrapper
 	remote net.Addr // the client: from the header, else the direct peer
 	// via is the load balancer's address when a header named the client;
-	// nil for a direct connection and a LOCAL header.
+	// nil for a direct connection and the balancer's own.
 	via net.Addr
 	// local reports a header for the load balancer's own connection,
 	// such as a health check: LOCAL (or v1's UNKNOWN), or one naming the

@@ -335,9 +335,9 @@ func isLoopback(addr net.Addr) bool {
 // newConn turns the pending connection nc, from o, into a session; it
 // returns nil (and closes nc) once the server is closing or
 // max_connections_per_peer is reached. A connection with a PROXY header
-// counts by an address with no uid lookup: the client's, or for a LOCAL
-// header the load balancer's (whose health checks close at once, before
-// a lookup could find the socket).
+// counts by an address with no uid lookup: the client's, or for the load
+// balancer's own connection its address (its health checks close at
+// once, before a lookup could find the socket).
 func (s *Server) newConn(nc net.Conn, o *origin, implicitTLS, loopbackListener bool, proto *protocol, cfg *runtimeConfig) *conn {
 	var who peer
 	if o.proxied() || o.local {
