@@ -83,10 +83,15 @@ func docsHAProxyConfig(t *testing.T, pair *haproxyPair, marker string, v1Second 
 		}, haproxytest.RunnableHere...)...)
 	if v1Second {
 		lines := strings.Split(cfg, "\n")
+		replaced := 0
 		for i, l := range lines {
-			if strings.Contains(l, "server proxy2 ") {
+			if strings.Contains(l, "server proxy2 ") && strings.Contains(l, " send-proxy-v2") {
 				lines[i] = strings.Replace(l, " send-proxy-v2", " send-proxy", 1)
+				replaced++
 			}
+		}
+		if replaced == 0 {
+			t.Fatal("the docs' haproxy.cfg has no proxy2 server with send-proxy-v2 any more: update this test")
 		}
 		cfg = strings.Join(lines, "\n")
 	}
