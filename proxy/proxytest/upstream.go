@@ -69,9 +69,8 @@ type Upstream struct {
 	// The personalities' state, guarded by mu.
 	state   providerState
 	preauth map[net.Conn]string // go-imap's side of a relayed session: its mailbox
-	fronts  map[net.Conn]struct{}
+	fronts  *connServer         // the collectors' connections to a personality
 	pipes   *pipeListener
-	frontWG sync.WaitGroup
 }
 
 // NewUpstream starts an Upstream on a free loopback port.
@@ -93,7 +92,6 @@ func NewUpstream(opts UpstreamOptions) (*Upstream, error) {
 		state: providerState{sessions: make(map[string]map[*frontConn]struct{}),
 			notConnected: make(map[string]bool)},
 		preauth: make(map[net.Conn]string),
-		fronts:  make(map[net.Conn]struct{}),
 	}
 	tlsConfig := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	var ln net.Listener = raw
@@ -140,48 +138,17 @@ func NewUpstream(opts UpstreamOptions) (*Upstream, error) {
 		return u, nil
 	}
 	u.pipes = newPipeListener()
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		u.server.Serve(u.pipes)
-	}()
 	go func() {
 		defer close(u.done)
-		defer func() { <-served }()
-		u.acceptFronts()
+		u.server.Serve(u.pipes)
 	}()
-	return u, nil
-}
-
-// acceptFronts serves the personality on every connection until the
-// listener closes.
-func (u *Upstream) acceptFronts() {
-	for {
-		nc, err := u.ln.Accept()
-		if err != nil {
-			u.frontWG.Wait()
+	u.fronts = serveConns(u.ln, func(nc net.Conn) {
+		if tc, ok := nc.(*tls.Conn); ok && tc.Handshake() != nil {
 			return
 		}
-		u.mu.Lock()
-		u.fronts[nc] = struct{}{}
-		u.mu.Unlock()
-		u.frontWG.Add(1)
-		go func() {
-			defer u.frontWG.Done()
-			defer func() {
-				u.mu.Lock()
-				delete(u.fronts, nc)
-				u.mu.Unlock()
-			}()
-			if tc, ok := nc.(*tls.Conn); ok {
-				if tc.Handshake() != nil {
-					nc.Close()
-					return
-				}
-			}
-			u.serveFront(nc)
-		}()
-	}
+		u.serveFront(nc)
+	})
+	return u, nil
 }
 
 // AddUser creates the mailbox user (with an INBOX) and returns it.
@@ -230,12 +197,7 @@ func (u *Upstream) Close() error {
 		<-u.done
 		return err
 	}
-	err := u.ln.Close()
-	u.mu.Lock()
-	for nc := range u.fronts {
-		nc.Close()
-	}
-	u.mu.Unlock()
+	err := u.fronts.close()
 	// Closing the pipe listener ends go-imap's Serve (Server.Close could
 	// race with a Serve that has not started yet); its sessions end as
 	// their fronts close their pipes.
