@@ -45,6 +45,16 @@ type UpstreamOptions struct {
 	// imap_tls = "starttls") instead of implicit TLS, and refuses to
 	// authenticate before it. Only without a Personality.
 	StartTLS bool
+	// Hosts are the names the server's certificate is for; nil: localhost
+	// and 127.0.0.1.
+	Hosts []string
+	// MaxTLSVersion caps the TLS versions the server accepts (as
+	// tls.VersionTLS11, for a server too old for the proxy); zero: TLS 1.2
+	// and up.
+	MaxTLSVersion uint16
+	// Fault makes every connection misbehave at one phase. Only with a
+	// Personality.
+	Fault *Fault
 }
 
 // Upstream is a TLS IMAP server on 127.0.0.1 that offers AUTH=XOAUTH2 and
@@ -75,7 +85,11 @@ type Upstream struct {
 
 // NewUpstream starts an Upstream on a free loopback port.
 func NewUpstream(opts UpstreamOptions) (*Upstream, error) {
-	cert, caPEM, err := NewCertificate("localhost", "127.0.0.1")
+	hosts := opts.Hosts
+	if hosts == nil {
+		hosts = []string{"localhost", "127.0.0.1"}
+	}
+	cert, caPEM, err := NewCertificate(hosts...)
 	if err != nil {
 		return nil, err
 	}
@@ -93,13 +107,20 @@ func NewUpstream(opts UpstreamOptions) (*Upstream, error) {
 			notConnected: make(map[string]bool)},
 		preauth: make(map[net.Conn]string),
 	}
-	tlsConfig := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	tlsConfig := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
+		MaxVersion: opts.MaxTLSVersion}
+	if opts.MaxTLSVersion != 0 && opts.MaxTLSVersion < tls.VersionTLS12 {
+		tlsConfig.MinVersion = tls.VersionTLS10
+	}
 	var ln net.Listener = raw
 	var startTLS *tls.Config // go-imap offers STARTTLS when it has a config
 	switch {
 	case opts.StartTLS && opts.Personality != Plain:
 		raw.Close()
 		return nil, errors.New("proxytest: StartTLS needs the Plain personality")
+	case opts.Fault != nil && opts.Personality == Plain:
+		raw.Close()
+		return nil, errors.New("proxytest: a Fault needs a Personality")
 	case opts.StartTLS:
 		startTLS = tlsConfig
 	default:
@@ -143,7 +164,8 @@ func NewUpstream(opts UpstreamOptions) (*Upstream, error) {
 		u.server.Serve(u.pipes)
 	}()
 	u.fronts = serveConns(u.ln, func(nc net.Conn) {
-		if tc, ok := nc.(*tls.Conn); ok && tc.Handshake() != nil {
+		tc := nc.(*tls.Conn)
+		if u.faultAt(BeforeTLS, tc.NetConn(), nil, "") || tc.Handshake() != nil {
 			return
 		}
 		u.serveFront(nc)
