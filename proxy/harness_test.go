@@ -210,31 +210,9 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 func (h *harness) serveOn(listenAddr string, implicitTLS bool) string {
 	h.t.Helper()
 	if implicitTLS {
-		return h.serveWith(listenAddr, h.srv.ServeTLS)
+		return h.serveWith(h.t, listenAddr, h.srv.ServeTLS)
 	}
-	return h.serveWith(listenAddr, h.srv.Serve)
-}
-
-// serveWith listens on listenAddr, runs serve (a Serve method of the
-// running proxy) on it until the test ends, and returns the loopback
-// address to dial.
-func (h *harness) serveWith(listenAddr string, serve func(net.Listener) error) string {
-	h.t.Helper()
-	ln, err := net.Listen("tcp", listenAddr)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	srv := h.srv
-	done := make(chan error, 1)
-	go func() { done <- serve(ln) }()
-	h.t.Cleanup(func() {
-		srv.Close()
-		if err := <-done; err != nil {
-			h.t.Errorf("serving %s: %v", listenAddr, err)
-		}
-	})
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	return net.JoinHostPort("127.0.0.1", port)
+	return h.serveWith(h.t, listenAddr, h.srv.Serve)
 }
 
 // restart stops the proxy and starts a new one on the same state.

@@ -59,9 +59,9 @@ func (h *harness) appendCA(caPEM []byte) {
 func (h *harness) servePOP3(listenAddr string, implicitTLS bool) string {
 	h.t.Helper()
 	if implicitTLS {
-		return h.serveWith(listenAddr, h.srv.ServePOP3TLS)
+		return h.serveWith(h.t, listenAddr, h.srv.ServePOP3TLS)
 	}
-	return h.serveWith(listenAddr, h.srv.ServePOP3)
+	return h.serveWith(h.t, listenAddr, h.srv.ServePOP3)
 }
 
 // pop3Client speaks POP3 by hand.

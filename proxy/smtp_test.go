@@ -42,9 +42,9 @@ func (h *harness) startSMTPUpstream(validate func(user, token string) error, opt
 func (h *harness) serveSMTP(listenAddr string, implicitTLS bool) string {
 	h.t.Helper()
 	if implicitTLS {
-		return h.serveWith(listenAddr, h.srv.ServeSMTPS)
+		return h.serveWith(h.t, listenAddr, h.srv.ServeSMTPS)
 	}
-	return h.serveWith(listenAddr, h.srv.ServeSMTP)
+	return h.serveWith(h.t, listenAddr, h.srv.ServeSMTP)
 }
 
 // dialSMTP connects a go-smtp client to addr and says EHLO.
