@@ -1,7 +1,6 @@
 package proxy_test
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/rand"
 	"crypto/tls"
@@ -271,70 +270,6 @@ func (l *logSink) waitLine(within time.Duration, parts ...string) string {
 			return ""
 		}
 		l.wait(deadline)
-	}
-}
-
-// lineConn speaks IMAP by hand to the proxy; its methods return errors,
-// so it can be used from any goroutine.
-type lineConn struct {
-	nc net.Conn
-	br *bufio.Reader
-}
-
-// dialLine connects to addr from localIP ("" for any) and reads the
-// greeting, which must be "* OK ...".
-func dialLine(addr, localIP string, deadline time.Duration) (*lineConn, error) {
-	d := &net.Dialer{Timeout: deadline}
-	if localIP != "" {
-		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(localIP)}
-	}
-	nc, err := d.Dial("tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	nc.SetDeadline(time.Now().Add(deadline))
-	c := &lineConn{nc: nc, br: bufio.NewReader(nc)}
-	g, err := c.readLine()
-	if err != nil {
-		nc.Close()
-		return nil, fmt.Errorf("reading greeting: %w", err)
-	}
-	if !strings.HasPrefix(g, "* OK ") {
-		nc.Close()
-		return nil, fmt.Errorf("greeting %q", g)
-	}
-	return c, nil
-}
-
-func (c *lineConn) send(s string) error {
-	_, err := io.WriteString(c.nc, s)
-	return err
-}
-
-func (c *lineConn) readLine() (string, error) {
-	l, err := c.br.ReadString('\n')
-	if err != nil {
-		return l, err
-	}
-	return strings.TrimRight(l, "\r\n"), nil
-}
-
-// command sends line (with CRLF) and reads up to its tagged answer, which
-// it returns with the untagged lines before it.
-func (c *lineConn) command(tag, line string) (string, []string, error) {
-	if err := c.send(tag + " " + line + "\r\n"); err != nil {
-		return "", nil, err
-	}
-	var untagged []string
-	for {
-		l, err := c.readLine()
-		if err != nil {
-			return "", untagged, fmt.Errorf("reading the answer to %s: %w", tag, err)
-		}
-		if strings.HasPrefix(l, tag+" ") {
-			return l, untagged, nil
-		}
-		untagged = append(untagged, l)
 	}
 }
 

@@ -9,7 +9,6 @@ package proxy_test
 // them); see requireProgram for what happens when one is missing.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -545,7 +544,7 @@ func TestDovecotUpstream(t *testing.T) {
 		}
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(testDeadline))
-		r := &rawConn{t: t, conn: c, br: bufio.NewReader(c)}
+		r := newRawConn(t, c)
 		r.line() // greeting
 		r.send(fmt.Sprintf("a1 LOGIN %s %s\r\n", a.Login, a.Password))
 		got := r.line()

@@ -1,7 +1,6 @@
 package proxy_test
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/tls"
 	"encoding/base64"
@@ -276,7 +275,7 @@ func dialSMTPRaw(t testing.TB, addr string) *smtpRaw {
 	}
 	t.Cleanup(func() { conn.Close() })
 	conn.SetDeadline(time.Now().Add(testDeadline))
-	r := &smtpRaw{&rawConn{t: t, conn: conn, br: bufio.NewReader(conn)}}
+	r := &smtpRaw{newRawConn(t, conn)}
 	if g := r.reply(); !strings.HasPrefix(g, "220 ") {
 		t.Fatalf("greeting = %q", g)
 	}
