@@ -276,6 +276,15 @@ const healthInterval = time.Minute
 // newServer builds the token store, token manager and proxy for cfg, and
 // the monitor of the accounts' health.
 func newServer(ctx context.Context, cfg *config.Config, logger *slog.Logger, storeOpts *tokenstore.Options) (*proxy.Server, *health.Monitor, error) {
+	if cfg.Store.Type == config.StorePostgres {
+		// A rotated token the database cannot take at once waits here.
+		opts := tokenstore.Options{}
+		if storeOpts != nil {
+			opts = *storeOpts
+		}
+		opts.SpillDir = spillDir(cfg)
+		storeOpts = &opts
+	}
 	store, err := newStore(ctx, cfg, storeOpts)
 	if err != nil {
 		return nil, nil, err

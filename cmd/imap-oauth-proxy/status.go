@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
@@ -37,6 +38,9 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if cfg.Store.Type == config.StorePostgres {
+		warnPendingSaves(stderr, spillDir(cfg))
+	}
 	now := time.Now()
 	report, err := health.Report(cfg, health.Inputs{Records: store,
 		Entries: func(login string) health.Entry { return entries[login] }}, now)
@@ -53,6 +57,26 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 	}
 	printStatus(stdout, report, now)
 	return nil
+}
+
+// warnPendingSaves warns about the records in dir, serve's spill
+// directory: rotated tokens that this instance holds and the database has
+// not taken yet.
+func warnPendingSaves(w io.Writer, dir string) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return // none spilled yet
+	}
+	var names []string
+	for _, e := range entries {
+		if name, ok := strings.CutSuffix(e.Name(), ".token"); ok && !strings.HasPrefix(name, ".") {
+			names = append(names, name)
+		}
+	}
+	if len(names) > 0 {
+		fmt.Fprintf(w, "warning: rotated token pending save to the database: %s (in %s; serve saves it once the database is reachable)\n",
+			strings.Join(names, ", "), dir)
+	}
 }
 
 // printStatus writes report as a table, then the reasons of each account

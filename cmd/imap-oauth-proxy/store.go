@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore/pgstore"
@@ -31,10 +32,16 @@ func newStore(ctx context.Context, cfg *config.Config, opts *tokenstore.Options)
 	return s, nil
 }
 
+// spillDir is where serve keeps, under state_dir, the rotated token
+// records that the database could not take yet (tokenstore.Options.SpillDir).
+func spillDir(cfg *config.Config) string {
+	return filepath.Join(cfg.Server.StateDir, "pending")
+}
+
 // openDatabase opens cfg's PostgreSQL store and brings its schema up to
 // date.
 func openDatabase(ctx context.Context, cfg *config.Config) (*pgstore.Backend, error) {
-	b, err := pgstore.Open(cfg.Store.DSN, nil)
+	b, err := pgstore.Open(cfg.Store.DSN, &pgstore.Options{Timeout: cfg.Store.Timeout})
 	if err != nil {
 		return nil, err
 	}
@@ -81,7 +88,7 @@ func cmdStoreInit(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
-	b, err := pgstore.Open(cfg.Store.DSN, nil)
+	b, err := pgstore.Open(cfg.Store.DSN, &pgstore.Options{Timeout: cfg.Store.Timeout})
 	if err != nil {
 		return err
 	}
