@@ -44,6 +44,15 @@ type ManagerOptions struct {
 	Logger *slog.Logger
 	// Health, if not nil, hears of every token request's outcome.
 	Health *health.Tracker
+	// SaveRetryFor bounds how long saving a refreshed token to an
+	// unreachable shared store is retried before the login fails, when the
+	// store has no spill directory. If zero, 15 seconds.
+	SaveRetryFor time.Duration
+	// PendingRetry is the longest wait between the background tries to
+	// save the records spilled while a shared store was unreachable (see
+	// shared.go). If zero, 30 seconds; if negative, there are no
+	// background tries (SavePending and the accounts' refreshes save them).
+	PendingRetry time.Duration
 }
 
 // Manager turns a local login and password into an access token for the
@@ -59,6 +68,9 @@ type Manager struct {
 	health *health.Tracker
 
 	refreshes [len(refreshOutcomes)]atomic.Int64
+
+	saveRetryFor time.Duration
+	pending      pendingSaves // records spilled while a shared store was unreachable
 
 	mu      sync.Mutex // serializes get-or-create of sources
 	sources *lru.Cache[string, *Account]
@@ -94,14 +106,20 @@ func NewManager(ctx context.Context, opts *ManagerOptions) (*Manager, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	return &Manager{
-		ctx:     context.WithValue(ctx, oauth2.HTTPClient, client),
-		store:   opts.Store,
-		margin:  margin,
-		logger:  logger,
-		health:  opts.Health,
-		sources: sources,
-	}, nil
+	m := &Manager{
+		ctx:          context.WithValue(ctx, oauth2.HTTPClient, client),
+		store:        opts.Store,
+		margin:       margin,
+		logger:       logger,
+		health:       opts.Health,
+		sources:      sources,
+		saveRetryFor: opts.SaveRetryFor,
+	}
+	if m.saveRetryFor <= 0 {
+		m.saveRetryFor = saveRetryFor
+	}
+	m.startPending(opts.PendingRetry)
+	return m, nil
 }
 
 // Unlock checks password against login's token record and returns the
@@ -205,6 +223,7 @@ type Account struct {
 	source     oauth2.TokenSource // *persistingSource, or *appSource for app-only grants
 	generation uint64             // newest secret generation of the record this account wrote or read
 	revoked    error              // sticky AuthorizationFailed after invalid_grant, until the record changes
+	heldUntil  time.Time          // if not zero, revoked holds only until then (a save may be pending elsewhere)
 	lastAccess string             // newest access token, so Refused ignores stale refusals
 	refused    string             // access token the upstream refused: never taken from a shared record again
 	refreshN   int                // refreshes attempted, for tests
@@ -285,6 +304,9 @@ func oauth2Config(p *config.Provider) *oauth2.Config {
 func (a *Account) Token(ctx context.Context) (*oauth2.Token, error) {
 	a.mu.Lock()
 	ts, revoked, served := a.reuse, a.revoked, a.served
+	if revoked != nil && !a.heldUntil.IsZero() && !time.Now().Before(a.heldUntil) {
+		a.revoked, a.heldUntil, revoked = nil, time.Time{}, nil
+	}
 	a.mu.Unlock()
 	if revoked != nil {
 		return nil, revoked
@@ -357,6 +379,10 @@ type persistingSource struct {
 	// refreshToken is the newest refresh token; savedRT the one on disk.
 	// They differ only while a rotated token could not be saved yet.
 	refreshToken, savedRT string
+	// unfinished is when another refresh of the account started that
+	// never saved its record, as the shared store said before this one
+	// (MarkRefresh); zero if none.
+	unfinished time.Time
 }
 
 func (p *persistingSource) Token() (*oauth2.Token, error) {
@@ -385,6 +411,9 @@ func (p *persistingSource) Token() (*oauth2.Token, error) {
 	elapsed := time.Since(start)
 	if err != nil {
 		authErr := classifyTokenError(a.login, &a.provider, a.grant, err)
+		if shared {
+			authErr = p.sharedFailure(err, authErr)
+		}
 		a.m.countRefresh(authErr.Kind.String())
 		a.m.logger.Warn("token refresh failed", "login", a.login, "provider", a.provider.Name,
 			"outcome", authErr.Kind.String(), "duration", elapsed, "err", err)
@@ -414,7 +443,7 @@ func (p *persistingSource) Token() (*oauth2.Token, error) {
 		}
 		save := func() error { return a.m.store.Update(p.record, secret) }
 		if shared {
-			save = func() error { return p.saveShared(secret) }
+			save = func() error { return p.saveShared(secret, rotated) }
 		}
 		if err := save(); err != nil {
 			// The next refresh uses the new token and tries to save again.
@@ -518,7 +547,10 @@ var descRefreshes = prometheus.NewDesc("imap_oauth_proxy_token_refreshes_total",
 
 // Describe sends the description of the token refresh counter
 // (prometheus.Collector).
-func (m *Manager) Describe(ch chan<- *prometheus.Desc) { ch <- descRefreshes }
+func (m *Manager) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descRefreshes
+	ch <- descPendingSaves
+}
 
 // Collect sends the token refresh counter, by outcome
 // (prometheus.Collector).
@@ -526,6 +558,7 @@ func (m *Manager) Collect(ch chan<- prometheus.Metric) {
 	for i, o := range refreshOutcomes[:3] { // a refresh never fails AUTHENTICATIONFAILED
 		ch <- prometheus.MustNewConstMetric(descRefreshes, prometheus.CounterValue, float64(m.refreshes[i].Load()), o)
 	}
+	ch <- prometheus.MustNewConstMetric(descPendingSaves, prometheus.GaugeValue, float64(m.pending.count.Load()))
 }
 
 // isRevocation reports whether err says the refresh token itself is dead.

@@ -92,3 +92,53 @@ func BenchmarkLoginStore(b *testing.B) {
 		store.Close()
 	}
 }
+
+// BenchmarkSharedRotation measures a refresh that rotates the refresh
+// token on PostgreSQL, lock to saved record, without and with a spill
+// directory (the record written to a file, fsynced, then removed once the
+// database holds it), in one run.
+func BenchmarkSharedRotation(b *testing.B) {
+	srv := pgtest.Start(b)
+	dsn := srv.NewDatabase(b)
+	e := newCountingEndpoint(b, time.Hour)
+	ctx := b.Context()
+	for i, name := range []string{"nospill", "spill"} {
+		be, err := pgstore.Open(dsn, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, _, err := be.Migrate(ctx); err != nil {
+			b.Fatal(err)
+		}
+		opts := &tokenstore.Options{KDF: tokenstore.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}}
+		if name == "spill" {
+			opts.SpillDir = b.TempDir()
+		}
+		store, err := tokenstore.NewWithBackend(be, opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		acct := sharedConfigs(e.TokenURL(), i+1)[i]
+		if _, err := store.Create(acct.Login, managerPassword, tokenstore.Secret{RefreshToken: e.grant(acct.Mailbox)}); err != nil {
+			b.Fatal(err)
+		}
+		m, err := auth.NewManager(ctx, &auth.ManagerOptions{Store: store, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		a, err := m.Unlock(ctx, acct, managerPassword)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				tok, err := a.Token(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				a.Refused(tok) // the next Token refreshes
+			}
+		})
+		store.Close()
+	}
+}

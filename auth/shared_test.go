@@ -618,21 +618,9 @@ func TestSharedStoreRotationSavedAfterOutage(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("login whose save waited for the database: %v", err)
 	}
-	if _, err := b.login(ctx, acct); err != nil {
-		t.Fatalf("the other instance after the outage: %v", err)
-	}
-	acctB, err := b.login(ctx, acct)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Force b to refresh: it must use the rotated token a saved.
-	tok, err := acctB.Token(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	acctB.Refused(tok)
-	if _, err := acctB.Token(ctx); err != nil {
-		t.Fatalf("refresh on the other instance: %v", err)
+	if err := forceRefresh(t, b, acct); err != nil {
+		t.Fatalf("refresh on the other instance after the outage: %v", err)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()

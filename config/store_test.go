@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestStoreTable(t *testing.T) {
@@ -21,12 +22,16 @@ func TestStoreTable(t *testing.T) {
 		want       Store
 		problems   []string
 	}{
-		{name: "default", text: "", want: Store{Type: StoreFiles}},
-		{name: "files", text: "[store]\ntype = \"files\"", want: Store{Type: StoreFiles}},
+		{name: "default", text: "", want: Store{Type: StoreFiles, Timeout: 5 * time.Second}},
+		{name: "files", text: "[store]\ntype = \"files\"", want: Store{Type: StoreFiles, Timeout: 5 * time.Second}},
 		{name: "dsn", text: "[store]\ntype = \"postgres\"\ndsn = \"host=db\"",
-			want: Store{Type: StorePostgres, DSN: "host=db"}},
+			want: Store{Type: StorePostgres, DSN: "host=db", Timeout: 5 * time.Second}},
 		{name: "dsn_file", text: "[store]\ntype = \"postgres\"\ndsn_file = \"db.dsn\"",
-			want: Store{Type: StorePostgres, DSN: "host=db user=proxy password=s3cret-pw", DSNFile: filepath.Join(dir, "db.dsn")}},
+			want: Store{Type: StorePostgres, DSN: "host=db user=proxy password=s3cret-pw", DSNFile: filepath.Join(dir, "db.dsn"), Timeout: 5 * time.Second}},
+		{name: "timeout", text: "[store]\ntype = \"postgres\"\ndsn = \"host=db\"\ntimeout = \"800ms\"",
+			want: Store{Type: StorePostgres, DSN: "host=db", Timeout: 800 * time.Millisecond}},
+		{name: "zero timeout", text: "[store]\ntype = \"postgres\"\ndsn = \"host=db\"\ntimeout = \"0s\"", problems: []string{"store.timeout"}},
+		{name: "timeout for files", text: "[store]\ntimeout = \"2s\"", problems: []string{"store.timeout"}},
 		{name: "no dsn", text: "[store]\ntype = \"postgres\"", problems: []string{"store.dsn"}},
 		{name: "both", text: "[store]\ntype = \"postgres\"\ndsn = \"x\"\ndsn_file = \"db.dsn\"", problems: []string{"store.dsn_file"}},
 		{name: "empty file", text: "[store]\ntype = \"postgres\"\ndsn_file = \"empty.dsn\"", problems: []string{"store.dsn_file"}},

@@ -1,7 +1,6 @@
 package proxy_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"log/slog"
@@ -53,7 +52,7 @@ func newHAProxyPair(t *testing.T, failureDelay time.Duration) *haproxyPair {
 	opts.logger = slog.New(slog.NewTextHandler(second.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	p2 := startTestProxy(t, h.cfg, h.store, opts)
 	second.plain, second.stop = p2.addr, p2.stop
-	second.tls = serveListener(t, p2.srv, "127.0.0.1:0", p2.srv.ServeTLS)
+	second.tls = p2.serveWith(t, "127.0.0.1:0", p2.srv.ServeTLS)
 	pair.instances[1] = second
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -101,22 +100,12 @@ func docsHAProxyConfig(t *testing.T, pair *haproxyPair, marker string, v1Second 
 // dialFrom connects to addr from localIP and reads the greeting.
 func dialFrom(t *testing.T, addr, localIP string) (*rawConn, error) {
 	t.Helper()
-	d := &net.Dialer{Timeout: testDeadline, LocalAddr: &net.TCPAddr{IP: net.ParseIP(localIP)}}
-	conn, err := d.Dial("tcp", addr)
+	lc, err := dialLine(addr, localIP, testDeadline)
 	if err != nil {
 		return nil, err
 	}
-	conn.SetDeadline(time.Now().Add(testDeadline))
-	t.Cleanup(func() { conn.Close() })
-	r := &rawConn{t: t, conn: conn, br: bufio.NewReader(conn)}
-	g, err := r.br.ReadString('\n')
-	if err != nil {
-		return nil, fmt.Errorf("reading the greeting: %w", err)
-	}
-	if !strings.HasPrefix(g, "* OK ") {
-		return nil, fmt.Errorf("greeting %q", g)
-	}
-	return r, nil
+	t.Cleanup(func() { lc.nc.Close() })
+	return &rawConn{t: t, lineConn: lc}, nil
 }
 
 // login sends LOGIN with password and returns the tagged answer.
@@ -243,7 +232,7 @@ func TestHAProxyTwoInstances(t *testing.T) {
 		if _, err := hdr.WriteTo(conn); err != nil {
 			t.Fatal(err)
 		}
-		if !(&rawConn{t: t, conn: conn, br: bufio.NewReader(conn)}).closed() {
+		if !newRawConn(t, conn).closed() {
 			t.Fatalf("%s: a header from 127.0.0.99 was not refused", in.name)
 		}
 		waitFor(t, in.name+" logging the refusal", func() bool {

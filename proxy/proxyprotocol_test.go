@@ -29,7 +29,7 @@ func proxyHarness(t *testing.T, headerTimeout string, serverTOML string) *harnes
 func (h *harness) proxiedFrom(version byte, client string) *rawConn {
 	h.t.Helper()
 	conn := proxiedConn(h.t, h.addr, version, client)
-	return &rawConn{t: h.t, conn: conn, br: bufio.NewReader(conn)}
+	return newRawConn(h.t, conn)
 }
 
 // proxiedConn connects to addr from 127.0.0.1 and sends a PROXY header
@@ -119,7 +119,7 @@ func TestProxyProtocolClientAddress(t *testing.T) {
 		if _, err := (&proxyproto.Header{Version: 2, Command: proxyproto.LOCAL}).WriteTo(conn); err != nil {
 			t.Fatal(err)
 		}
-		c := &rawConn{t: t, conn: conn, br: bufio.NewReader(conn)}
+		c := newRawConn(t, conn)
 		if g := c.line(); !strings.HasPrefix(g, "* OK") {
 			t.Fatalf("greeting = %q", g)
 		}
@@ -168,7 +168,7 @@ func TestProxyProtocolRefusals(t *testing.T) {
 			if _, err := hdr.WriteTo(conn); err != nil {
 				t.Fatal(err)
 			}
-			c := &rawConn{t: t, conn: conn, br: bufio.NewReader(conn)}
+			c := newRawConn(t, conn)
 			c.line() // the greeting, sent before the client's first bytes are read
 			if !c.closed() {
 				t.Fatal("connection not closed")

@@ -106,6 +106,10 @@ type Options struct {
 	// KDFQueueLength bounds how many key derivations wait at once; more
 	// fail with ErrKDFBusy at once. If zero, 4 per CPU.
 	KDFQueueLength int
+	// SpillDir, for a shared store, is the directory (created 0700 if
+	// missing) where a rotated record waits until the backend takes it
+	// (Spill, PushSpill). If empty, there is none.
+	SpillDir string
 }
 
 // Store keeps the encrypted token records, one per login, in a Backend: a
@@ -117,6 +121,7 @@ type Options struct {
 type Store struct {
 	backend Backend
 	files   *fileBackend // the backend if it is a directory, else nil
+	spill   *fileBackend // records waiting for a shared backend (spill.go); nil if none
 	params  KDFParams    // for new records
 
 	// keys maps cacheKey(login, kdf, salt, password) to the derived key.
@@ -193,7 +198,14 @@ func NewWithBackend(b Backend, opts *Options) (*Store, error) {
 	if queueLength <= 0 {
 		queueLength = 4 * runtime.NumCPU()
 	}
+	var spill *fileBackend
+	if opts.SpillDir != "" {
+		if spill, err = openSpill(opts.SpillDir); err != nil {
+			return nil, err
+		}
+	}
 	return &Store{
+		spill:   spill,
 		backend: b,
 		params:  kdf,
 		keys:    keys,

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -30,14 +29,9 @@ import (
 )
 
 func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", config.DefaultPath, "mapping file")
-	if err := parseFlags(fs, args); err != nil {
+	fs := newCommandFlags("serve", stderr)
+	if err := fs.parseNoArgs(args); err != nil {
 		return err
-	}
-	if fs.NArg() != 0 {
-		return usageError("serve takes no arguments")
 	}
 	// Sockets from systemd first: they decide what the config must name.
 	in, err := inheritListeners()
@@ -53,7 +47,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 			ln.Close()
 		}
 	}()
-	cfg, err := config.LoadWithOptions(*configPath, in.loadOptions())
+	cfg, err := config.LoadWithOptions(*fs.configPath, in.loadOptions())
 	if err != nil {
 		return configError{err}
 	}
@@ -193,7 +187,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 			return err
 		case <-hup:
 			notify.Send(sdnotify.Reloading())
-			reload(srv, *configPath, cfg, in, tlsLn, logger)
+			reload(srv, *fs.configPath, cfg, in, tlsLn, logger)
 			notify.Send("READY=1\nSTATUS=serving")
 		case <-ctx.Done():
 			notify.Send("STOPPING=1")
@@ -282,6 +276,15 @@ const healthInterval = time.Minute
 // newServer builds the token store, token manager and proxy for cfg, and
 // the monitor of the accounts' health.
 func newServer(ctx context.Context, cfg *config.Config, logger *slog.Logger, storeOpts *tokenstore.Options) (*proxy.Server, *health.Monitor, error) {
+	if cfg.Store.Type == config.StorePostgres {
+		// A rotated token the database cannot take at once waits here.
+		opts := tokenstore.Options{}
+		if storeOpts != nil {
+			opts = *storeOpts
+		}
+		opts.SpillDir = spillDir(cfg)
+		storeOpts = &opts
+	}
 	store, err := newStore(ctx, cfg, storeOpts)
 	if err != nil {
 		return nil, nil, err

@@ -2,9 +2,9 @@ package main
 
 import (
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
@@ -20,17 +20,12 @@ import (
 // daemon saved in the state directory, and the certificates of app-only
 // credentials.
 func cmdStatus(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", config.DefaultPath, "mapping file")
+	fs := newCommandFlags("status", stderr)
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
-	if err := parseFlags(fs, args); err != nil {
+	if err := fs.parseNoArgs(args); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return usageError("status takes no arguments")
-	}
-	cfg, err := config.Load(*configPath)
+	cfg, err := config.Load(*fs.configPath)
 	if err != nil {
 		return err
 	}
@@ -42,6 +37,9 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 	entries, err := health.ReadFile(filepath.Join(cfg.Server.StateDir, health.FileName))
 	if err != nil {
 		return err
+	}
+	if cfg.Store.Type == config.StorePostgres {
+		warnPendingSaves(stderr, spillDir(cfg))
 	}
 	now := time.Now()
 	report, err := health.Report(cfg, health.Inputs{Records: store,
@@ -59,6 +57,26 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 	}
 	printStatus(stdout, report, now)
 	return nil
+}
+
+// warnPendingSaves warns about the records in dir, serve's spill
+// directory: rotated tokens that this instance holds and the database has
+// not taken yet.
+func warnPendingSaves(w io.Writer, dir string) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return // none spilled yet
+	}
+	var names []string
+	for _, e := range entries {
+		if name, ok := strings.CutSuffix(e.Name(), ".token"); ok && !strings.HasPrefix(name, ".") {
+			names = append(names, name)
+		}
+	}
+	if len(names) > 0 {
+		fmt.Fprintf(w, "warning: rotated token pending save to the database: %s (in %s; serve saves it once the database is reachable)\n",
+			strings.Join(names, ", "), dir)
+	}
 }
 
 // printStatus writes report as a table, then the reasons of each account

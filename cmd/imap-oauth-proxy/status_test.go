@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -151,5 +152,25 @@ func TestStatus(t *testing.T) {
 
 	if r := c.run("", "status", "-config", path, "extra"); r.code != 2 {
 		t.Errorf("status with an argument: exit %d, want 2", r.code)
+	}
+}
+
+// TestWarnPendingSaves: status names the accounts whose rotated token
+// waits in serve's spill directory, and says nothing when none does.
+func TestWarnPendingSaves(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pending")
+	var out strings.Builder
+	warnPendingSaves(&out, dir)
+	if out.Len() != 0 {
+		t.Fatalf("warning without a spill directory: %q", out.String())
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, dir, "alice.token", "{}")
+	writeFile(t, dir, ".alice.token.tmp123", "{}")
+	warnPendingSaves(&out, dir)
+	if got := out.String(); !strings.Contains(got, "rotated token pending save to the database: alice (") {
+		t.Fatalf("status warning = %q; want one naming alice alone", got)
 	}
 }

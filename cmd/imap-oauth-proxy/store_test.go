@@ -45,7 +45,7 @@ func TestStoreOnPostgres(t *testing.T) {
 	)
 	c.secret(password, newPassword, refresh, "dsn-password-canary-5e2a", testClientSecret)
 
-	if r := c.run("", "store", "init", "-config", path); r.code != 0 || !strings.Contains(r.stdout, "to 1") {
+	if r := c.run("", "store", "init", "-config", path); r.code != 0 || !strings.Contains(r.stdout, fmt.Sprintf("to %d", pgstore.SchemaVersion)) {
 		t.Fatalf("store init: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 	if r := c.run("", "store", "init", "-config", path); r.code != 0 || !strings.Contains(r.stdout, "up to date") {

@@ -9,7 +9,11 @@
 // advisory lock on the login (pg_advisory_xact_lock), which the server
 // releases when the holder commits, rolls back, or dies: a killed instance
 // never blocks the others, and there is no lease length to tune against
-// slow token endpoints.
+// slow token endpoints. Before its token request, a refresh marks the row
+// (refresh_started, committed at once; MarkRefresh), and the write of the
+// refreshed record clears the mark: another instance that finds the mark
+// knows that the record's refresh token may have been rotated by a
+// refresh whose save is still pending.
 //
 // While the database is down, Read answers from the newest bytes this
 // process read or wrote of the record (unless the context asks for a
@@ -127,10 +131,13 @@ var schema = []string{
 		record     bytea NOT NULL,
 		updated    timestamptz NOT NULL DEFAULT now()
 	)`,
+	// When a refresh started that has not saved its record yet
+	// (MarkRefresh); NULL if none.
+	`ALTER TABLE token_records ADD COLUMN refresh_started timestamptz`,
 }
 
 // SchemaVersion is the schema version this build creates and uses.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 // Migrate creates the schema, or brings it up to SchemaVersion, in one
 // transaction under an advisory lock, so that instances starting together
@@ -218,8 +225,8 @@ func (b *Backend) Replace(ctx context.Context, login string, fn func(old []byte)
 			}
 			var tag pgconn.CommandTag
 			if exists {
-				tag, err = tx.Exec(ctx, `UPDATE token_records SET record = $2, generation = $3, updated = now()
-				WHERE login = $1 AND generation = $4`, login, data, int64(gen), oldGen)
+				tag, err = tx.Exec(ctx, `UPDATE token_records SET record = $2, generation = $3, updated = now(),
+				refresh_started = NULL WHERE login = $1 AND generation = $4`, login, data, int64(gen), oldGen)
 			} else {
 				tag, err = tx.Exec(ctx, `INSERT INTO token_records (login, generation, record) VALUES ($1, $2, $3)
 				ON CONFLICT (login) DO NOTHING`, login, int64(gen), data)
@@ -301,6 +308,45 @@ func (b *Backend) LockRefresh(ctx context.Context, login string) (func(), error)
 	}, nil
 }
 
+// MarkRefresh sets login's refresh_started to now, unless it is set
+// already, in a transaction of its own: it holds even if this process or
+// the database dies during the refresh. It returns the value that was
+// set before (zero if none, or if login has no row).
+func (b *Backend) MarkRefresh(ctx context.Context, login string) (time.Time, error) {
+	ctx, cancel := context.WithTimeout(ctx, b.timeout)
+	defer cancel()
+	var since *time.Time
+	err := b.retry(ctx, func() error {
+		// now() is the statement's transaction start: a value equal to it
+		// is the one this statement set, so nullif leaves the older one.
+		return b.pool.QueryRow(ctx, `UPDATE token_records SET refresh_started = coalesce(refresh_started, now())
+			WHERE login = $1 RETURNING nullif(refresh_started, now())`, login).Scan(&since)
+	})
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return time.Time{}, nil
+	case err != nil:
+		return time.Time{}, fmt.Errorf("marking refresh: %w", b.wrap(err))
+	case since == nil:
+		return time.Time{}, nil
+	}
+	return *since, nil
+}
+
+// UnmarkRefresh clears login's refresh_started.
+func (b *Backend) UnmarkRefresh(ctx context.Context, login string) error {
+	ctx, cancel := context.WithTimeout(ctx, b.timeout)
+	defer cancel()
+	err := b.retry(ctx, func() error {
+		_, err := b.pool.Exec(ctx, `UPDATE token_records SET refresh_started = NULL WHERE login = $1`, login)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("clearing refresh mark: %w", b.wrap(err))
+	}
+	return nil
+}
+
 // retry runs op, and once more if it failed before sending anything
 // (pgconn.SafeToRetry), typically on a pooled connection that the server
 // closed when it restarted. Then every pooled connection is presumed dead
@@ -362,4 +408,7 @@ func isTransientSQLState(code string) bool {
 	return code == "55P03"
 }
 
-var _ tokenstore.Backend = (*Backend)(nil)
+var (
+	_ tokenstore.Backend       = (*Backend)(nil)
+	_ tokenstore.RefreshMarker = (*Backend)(nil)
+)

@@ -336,3 +336,75 @@ func TestDSNPasswordNotShown(t *testing.T) {
 		t.Fatalf("Ping = %v; want ErrStoreUnavailable without the password", err)
 	}
 }
+
+// TestRefreshMark: MarkRefresh keeps the first unfinished refresh's start
+// and returns it to the next; a write of the record or UnmarkRefresh
+// clears it.
+func TestRefreshMark(t *testing.T) {
+	srv := pgtest.Start(t)
+	b, s := openTest(t, srv.NewDatabase(t), nil)
+	ctx := context.Background()
+	if since, err := b.MarkRefresh(ctx, "nobody"); err != nil || !since.IsZero() {
+		t.Fatalf("MarkRefresh without a record = %v, %v; want zero", since, err)
+	}
+	u, err := s.Create("alice", "pw", tokenstore.Secret{RefreshToken: "rt-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if since, err := b.MarkRefresh(ctx, "alice"); err != nil || !since.IsZero() {
+		t.Fatalf("first MarkRefresh = %v, %v; want zero", since, err)
+	}
+	first, err := b.MarkRefresh(ctx, "alice")
+	if err != nil || first.IsZero() {
+		t.Fatalf("second MarkRefresh = %v, %v; want the first one's start", first, err)
+	}
+	if again, err := b.MarkRefresh(ctx, "alice"); err != nil || !again.Equal(first) {
+		t.Fatalf("third MarkRefresh = %v, %v; want the first one's start %v still", again, err, first)
+	}
+	if err := s.Update(u, tokenstore.Secret{RefreshToken: "rt-2"}); err != nil {
+		t.Fatal(err)
+	}
+	if since, err := b.MarkRefresh(ctx, "alice"); err != nil || !since.IsZero() {
+		t.Fatalf("MarkRefresh after a save = %v, %v; want zero", since, err)
+	}
+	if err := b.UnmarkRefresh(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if since, err := b.MarkRefresh(ctx, "alice"); err != nil || !since.IsZero() {
+		t.Fatalf("MarkRefresh after UnmarkRefresh = %v, %v; want zero", since, err)
+	}
+}
+
+// TestMigrateFromVersion1: a database made by a build of schema version 1
+// is brought to the current version, its rows kept.
+func TestMigrateFromVersion1(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsn := srv.NewDatabase(t)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	for _, stmt := range []string{
+		`CREATE TABLE imap_oauth_proxy_schema (version integer PRIMARY KEY, applied timestamptz NOT NULL DEFAULT now())`,
+		schema[0],
+		`INSERT INTO imap_oauth_proxy_schema (version) VALUES (1)`,
+		`INSERT INTO token_records (login, generation, record) VALUES ('alice', 1, 'x')`,
+	} {
+		if _, err := conn.Exec(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := Open(dsn, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if from, to, err := b.Migrate(ctx); err != nil || from != 1 || to != SchemaVersion {
+		t.Fatalf("Migrate = %d, %d, %v; want 1, %d", from, to, err, SchemaVersion)
+	}
+	if since, err := b.MarkRefresh(ctx, "alice"); err != nil || !since.IsZero() {
+		t.Fatalf("MarkRefresh on a migrated row = %v, %v", since, err)
+	}
+}
