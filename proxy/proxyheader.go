@@ -61,7 +61,7 @@ func readOrigin(nc net.Conn, pp *config.ProxyProtocol, listenerKey string) (*ori
 		return &origin{nc: nc, remote: direct}, nil
 	}
 	if !pp.AllowedFrom(addrIP(direct)) {
-		rc := &headerRefusingConn{Conn: nc, br: bufio.NewReaderSize(nc, 16)}
+		rc := newHeaderRefusingConn(nc)
 		return &origin{nc: rc, remote: direct, refusing: rc}, nil
 	}
 	br := bufio.NewReaderSize(nc, 512)
@@ -130,6 +130,10 @@ type headerRefusingConn struct {
 	br      *bufio.Reader // until the first bytes are checked and read
 	checked bool
 	refused bool
+}
+
+func newHeaderRefusingConn(nc net.Conn) *headerRefusingConn {
+	return &headerRefusingConn{Conn: nc, br: bufio.NewReaderSize(nc, 16)} // the longest signature fits
 }
 
 func (c *headerRefusingConn) Read(p []byte) (int, error) {
