@@ -56,6 +56,9 @@ type Config struct {
 	Accounts map[string]*Account
 	// Store holds the [store] table: where token records live.
 	Store Store
+	// ProxyProtocol holds the [proxy_protocol] table: the listeners behind
+	// a load balancer that sends PROXY headers; off by default.
+	ProxyProtocol ProxyProtocol
 }
 
 // Server is the [server] table: listeners, local TLS, state, logging, timeouts

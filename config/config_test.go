@@ -188,33 +188,6 @@ func TestParseEmpty(t *testing.T) {
 	}
 }
 
-func TestDefaults(t *testing.T) {
-	d := Defaults()
-	want := Server{
-		Listen:                "127.0.0.1:1143",
-		StateDir:              "/var/lib/imap-oauth-proxy",
-		LogLevel:              "info",
-		LogFormat:             "text",
-		PreauthTimeout:        60 * time.Second,
-		LoginTimeout:          30 * time.Second,
-		DialTimeout:           15 * time.Second,
-		TokenTimeout:          20 * time.Second,
-		RefreshMargin:         15 * time.Minute,
-		SessionTokenMin:       45 * time.Minute,
-		MaxConnections:        1000,
-		MaxConnectionsPerPeer: 20,
-		FirstCommandTimeout:   10 * time.Second,
-		MaxLineBytes:          8192,
-		MaxLiteralBytes:       8192,
-		ShutdownTimeout:       10 * time.Second,
-		PreauthMaxTime:        3 * time.Minute,
-		SMTPMaxMessageBytes:   35 << 20,
-	}
-	if d != want {
-		t.Errorf("Defaults() = %+v, want %+v", d, want)
-	}
-}
-
 // TestParseValid covers presets, defaults and resolution in files that are
 // valid but differ from full.toml.
 func TestParseValid(t *testing.T) {
@@ -349,6 +322,21 @@ token_url = "https://idp.example/token"
 scopes = ["imap"]
 client_id = "proxy"
 imap_address = "imap.example:993"
+`
+
+// oneOfEachType is a provider of each type, for files that set their
+// presets side by side: ms (microsoft), g (google) and lab (generic, with
+// a server for every protocol).
+const oneOfEachType = `
+[providers.ms]
+type = "microsoft"
+client_id = "c"
+[providers.g]
+type = "google"
+client_id = "c"
+` + labProvider + `pop3_address = "pop.example:995"
+pop3_initial_response = true
+smtp_address = "smtp.example:587"
 `
 
 func TestParseInvalid(t *testing.T) {

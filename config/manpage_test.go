@@ -18,10 +18,11 @@ const manPage = "../docs/imap-oauth-proxy.toml.5.scd"
 // that documents its keys. A table the parser accepts but this map lacks
 // fails TestManPageHasEveryKey.
 var manSections = map[string]string{
-	"server":    "SERVER KEYS",
-	"providers": "PROVIDER KEYS",
-	"accounts":  "ACCOUNT KEYS",
-	"store":     "STORE KEYS",
+	"server":         "SERVER KEYS",
+	"providers":      "PROVIDER KEYS",
+	"accounts":       "ACCOUNT KEYS",
+	"store":          "STORE KEYS",
+	"proxy_protocol": "PROXY PROTOCOL KEYS",
 }
 
 // manEntry is one key's entry in the man page: the text from its term line
@@ -81,10 +82,11 @@ func readManEntries(t *testing.T) map[string]map[string]*manEntry {
 func TestManPageHasEveryKey(t *testing.T) {
 	entries := readManEntries(t)
 	tables := map[string]reflect.Type{
-		"server":    reflect.TypeFor[rawServer](),
-		"providers": reflect.TypeFor[rawProvider](),
-		"accounts":  reflect.TypeFor[rawAccount](),
-		"store":     reflect.TypeFor[rawStore](),
+		"server":         reflect.TypeFor[rawServer](),
+		"providers":      reflect.TypeFor[rawProvider](),
+		"accounts":       reflect.TypeFor[rawAccount](),
+		"store":          reflect.TypeFor[rawStore](),
+		"proxy_protocol": reflect.TypeFor[rawProxyProtocol](),
 	}
 	for top := range fieldNames(reflect.TypeFor[rawFile]()) {
 		section, ok := manSections[top]

@@ -30,6 +30,7 @@ type rawFile struct {
 	Providers map[string]rawProvider `toml:"providers"`
 	Accounts  map[string]rawAccount  `toml:"accounts"`
 	Store     rawStore               `toml:"store"`
+	Proxy     rawProxyProtocol       `toml:"proxy_protocol"`
 }
 
 // rawServer is the [server] table before its values are checked.
@@ -166,6 +167,7 @@ func parse(data []byte, dir string, opts *LoadOptions) (*Config, error) {
 		Accounts:  make(map[string]*Account, len(raw.Accounts)),
 		Store:     p.store(&raw.Store),
 	}
+	cfg.ProxyProtocol = p.proxyProtocol(&raw.Proxy, &cfg.Server, opts)
 	for _, name := range sortedKeys(raw.Providers) {
 		r := raw.Providers[name]
 		cfg.Providers[name] = p.provider(name, &r)
@@ -231,11 +233,12 @@ func (p *parser) unknownKeys(md toml.MetaData) {
 		undecoded[k.String()] = true
 	}
 	known := map[string]map[string]bool{
-		"":          fieldNames(reflect.TypeFor[rawFile]()),
-		"server":    fieldNames(reflect.TypeFor[rawServer]()),
-		"providers": fieldNames(reflect.TypeFor[rawProvider]()),
-		"accounts":  fieldNames(reflect.TypeFor[rawAccount]()),
-		"store":     fieldNames(reflect.TypeFor[rawStore]()),
+		"":               fieldNames(reflect.TypeFor[rawFile]()),
+		"server":         fieldNames(reflect.TypeFor[rawServer]()),
+		"providers":      fieldNames(reflect.TypeFor[rawProvider]()),
+		"accounts":       fieldNames(reflect.TypeFor[rawAccount]()),
+		"store":          fieldNames(reflect.TypeFor[rawStore]()),
+		"proxy_protocol": fieldNames(reflect.TypeFor[rawProxyProtocol]()),
 	}
 	var reported []toml.Key
 outer:
@@ -249,7 +252,7 @@ outer:
 		switch {
 		case len(k) == 1:
 			names = known[""]
-		case len(k) == 2 && (k[0] == "server" || k[0] == "store"):
+		case len(k) == 2 && (k[0] == "server" || k[0] == "store" || k[0] == "proxy_protocol"):
 			names = known[k[0]]
 		case len(k) == 3 && (k[0] == "providers" || k[0] == "accounts"):
 			names = known[k[0]]

@@ -7,23 +7,14 @@ import (
 	"testing"
 )
 
+// TestParseProtocols: the protocols an account lists decide what it may
+// use and which scopes it asks for, for each type of provider.
 func TestParseProtocols(t *testing.T) {
 	cfg, err := Parse([]byte(`[server]
 listen_pop3 = "127.0.0.1:1110"
-[providers.ms]
-type = "microsoft"
-client_id = "c"
-[providers.g]
-type = "google"
-client_id = "c"
-[providers.lab]
-type = "generic"
-token_url = "https://idp.example/token"
-scopes = ["mail"]
-client_id = "c"
-imap_address = "imap.example:993"
-pop3_address = "pop.example:995"
-pop3_initial_response = true
+listen_smtp = "127.0.0.1:1587"
+smtp_max_message_bytes = 1048576
+`+oneOfEachType+`
 [accounts.both]
 provider = "ms"
 mailbox = "a@example.com"
@@ -35,37 +26,52 @@ mailbox = "b@example.com"
 provider = "ms"
 mailbox = "c@example.com"
 protocols = ["pop3"]
+[accounts.all]
+provider = "ms"
+mailbox = "d@example.com"
+protocols = ["imap", "pop3", "smtp"]
+[accounts.send-only]
+provider = "ms"
+mailbox = "e@example.com"
+protocols = ["SMTP"]
 [accounts.gmail]
 provider = "g"
-mailbox = "d@example.com"
-protocols = ["pop3"]
+mailbox = "f@example.com"
+protocols = ["pop3", "smtp"]
 [accounts.lab]
 provider = "lab"
-mailbox = "e"
-protocols = ["pop3"]
+mailbox = "g"
+protocols = ["pop3", "smtp"]
 `), "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := cfg.Server.ListenPOP3; got != "127.0.0.1:1110" {
-		t.Errorf("ListenPOP3 = %q", got)
+	if s := cfg.Server; s.ListenPOP3 != "127.0.0.1:1110" || s.ListenSMTP != "127.0.0.1:1587" || s.ListenSMTPS != "" ||
+		s.SMTPMaxMessageBytes != 1<<20 {
+		t.Errorf("Server = %+v", s)
 	}
 	if lab := cfg.Providers["lab"]; lab.POP3Address != "pop.example:995" || !lab.POP3InitialResponse {
 		t.Errorf("lab provider = %+v", lab)
 	}
-	imapScope := "https://outlook.office365.com/IMAP.AccessAsUser.All"
-	popScope := "https://outlook.office365.com/POP.AccessAsUser.All"
+	for name, want := range map[string]string{"ms": "smtp.office365.com:587", "g": "smtp.gmail.com:587", "lab": "smtp.example:587"} {
+		if got := cfg.Providers[name].SMTPAddress; got != want {
+			t.Errorf("providers.%s.smtp_address = %q, want %q", name, got, want)
+		}
+	}
+	resource := "https://outlook.office365.com/"
+	imapScope, popScope, smtpScope := resource+"IMAP.AccessAsUser.All", resource+"POP.AccessAsUser.All", resource+"SMTP.Send"
 	tests := []struct {
-		login      string
-		protocols  []Protocol
-		scopes     []string
-		pop3, imap bool
+		login     string
+		protocols []Protocol
+		scopes    []string
 	}{
-		{"both", []Protocol{POP3, IMAP}, []string{popScope, imapScope, "offline_access"}, true, true},
-		{"default", []Protocol{IMAP}, []string{imapScope, "offline_access"}, false, true},
-		{"pop-only", []Protocol{POP3}, []string{popScope, "offline_access"}, true, false},
-		{"gmail", []Protocol{POP3}, []string{"https://mail.google.com/"}, true, false},
-		{"lab", []Protocol{POP3}, []string{"mail"}, true, false},
+		{"both", []Protocol{POP3, IMAP}, []string{popScope, imapScope, "offline_access"}},
+		{"default", []Protocol{IMAP}, []string{imapScope, "offline_access"}},
+		{"pop-only", []Protocol{POP3}, []string{popScope, "offline_access"}},
+		{"all", []Protocol{IMAP, POP3, SMTP}, []string{imapScope, popScope, smtpScope, "offline_access"}},
+		{"send-only", []Protocol{SMTP}, []string{smtpScope, "offline_access"}},
+		{"gmail", []Protocol{POP3, SMTP}, []string{"https://mail.google.com/"}},
+		{"lab", []Protocol{POP3, SMTP}, []string{"imap"}},
 	}
 	for _, tt := range tests {
 		a := cfg.Accounts[tt.login]
@@ -75,12 +81,16 @@ protocols = ["pop3"]
 		if got := a.Scopes(); !slices.Equal(got, tt.scopes) {
 			t.Errorf("%s: Scopes() = %v, want %v", tt.login, got, tt.scopes)
 		}
-		if a.Allows(POP3) != tt.pop3 || a.Allows(IMAP) != tt.imap {
-			t.Errorf("%s: Allows(POP3) = %v, Allows(IMAP) = %v", tt.login, a.Allows(POP3), a.Allows(IMAP))
+		for _, p := range []Protocol{IMAP, POP3, SMTP} {
+			if a.Allows(p) != slices.Contains(tt.protocols, p) {
+				t.Errorf("%s: Allows(%s) = %v", tt.login, p, a.Allows(p))
+			}
 		}
 	}
 }
 
+// TestParseProtocolsInvalid: problems with the protocols of accounts and
+// with the POP3 and SMTP listeners.
 func TestParseProtocolsInvalid(t *testing.T) {
 	tests := []struct {
 		name, data string
@@ -108,10 +118,21 @@ protocols = ["pop3"]
 `, []string{`accounts.a.protocols: pop3 needs providers.lab.pop3_address`}},
 		{"bad pop3 address", labProvider + `pop3_address = "pop.example"
 `, []string{`providers.lab.pop3_address: bad address`}},
-		{"implicit TLS without a certificate", `[server]
+		{"pop3 implicit TLS without a certificate", `[server]
 listen_pop3_tls = "127.0.0.1:1995"
 listen_pop3 = "127.0.0.1:1143"
 `, []string{`server.listen_pop3_tls: needs server.tls_cert`, `server.listen_pop3: same address as server.listen`}},
+		{"smtp without a server", labProvider + `[accounts.a]
+provider = "lab"
+mailbox = "a"
+protocols = ["smtp"]
+`, []string{`accounts.a.protocols: smtp needs providers.lab.smtp_address`}},
+		{"smtp implicit TLS without a certificate", `[server]
+listen_smtps = "127.0.0.1:1465"
+listen_smtp = "127.0.0.1:1143"
+smtp_max_message_bytes = 0
+`, []string{`server.listen_smtps: needs server.tls_cert`, `server.smtp_max_message_bytes:`,
+			`server.listen_smtp: same address as server.listen`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -64,22 +64,7 @@ func cmpOr(a, b string) string {
 func TestMaxSessionsAndSessionTokenMin(t *testing.T) {
 	cfg, err := Parse([]byte(`[server]
 session_token_min = "50m"
-
-[providers.ms]
-type = "microsoft"
-client_id = "id"
-
-[providers.g]
-type = "google"
-client_id = "id"
-
-[providers.lab]
-type = "generic"
-token_url = "https://idp.example/token"
-scopes = ["imap"]
-client_id = "id"
-imap_address = "imap.example:993"
-
+`+oneOfEachType+`
 [providers.ms-capped]
 type = "microsoft"
 client_id = "id"

@@ -23,21 +23,27 @@ const maxBadCommands = 3
 
 // conn is one collector connection.
 type conn struct {
-	srv      *Server
-	proto    *protocol      // what the listener speaks
-	cfg      *runtimeConfig // snapshot taken at accept
-	raw      net.Conn       // the accepted connection; deadlines on it reach TLS too
-	peer     peer           // who connects, for limits and throttling
-	nc       net.Conn       // raw, or the TLS connection over it
-	br       *bufio.Reader
-	bw       *bufio.Writer
-	id       string
-	start    time.Time
-	logger   *slog.Logger
-	implicit bool // accepted on an implicit-TLS listener
-	tlsOn    bool // the connection is protected by TLS
-	// plaintextOK allows LOGIN without TLS: loopback listener or
-	// allow_plaintext.
+	srv   *Server
+	proto *protocol      // what the listener speaks
+	cfg   *runtimeConfig // snapshot taken at accept
+	raw   net.Conn       // the accepted connection, past its PROXY header; deadlines on it reach TLS too
+	peer  peer           // who connects, for limits and throttling
+	// refusing, if not nil, refuses a PROXY header from a source not
+	// allowed to send one; raw reads through it.
+	refusing *headerRefusingConn
+	// balancerOwn marks the load balancer's own connection, such as a
+	// health check (see origin.local).
+	balancerOwn bool
+	nc          net.Conn // raw, or the TLS connection over it
+	br          *bufio.Reader
+	bw          *bufio.Writer
+	id          string
+	start       time.Time
+	logger      *slog.Logger
+	implicit    bool // accepted on an implicit-TLS listener
+	tlsOn       bool // the connection is protected by TLS
+	// plaintextOK allows LOGIN without TLS: a loopback listener (and,
+	// behind a load balancer, a loopback client) or allow_plaintext.
 	plaintextOK bool
 
 	// clientID is the parameter list of the collector's last ID before
@@ -63,18 +69,35 @@ func (c *conn) serve() {
 		}
 	}()
 	c.srv.metrics.session(c.proto.name)
-	c.logger.Info("session start", "local", c.raw.LocalAddr().String(), "tls", c.implicit)
+	c.logSession("session start", "local", c.raw.LocalAddr().String(), "tls", c.implicit)
 	c.nc = c.raw
 	if c.implicit {
 		if err := c.handshake(); err != nil {
-			c.logger.Info("session end", "duration", time.Since(c.start).Round(time.Millisecond), "reason", "TLS handshake failed: "+err.Error())
+			if c.refusing != nil && c.refusing.refused {
+				err = errProxyHeaderNotAllowed
+			}
+			c.logSession("session end", "duration", time.Since(c.start).Round(time.Millisecond), "reason", "TLS handshake failed: "+err.Error())
 			return
 		}
 	}
 	c.br, c.bw = newLineReader(c.nc), newLineWriter(c.nc)
 	reason := c.proto.preauth(c)
 	c.releaseLineBuffers()
-	c.logger.Info("session end", "duration", time.Since(c.start).Round(time.Millisecond), "reason", reason)
+	if c.refusing != nil && c.refusing.refused {
+		reason = errProxyHeaderNotAllowed.Error()
+	}
+	c.logSession("session end", "duration", time.Since(c.start).Round(time.Millisecond), "reason", reason)
+}
+
+// logSession logs a session's start or end: at info level, or at debug
+// level for the load balancer's own connections (health checks), which
+// come every few seconds.
+func (c *conn) logSession(msg string, attrs ...any) {
+	level := slog.LevelInfo
+	if c.balancerOwn {
+		level = slog.LevelDebug
+	}
+	c.logger.Log(context.Background(), level, msg, attrs...)
 }
 
 // releaseLineBuffers returns the pre-auth reader and writer to their

@@ -12,20 +12,25 @@ import (
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
 )
 
-// dialFake runs proxy.DialUpstream against a fake upstream with a trusted
-// certificate, recording the phases it reports.
-func dialFake(t *testing.T, script func(*fakeConn)) (*proxy.UpstreamConn, []string, error) {
+// dialFake runs proxy.DialUpstream against a proxytest upstream with
+// opts, recording the phases it reports.
+func dialFake(t *testing.T, opts proxytest.UpstreamOptions) (*proxy.UpstreamConn, []string, error) {
 	t.Helper()
-	cert, caPEM := trustedCert(t)
-	f := newFakeUpstream(t, cert, 0, script)
+	f, err := proxytest.NewUpstream(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	f.AddUser("m@example.test")
 	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(caPEM)
+	roots.AppendCertsFromPEM(f.CAPEM)
 	var phases []string
 	l := &proxy.UpstreamLogin{
 		Account: &config.Account{Login: "lab-login", Mailbox: "m@example.test",
-			Provider: &config.Provider{Name: "lab", Type: "generic", IMAPAddress: f.addr, IMAPTLS: "implicit", Mechanism: auth.XOAUTH2}},
+			Provider: &config.Provider{Name: "lab", Type: "generic", IMAPAddress: f.Addr, IMAPTLS: "implicit", Mechanism: auth.XOAUTH2}},
 		TLSConfig: &tls.Config{RootCAs: roots, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12},
 		Token:     "phase-token-canary",
 		PhaseDone: func(p proxy.Phase, r proxy.PhaseResult) {
@@ -52,13 +57,14 @@ func dialFake(t *testing.T, script func(*fakeConn)) (*proxy.UpstreamConn, []stri
 }
 
 func TestDialUpstreamPhases(t *testing.T) {
-	up, phases, err := dialFake(t, fakeIMAP(acceptAny, nil))
+	up, phases, err := dialFake(t, proxytest.UpstreamOptions{Personality: proxytest.Gmail,
+		Validate: func(string, string) error { return nil }})
 	if err != nil {
 		t.Fatalf("DialUpstream: %v", err)
 	}
-	want := []string{"connect ok 127.0.0.1:", "tls ok TLS 1.3",
-		"greeting ok * OK [CAPABILITY " + fakeCaps + "] fake upstream ready",
-		"authenticate ok IMAP4rev1 UIDPLUS"}
+	// Gmail's greeting has no capabilities, its OK to AUTHENTICATE has them.
+	want := []string{"connect ok 127.0.0.1:", "tls ok TLS 1.3", "greeting ok * OK Gimap ready",
+		"capability ok IMAP4rev1 ", "authenticate ok IMAP4rev1 UNSELECT IDLE"}
 	if len(phases) != len(want) {
 		t.Fatalf("phases %q, want %d like %q", phases, len(want), want)
 	}
@@ -67,7 +73,7 @@ func TestDialUpstreamPhases(t *testing.T) {
 			t.Errorf("phase %d: %q, want %q...", i, phases[i], want[i])
 		}
 	}
-	if up.Capabilities() != "IMAP4rev1 UIDPLUS" {
+	if !strings.HasSuffix(up.Capabilities(), " APPENDLIMIT=35651584") {
 		t.Errorf("Capabilities() = %q", up.Capabilities())
 	}
 	// Conn goes on where the login stopped.
@@ -83,7 +89,7 @@ func TestDialUpstreamPhases(t *testing.T) {
 }
 
 func TestDialUpstreamPhaseFails(t *testing.T) {
-	_, phases, err := dialFake(t, fakeIMAP(refuseMicrosoft, nil))
+	_, phases, err := dialFake(t, proxytest.UpstreamOptions{Personality: proxytest.Microsoft, Validate: refuseEveryToken})
 	var answer *proxy.UpstreamAnswer
 	if !errors.As(err, &answer) || answer.String() != "NO AUTHENTICATE failed." {
 		t.Fatalf("error %v, want the upstream's answer in its chain", err)

@@ -1,11 +1,9 @@
 package proxy_test
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/rand"
 	"crypto/tls"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -15,7 +13,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -276,275 +273,17 @@ func (l *logSink) waitLine(within time.Duration, parts ...string) string {
 	}
 }
 
-// lineConn speaks IMAP by hand to the proxy; its methods return errors,
-// so it can be used from any goroutine.
-type lineConn struct {
-	nc net.Conn
-	br *bufio.Reader
-}
-
-// dialLine connects to addr from localIP ("" for any) and reads the
-// greeting, which must be "* OK ...".
-func dialLine(addr, localIP string, deadline time.Duration) (*lineConn, error) {
-	d := &net.Dialer{Timeout: deadline}
-	if localIP != "" {
-		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(localIP)}
-	}
-	nc, err := d.Dial("tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	nc.SetDeadline(time.Now().Add(deadline))
-	c := &lineConn{nc: nc, br: bufio.NewReader(nc)}
-	g, err := c.readLine()
-	if err != nil {
-		nc.Close()
-		return nil, fmt.Errorf("reading greeting: %w", err)
-	}
-	if !strings.HasPrefix(g, "* OK ") {
-		nc.Close()
-		return nil, fmt.Errorf("greeting %q", g)
-	}
-	return c, nil
-}
-
-func (c *lineConn) send(s string) error {
-	_, err := io.WriteString(c.nc, s)
-	return err
-}
-
-func (c *lineConn) readLine() (string, error) {
-	l, err := c.br.ReadString('\n')
-	if err != nil {
-		return l, err
-	}
-	return strings.TrimRight(l, "\r\n"), nil
-}
-
-// command sends line (with CRLF) and reads up to its tagged answer, which
-// it returns with the untagged lines before it.
-func (c *lineConn) command(tag, line string) (string, []string, error) {
-	if err := c.send(tag + " " + line + "\r\n"); err != nil {
-		return "", nil, err
-	}
-	var untagged []string
-	for {
-		l, err := c.readLine()
-		if err != nil {
-			return "", untagged, fmt.Errorf("reading the answer to %s: %w", tag, err)
-		}
-		if strings.HasPrefix(l, tag+" ") {
-			return l, untagged, nil
-		}
-		untagged = append(untagged, l)
-	}
-}
-
-// fakeUpstream is a scripted TCP or TLS server standing in for a
-// misbehaving IMAP server. Every connection runs script; the connection
-// is closed when script returns.
-type fakeUpstream struct {
-	addr      string
-	ln        net.Listener
-	tlsConfig *tls.Config // nil: plain TCP
-	script    func(*fakeConn)
-
-	accepted atomic.Int64
-	mu       sync.Mutex
-	conns    map[net.Conn]struct{}
-	notes    []string
-	wg       sync.WaitGroup
-}
-
-// fakeConn is one connection to a fakeUpstream.
-type fakeConn struct {
-	srv *fakeUpstream
-	raw *net.TCPConn
-	c   net.Conn // raw, or TLS over it
-	br  *bufio.Reader
-}
-
-// newFakeUpstream starts a fake upstream on loopback: with TLS when cert
-// is not nil (and TLS versions up to maxVersion, if not zero).
-func newFakeUpstream(t testing.TB, cert *tls.Certificate, maxVersion uint16, script func(*fakeConn)) *fakeUpstream {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &fakeUpstream{addr: ln.Addr().String(), ln: ln, script: script, conns: make(map[net.Conn]struct{})}
-	if cert != nil {
-		f.tlsConfig = &tls.Config{Certificates: []tls.Certificate{*cert}, MaxVersion: maxVersion}
-		if maxVersion != 0 && maxVersion < tls.VersionTLS12 {
-			f.tlsConfig.MinVersion = tls.VersionTLS10
-		}
-	}
-	f.wg.Add(1)
-	go f.serve()
-	t.Cleanup(f.close)
-	return f
-}
-
-func (f *fakeUpstream) serve() {
-	defer f.wg.Done()
-	for {
-		nc, err := f.ln.Accept()
-		if err != nil {
-			return
-		}
-		f.accepted.Add(1)
-		f.mu.Lock()
-		f.conns[nc] = struct{}{}
-		f.mu.Unlock()
-		f.wg.Add(1)
-		go f.handle(nc)
-	}
-}
-
-func (f *fakeUpstream) handle(nc net.Conn) {
-	defer f.wg.Done()
-	defer func() {
-		nc.Close()
-		f.mu.Lock()
-		delete(f.conns, nc)
-		f.mu.Unlock()
-	}()
-	nc.SetDeadline(time.Now().Add(testDeadline))
-	fc := &fakeConn{srv: f, raw: nc.(*net.TCPConn), c: nc}
-	if f.tlsConfig != nil {
-		tc := tls.Server(nc, f.tlsConfig)
-		if err := tc.Handshake(); err != nil {
-			f.note("handshake: " + err.Error())
-			return
-		}
-		fc.c = tc
-	}
-	fc.br = bufio.NewReader(fc.c)
-	f.script(fc)
-}
-
-// close stops the server and ends its connections.
-func (f *fakeUpstream) close() {
-	f.ln.Close()
-	f.mu.Lock()
-	for nc := range f.conns {
-		nc.Close()
-	}
-	f.mu.Unlock()
-	f.wg.Wait()
-}
-
-// note records an event for the test to check.
-func (f *fakeUpstream) note(s string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.notes = append(f.notes, s)
-}
-
-func (f *fakeUpstream) getNotes() []string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]string(nil), f.notes...)
-}
-
-func (fc *fakeConn) write(s string) error {
-	_, err := io.WriteString(fc.c, s)
-	return err
-}
-
-func (fc *fakeConn) readLine() (string, error) {
-	l, err := fc.br.ReadString('\n')
-	return strings.TrimRight(l, "\r\n"), err
-}
-
-// drain reads until the peer closes (or the deadline).
-func (fc *fakeConn) drain() { io.Copy(io.Discard, fc.c) }
-
-// reset closes the TCP connection with a RST instead of a FIN.
-func (fc *fakeConn) reset() {
-	fc.raw.SetLinger(0)
-	fc.raw.Close()
-}
-
-// fakeCaps is what the scripted IMAP servers announce: SASL-IR, as Gmail
-// and Microsoft 365 do.
-const fakeCaps = "IMAP4rev1 SASL-IR AUTH=XOAUTH2 AUTH=OAUTHBEARER"
-
-// fakeIMAP greets and answers CAPABILITY, NOOP and LOGOUT; AUTHENTICATE
-// goes to authenticate, every other command to other (BAD if nil). A
-// handler returning false ends the connection.
-func fakeIMAP(authenticate, other func(fc *fakeConn, tag, line string) bool) func(*fakeConn) {
-	return func(fc *fakeConn) {
-		if fc.write("* OK [CAPABILITY "+fakeCaps+"] fake upstream ready\r\n") != nil {
-			return
-		}
-		for {
-			line, err := fc.readLine()
-			if err != nil {
-				return
-			}
-			tag, rest, _ := strings.Cut(line, " ")
-			name, _, _ := strings.Cut(rest, " ")
-			var ok bool
-			switch strings.ToUpper(name) {
-			case "CAPABILITY":
-				ok = fc.write("* CAPABILITY "+fakeCaps+"\r\n"+tag+" OK CAPABILITY completed\r\n") == nil
-			case "NOOP":
-				ok = fc.write(tag+" OK NOOP completed\r\n") == nil
-			case "LOGOUT":
-				fc.write("* BYE logging out\r\n" + tag + " OK LOGOUT completed\r\n")
-				return
-			case "AUTHENTICATE":
-				fc.srv.note("AUTHENTICATE")
-				ok = authenticate(fc, tag, line)
-			default:
-				if other != nil {
-					ok = other(fc, tag, line)
-				} else {
-					ok = fc.write(tag+" BAD unknown command\r\n") == nil
-				}
-			}
-			if !ok {
-				return
-			}
-		}
-	}
-}
-
-// refuseMicrosoft answers AUTHENTICATE as Microsoft 365 does for a
-// refused token.
-func refuseMicrosoft(fc *fakeConn, tag, _ string) bool {
-	return fc.write(tag+" NO AUTHENTICATE failed.\r\n") == nil
-}
-
-// refuseGmail answers AUTHENTICATE as Gmail does for a refused token: a
-// continuation with a base64 JSON status, then, after the client's empty
-// answer, NO.
-func refuseGmail(fc *fakeConn, tag, _ string) bool {
-	status := base64.StdEncoding.EncodeToString([]byte(`{"status":"400","schemes":"Bearer","scope":"https://mail.google.com/"}`))
-	if fc.write("+ "+status+"\r\n") != nil {
-		return false
-	}
-	answer, err := fc.readLine()
-	if err != nil {
-		return false
-	}
-	fc.srv.note(fmt.Sprintf("answer %q", answer))
-	return fc.write(tag+" NO [AUTHENTICATIONFAILED] Invalid credentials (Failure)\r\n") == nil
-}
-
-// acceptAny accepts every AUTHENTICATE.
-func acceptAny(fc *fakeConn, tag, _ string) bool {
-	return fc.write(tag+" OK [CAPABILITY IMAP4rev1 UIDPLUS] fake upstream authenticated\r\n") == nil
-}
-
 // faultCase is one misbehaving upstream and what the collector and the
 // log must show for it.
 type faultCase struct {
 	name string
-	// upstream starts the fake; it returns its address and the PEM for the
-	// provider's ca_file.
-	upstream func(t testing.TB) (*fakeUpstream, []byte)
+	// upstream are the options of the case's proxytest upstream, which
+	// has the case's mailbox. Personality: Microsoft if not set; Validate:
+	// the token endpoint's if not set.
+	upstream proxytest.UpstreamOptions
+	// otherCA gives the provider a ca_file with a CA other than the
+	// upstream's.
+	otherCA bool
 	// host replaces 127.0.0.1 in the provider's imap_address, if set.
 	host     string
 	wantCode string // response code of the NO the collector gets
@@ -554,53 +293,37 @@ type faultCase struct {
 	wantLog []string
 	// check runs extra checks after the failed login; elapsed is how long
 	// the LOGIN took.
-	check func(t *testing.T, f *fakeUpstream, elapsed time.Duration)
+	check func(t *testing.T, u *proxytest.Upstream, elapsed time.Duration)
 }
 
-// trustedCert returns a certificate for 127.0.0.1 and its PEM as CA.
-func trustedCert(t testing.TB, hosts ...string) (*tls.Certificate, []byte) {
-	t.Helper()
-	if len(hosts) == 0 {
-		hosts = []string{"127.0.0.1"}
-	}
-	cert, caPEM, err := proxytest.NewCertificate(hosts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &cert, caPEM
+// faultAt returns upstream options that run script at phase.
+func faultAt(phase proxytest.Phase, script func(c *proxytest.FaultConn)) proxytest.UpstreamOptions {
+	return proxytest.UpstreamOptions{Fault: &proxytest.Fault{Phase: phase, Run: script}}
 }
 
-// silent keeps the connection open and says nothing until the peer
-// closes it.
-func silent(fc *fakeConn) { fc.drain() }
-
-// tlsIMAP is a fake upstream with a trusted certificate running script.
-func tlsIMAP(script func(*fakeConn)) func(t testing.TB) (*fakeUpstream, []byte) {
-	return func(t testing.TB) (*fakeUpstream, []byte) {
-		cert, ca := trustedCert(t)
-		return newFakeUpstream(t, cert, 0, script), ca
-	}
-}
+// refuseEveryToken is a Validate that refuses every token.
+func refuseEveryToken(string, string) error { return errors.New("token refused") }
 
 // wantTimeout checks that a LOGIN was given up at the login timeout.
-func wantTimeout(t *testing.T, _ *fakeUpstream, elapsed time.Duration) {
+func wantTimeout(t *testing.T, _ *proxytest.Upstream, elapsed time.Duration) {
 	if elapsed < faultLoginTimeout-200*time.Millisecond || elapsed > faultLoginTimeout+5*time.Second {
 		t.Errorf("LOGIN answered after %v, want about the login timeout %v", elapsed, faultLoginTimeout)
 	}
 }
 
-// wantAttempts checks how many AUTHENTICATE commands the fake got.
-func wantAttempts(n int) func(t *testing.T, f *fakeUpstream, _ time.Duration) {
-	return func(t *testing.T, f *fakeUpstream, _ time.Duration) {
-		got := 0
-		for _, note := range f.getNotes() {
-			if note == "AUTHENTICATE" {
-				got++
-			}
+// wantRefusals checks how many tokens the upstream refused.
+func wantRefusals(n int64) func(t *testing.T, u *proxytest.Upstream, _ time.Duration) {
+	return func(t *testing.T, u *proxytest.Upstream, _ time.Duration) {
+		if got := u.Refusals(); got != n {
+			t.Errorf("upstream refused %d tokens, want %d (one refresh, one retry)", got, n)
 		}
-		if got != n {
-			t.Errorf("upstream got %d AUTHENTICATE commands, want %d (one refresh, one retry)", got, n)
-		}
+	}
+}
+
+// wantNoToken checks that the upstream was never shown a token.
+func wantNoToken(t *testing.T, u *proxytest.Upstream, _ time.Duration) {
+	if n := u.Logins() + u.Refusals(); n != 0 {
+		t.Errorf("the token was sent %d times to a server the proxy must not trust", n)
 	}
 }
 
@@ -608,113 +331,78 @@ var faultCases = []faultCase{
 	{
 		name: "plaintext-server",
 		// An IMAP server without TLS on the port configured for implicit TLS.
-		upstream: func(t testing.TB) (*fakeUpstream, []byte) {
-			_, ca := trustedCert(t)
-			return newFakeUpstream(t, nil, 0, func(fc *fakeConn) {
-				fc.write("* OK [CAPABILITY IMAP4rev1 STARTTLS] plain IMAP here\r\n")
-				fc.drain()
-			}), ca
-		},
+		upstream: faultAt(proxytest.BeforeTLS, func(c *proxytest.FaultConn) {
+			c.WriteString("* OK [CAPABILITY IMAP4rev1 STARTTLS] plain IMAP here\r\n")
+			c.Drain()
+		}),
 		wantCode: "UNAVAILABLE",
 		wantLog:  []string{"TLS with upstream", "tls: "},
 	},
 	{
 		name: "close-during-handshake",
-		upstream: func(t testing.TB) (*fakeUpstream, []byte) {
-			_, ca := trustedCert(t)
-			return newFakeUpstream(t, nil, 0, func(fc *fakeConn) {
-				fc.br.ReadByte() // the ClientHello has started
-			}), ca
-		},
+		upstream: faultAt(proxytest.BeforeTLS, func(c *proxytest.FaultConn) {
+			c.Read(make([]byte, 1)) // the ClientHello has started
+		}),
 		wantCode: "UNAVAILABLE",
 		wantLog:  []string{"TLS with upstream", "EOF|reset by peer"},
 	},
 	{
 		name: "silent-tcp",
 		// Accepts TCP, never answers the ClientHello.
-		upstream: func(t testing.TB) (*fakeUpstream, []byte) {
-			_, ca := trustedCert(t)
-			return newFakeUpstream(t, nil, 0, silent), ca
-		},
+		upstream: faultAt(proxytest.BeforeTLS, (*proxytest.FaultConn).Drain),
 		wantCode: "UNAVAILABLE",
 		wantLog:  []string{"TLS with upstream"},
-		check: func(t *testing.T, f *fakeUpstream, elapsed time.Duration) {
-			wantTimeout(t, f, elapsed)
-		},
+		check:    wantTimeout,
 	},
 	{
-		name: "old-tls-only",
-		upstream: func(t testing.TB) (*fakeUpstream, []byte) {
-			cert, ca := trustedCert(t)
-			return newFakeUpstream(t, cert, tls.VersionTLS11, fakeIMAP(acceptAny, nil)), ca
-		},
+		name:     "old-tls-only",
+		upstream: proxytest.UpstreamOptions{MaxTLSVersion: tls.VersionTLS11},
 		wantCode: "UNAVAILABLE",
 		wantLog:  []string{"TLS with upstream", "version"},
 	},
 	{
 		name: "wrong-certificate-name",
 		// Signed by a CA in ca_file, but for another host name.
-		host: "localhost",
-		upstream: func(t testing.TB) (*fakeUpstream, []byte) {
-			cert, ca := trustedCert(t, "other.example")
-			return newFakeUpstream(t, cert, 0, fakeIMAP(acceptAny, nil)), ca
-		},
+		host:     "localhost",
+		upstream: proxytest.UpstreamOptions{Hosts: []string{"other.example"}},
 		wantCode: "UNAVAILABLE",
 		wantLog:  []string{"x509", "certificate", "other.example"},
-		check: func(t *testing.T, f *fakeUpstream, _ time.Duration) {
-			for _, n := range f.getNotes() {
-				if n == "AUTHENTICATE" {
-					t.Error("the token was sent to a server with a certificate for another name")
-				}
-			}
-		},
+		check:    wantNoToken,
 	},
 	{
 		name: "untrusted-certificate",
 		// A valid name, but a CA that is not in ca_file.
-		upstream: func(t testing.TB) (*fakeUpstream, []byte) {
-			cert, _ := trustedCert(t)
-			_, otherCA := trustedCert(t)
-			return newFakeUpstream(t, cert, 0, fakeIMAP(acceptAny, nil)), otherCA
-		},
+		otherCA:  true,
 		wantCode: "UNAVAILABLE",
 		wantLog:  []string{"x509", "certificate", "unknown authority"},
-		check: func(t *testing.T, f *fakeUpstream, _ time.Duration) {
-			for _, n := range f.getNotes() {
-				if n == "AUTHENTICATE" {
-					t.Error("the token was sent to an untrusted server")
-				}
-			}
-		},
+		check:    wantNoToken,
 	},
 	{
 		name: "greeting-bye",
-		upstream: tlsIMAP(func(fc *fakeConn) {
-			fc.write("* BYE [UNAVAILABLE] Server too busy, try later\r\n")
+		upstream: faultAt(proxytest.BeforeGreeting, func(c *proxytest.FaultConn) {
+			c.WriteString("* BYE [UNAVAILABLE] Server too busy, try later\r\n")
 		}),
 		wantCode: "UNAVAILABLE",
 		wantLog:  []string{"BYE", "Server too busy"},
 	},
 	{
 		name:     "no-greeting",
-		upstream: tlsIMAP(silent),
+		upstream: faultAt(proxytest.BeforeGreeting, (*proxytest.FaultConn).Drain),
 		wantCode: "UNAVAILABLE",
 		wantLog:  []string{"no greeting", "timeout"},
-		check: func(t *testing.T, f *fakeUpstream, elapsed time.Duration) {
-			wantTimeout(t, f, elapsed)
-		},
+		check:    wantTimeout,
 	},
 	{
 		name:     "close-before-greeting",
-		upstream: tlsIMAP(func(*fakeConn) {}),
+		upstream: faultAt(proxytest.BeforeGreeting, func(*proxytest.FaultConn) {}),
 		wantCode: "UNAVAILABLE",
 		wantLog:  []string{"no greeting", "EOF|reset by peer"},
 	},
 	{
 		name: "garbage-greeting",
-		upstream: tlsIMAP(func(fc *fakeConn) {
-			fc.write("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
-			fc.drain()
+		upstream: faultAt(proxytest.BeforeGreeting, func(c *proxytest.FaultConn) {
+			c.WriteString("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+			c.Drain()
 		}),
 		wantCode: "UNAVAILABLE",
 		wantLog:  []string{"bad greeting", "HTTP/1.1 400"},
@@ -722,70 +410,58 @@ var faultCases = []faultCase{
 	{
 		name: "endless-greeting",
 		// Binary noise without a line end, beyond any sane line length.
-		upstream: tlsIMAP(func(fc *fakeConn) {
+		upstream: faultAt(proxytest.BeforeGreeting, func(c *proxytest.FaultConn) {
 			noise := make([]byte, 1<<20)
 			rand.Read(noise)
-			fc.write(strings.Map(func(r rune) rune {
+			c.WriteString(strings.Map(func(r rune) rune {
 				if r == '\n' {
 					return 'x'
 				}
 				return r
 			}, string(noise)))
-			fc.drain()
+			c.Drain()
 		}),
 		wantCode: "UNAVAILABLE",
 		wantLog:  []string{"greeting"},
 	},
 	{
 		name: "greeting-preauth",
-		upstream: tlsIMAP(func(fc *fakeConn) {
-			fc.write("* PREAUTH [CAPABILITY IMAP4rev1] already logged in\r\n")
-			fc.drain()
+		upstream: faultAt(proxytest.BeforeGreeting, func(c *proxytest.FaultConn) {
+			c.WriteString("* PREAUTH [CAPABILITY IMAP4rev1] already logged in\r\n")
+			c.Drain()
 		}),
 		wantCode: "UNAVAILABLE",
 		wantLog:  []string{"PREAUTH"},
 	},
 	{
-		name: "close-during-authenticate",
-		upstream: tlsIMAP(fakeIMAP(func(*fakeConn, string, string) bool {
-			return false
-		}, nil)),
+		name:     "close-during-authenticate",
+		upstream: faultAt(proxytest.AtAuthenticate, func(*proxytest.FaultConn) {}),
 		wantCode: "UNAVAILABLE",
 		wantLog:  []string{"AUTHENTICATE", "EOF|reset by peer"},
 	},
 	{
-		name: "silent-after-authenticate",
-		upstream: tlsIMAP(fakeIMAP(func(fc *fakeConn, _, _ string) bool {
-			fc.drain()
-			return false
-		}, nil)),
+		name:     "silent-after-authenticate",
+		upstream: faultAt(proxytest.AtAuthenticate, (*proxytest.FaultConn).Drain),
 		wantCode: "UNAVAILABLE",
 		wantLog:  []string{"AUTHENTICATE", "timeout"},
-		check: func(t *testing.T, f *fakeUpstream, elapsed time.Duration) {
-			wantTimeout(t, f, elapsed)
-		},
+		check:    wantTimeout,
 	},
 	{
 		name:     "refused-microsoft",
-		upstream: tlsIMAP(fakeIMAP(refuseMicrosoft, nil)),
+		upstream: proxytest.UpstreamOptions{Validate: refuseEveryToken},
 		wantCode: "AUTHORIZATIONFAILED",
 		wantLog:  []string{"upstream refused the token", "AUTHENTICATE failed.", "likely causes: check accounts.fault-refused-microsoft.mailbox"},
 		wantText: "for the likely causes run: imap-oauth-proxy check fault-refused-microsoft",
-		check:    wantAttempts(2),
+		check:    wantRefusals(2),
 	},
 	{
+		// How the error challenge is answered is checked with the upstream
+		// login (upstream_test.go).
 		name:     "refused-gmail",
-		upstream: tlsIMAP(fakeIMAP(refuseGmail, nil)),
+		upstream: proxytest.UpstreamOptions{Personality: proxytest.Gmail, Validate: refuseEveryToken},
 		wantCode: "AUTHORIZATIONFAILED",
 		wantLog:  []string{"upstream refused the token", "Invalid credentials"},
-		check: func(t *testing.T, f *fakeUpstream, elapsed time.Duration) {
-			wantAttempts(2)(t, f, elapsed)
-			for _, n := range f.getNotes() {
-				if strings.HasPrefix(n, "answer ") && n != `answer ""` {
-					t.Errorf("the error challenge was answered with %s, want an empty line", strings.TrimPrefix(n, "answer "))
-				}
-			}
-		},
+		check:    wantRefusals(2),
 	},
 }
 
@@ -803,10 +479,10 @@ func containsAny(s, alternatives string) bool {
 // faultName turns a case name into a login and provider name.
 func faultName(c string) string { return "fault-" + c }
 
-// newFaultRig starts a good upstream, a token endpoint, the fake upstream
-// of each case and a proxy with one provider and account for each, plus
-// the good one. The fakes are returned by case name.
-func newFaultRig(t *testing.T, cases []faultCase) (*rig, map[string]*fakeUpstream) {
+// newFaultRig starts a good upstream, a token endpoint, the upstream of
+// each case and a proxy with one provider and account for each, plus the
+// good one. The cases' upstreams are returned by case name.
+func newFaultRig(t *testing.T, cases []faultCase) (*rig, map[string]*proxytest.Upstream) {
 	t.Helper()
 	tokens := authtest.NewServer(authtest.Options{ClientID: testClientID, ClientSecret: testSecret})
 	t.Cleanup(tokens.Close)
@@ -823,13 +499,31 @@ func newFaultRig(t *testing.T, cases []faultCase) (*rig, map[string]*fakeUpstrea
 		accounts: []rigAccount{{login: goodLogin, provider: "good", mailbox: goodMailbox, password: goodPassword,
 			refreshToken: tokens.Grant(goodMailbox)}},
 	}
-	fakes := make(map[string]*fakeUpstream)
+	upstreams := make(map[string]*proxytest.Upstream)
 	for _, tc := range cases {
-		f, ca := tc.upstream(t)
-		fakes[tc.name] = f
+		uopts := tc.upstream
+		if uopts.Personality == proxytest.Plain {
+			uopts.Personality = proxytest.Microsoft
+		}
+		if uopts.Validate == nil {
+			uopts.Validate = tokens.Validate
+		}
+		u, err := proxytest.NewUpstream(uopts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { u.Close() })
+		upstreams[tc.name] = u
 		name := faultName(tc.name)
 		mailbox := tc.name + "@contoso.test"
-		addr := f.addr
+		u.AddUser(mailbox)
+		ca := u.CAPEM
+		if tc.otherCA {
+			if _, ca, err = proxytest.NewCertificate("127.0.0.1"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		addr := u.Addr
 		if tc.host != "" {
 			_, port, _ := net.SplitHostPort(addr)
 			addr = net.JoinHostPort(tc.host, port)
@@ -838,7 +532,7 @@ func newFaultRig(t *testing.T, cases []faultCase) (*rig, map[string]*fakeUpstrea
 		opts.accounts = append(opts.accounts, rigAccount{login: name, provider: name, mailbox: mailbox,
 			password: goodPassword + " " + tc.name, refreshToken: tokens.Grant(mailbox)})
 	}
-	return newRig(t, opts), fakes
+	return newRig(t, opts), upstreams
 }
 
 // TestFaultUpstreamLogin: for each way an upstream can fail a login, the
@@ -846,7 +540,7 @@ func newFaultRig(t *testing.T, cases []faultCase) (*rig, map[string]*fakeUpstrea
 // the session stays usable for a good login, and the proxy goes on serving
 // good sessions.
 func TestFaultUpstreamLogin(t *testing.T) {
-	rg, fakes := newFaultRig(t, faultCases)
+	rg, upstreams := newFaultRig(t, faultCases)
 	t.Run("cases", func(t *testing.T) {
 		for _, tc := range faultCases {
 			t.Run(tc.name, func(t *testing.T) {
@@ -886,7 +580,7 @@ func TestFaultUpstreamLogin(t *testing.T) {
 					t.Errorf("log line without outcome=%s: %s", tc.wantCode, lines[0])
 				}
 				if tc.check != nil {
-					tc.check(t, fakes[tc.name], elapsed)
+					tc.check(t, upstreams[tc.name], elapsed)
 				}
 				// The same session goes on: a good login is relayed.
 				if got, _, err := c.command("a2", "NOOP"); err != nil || !strings.HasPrefix(got, "a2 OK") {
@@ -918,20 +612,35 @@ func TestFaultUpstreamLogin(t *testing.T) {
 // reason, and serves the next login.
 func TestFaultRelayUpstreamGone(t *testing.T) {
 	const literal = 100000
-	fetchThenDrop := func(rst bool) func(t testing.TB) (*fakeUpstream, []byte) {
-		return tlsIMAP(fakeIMAP(acceptAny, func(fc *fakeConn, tag, line string) bool {
-			if !strings.Contains(strings.ToUpper(line), "FETCH") {
-				return fc.write(tag+" OK done\r\n") == nil
+	fetchThenDrop := func(rst bool) proxytest.UpstreamOptions {
+		return faultAt(proxytest.AfterLogin, func(c *proxytest.FaultConn) {
+			for {
+				line, err := c.ReadLine()
+				if err != nil {
+					return
+				}
+				tag, command, _ := strings.Cut(line, " ")
+				command = strings.ToUpper(command)
+				switch {
+				case strings.HasPrefix(command, "CAPABILITY"):
+					err = c.WriteString("* CAPABILITY IMAP4rev1\r\n" + tag + " OK done\r\n")
+				case !strings.Contains(command, "FETCH"):
+					err = c.WriteString(tag + " OK done\r\n")
+				default:
+					partial := bytes.Repeat([]byte("x"), 4096)
+					c.WriteString(fmt.Sprintf("* 1 FETCH (UID 1 BODY[] {%d}\r\n%s", literal, partial))
+					if rst {
+						c.Reset()
+					} else {
+						c.Close() // TLS close_notify, then FIN
+					}
+					return
+				}
+				if err != nil {
+					return
+				}
 			}
-			partial := bytes.Repeat([]byte("x"), 4096)
-			fc.write(fmt.Sprintf("* 1 FETCH (UID 1 BODY[] {%d}\r\n%s", literal, partial))
-			if rst {
-				fc.reset()
-			} else {
-				fc.c.Close() // TLS close_notify, then FIN
-			}
-			return false
-		}))
+		})
 	}
 	cases := []faultCase{
 		{name: "reset", upstream: fetchThenDrop(true), wantLog: []string{`reason="relay error: `, "reset by peer"}},

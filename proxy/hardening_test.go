@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
 )
 
 // TestTraceRedactsLoginishCommands: the debug trace shows no argument of
@@ -66,15 +67,15 @@ func TestAuthenticatePlainEmpty(t *testing.T) {
 // per login.
 func TestTracedUpstreamLinesCapped(t *testing.T) {
 	const streamed = 5000
-	flood := func(fc *fakeConn, tag, _ string) bool {
+	flood := func(c *proxytest.FaultConn) {
 		var sb strings.Builder
 		for i := range streamed {
 			fmt.Fprintf(&sb, "* OK untagged line %d\r\n", i)
 		}
-		sb.WriteString(tag + " NO AUTHENTICATE failed.\r\n")
-		return fc.write(sb.String()) == nil
+		sb.WriteString(c.Tag + " NO AUTHENTICATE failed.\r\n")
+		c.WriteString(sb.String())
 	}
-	cases := []faultCase{{name: "flood", upstream: tlsIMAP(fakeIMAP(flood, nil))}}
+	cases := []faultCase{{name: "flood", upstream: faultAt(proxytest.AtAuthenticate, flood)}}
 	rg, _ := newFaultRig(t, cases)
 	c, err := dialLine(rg.addr, "", testDeadline)
 	if err != nil {

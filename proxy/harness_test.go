@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -66,6 +67,8 @@ type harnessOptions struct {
 	providerType string
 	// accountTOML adds lines to the test account's table.
 	accountTOML string
+	// tablesTOML adds tables after the accounts, such as [proxy_protocol].
+	tablesTOML string
 	// localTLS gives the proxy a certificate for localhost and 127.0.0.1
 	// (STARTTLS, implicit TLS); its CA is in harness.localCA.
 	localTLS bool
@@ -192,6 +195,7 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 		SMTPAddress:         smtpAddress,
 	})
 	text += opts.accountTOML // the test account's table is the last one
+	text += "\n" + opts.tablesTOML
 	rt := h.tokens.Grant(testMailbox)
 	h.grants = append(h.grants, rt)
 	failureDelay := opts.failureDelay
@@ -210,31 +214,9 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 func (h *harness) serveOn(listenAddr string, implicitTLS bool) string {
 	h.t.Helper()
 	if implicitTLS {
-		return h.serveWith(listenAddr, h.srv.ServeTLS)
+		return h.serveWith(h.t, listenAddr, h.srv.ServeTLS)
 	}
-	return h.serveWith(listenAddr, h.srv.Serve)
-}
-
-// serveWith listens on listenAddr, runs serve (a Serve method of the
-// running proxy) on it until the test ends, and returns the loopback
-// address to dial.
-func (h *harness) serveWith(listenAddr string, serve func(net.Listener) error) string {
-	h.t.Helper()
-	ln, err := net.Listen("tcp", listenAddr)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	srv := h.srv
-	done := make(chan error, 1)
-	go func() { done <- serve(ln) }()
-	h.t.Cleanup(func() {
-		srv.Close()
-		if err := <-done; err != nil {
-			h.t.Errorf("serving %s: %v", listenAddr, err)
-		}
-	})
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	return net.JoinHostPort("127.0.0.1", port)
+	return h.serveWith(h.t, listenAddr, h.srv.Serve)
 }
 
 // restart stops the proxy and starts a new one on the same state.
@@ -325,7 +307,7 @@ func (h *harness) raw() *rawConn {
 func (h *harness) rawFrom(localIP string) *rawConn {
 	h.t.Helper()
 	conn := h.connFrom(localIP)
-	r := &rawConn{t: h.t, conn: conn, br: bufio.NewReader(conn)}
+	r := newRawConn(h.t, conn)
 	if g := r.line(); !strings.HasPrefix(g, "* OK ") {
 		h.t.Fatalf("greeting = %q", g)
 	}
@@ -348,27 +330,96 @@ func (h *harness) connFrom(localIP string) net.Conn {
 	return conn
 }
 
-// rawConn speaks IMAP by hand, for the forms imapclient never sends.
+// lineConn speaks a line protocol (IMAP, POP3, SMTP) by hand to the
+// proxy; its methods return errors, so it can be used from any goroutine.
+type lineConn struct {
+	nc net.Conn
+	br *bufio.Reader
+}
+
+// dialLine connects to addr from localIP ("" for any) and reads the
+// greeting, which must be "* OK ...".
+func dialLine(addr, localIP string, deadline time.Duration) (*lineConn, error) {
+	d := &net.Dialer{Timeout: deadline}
+	if localIP != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(localIP)}
+	}
+	nc, err := d.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	nc.SetDeadline(time.Now().Add(deadline))
+	c := &lineConn{nc: nc, br: bufio.NewReader(nc)}
+	g, err := c.readLine()
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("reading greeting: %w", err)
+	}
+	if !strings.HasPrefix(g, "* OK ") {
+		nc.Close()
+		return nil, fmt.Errorf("greeting %q", g)
+	}
+	return c, nil
+}
+
+func (c *lineConn) send(s string) error {
+	_, err := io.WriteString(c.nc, s)
+	return err
+}
+
+func (c *lineConn) readLine() (string, error) {
+	l, err := c.br.ReadString('\n')
+	if err != nil {
+		return l, err
+	}
+	return strings.TrimRight(l, "\r\n"), nil
+}
+
+// command sends line (with CRLF) and reads up to its tagged answer, which
+// it returns with the untagged lines before it.
+func (c *lineConn) command(tag, line string) (string, []string, error) {
+	if err := c.send(tag + " " + line + "\r\n"); err != nil {
+		return "", nil, err
+	}
+	var untagged []string
+	for {
+		l, err := c.readLine()
+		if err != nil {
+			return "", untagged, fmt.Errorf("reading the answer to %s: %w", tag, err)
+		}
+		if strings.HasPrefix(l, tag+" ") {
+			return l, untagged, nil
+		}
+		untagged = append(untagged, l)
+	}
+}
+
+// rawConn is a lineConn for a test's own goroutine, whose methods fail the
+// test instead of returning errors: for the forms clients never send.
 type rawConn struct {
-	t    testing.TB
-	conn net.Conn
-	br   *bufio.Reader
+	t testing.TB
+	*lineConn
+}
+
+// newRawConn speaks over conn.
+func newRawConn(t testing.TB, conn net.Conn) *rawConn {
+	return &rawConn{t: t, lineConn: &lineConn{nc: conn, br: bufio.NewReader(conn)}}
 }
 
 func (r *rawConn) send(s string) {
 	r.t.Helper()
-	if _, err := io.WriteString(r.conn, s); err != nil {
+	if err := r.lineConn.send(s); err != nil {
 		r.t.Fatalf("write: %v", err)
 	}
 }
 
 func (r *rawConn) line() string {
 	r.t.Helper()
-	l, err := r.br.ReadString('\n')
+	l, err := r.readLine()
 	if err != nil {
 		r.t.Fatalf("read after %q: %v", l, err)
 	}
-	return strings.TrimRight(l, "\r\n")
+	return l
 }
 
 // until reads lines up to and including the one starting with prefix and

@@ -9,7 +9,6 @@ package proxy_test
 // them); see requireProgram for what happens when one is missing.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -179,50 +178,12 @@ mechanism = %q
 	p := newTestProxy(t, testProxyOptions{dir: dir, config: text.String(), records: records, logger: logger})
 	e.addr, e.port, e.srv = p.addr, p.port, p.srv
 	if opts.pop3 {
-		e.pop3Addr = e.servePOP3(t)
+		e.pop3Addr = p.serveWith(t, "127.0.0.1:0", p.srv.ServePOP3)
 	}
 	if opts.smtp {
-		e.smtpAddr = e.serveSMTP(t)
+		e.smtpAddr = p.serveWith(t, "127.0.0.1:0", p.srv.ServeSMTP)
 	}
 	return e
-}
-
-// servePOP3 serves the proxy's POP3 listener on a loopback port, until
-// the test ends, and returns its address.
-func (e *interopEnv) servePOP3(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- e.srv.ServePOP3(ln) }()
-	t.Cleanup(func() {
-		e.srv.Close()
-		if err := <-done; err != nil {
-			t.Errorf("serving POP3: %v", err)
-		}
-	})
-	return ln.Addr().String()
-}
-
-// serveSMTP serves the proxy's SMTP listener on a loopback port (AUTH
-// without STARTTLS), until the test ends, and returns its address.
-func (e *interopEnv) serveSMTP(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- e.srv.ServeSMTP(ln) }()
-	t.Cleanup(func() {
-		e.srv.Close()
-		if err := <-done; err != nil {
-			t.Errorf("serving SMTP: %v", err)
-		}
-	})
-	return ln.Addr().String()
 }
 
 func randomHex(n int) string {
@@ -583,7 +544,7 @@ func TestDovecotUpstream(t *testing.T) {
 		}
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(testDeadline))
-		r := &rawConn{t: t, conn: c, br: bufio.NewReader(c)}
+		r := newRawConn(t, c)
 		r.line() // greeting
 		r.send(fmt.Sprintf("a1 LOGIN %s %s\r\n", a.Login, a.Password))
 		got := r.line()

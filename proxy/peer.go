@@ -43,3 +43,13 @@ func identifyPeer(nc net.Conn, lookup PeerUIDFunc) (peer, error) {
 	}
 	return peer{key: "uid " + strconv.FormatUint(uint64(uid), 10), uid: int(uid)}, nil
 }
+
+// addressPeer is the peer of a client whose address a PROXY header gave:
+// its IP address, loopback ones included, since the uid of a socket on the
+// load balancer's host cannot be known here.
+func addressPeer(remote net.Addr) peer {
+	if tcp, ok := remote.(*net.TCPAddr); ok {
+		return peer{key: tcp.IP.String(), uid: -1}
+	}
+	return peer{key: remote.String(), uid: -1}
+}

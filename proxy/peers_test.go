@@ -87,7 +87,7 @@ func TestLockoutWithoutUIDs(t *testing.T) {
 		if got := r.line(); !strings.HasPrefix(got, fmt.Sprintf("g%d NO ", i)) {
 			t.Fatalf("guess %d got %q", i, got)
 		}
-		r.conn.Close()
+		r.nc.Close()
 	}
 	wantLoginUnthrottled(t, h, h.raw(), "c1")
 	wantLoginUnthrottled(t, h, h.rawFrom("127.0.0.2"), "c2")
@@ -117,7 +117,7 @@ func TestGuessBudget(t *testing.T) {
 			r := h.rawFrom(from[i%len(from)])
 			r.send(fmt.Sprintf("g1 LOGIN %s wrong-%d\r\n", testLogin, i))
 			answers = append(answers, r.line())
-			r.conn.Close()
+			r.nc.Close()
 		}
 		return answers
 	}

@@ -1,20 +1,19 @@
-package proxy
+package proxy_test
 
 import (
 	"bytes"
-	"context"
 	"io"
 	"log/slog"
 	"net"
 	"strings"
 	"testing"
+	"time"
 
-	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
-	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
-	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
 )
 
-// fuzzPOP3Secret is the password in the seeds: no answer may echo it.
+// fuzzPOP3Secret is the password in the seeds (testdata/fuzz/FuzzPOP3Preauth):
+// no answer may echo it.
 const fuzzPOP3Secret = "s3cret-fuzz"
 
 // FuzzPOP3Preauth feeds arbitrary bytes to a POP3 session before login,
@@ -23,27 +22,10 @@ const fuzzPOP3Secret = "s3cret-fuzz"
 // only with POP3 status lines, continuations or list lines, and never
 // repeat the password.
 func FuzzPOP3Preauth(f *testing.F) {
-	for _, s := range []string{
-		"CAPA\r\nQUIT\r\n",
-		"USER collector\r\nPASS " + fuzzPOP3Secret + " with spaces\r\n",
-		"AUTH PLAIN AGNvbGxlY3RvcgBzM2NyZXQtZnV6eg==\r\n",
-		"AUTH PLAIN\r\nAGNvbGxlY3RvcgBzM2NyZXQtZnV6eg==\r\n",
-		"AUTH PLAIN\r\n*\r\nAUTH PLAIN =\r\nAUTH\r\n",
-		"auth plain !!!\nuser x\npass y\n",
-		"STLS\r\nUSER a\r\n",
-		"CAPA\r\nSTAT\r\nLIST\r\nRETR 1\r\n",
-		"a1 LOGIN collector " + fuzzPOP3Secret + "\r\n",
-		"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-		"\x16\x03\x01\x00\xa5\x01\x00",
-		"USER " + strings.Repeat("x", 600) + "\r\n",
-		"\r\n\r\n\r\n",
-	} {
-		f.Add([]byte(s))
-	}
-	srv, ln := newFuzzServer(f, "pop3_address = \"pop.example:995\"\n", "pop3")
-
+	p := newFuzzProxy(f, proxytest.LabConfigOptions{POP3Address: "pop.example:995", Protocols: []string{"pop3"}})
+	addr := p.serveWith(f, "127.0.0.1:0", p.srv.ServePOP3)
 	f.Fuzz(func(t *testing.T, data []byte) {
-		out := fuzzSession(t, srv, ln, pop3Protocol, data)
+		out := fuzzSession(t, addr, data)
 		lines := strings.Split(strings.TrimSuffix(out, "\r\n"), "\r\n")
 		if lines[0] != "+OK imap-oauth-proxy POP3 ready" {
 			t.Fatalf("greeting %q", lines[0])
@@ -67,82 +49,34 @@ func FuzzPOP3Preauth(f *testing.F) {
 	})
 }
 
-// newFuzzServer returns a proxy for a pre-auth fuzz target, whose account
-// "collector" has no token record (every login fails) and lists protocol,
-// with providerTOML in its provider's table; and a loopback listener for
-// fuzzSession.
-func newFuzzServer(f *testing.F, providerTOML, protocol string) (*Server, net.Listener) {
-	cfg, err := config.Parse([]byte(`[server]
-state_dir = "state"
-max_line_bytes = 512
-[providers.lab]
-type = "generic"
-token_url = "https://idp.example/token"
-scopes = ["mail"]
-client_id = "c"
-imap_address = "imap.example:993"
-`+providerTOML+`[accounts.collector]
-provider = "lab"
-mailbox = "a"
-protocols = ["`+protocol+`"]
-`), f.TempDir())
-	if err != nil {
-		f.Fatal(err)
-	}
-	store, err := tokenstore.New(cfg.Server.StateDir, &tokenstore.Options{KDF: tokenstore.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}})
-	if err != nil {
-		f.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	f.Cleanup(cancel)
-	discard := slog.New(slog.NewTextHandler(io.Discard, nil))
-	mgr, err := auth.NewManager(ctx, &auth.ManagerOptions{Store: store, Logger: discard})
-	if err != nil {
-		f.Fatal(err)
-	}
-	srv, err := New(&Options{Config: cfg, Auth: mgr, Logger: discard, FailureDelay: -1,
-		PeerUID: func(net.Addr, net.Addr) (uint32, error) { return 0, nil }})
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { srv.Close() })
-	// A TCP pair rather than net.Pipe: the client half-closes after its
-	// input and still reads every answer.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { ln.Close() })
-	return srv, ln
+// newFuzzProxy starts a proxy for a pre-auth fuzz target from lab, which
+// gives the account's protocols and the provider's servers: its account
+// "collector" has no token record, so every login fails.
+func newFuzzProxy(f *testing.F, lab proxytest.LabConfigOptions) *testProxy {
+	lab.Server = "max_line_bytes = 512\n"
+	lab.TokenURL, lab.ClientID, lab.IMAPAddress = "https://idp.example/token", "c", "imap.example:993"
+	lab.Accounts = map[string]string{"collector": "a"}
+	return newTestProxy(f, testProxyOptions{dir: f.TempDir(), config: proxytest.LabConfig(lab),
+		logger: slog.New(slog.DiscardHandler), failureDelay: -1,
+		peerUID: func(net.Addr, net.Addr) (uint32, error) { return 0, nil }})
 }
 
-// fuzzSession runs one loopback session of proto on srv with data as the
-// client's input, and returns every byte the proxy answered.
-func fuzzSession(t *testing.T, srv *Server, ln net.Listener, proto *protocol, data []byte) string {
-	client, err := net.Dial("tcp", ln.Addr().String())
+// fuzzSession connects to addr, sends data, half-closes, and returns
+// every byte the proxy answered until it closed the session. TCP rather
+// than net.Pipe: the client half-closes after its input and still reads
+// every answer.
+func fuzzSession(t *testing.T, addr string, data []byte) string {
+	client, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer client.Close()
-	server, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := srv.newConn(server, false, true, proto)
-	if c == nil {
-		t.Fatal("connection refused")
-	}
-	ended := make(chan struct{})
-	go func() {
-		defer close(ended)
-		c.serve()
-	}()
+	client.SetDeadline(time.Now().Add(testDeadline))
 	go func() {
 		client.Write(data) // fails once the session has ended: fine
 		client.(*net.TCPConn).CloseWrite()
 	}()
 	var out bytes.Buffer
 	io.Copy(&out, client)
-	<-ended
 	return out.String()
 }

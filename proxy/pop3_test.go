@@ -59,9 +59,9 @@ func (h *harness) appendCA(caPEM []byte) {
 func (h *harness) servePOP3(listenAddr string, implicitTLS bool) string {
 	h.t.Helper()
 	if implicitTLS {
-		return h.serveWith(listenAddr, h.srv.ServePOP3TLS)
+		return h.serveWith(h.t, listenAddr, h.srv.ServePOP3TLS)
 	}
-	return h.serveWith(listenAddr, h.srv.ServePOP3)
+	return h.serveWith(h.t, listenAddr, h.srv.ServePOP3)
 }
 
 // pop3Client speaks POP3 by hand.
@@ -83,7 +83,7 @@ func dialPOP3(t testing.TB, addr string) *pop3Client {
 func newPOP3Client(t testing.TB, conn net.Conn) *pop3Client {
 	t.Helper()
 	conn.SetDeadline(time.Now().Add(testDeadline))
-	c := &pop3Client{&rawConn{t: t, conn: conn, br: bufio.NewReader(conn)}}
+	c := &pop3Client{newRawConn(t, conn)}
 	if g := c.line(); !strings.HasPrefix(g, "+OK ") {
 		t.Fatalf("greeting = %q", g)
 	}
@@ -283,14 +283,14 @@ func TestPOP3Capabilities(t *testing.T) {
 		t.Error("a refused plaintext login reached the upstream or the token endpoint")
 	}
 	wantPrefix(t, "STLS", c.cmd("STLS"), "+OK")
-	tc := tls.Client(c.conn, &tls.Config{RootCAs: h.localCA, ServerName: "localhost", NextProtos: []string{"pop3"}})
+	tc := tls.Client(c.nc, &tls.Config{RootCAs: h.localCA, ServerName: "localhost", NextProtos: []string{"pop3"}})
 	if err := tc.Handshake(); err != nil {
 		t.Fatal(err)
 	}
 	if got := tc.ConnectionState().NegotiatedProtocol; got != "pop3" {
 		t.Errorf("ALPN = %q, want pop3", got)
 	}
-	c.conn, c.br = tc, bufio.NewReader(tc)
+	c.nc, c.br = tc, bufio.NewReader(tc)
 	wantPrefix(t, "CAPA after STLS", c.cmd("CAPA"), "+OK")
 	caps = string(c.multi())
 	if !strings.Contains(caps, "USER\r\nSASL PLAIN\r\n") || strings.Contains(caps, "STLS") {

@@ -1,7 +1,6 @@
 package proxy_test
 
 import (
-	"bufio"
 	"net"
 	"strconv"
 	"strings"
@@ -22,7 +21,7 @@ func dialPreauth(t *testing.T, h *harness) *rawConn {
 	}
 	conn.SetDeadline(time.Now().Add(testDeadline))
 	t.Cleanup(func() { conn.Close() })
-	return &rawConn{t: t, conn: conn, br: bufio.NewReader(conn)}
+	return newRawConn(t, conn)
 }
 
 // expectLine reads one line and fails unless it starts with prefix.

@@ -27,7 +27,7 @@ func BenchmarkMicrosoftLoginProbe(b *testing.B) {
 				if l := r.until("a1 "); !strings.HasPrefix(l[len(l)-1], "a1 OK") {
 					b.Fatalf("login: %q", l)
 				}
-				r.conn.Close()
+				r.nc.Close()
 			}
 			login() // the KDF and the first token
 			b.ResetTimer()

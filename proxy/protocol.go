@@ -29,6 +29,18 @@ type protocol struct {
 	upstreamALPN string
 	// tooManyConnections is the line a connection refused at a limit gets.
 	tooManyConnections string
+	// plainKey and tlsKey are the [server] keys of the protocol's plain
+	// and implicit-TLS listeners.
+	plainKey, tlsKey string
+}
+
+// listenerKey is the [server] key of the protocol's listener, implicit
+// TLS or not.
+func (p *protocol) listenerKey(implicitTLS bool) string {
+	if implicitTLS {
+		return p.tlsKey
+	}
+	return p.plainKey
 }
 
 var (
@@ -39,6 +51,8 @@ var (
 		loginUpstream:      DialUpstream,
 		upstreamAddress:    func(p *config.Provider) string { return p.IMAPAddress },
 		tooManyConnections: "* BYE [UNAVAILABLE] Too many connections; try again later",
+		plainKey:           "listen",
+		tlsKey:             "listen_tls",
 	}
 	pop3Protocol = &protocol{
 		name:               config.POP3,
@@ -48,6 +62,8 @@ var (
 		upstreamAddress:    func(p *config.Provider) string { return p.POP3Address },
 		upstreamALPN:       "pop3",
 		tooManyConnections: "-ERR [SYS/TEMP] Too many connections; try again later",
+		plainKey:           "listen_pop3",
+		tlsKey:             "listen_pop3_tls",
 	}
 	smtpProtocol = &protocol{
 		name:               config.SMTP,
@@ -56,6 +72,8 @@ var (
 		loginUpstream:      loginSMTPUpstream,
 		upstreamAddress:    func(p *config.Provider) string { return p.SMTPAddress },
 		tooManyConnections: "421 4.7.0 Too many connections; try again later",
+		plainKey:           "listen_smtp",
+		tlsKey:             "listen_smtps",
 	}
 )
 

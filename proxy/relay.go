@@ -215,28 +215,15 @@ func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pe
 		results <- w.result(err)
 		return
 	}
-	idle := idleBuffers.Get().(*[]byte)
-	defer idleBuffers.Put(idle)
-	var large *[]byte // held only while data flows
-	defer func() {
-		if large != nil {
-			relayBuffers.Put(large)
-		}
-	}()
+	bufs := takeCopyBuffers()
+	defer bufs.release()
 	flowing := false // the last Read may have left data waiting
 	for {
 		var buf []byte
 		if flowing {
-			if large == nil {
-				large = relayBuffers.Get().(*[]byte)
-			}
-			buf = *large
+			buf = bufs.takeLarge()
 		} else {
-			if large != nil {
-				relayBuffers.Put(large)
-				large = nil
-			}
-			buf = *idle
+			buf = bufs.dropLarge()
 		}
 		n, rerr := src.Read(buf)
 		if coalescer != nil && n > 0 {
@@ -244,15 +231,15 @@ func proxyCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pe
 		}
 		for coalescer != nil && rerr == nil {
 			if n == len(buf) {
-				if large != nil {
+				if bufs.large != nil {
 					break
 				}
 				// The small buffer is full, and the rest of a record may
 				// wait in the TLS layer: go on in the large one, so that
 				// one write carries it all.
-				large = relayBuffers.Get().(*[]byte)
-				n = copy(*large, buf)
-				buf = *large
+				large := bufs.takeLarge()
+				n = copy(large, buf)
+				buf = large
 			} else if !coalescer.more() {
 				break
 			}
@@ -297,18 +284,12 @@ func plainCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pe
 		results <- w.result(err)
 		return
 	}
-	idle := idleBuffers.Get().(*[]byte)
-	defer idleBuffers.Put(idle)
-	var large *[]byte // held only while data flows
-	defer func() {
-		if large != nil {
-			relayBuffers.Put(large)
-		}
-	}()
+	bufs := takeCopyBuffers()
+	defer bufs.release()
 	for {
-		buf := *idle
-		if large != nil {
-			buf = *large
+		buf := *bufs.idle
+		if bufs.large != nil {
+			buf = *bufs.large
 		}
 		n, rerr := src.Read(buf)
 		if err := w.write(buf[:n]); err != nil {
@@ -316,11 +297,10 @@ func plainCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pe
 			return
 		}
 		switch {
-		case large == nil && n == len(buf):
-			large = relayBuffers.Get().(*[]byte)
-		case large != nil && n < idleBufferSize:
-			relayBuffers.Put(large)
-			large = nil
+		case bufs.large == nil && n == len(buf):
+			bufs.takeLarge()
+		case bufs.large != nil && n < idleBufferSize:
+			bufs.dropLarge()
 		}
 		if rerr != nil {
 			if errors.Is(rerr, io.EOF) {
@@ -330,6 +310,43 @@ func plainCopy(results chan<- copyResult, toUpstream bool, dst, src net.Conn, pe
 			return
 		}
 	}
+}
+
+// copyBuffers are one direction's buffers: the small idle one, held for
+// the whole copy, and a large pooled one, held only while data flows.
+type copyBuffers struct {
+	idle  *[]byte
+	large *[]byte // nil when not held
+}
+
+// takeCopyBuffers takes an idle buffer from its pool.
+func takeCopyBuffers() copyBuffers {
+	return copyBuffers{idle: idleBuffers.Get().(*[]byte)}
+}
+
+// takeLarge returns the large buffer, first taking one from its pool if
+// none is held.
+func (b *copyBuffers) takeLarge() []byte {
+	if b.large == nil {
+		b.large = relayBuffers.Get().(*[]byte)
+	}
+	return *b.large
+}
+
+// dropLarge puts the large buffer, if held, back in its pool, and returns
+// the idle buffer.
+func (b *copyBuffers) dropLarge() []byte {
+	if b.large != nil {
+		relayBuffers.Put(b.large)
+		b.large = nil
+	}
+	return *b.idle
+}
+
+// release puts both buffers back in their pools.
+func (b *copyBuffers) release() {
+	b.dropLarge()
+	idleBuffers.Put(b.idle)
 }
 
 // copyWriter is one direction's writing side: it counts what it writes in

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"io"
 	"net"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -123,5 +124,61 @@ func testProxyCopyCoalesces(t *testing.T, hideSocket bool) {
 	server.Close()
 	if r := <-results; r.err != nil || r.n != int64(want.Len()) {
 		t.Errorf("proxyCopy: %d bytes, %v", r.n, r.err)
+	}
+}
+
+// scriptedSrc is a source whose Reads fill the given counts of bytes (a
+// count past the buffer fills it), then return EOF; it records the size
+// of the buffer each Read was given.
+type scriptedSrc struct {
+	net.Conn
+	counts []int
+	sizes  []int
+}
+
+func (s *scriptedSrc) Read(p []byte) (int, error) {
+	s.sizes = append(s.sizes, len(p))
+	if len(s.counts) == 0 {
+		return 0, io.EOF
+	}
+	n := min(s.counts[0], len(p))
+	s.counts = s.counts[1:]
+	return n, nil
+}
+
+// TestCopyBufferSizes: both relays wait in the small idle buffer, move to
+// the large one after a Read that filled the small one, and go back to
+// the small one once the flow stops, so that an idle direction holds
+// only the small one.
+func TestCopyBufferSizes(t *testing.T) {
+	relays := map[string]func(chan<- copyResult, net.Conn, *scriptedSrc){
+		"proxyCopy": func(r chan<- copyResult, dst net.Conn, src *scriptedSrc) {
+			proxyCopy(r, false, dst, src, nil, nil, new(atomic.Int64))
+		},
+		"plainCopy": func(r chan<- copyResult, dst net.Conn, src *scriptedSrc) {
+			plainCopy(r, false, dst, src, nil, new(atomic.Int64))
+		},
+	}
+	for name, relay := range relays {
+		t.Run(name, func(t *testing.T) {
+			dst, sink := tcpPair(t)
+			go io.Copy(io.Discard, sink)
+			// A burst: the small buffer fills, the large one too, then a
+			// short Read ends it; then a short Read while idle.
+			src := &scriptedSrc{counts: []int{relayBufferSize, relayBufferSize, 10, 10}}
+			results := make(chan copyResult, 1)
+			relay(results, dst, src)
+			r := <-results
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			if want := int64(idleBufferSize + relayBufferSize + 10 + 10); r.n != want {
+				t.Errorf("copied %d bytes, want %d", r.n, want)
+			}
+			want := []int{idleBufferSize, relayBufferSize, relayBufferSize, idleBufferSize, idleBufferSize}
+			if !slices.Equal(src.sizes, want) {
+				t.Errorf("Read buffer sizes %v, want %v", src.sizes, want)
+			}
+		})
 	}
 }

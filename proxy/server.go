@@ -75,9 +75,12 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
-	perPeer   map[string]int // open connections per peer key
-	closed    bool
-	wg        sync.WaitGroup // one per connection
+	// pending are the connections accepted but not yet sessions: their
+	// PROXY header is being read, or their peer identified.
+	pending map[net.Conn]struct{}
+	perPeer map[string]int // open connections per peer key
+	closed  bool
+	wg      sync.WaitGroup // one per connection
 }
 
 // runtimeConfig is a validated config with what is derived from it once.
@@ -122,6 +125,7 @@ func New(opts *Options) (*Server, error) {
 		cancel:    cancel,
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),
+		pending:   make(map[net.Conn]struct{}),
 	}
 	s.accounts = health.NewMetrics(opts.Auth.Health(), opts.Auth, s.Config)
 	if err := s.SetConfig(opts.Config); err != nil {
@@ -219,12 +223,74 @@ func (s *Server) serve(ln net.Listener, implicitTLS bool, proto *protocol) error
 			return fmt.Errorf("accepting connection: %w", err)
 		}
 		backoff = 0
-		c := s.newConn(nc, implicitTLS, isLoopback(ln.Addr()), proto)
-		if c == nil {
-			continue
+		if s.admit(nc, proto) {
+			go s.start(nc, implicitTLS, isLoopback(ln.Addr()), proto)
 		}
-		go c.serve()
 	}
+}
+
+// admit counts an accepted connection in as pending, before its PROXY
+// header is read and its peer known; it returns false (and closes nc)
+// once the server is closing or max_connections is reached. It does
+// nothing that waits: it runs in the accept loop.
+func (s *Server) admit(nc net.Conn, proto *protocol) bool {
+	cfg := s.cfg.Load()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		nc.Close()
+		return false
+	}
+	if len(s.conns)+len(s.pending) >= cfg.Server.MaxConnections {
+		s.metrics.rejectedTotal.Add(1)
+		s.rejected.log(s.logger, "connection refused: limit reached", "remote", nc.RemoteAddr().String(),
+			"limit", "server.max_connections")
+		go refuse(nc, proto.tooManyConnections) // never block the accept loop on a client that does not read
+		return false
+	}
+	s.pending[nc] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+// start runs on a connection's own goroutine: it reads the PROXY header
+// where the listener takes one, identifies the peer (a sock_diag query
+// for a loopback one), and serves the session unless a limit refuses it.
+func (s *Server) start(nc net.Conn, implicitTLS, loopbackListener bool, proto *protocol) {
+	cfg := s.cfg.Load()
+	o, err := readOrigin(nc, &cfg.ProxyProtocol, proto.listenerKey(implicitTLS))
+	if err != nil && s.isClosed() {
+		nc.Close() // Shutdown or Close cut the wait for the header
+		s.dropPending(nc)
+		return
+	}
+	if err != nil {
+		s.logger.Warn("connection refused", "protocol", string(proto.name), "remote", nc.RemoteAddr().String(),
+			"listener", "server."+proto.listenerKey(implicitTLS), "reason", err.Error())
+		nc.Close()
+		s.dropPending(nc)
+		return
+	}
+	c := s.newConn(nc, o, implicitTLS, loopbackListener, proto, cfg)
+	if c == nil {
+		return
+	}
+	c.serve()
+}
+
+// isClosed reports whether Shutdown or Close was called.
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// dropPending forgets a pending connection that will not be served.
+func (s *Server) dropPending(nc net.Conn) {
+	s.mu.Lock()
+	delete(s.pending, nc)
+	s.mu.Unlock()
+	s.wg.Done()
 }
 
 // isTransientAcceptError reports whether an accept error may pass by
@@ -266,54 +332,68 @@ func isLoopback(addr net.Addr) bool {
 	return ok && tcp.IP.IsLoopback()
 }
 
-// newConn registers a connection speaking proto; it returns nil (and
-// closes nc) once the server is closing or a connection limit is reached.
-func (s *Server) newConn(nc net.Conn, implicitTLS, loopback bool, proto *protocol) *conn {
-	cfg := s.cfg.Load()
-	who, err := identifyPeer(nc, s.peerUID)
-	if err != nil {
-		s.uidUnknown.log(s.logger, "peer uid unknown; counting it with every loopback peer",
-			"remote", nc.RemoteAddr().String(), "err", err)
+// newConn turns the pending connection nc, from o, into a session; it
+// returns nil (and closes nc) once the server is closing or
+// max_connections_per_peer is reached. A connection with a PROXY header
+// counts by an address with no uid lookup: the client's, or for the load
+// balancer's own connection its address (its health checks close at
+// once, before a lookup could find the socket).
+func (s *Server) newConn(nc net.Conn, o *origin, implicitTLS, loopbackListener bool, proto *protocol, cfg *runtimeConfig) *conn {
+	var who peer
+	if o.proxied() || o.local {
+		who = addressPeer(o.remote)
+	} else {
+		var err error
+		who, err = identifyPeer(nc, s.peerUID)
+		if err != nil {
+			s.uidUnknown.log(s.logger, "peer uid unknown; counting it with every loopback peer",
+				"remote", o.remote.String(), "err", err)
+		}
 	}
+	// Plain text is for loopback: with a load balancer, both hops must be.
+	loopback := loopbackListener && (!o.proxied() || isLoopback(o.remote))
 	c := &conn{
 		srv:         s,
 		proto:       proto,
 		cfg:         cfg,
-		raw:         nc,
+		raw:         o.nc,
 		peer:        who,
+		refusing:    o.refusing,
+		balancerOwn: o.local,
 		id:          strconv.FormatUint(s.nextID.Add(1), 36),
 		start:       time.Now(),
 		implicit:    implicitTLS,
 		plaintextOK: loopback || cfg.Server.AllowPlaintext,
 	}
-	attrs := []any{"session", c.id, "protocol", string(proto.name), "remote", nc.RemoteAddr().String()}
+	attrs := []any{"session", c.id, "protocol", string(proto.name), "remote", o.remote.String()}
+	switch {
+	case o.proxied():
+		attrs = append(attrs, "via", o.via.String())
+	case o.local:
+		attrs = append(attrs, "proxy_header", "local")
+	}
 	if who.uid >= 0 {
 		attrs = append(attrs, "uid", who.uid)
 	}
 	c.logger = s.logger.With(attrs...)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	delete(s.pending, nc)
 	if s.closed {
 		nc.Close()
+		s.wg.Done()
 		return nil
 	}
-	var limit string
-	switch {
-	case len(s.conns) >= cfg.Server.MaxConnections:
-		limit = "max_connections"
-	case s.perPeer[who.key] >= cfg.Server.MaxConnectionsPerPeer:
-		limit = "max_connections_per_peer"
-	}
-	if limit != "" {
+	if s.perPeer[who.key] >= cfg.Server.MaxConnectionsPerPeer {
 		s.metrics.rejectedTotal.Add(1)
-		s.rejected.log(s.logger, "connection refused: limit reached", "remote", nc.RemoteAddr().String(),
-			"peer", who.key, "limit", "server."+limit)
-		go refuse(nc, proto.tooManyConnections) // never block the accept loop on a client that does not read
+		s.rejected.log(s.logger, "connection refused: limit reached", "remote", o.remote.String(),
+			"peer", who.key, "limit", "server.max_connections_per_peer")
+		s.wg.Done()
+		go refuse(nc, proto.tooManyConnections) // not under s.mu
 		return nil
 	}
 	s.conns[c] = struct{}{}
 	s.perPeer[who.key]++
-	s.wg.Add(1)
 	return c
 }
 
@@ -360,6 +440,14 @@ func (r *rateLimitedLog) log(logger *slog.Logger, msg string, attrs ...any) {
 	logger.Warn(msg, append(attrs, "suppressed_since_last", suppressed)...)
 }
 
+// abortPending ends the wait for the PROXY headers of pending
+// connections; s.mu is held. Their goroutines see the server closed.
+func (s *Server) abortPending() {
+	for nc := range s.pending {
+		nc.SetDeadline(time.Now())
+	}
+}
+
 // ActiveSessions returns the number of open collector connections.
 func (s *Server) ActiveSessions() int {
 	s.mu.Lock()
@@ -380,6 +468,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for c := range s.conns {
 		c.drain()
 	}
+	s.abortPending()
 	s.mu.Unlock()
 	done := make(chan struct{})
 	go func() {
@@ -408,6 +497,7 @@ func (s *Server) Close() error {
 	for c := range s.conns {
 		c.abort()
 	}
+	s.abortPending()
 	s.mu.Unlock()
 	s.cancel()
 	s.wg.Wait()

@@ -1,7 +1,6 @@
 package proxy_test
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/tls"
 	"encoding/base64"
@@ -42,9 +41,9 @@ func (h *harness) startSMTPUpstream(validate func(user, token string) error, opt
 func (h *harness) serveSMTP(listenAddr string, implicitTLS bool) string {
 	h.t.Helper()
 	if implicitTLS {
-		return h.serveWith(listenAddr, h.srv.ServeSMTPS)
+		return h.serveWith(h.t, listenAddr, h.srv.ServeSMTPS)
 	}
-	return h.serveWith(listenAddr, h.srv.ServeSMTP)
+	return h.serveWith(h.t, listenAddr, h.srv.ServeSMTP)
 }
 
 // dialSMTP connects a go-smtp client to addr and says EHLO.
@@ -276,7 +275,7 @@ func dialSMTPRaw(t testing.TB, addr string) *smtpRaw {
 	}
 	t.Cleanup(func() { conn.Close() })
 	conn.SetDeadline(time.Now().Add(testDeadline))
-	r := &smtpRaw{&rawConn{t: t, conn: conn, br: bufio.NewReader(conn)}}
+	r := &smtpRaw{newRawConn(t, conn)}
 	if g := r.reply(); !strings.HasPrefix(g, "220 ") {
 		t.Fatalf("greeting = %q", g)
 	}

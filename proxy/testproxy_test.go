@@ -136,6 +136,27 @@ func startTestProxy(t testing.TB, cfg *config.Config, store *tokenstore.Store, o
 	return p
 }
 
+// serveWith listens on listenAddr, runs serve (a Serve method of p's
+// server) on it until the test ends, and returns the loopback address to
+// dial.
+func (p *testProxy) serveWith(t testing.TB, listenAddr string, serve func(net.Listener) error) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", listenAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- serve(ln) }()
+	t.Cleanup(func() {
+		p.srv.Close()
+		if err := <-done; err != nil {
+			t.Errorf("serving %s: %v", listenAddr, err)
+		}
+	})
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	return net.JoinHostPort("127.0.0.1", port)
+}
+
 // stop shuts the proxy down, giving its sessions 5 s to end, and returns
 // Shutdown's error (non-nil when sessions had to be cut), else Serve's.
 // Only the first call stops the proxy; later ones return the same error.

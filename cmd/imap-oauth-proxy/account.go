@@ -8,6 +8,26 @@ import (
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 )
 
+// parseAccount parses args, which hold flags and exactly one LOGIN among
+// them, and loads the mapping file and LOGIN's account.
+func (f *commandFlags) parseAccount(args []string) (string, *config.Config, *config.Account, error) {
+	if err := parseFlags(f.FlagSet, args); err != nil {
+		return "", nil, nil, err
+	}
+	if f.NArg() == 0 {
+		return "", nil, nil, usageError(f.Name() + " takes exactly one LOGIN")
+	}
+	login := f.Arg(0)
+	if err := parseFlags(f.FlagSet, f.Args()[1:]); err != nil {
+		return "", nil, nil, err
+	}
+	if f.NArg() != 0 {
+		return "", nil, nil, usageError(f.Name() + " takes exactly one LOGIN")
+	}
+	cfg, acct, err := loadAccount(*f.configPath, login)
+	return login, cfg, acct, err
+}
+
 // loadAccount loads the mapping file at path and returns it with login's
 // account, or an error naming the missing [accounts.LOGIN] table.
 func loadAccount(path, login string) (*config.Config, *config.Account, error) {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -34,19 +33,13 @@ import (
 // the first line of stdin (and, with -external, the redirected URL is the
 // second).
 func cmdAuthorize(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("authorize", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", config.DefaultPath, "mapping file")
+	fs := newCommandFlags("authorize", stderr)
 	force := fs.Bool("force", false, "replace an existing authorization")
 	external := fs.Bool("external", false, "print the URL and read back the URL the browser was redirected to")
 	device := fs.Bool("device", false, "authorize with a device code (Microsoft; servers without a browser)")
 	noBrowser := fs.Bool("no-browser", false, "do not try to open a browser (the URL is printed anyway)")
 	timeout := fs.Duration("timeout", 10*time.Minute, "how long to wait for the browser")
-	login, err := parseLoginFlags(fs, args, "authorize")
-	if err != nil {
-		return err
-	}
-	cfg, acct, err := loadAccount(*configPath, login)
+	login, cfg, acct, err := fs.parseAccount(args)
 	if err != nil {
 		return err
 	}
@@ -233,22 +226,4 @@ var openBrowser = func(u string) error {
 	}
 	go cmd.Wait()
 	return nil
-}
-
-// parseLoginFlags parses flags, one LOGIN, and flags after it.
-func parseLoginFlags(fs *flag.FlagSet, args []string, cmd string) (string, error) {
-	if err := parseFlags(fs, args); err != nil {
-		return "", err
-	}
-	if fs.NArg() == 0 {
-		return "", usageError(cmd + " takes exactly one LOGIN")
-	}
-	login := fs.Arg(0)
-	if err := parseFlags(fs, fs.Args()[1:]); err != nil {
-		return "", err
-	}
-	if fs.NArg() != 0 {
-		return "", usageError(cmd + " takes exactly one LOGIN")
-	}
-	return login, nil
 }

@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -34,16 +33,10 @@ import (
 // with every secret replaced by [redacted]. The local password is asked on
 // a terminal, or is the first line of stdin.
 func cmdCheck(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("check", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", config.DefaultPath, "mapping file")
+	fs := newCommandFlags("check", stderr)
 	verbose := fs.Bool("v", false, "add the protocol trace (secrets redacted)")
 	timeout := fs.Duration("timeout", 0, "bound on the whole check (default: the login_timeout plus the token_timeout)")
-	login, err := parseLoginFlags(fs, args, "check")
-	if err != nil {
-		return err
-	}
-	cfg, acct, err := loadAccount(*configPath, login)
+	login, cfg, acct, err := fs.parseAccount(args)
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -120,6 +122,32 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 			return err
 		}
 		return flagError{err}
+	}
+	return nil
+}
+
+// commandFlags is a command's flag set, with the -config flag that every
+// command takes.
+type commandFlags struct {
+	*flag.FlagSet
+	configPath *string
+}
+
+// newCommandFlags returns the flag set of the command name (as "token
+// import"); it prints mistakes and help to stderr.
+func newCommandFlags(name string, stderr io.Writer) *commandFlags {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return &commandFlags{FlagSet: fs, configPath: fs.String("config", config.DefaultPath, "mapping file")}
+}
+
+// parseNoArgs parses args, which must hold flags only.
+func (f *commandFlags) parseNoArgs(args []string) error {
+	if err := parseFlags(f.FlagSet, args); err != nil {
+		return err
+	}
+	if f.NArg() != 0 {
+		return usageError(f.Name() + " takes no arguments")
 	}
 	return nil
 }

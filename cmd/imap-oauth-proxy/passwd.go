@@ -2,12 +2,10 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
-	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 )
 
 // cmdPasswd changes the local password of LOGIN's record: it opens the
@@ -17,14 +15,7 @@ import (
 // the new one twice, without echo; otherwise stdin holds two lines, the
 // current password and the new one.
 func cmdPasswd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("passwd", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", config.DefaultPath, "mapping file")
-	login, err := parseLoginFlags(fs, args, "passwd")
-	if err != nil {
-		return err
-	}
-	cfg, _, err := loadAccount(*configPath, login)
+	login, cfg, _, err := newCommandFlags("passwd", stderr).parseAccount(args)
 	if err != nil {
 		return err
 	}

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -30,14 +29,9 @@ import (
 )
 
 func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", config.DefaultPath, "mapping file")
-	if err := parseFlags(fs, args); err != nil {
+	fs := newCommandFlags("serve", stderr)
+	if err := fs.parseNoArgs(args); err != nil {
 		return err
-	}
-	if fs.NArg() != 0 {
-		return usageError("serve takes no arguments")
 	}
 	// Sockets from systemd first: they decide what the config must name.
 	in, err := inheritListeners()
@@ -53,7 +47,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 			ln.Close()
 		}
 	}()
-	cfg, err := config.LoadWithOptions(*configPath, in.loadOptions())
+	cfg, err := config.LoadWithOptions(*fs.configPath, in.loadOptions())
 	if err != nil {
 		return configError{err}
 	}
@@ -193,7 +187,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 			return err
 		case <-hup:
 			notify.Send(sdnotify.Reloading())
-			reload(srv, *configPath, cfg, in, tlsLn, logger)
+			reload(srv, *fs.configPath, cfg, in, tlsLn, logger)
 			notify.Send("READY=1\nSTATUS=serving")
 		case <-ctx.Done():
 			notify.Send("STOPPING=1")

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -21,17 +20,12 @@ import (
 // daemon saved in the state directory, and the certificates of app-only
 // credentials.
 func cmdStatus(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", config.DefaultPath, "mapping file")
+	fs := newCommandFlags("status", stderr)
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
-	if err := parseFlags(fs, args); err != nil {
+	if err := fs.parseNoArgs(args); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return usageError("status takes no arguments")
-	}
-	cfg, err := config.Load(*configPath)
+	cfg, err := config.Load(*fs.configPath)
 	if err != nil {
 		return err
 	}

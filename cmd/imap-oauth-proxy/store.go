@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -81,16 +80,11 @@ func loadPostgresConfig(path, command string) (*config.Config, error) {
 }
 
 func cmdStoreInit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("store init", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", config.DefaultPath, "mapping file")
-	if err := parseFlags(fs, args); err != nil {
+	fs := newCommandFlags("store init", stderr)
+	if err := fs.parseNoArgs(args); err != nil {
 		return err
 	}
-	if fs.NArg() != 0 {
-		return usageError("store init takes no arguments")
-	}
-	cfg, err := loadPostgresConfig(*configPath, "store init")
+	cfg, err := loadPostgresConfig(*fs.configPath, "store init")
 	if err != nil {
 		return err
 	}
@@ -114,21 +108,16 @@ func cmdStoreInit(ctx context.Context, args []string, stdout, stderr io.Writer) 
 // cmdStoreMigrate copies every record between the files in state_dir and
 // the database, byte for byte.
 func cmdStoreMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("store migrate", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", config.DefaultPath, "mapping file")
+	fs := newCommandFlags("store migrate", stderr)
 	to := fs.String("to", "", `where to copy the records: "postgres" (from the files in state_dir) or "files" (from the database)`)
 	force := fs.Bool("force", false, "replace records that differ in the destination")
-	if err := parseFlags(fs, args); err != nil {
+	if err := fs.parseNoArgs(args); err != nil {
 		return err
-	}
-	if fs.NArg() != 0 {
-		return usageError("store migrate takes no arguments")
 	}
 	if *to != config.StorePostgres && *to != config.StoreFiles {
 		return usageError(`store migrate needs -to postgres or -to files`)
 	}
-	cfg, err := loadPostgresConfig(*configPath, "store migrate")
+	cfg, err := loadPostgresConfig(*fs.configPath, "store migrate")
 	if err != nil {
 		return err
 	}

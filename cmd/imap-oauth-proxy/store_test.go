@@ -160,18 +160,7 @@ func TestServeThreeDaemonsOnPostgres(t *testing.T) {
 	for i := range accounts {
 		logins = append(logins, fmt.Sprintf("collector%02d", i))
 	}
-	be, err := pgstore.Open(dsn, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := be.Migrate(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	db, err := tokenstore.NewWithBackend(be, &tokenstore.Options{KDF: testKDF})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := migratedPGStore(t, dsn)
 	const password = "three-daemons-pw-canary-77d1"
 	c.secret(password)
 	for _, login := range logins {
@@ -239,4 +228,24 @@ func TestServeThreeDaemonsOnPostgres(t *testing.T) {
 	if min := accounts * windows / 2; refreshes < min {
 		t.Errorf("%d refreshes; want at least %d", refreshes, min)
 	}
+}
+
+// migratedPGStore migrates the database at dsn to the current schema and
+// returns a store on it with cheap KDF parameters, closed when the test
+// ends.
+func migratedPGStore(t *testing.T, dsn string) *tokenstore.Store {
+	t.Helper()
+	be, err := pgstore.Open(dsn, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := be.Migrate(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	db, err := tokenstore.NewWithBackend(be, &tokenstore.Options{KDF: testKDF})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
 }

@@ -3,30 +3,19 @@ package main
 import (
 	"bufio"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
-	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 )
 
 // cmdTokenImport stores an existing refresh token for LOGIN, encrypted
 // under the local password. stdin: the password line, then the token line.
 func cmdTokenImport(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("token import", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", config.DefaultPath, "mapping file")
+	fs := newCommandFlags("token import", stderr)
 	force := fs.Bool("force", false, "replace an existing authorization")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() != 1 {
-		return usageError("token import takes exactly one LOGIN")
-	}
-	login := fs.Arg(0)
-	cfg, acct, err := loadAccount(*configPath, login)
+	login, cfg, acct, err := fs.parseAccount(args)
 	if err != nil {
 		return err
 	}

@@ -195,6 +195,9 @@ func (fc *frontConn) bye(line string) {
 func (u *Upstream) serveFront(nc net.Conn) {
 	defer nc.Close()
 	fc := &frontConn{u: u, nc: nc, br: bufio.NewReader(nc)}
+	if u.faultAt(BeforeGreeting, nc, fc.br, "") {
+		return
+	}
 	p := u.opts.Personality
 	greeting := microsoftGreeting()
 	if p == Gmail {
@@ -224,6 +227,9 @@ func (u *Upstream) serveFront(nc net.Conn) {
 			fc.writeLine("* BYE LOGOUT Requested\r\n" + tag + " OK LOGOUT completed.")
 			return
 		case "AUTHENTICATE":
+			if u.faultAt(AtAuthenticate, nc, fc.br, tag) {
+				return
+			}
 			var mailbox string
 			var done bool
 			mailbox, done, err = fc.authenticate(tag, args)
@@ -375,6 +381,9 @@ func (fc *frontConn) loggedIn(mailbox string) {
 		delete(u.state.sessions[mailbox], fc)
 		u.mu.Unlock()
 	}()
+	if u.faultAt(AfterLogin, fc.nc, fc.br, "") {
+		return
+	}
 	inner, outer := net.Pipe()
 	defer outer.Close()
 	u.mu.Lock()

@@ -67,11 +67,9 @@ type POP3Upstream struct {
 	CAPEM []byte
 
 	opts     POP3UpstreamOptions
-	ln       net.Listener
-	wg       sync.WaitGroup
+	conns    *connServer
 	mu       sync.Mutex
 	mailbox  map[string][][]byte
-	conns    map[net.Conn]struct{}
 	authLine string // if set, the answer to every AUTH
 	logins   atomic.Int64
 	refusals atomic.Int64
@@ -87,10 +85,11 @@ func NewPOP3Upstream(opts POP3UpstreamOptions) (*POP3Upstream, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listening: %w", err)
 	}
-	u := &POP3Upstream{Addr: ln.Addr().String(), CAPEM: caPEM, opts: opts, ln: ln,
-		mailbox: make(map[string][][]byte), conns: make(map[net.Conn]struct{})}
-	u.wg.Add(1)
-	go u.accept()
+	u := &POP3Upstream{Addr: ln.Addr().String(), CAPEM: caPEM, opts: opts, mailbox: make(map[string][][]byte)}
+	u.conns = serveConns(ln, func(c net.Conn) {
+		s := &pop3Session{u: u, br: bufio.NewReader(c), bw: bufio.NewWriter(c)}
+		s.serve()
+	})
 	return u, nil
 }
 
@@ -133,41 +132,7 @@ func (u *POP3Upstream) Logins() int64 { return u.logins.Load() }
 func (u *POP3Upstream) Refusals() int64 { return u.refusals.Load() }
 
 // Close stops the server, closes its connections and waits for them.
-func (u *POP3Upstream) Close() error {
-	err := u.ln.Close()
-	u.mu.Lock()
-	for c := range u.conns {
-		c.Close()
-	}
-	u.mu.Unlock()
-	u.wg.Wait()
-	return err
-}
-
-func (u *POP3Upstream) accept() {
-	defer u.wg.Done()
-	for {
-		c, err := u.ln.Accept()
-		if err != nil {
-			return
-		}
-		u.mu.Lock()
-		u.conns[c] = struct{}{}
-		u.mu.Unlock()
-		u.wg.Add(1)
-		go func() {
-			defer u.wg.Done()
-			defer func() {
-				u.mu.Lock()
-				delete(u.conns, c)
-				u.mu.Unlock()
-				c.Close()
-			}()
-			s := &pop3Session{u: u, br: bufio.NewReader(c), bw: bufio.NewWriter(c)}
-			s.serve()
-		}()
-	}
-}
+func (u *POP3Upstream) Close() error { return u.conns.close() }
 
 // pop3Session is one connection to a POP3Upstream.
 type pop3Session struct {

@@ -45,6 +45,16 @@ type UpstreamOptions struct {
 	// imap_tls = "starttls") instead of implicit TLS, and refuses to
 	// authenticate before it. Only without a Personality.
 	StartTLS bool
+	// Hosts are the names the server's certificate is for; nil: localhost
+	// and 127.0.0.1.
+	Hosts []string
+	// MaxTLSVersion caps the TLS versions the server accepts (as
+	// tls.VersionTLS11, for a server too old for the proxy); zero: TLS 1.2
+	// and up.
+	MaxTLSVersion uint16
+	// Fault makes every connection misbehave at one phase. Only with a
+	// Personality.
+	Fault *Fault
 }
 
 // Upstream is a TLS IMAP server on 127.0.0.1 that offers AUTH=XOAUTH2 and
@@ -69,14 +79,17 @@ type Upstream struct {
 	// The personalities' state, guarded by mu.
 	state   providerState
 	preauth map[net.Conn]string // go-imap's side of a relayed session: its mailbox
-	fronts  map[net.Conn]struct{}
+	fronts  *connServer         // the collectors' connections to a personality
 	pipes   *pipeListener
-	frontWG sync.WaitGroup
 }
 
 // NewUpstream starts an Upstream on a free loopback port.
 func NewUpstream(opts UpstreamOptions) (*Upstream, error) {
-	cert, caPEM, err := NewCertificate("localhost", "127.0.0.1")
+	hosts := opts.Hosts
+	if hosts == nil {
+		hosts = []string{"localhost", "127.0.0.1"}
+	}
+	cert, caPEM, err := NewCertificate(hosts...)
 	if err != nil {
 		return nil, err
 	}
@@ -93,15 +106,21 @@ func NewUpstream(opts UpstreamOptions) (*Upstream, error) {
 		state: providerState{sessions: make(map[string]map[*frontConn]struct{}),
 			notConnected: make(map[string]bool)},
 		preauth: make(map[net.Conn]string),
-		fronts:  make(map[net.Conn]struct{}),
 	}
-	tlsConfig := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	tlsConfig := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
+		MaxVersion: opts.MaxTLSVersion}
+	if opts.MaxTLSVersion != 0 && opts.MaxTLSVersion < tls.VersionTLS12 {
+		tlsConfig.MinVersion = tls.VersionTLS10
+	}
 	var ln net.Listener = raw
 	var startTLS *tls.Config // go-imap offers STARTTLS when it has a config
 	switch {
 	case opts.StartTLS && opts.Personality != Plain:
 		raw.Close()
 		return nil, errors.New("proxytest: StartTLS needs the Plain personality")
+	case opts.Fault != nil && opts.Personality == Plain:
+		raw.Close()
+		return nil, errors.New("proxytest: a Fault needs a Personality")
 	case opts.StartTLS:
 		startTLS = tlsConfig
 	default:
@@ -140,48 +159,18 @@ func NewUpstream(opts UpstreamOptions) (*Upstream, error) {
 		return u, nil
 	}
 	u.pipes = newPipeListener()
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		u.server.Serve(u.pipes)
-	}()
 	go func() {
 		defer close(u.done)
-		defer func() { <-served }()
-		u.acceptFronts()
+		u.server.Serve(u.pipes)
 	}()
-	return u, nil
-}
-
-// acceptFronts serves the personality on every connection until the
-// listener closes.
-func (u *Upstream) acceptFronts() {
-	for {
-		nc, err := u.ln.Accept()
-		if err != nil {
-			u.frontWG.Wait()
+	u.fronts = serveConns(u.ln, func(nc net.Conn) {
+		tc := nc.(*tls.Conn)
+		if u.faultAt(BeforeTLS, tc.NetConn(), nil, "") || tc.Handshake() != nil {
 			return
 		}
-		u.mu.Lock()
-		u.fronts[nc] = struct{}{}
-		u.mu.Unlock()
-		u.frontWG.Add(1)
-		go func() {
-			defer u.frontWG.Done()
-			defer func() {
-				u.mu.Lock()
-				delete(u.fronts, nc)
-				u.mu.Unlock()
-			}()
-			if tc, ok := nc.(*tls.Conn); ok {
-				if tc.Handshake() != nil {
-					nc.Close()
-					return
-				}
-			}
-			u.serveFront(nc)
-		}()
-	}
+		u.serveFront(nc)
+	})
+	return u, nil
 }
 
 // AddUser creates the mailbox user (with an INBOX) and returns it.
@@ -230,12 +219,7 @@ func (u *Upstream) Close() error {
 		<-u.done
 		return err
 	}
-	err := u.ln.Close()
-	u.mu.Lock()
-	for nc := range u.fronts {
-		nc.Close()
-	}
-	u.mu.Unlock()
+	err := u.fronts.close()
 	// Closing the pipe listener ends go-imap's Serve (Server.Close could
 	// race with a Serve that has not started yet); its sessions end as
 	// their fronts close their pipes.
