@@ -10,21 +10,53 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
-// lookupPeerUID finds the uid owning the client end of a loopback TCP
+// peerLookup finds the uid owning the client end of a loopback TCP
 // connection: from the kernel's sock_diag netlink interface, or, where
 // that is not available (no AF_NETLINK in a sandbox), from
 // /proc/self/net/tcp and tcp6: /proc/net is hidden by systemd's
-// ProcSubset=pid, /proc/self/net is not. local and remote are the server
-// side's addresses, so the client's socket is the one bound to remote
-// and connected to local.
-func lookupPeerUID(local, remote net.Addr) (uint32, error) {
-	uid, diagErr := sockDiagUID(local, remote)
+// ProcSubset=pid, /proc/self/net is not.
+//
+// It keeps up to diagSocketsKept netlink sockets open between lookups,
+// so that a lookup is a sendto and a recvfrom, not also a socket, a
+// setsockopt and a close. Each socket serves one lookup at a time; one
+// that failed in any way is closed, never reused. It is safe for
+// concurrent use. A Server owns one and closes it when it stops.
+type peerLookup struct {
+	free chan *diagSocket // idle sockets, each answered in full
+
+	mu     sync.Mutex // orders put and close
+	closed bool
+}
+
+// diagSocketsKept is how many idle netlink sockets a peerLookup keeps:
+// lookups run on the accepted connections' own goroutines, and one takes
+// a few microseconds, so a few cover the bursts of a 2-core host. Above
+// it, a lookup opens a socket of its own and closes it afterwards.
+const diagSocketsKept = 4
+
+// diagSocket is one blocking NETLINK_INET_DIAG socket with its buffers.
+type diagSocket struct {
+	fd  int
+	seq uint32 // the last request's sequence number
+	msg [unix.SizeofNlMsghdr + sizeofInetDiagRequest]byte
+	buf [1024]byte // one inet_diag_msg without attributes: 88 bytes
+}
+
+func newPeerLookup() *peerLookup {
+	return &peerLookup{free: make(chan *diagSocket, diagSocketsKept)}
+}
+
+// uid returns the uid owning the client socket of a TCP connection.
+// local and remote are the server side's addresses, so the client's
+// socket is the one bound to remote and connected to local.
+func (p *peerLookup) uid(local, remote net.Addr) (uint32, error) {
+	uid, diagErr := p.sockDiagUID(local, remote)
 	if diagErr == nil {
 		return uid, nil
 	}
@@ -35,23 +67,81 @@ func lookupPeerUID(local, remote net.Addr) (uint32, error) {
 	return 0, fmt.Errorf("finding the peer's uid: sock_diag: %w; /proc/net: %w", diagErr, procErr)
 }
 
+// close closes the idle sockets; a socket in use is closed when its
+// lookup ends, and a lookup after close opens and closes its own.
+func (p *peerLookup) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	for {
+		select {
+		case s := <-p.free:
+			unix.Close(s.fd)
+		default:
+			return
+		}
+	}
+}
+
+// get returns an idle socket, or a new one if none is idle.
+func (p *peerLookup) get() (*diagSocket, error) {
+	select {
+	case s := <-p.free:
+		return s, nil
+	default:
+	}
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_INET_DIAG)
+	if err != nil {
+		return nil, fmt.Errorf("opening a netlink socket: %w", err)
+	}
+	timeout := unix.Timeval{Sec: 1}
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &timeout); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("setting the netlink socket's timeout: %w", err)
+	}
+	return &diagSocket{fd: fd}, nil
+}
+
+// put keeps s for the next lookup if it was answered in full (clean),
+// and closes it otherwise, or when enough are kept, or after close.
+func (p *peerLookup) put(s *diagSocket, clean bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if clean && !p.closed {
+		select {
+		case p.free <- s:
+			return
+		default:
+		}
+	}
+	unix.Close(s.fd)
+}
+
 // sockDiagUID asks sock_diag for the client socket's owner. It asks for
 // that one socket (an exact lookup, which the kernel answers from its
 // connection hash table), not for a dump filtered on ports: a dump walks
 // every TCP socket on the host, time-wait ones included, and under a burst
 // of logins it cost milliseconds per connection in the accept loop.
-func sockDiagUID(local, remote net.Addr) (uint32, error) {
+func (p *peerLookup) sockDiagUID(local, remote net.Addr) (uint32, error) {
 	l, r, ok := tcpAddrs(local, remote)
 	if !ok {
 		return 0, errors.New("not a TCP connection")
 	}
-	// The client's socket: bound to remote, connected to local.
-	answer, err := sockDiagQuery(newInetDiagRequest(r, l).Serialize())
+	s, err := p.get()
 	if err != nil {
 		return 0, fmt.Errorf("sock_diag lookup: %w", err)
 	}
+	// The client's socket: bound to remote, connected to local.
+	putInetDiagRequest(s.msg[unix.SizeofNlMsghdr:], r, l)
+	answer, clean, err := s.query()
+	if err != nil {
+		p.put(s, clean)
+		return 0, fmt.Errorf("sock_diag lookup: %w", err)
+	}
 	var sock netlink.Socket
-	if err := parseInetDiagMsg(answer, &sock); err != nil {
+	err = parseInetDiagMsg(answer, &sock) // answer is in s.buf: parse before put
+	p.put(s, clean)
+	if err != nil {
 		return 0, err
 	}
 	// Check the answer names the socket asked for.
@@ -68,69 +158,83 @@ func sockDiagUID(local, remote net.Addr) (uint32, error) {
 	return sock.UID, nil
 }
 
-// sockDiagQuery sends one SOCK_DIAG_BY_FAMILY request (payload: an
-// inet_diag_req_v2) for one socket and returns the payload of the answer.
-// It takes four system calls on a blocking socket of its own: the kernel
+// query sends the SOCK_DIAG_BY_FAMILY request whose payload (an
+// inet_diag_req_v2 for one socket) is in s.msg after the header, and
+// returns the payload of the answer, which points into s.buf. clean
+// reports whether s may serve another lookup: the request was sent and
+// exactly its answer received, so nothing is left queued on s. The kernel
 // answers an exact lookup while it handles the send, so the answer is
 // queued when sendto returns (SO_RCVTIMEO bounds the wait all the same).
-// netlink's NetlinkRequest.Execute takes about ten, and registers the
-// socket with the network poller.
-func sockDiagQuery(payload []byte) ([]byte, error) {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_INET_DIAG)
-	if err != nil {
-		return nil, fmt.Errorf("opening a netlink socket: %w", err)
+func (s *diagSocket) query() (answer []byte, clean bool, err error) {
+	if err := s.send(); err != nil {
+		return nil, false, err
 	}
-	defer unix.Close(fd)
-	timeout := unix.Timeval{Sec: 1}
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &timeout); err != nil {
-		return nil, fmt.Errorf("setting the netlink socket's timeout: %w", err)
-	}
-	const seq = 1 // the socket is this query's alone
-	msg := make([]byte, unix.SizeofNlMsghdr+len(payload))
-	binary.NativeEndian.PutUint32(msg[0:], uint32(len(msg)))
-	binary.NativeEndian.PutUint16(msg[4:], unix.SOCK_DIAG_BY_FAMILY)
-	binary.NativeEndian.PutUint16(msg[6:], unix.NLM_F_REQUEST)
-	binary.NativeEndian.PutUint32(msg[8:], seq)
-	// msg[12:16], the sender's port id, stays 0: the kernel fills it in.
-	copy(msg[unix.SizeofNlMsghdr:], payload)
-	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return nil, fmt.Errorf("sending: %w", err)
-	}
-	buf := make([]byte, 1024) // one inet_diag_msg without attributes: 88 bytes
-	n, from, err := unix.Recvfrom(fd, buf, 0)
-	if err != nil {
-		return nil, fmt.Errorf("receiving: %w", err)
-	}
-	if sa, ok := from.(*unix.SockaddrNetlink); !ok || sa.Pid != 0 {
-		return nil, fmt.Errorf("answer from %v, not from the kernel", from)
-	}
-	msgs, err := syscall.ParseNetlinkMessage(buf[:n])
-	if err != nil {
-		return nil, fmt.Errorf("parsing the answer: %w", err)
-	}
-	if len(msgs) != 1 {
-		return nil, fmt.Errorf("answered with %d messages, want 1", len(msgs))
-	}
-	m := msgs[0]
-	switch {
-	case m.Header.Seq != seq:
-		return nil, fmt.Errorf("answer to request %d, want %d", m.Header.Seq, seq)
-	case m.Header.Type == unix.NLMSG_ERROR && len(m.Data) >= 4:
-		if errno := int32(binary.NativeEndian.Uint32(m.Data)); errno != 0 {
-			return nil, unix.Errno(-errno)
-		}
-		return nil, errors.New("acknowledged without an answer")
-	case m.Header.Type != unix.SOCK_DIAG_BY_FAMILY:
-		return nil, fmt.Errorf("answer of type %d, want %d", m.Header.Type, unix.SOCK_DIAG_BY_FAMILY)
-	}
-	return m.Data, nil
+	return s.receive()
 }
 
-// inetDiagRequest is struct inet_diag_req_v2 (linux/inet_diag.h) for an
-// exact lookup of one TCP socket.
-type inetDiagRequest struct {
-	family      uint8
-	source, dst *net.TCPAddr
+// send sends the request in s.msg under the next sequence number.
+func (s *diagSocket) send() error {
+	s.seq++
+	binary.NativeEndian.PutUint32(s.msg[0:], uint32(len(s.msg)))
+	binary.NativeEndian.PutUint16(s.msg[4:], unix.SOCK_DIAG_BY_FAMILY)
+	binary.NativeEndian.PutUint16(s.msg[6:], unix.NLM_F_REQUEST)
+	binary.NativeEndian.PutUint32(s.msg[8:], s.seq)
+	// s.msg[12:16], the sender's port id, stays 0: the kernel fills it in.
+	if err := unix.Sendto(s.fd, s.msg[:], 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fmt.Errorf("sending: %w", err)
+	}
+	return nil
+}
+
+// receive reads the answer to the request send sent last.
+func (s *diagSocket) receive() (answer []byte, clean bool, err error) {
+	n, from, err := unix.Recvfrom(s.fd, s.buf[:], 0)
+	if err != nil {
+		return nil, false, fmt.Errorf("receiving: %w", err)
+	}
+	if sa, ok := from.(*unix.SockaddrNetlink); !ok || sa.Pid != 0 {
+		return nil, false, fmt.Errorf("answer from %v, not from the kernel", from)
+	}
+	h, data, err := parseNetlinkAnswer(s.buf[:n])
+	switch {
+	case err != nil:
+		return nil, false, err
+	case h.Seq != s.seq:
+		// An answer to an earlier request: what else is queued cannot be
+		// trusted either.
+		return nil, false, fmt.Errorf("answer to request %d, want %d", h.Seq, s.seq)
+	case h.Type == unix.NLMSG_ERROR && len(data) >= 4:
+		if errno := int32(binary.NativeEndian.Uint32(data)); errno != 0 {
+			return nil, true, unix.Errno(-errno)
+		}
+		return nil, false, errors.New("acknowledged without an answer")
+	case h.Type != unix.SOCK_DIAG_BY_FAMILY:
+		return nil, false, fmt.Errorf("answer of type %d, want %d", h.Type, unix.SOCK_DIAG_BY_FAMILY)
+	}
+	return data, true, nil
+}
+
+// parseNetlinkAnswer splits b, one datagram from the kernel, into the
+// header and payload of the one netlink message it must hold.
+func parseNetlinkAnswer(b []byte) (unix.NlMsghdr, []byte, error) {
+	var h unix.NlMsghdr
+	if len(b) < unix.SizeofNlMsghdr {
+		return h, nil, fmt.Errorf("answer of %d bytes, shorter than a netlink header", len(b))
+	}
+	h.Len = binary.NativeEndian.Uint32(b[0:])
+	h.Type = binary.NativeEndian.Uint16(b[4:])
+	h.Flags = binary.NativeEndian.Uint16(b[6:])
+	h.Seq = binary.NativeEndian.Uint32(b[8:])
+	h.Pid = binary.NativeEndian.Uint32(b[12:])
+	if h.Len < unix.SizeofNlMsghdr || int(h.Len) > len(b) {
+		return h, nil, fmt.Errorf("netlink message of %d bytes in an answer of %d", h.Len, len(b))
+	}
+	// Messages are padded to 4 bytes; anything after the first is a
+	// second message.
+	if next := (int(h.Len) + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1); next < len(b) {
+		return h, nil, fmt.Errorf("answered with more than one message (%d bytes after the first)", len(b)-next)
+	}
+	return h, b[unix.SizeofNlMsghdr:h.Len], nil
 }
 
 // Sizes from linux/inet_diag.h: inet_diag_req_v2 and inet_diag_msg.
@@ -141,33 +245,32 @@ const (
 	inetDiagNoCookie = ^uint32(0)
 )
 
-func newInetDiagRequest(source, dst *net.TCPAddr) *inetDiagRequest {
+// putInetDiagRequest writes into b struct inet_diag_req_v2
+// (linux/inet_diag.h) for an exact lookup of the TCP socket bound to
+// source and connected to dst.
+func putInetDiagRequest(b []byte, source, dst *net.TCPAddr) {
+	b = b[:sizeofInetDiagRequest]
+	clear(b)
 	family := uint8(unix.AF_INET6)
 	if source.IP.To4() != nil && dst.IP.To4() != nil {
 		family = unix.AF_INET
 	}
-	return &inetDiagRequest{family: family, source: source, dst: dst}
-}
-
-func (r *inetDiagRequest) Serialize() []byte {
-	b := make([]byte, sizeofInetDiagRequest)
-	b[0] = r.family
+	b[0] = family
 	b[1] = unix.IPPROTO_TCP
 	// b[2] (extensions) and b[3] (pad) stay zero.
 	binary.NativeEndian.PutUint32(b[4:], ^uint32(0)) // every state
-	binary.BigEndian.PutUint16(b[8:], uint16(r.source.Port))
-	binary.BigEndian.PutUint16(b[10:], uint16(r.dst.Port))
-	if r.family == unix.AF_INET {
-		copy(b[12:28], r.source.IP.To4())
-		copy(b[28:44], r.dst.IP.To4())
+	binary.BigEndian.PutUint16(b[8:], uint16(source.Port))
+	binary.BigEndian.PutUint16(b[10:], uint16(dst.Port))
+	if family == unix.AF_INET {
+		copy(b[12:28], source.IP.To4())
+		copy(b[28:44], dst.IP.To4())
 	} else {
-		copy(b[12:28], r.source.IP.To16())
-		copy(b[28:44], r.dst.IP.To16())
+		copy(b[12:28], source.IP.To16())
+		copy(b[28:44], dst.IP.To16())
 	}
 	// b[44:48] (interface) stays zero: any.
 	binary.NativeEndian.PutUint32(b[48:], inetDiagNoCookie)
 	binary.NativeEndian.PutUint32(b[52:], inetDiagNoCookie)
-	return b
 }
 
 // parseInetDiagMsg reads the fields of struct inet_diag_msg that

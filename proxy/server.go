@@ -62,6 +62,9 @@ type Server struct {
 	throttle *throttle
 	sessions sessionSlots // upstream sessions per mailbox, for max_sessions
 	peerUID  PeerUIDFunc
+	// peers is the kernel lookup behind peerUID, nil when Options.PeerUID
+	// replaces it; it holds netlink sockets until the server stops.
+	peers    *peerLookup
 	rejected rateLimitedLog // over-limit connections
 	// uidUnknown logs failed peer uid lookups.
 	uidUnknown rateLimitedLog
@@ -110,13 +113,16 @@ func New(opts *Options) (*Server, error) {
 		delay = 250 * time.Millisecond
 	}
 	peerUID := opts.PeerUID
+	var peers *peerLookup
 	if peerUID == nil {
-		peerUID = lookupPeerUID
+		peers = newPeerLookup()
+		peerUID = peers.uid
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		throttle:  newThrottle(delay, time.Now),
 		peerUID:   peerUID,
+		peers:     peers,
 		perPeer:   make(map[string]int),
 		auth:      opts.Auth,
 		logger:    logger,
@@ -478,6 +484,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	select {
 	case <-done:
 		s.cancel()
+		s.closePeerLookup()
 		return nil
 	case <-ctx.Done():
 		s.Close()
@@ -501,5 +508,14 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.cancel()
 	s.wg.Wait()
+	s.closePeerLookup()
 	return nil
+}
+
+// closePeerLookup closes the peer lookup's sockets, once no connection is
+// being identified any more.
+func (s *Server) closePeerLookup() {
+	if s.peers != nil {
+		s.peers.close()
+	}
 }
