@@ -39,7 +39,7 @@ type conn struct {
 	bw          *bufio.Writer
 	id          string
 	start       time.Time
-	logger      *slog.Logger
+	log         *sessionLog
 	implicit    bool // accepted on an implicit-TLS listener
 	tlsOn       bool // the connection is protected by TLS
 	// plaintextOK allows LOGIN without TLS: a loopback listener (and,
@@ -65,18 +65,20 @@ func (c *conn) serve() {
 	defer c.srv.removeConn(c)
 	defer func() {
 		if v := recover(); v != nil {
-			c.logger.Error("panic in session", "panic", v, "stack", string(debug.Stack()))
+			c.log.Error("panic in session", "panic", v, "stack", string(debug.Stack()))
 		}
 	}()
 	c.srv.metrics.session(c.proto.name)
-	c.logSession("session start", "local", c.raw.LocalAddr().String(), "tls", c.implicit)
+	if level := c.sessionLevel(); c.log.Enabled(level) {
+		c.log.Log(level, "session start", "local", c.raw.LocalAddr().String(), "tls", c.implicit)
+	}
 	c.nc = c.raw
 	if c.implicit {
 		if err := c.handshake(); err != nil {
 			if c.refusing != nil && c.refusing.refused {
 				err = errProxyHeaderNotAllowed
 			}
-			c.logSession("session end", "duration", time.Since(c.start).Round(time.Millisecond), "reason", "TLS handshake failed: "+err.Error())
+			c.logSessionEnd("TLS handshake failed: " + err.Error())
 			return
 		}
 	}
@@ -86,18 +88,25 @@ func (c *conn) serve() {
 	if c.refusing != nil && c.refusing.refused {
 		reason = errProxyHeaderNotAllowed.Error()
 	}
-	c.logSession("session end", "duration", time.Since(c.start).Round(time.Millisecond), "reason", reason)
+	c.logSessionEnd(reason)
 }
 
-// logSession logs a session's start or end: at info level, or at debug
-// level for the load balancer's own connections (health checks), which
-// come every few seconds.
-func (c *conn) logSession(msg string, attrs ...any) {
-	level := slog.LevelInfo
-	if c.balancerOwn {
-		level = slog.LevelDebug
+// logSessionEnd logs the end of the session and why, at sessionLevel;
+// below that level it builds no attributes.
+func (c *conn) logSessionEnd(reason string) {
+	if level := c.sessionLevel(); c.log.Enabled(level) {
+		c.log.Log(level, "session end", "duration", time.Since(c.start).Round(time.Millisecond), "reason", reason)
 	}
-	c.logger.Log(context.Background(), level, msg, attrs...)
+}
+
+// sessionLevel is the level of a session's start and end: info, or debug
+// for the load balancer's own connections (health checks), which come
+// every few seconds.
+func (c *conn) sessionLevel() slog.Level {
+	if c.balancerOwn {
+		return slog.LevelDebug
+	}
+	return slog.LevelInfo
 }
 
 // releaseLineBuffers returns the pre-auth reader and writer to their
@@ -395,14 +404,14 @@ func (c *conn) bye(text string) {
 // every secret already replaced by [redacted].
 func (c *conn) trace(dir, line string) {
 	if c.tracing() {
-		c.logger.Debug(string(c.proto.name), "dir", dir, "line", line)
+		c.log.Debug(string(c.proto.name), "dir", dir, "line", line)
 	}
 }
 
 // tracing reports whether the protocol trace is on (debug level), so
 // that a caller builds a trace line only when it will be logged.
 func (c *conn) tracing() bool {
-	return c.logger.Enabled(context.Background(), slog.LevelDebug)
+	return c.log.Enabled(slog.LevelDebug)
 }
 
 // redactedMarker stands in for every secret in the protocol trace.

@@ -39,9 +39,9 @@ func (c *conn) login(tag, login, password string) (reason string, done bool) {
 // over c's protocol, counting and logging the outcome. It returns the
 // upstream connection and the session's logger, or an error whose
 // auth.Kind and auth.MessageOf say what to answer the collector.
-func (c *conn) openSession(login, password string) (*UpstreamConn, *slog.Logger, error) {
+func (c *conn) openSession(login, password string) (*UpstreamConn, *sessionLog, error) {
 	start := time.Now()
-	log := c.logger.With("login", login)
+	log := c.log.withLogin(login)
 	ctx, cancel := context.WithTimeout(c.srv.ctx, c.cfg.Server.LoginTimeout)
 	defer cancel()
 	account, waited, err := c.checkPassword(ctx, login, password)
@@ -86,9 +86,11 @@ func (c *conn) openSession(login, password string) (*UpstreamConn, *slog.Logger,
 	c.srv.metrics.login(c.proto.name, "OK")
 	c.srv.auth.Health().Login(login, "OK")
 	c.srv.metrics.observeDial(up.dialTime)
-	log.Info("login", "outcome", "OK", "duration", time.Since(start).Round(time.Millisecond),
-		"throttle_wait", waited.Round(time.Millisecond),
-		"upstream", c.proto.upstreamAddress(c.cfg.Accounts[login].Provider), "dial", up.dialTime.Round(time.Millisecond))
+	if log.Enabled(slog.LevelInfo) {
+		log.Info("login", "outcome", "OK", "duration", time.Since(start).Round(time.Millisecond),
+			"throttle_wait", waited.Round(time.Millisecond),
+			"upstream", c.proto.upstreamAddress(c.cfg.Accounts[login].Provider), "dial", up.dialTime.Round(time.Millisecond))
+	}
 	return up, log, nil
 }
 
@@ -181,7 +183,7 @@ func (c *conn) connectUpstream(ctx context.Context, login string, account *auth.
 		if attempt > 0 || !errors.Is(err, errTokenRefused) {
 			return nil, err
 		}
-		c.logger.Info("upstream refused the access token; refreshing once", "login", login)
+		c.log.Info("upstream refused the access token; refreshing once", "login", login)
 		account.Refused(tok)
 	}
 }
@@ -202,7 +204,7 @@ func (c *conn) sessionToken(ctx context.Context, login string, account *auth.Acc
 	if min <= 0 || tok.Expiry.IsZero() || left >= min || fresh {
 		return tok, nil
 	}
-	c.logger.Info("access token too close to expiry for a new session; refreshing", "login", login,
+	c.log.Info("access token too close to expiry for a new session; refreshing", "login", login,
 		"left", left.Round(time.Second), "session_token_min", min)
 	account.Refused(tok) // drops it from the cache, so Token refreshes
 	return account.Token(ctx)

@@ -104,7 +104,7 @@ func tokenExpiredBye(text string) bool {
 // relay passes bytes both ways until one side closes, first forwarding
 // whatever the pre-auth readers had already buffered. It returns why the
 // session ended.
-func (c *conn) relay(up *UpstreamConn, log *slog.Logger) string {
+func (c *conn) relay(up *UpstreamConn, log *sessionLog) string {
 	defer up.Close()
 	c.nc.SetDeadline(time.Time{})
 	c.mu.Lock()
@@ -181,8 +181,10 @@ func (c *conn) relay(up *UpstreamConn, log *slog.Logger) string {
 			reason += " (expected: the access token expired; the collector reconnects with a fresh one, see session_token_min)"
 		}
 	}
-	log.Info("relay end", "duration", time.Since(start).Round(time.Millisecond),
-		"bytes_to_upstream", toUpstream, "bytes_to_client", toClient, "reason", reason)
+	if log.Enabled(slog.LevelInfo) {
+		log.Info("relay end", "duration", time.Since(start).Round(time.Millisecond),
+			"bytes_to_upstream", toUpstream, "bytes_to_client", toClient, "reason", reason)
+	}
 	return reason
 }
 

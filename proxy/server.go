@@ -371,17 +371,8 @@ func (s *Server) newConn(nc net.Conn, o *origin, implicitTLS, loopbackListener b
 		implicit:    implicitTLS,
 		plaintextOK: loopback || cfg.Server.AllowPlaintext,
 	}
-	attrs := []any{"session", c.id, "protocol", string(proto.name), "remote", o.remote.String()}
-	switch {
-	case o.proxied():
-		attrs = append(attrs, "via", o.via.String())
-	case o.local:
-		attrs = append(attrs, "proxy_header", "local")
-	}
-	if who.uid >= 0 {
-		attrs = append(attrs, "uid", who.uid)
-	}
-	c.logger = s.logger.With(attrs...)
+	c.log = newSessionLog(s.logger, sessionAttrs{id: c.id, protocol: proto.name, remote: o.remote,
+		via: o.via, proxyHeaderLocal: o.local, uid: who.uid})
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.pending, nc)

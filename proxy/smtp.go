@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"strconv"
 	"strings"
@@ -66,7 +65,7 @@ func (c *conn) smtpServe() string {
 	// connection that never speaks only holds a slot.
 	srv.ReadTimeout = min(srvCfg.PreauthTimeout, srvCfg.FirstCommandTimeout)
 	srv.WriteTimeout = srvCfg.PreauthTimeout
-	srv.ErrorLog = smtpErrorLog{c.logger}
+	srv.ErrorLog = smtpErrorLog{c.log}
 	b.srv = srv
 
 	ln := &oneConnListener{conn: c.nc, accepted: make(chan struct{}), waiting: make(chan struct{}),
@@ -149,7 +148,7 @@ func (l *oneConnListener) Addr() net.Addr { return l.conn.LocalAddr() }
 
 // smtpErrorLog passes go-smtp's internal errors (a connection reset, a
 // failed handshake) to the session's log at debug level.
-type smtpErrorLog struct{ log *slog.Logger }
+type smtpErrorLog struct{ log *sessionLog }
 
 func (l smtpErrorLog) Printf(format string, v ...any) {
 	l.log.Debug("smtp server", "detail", fmt.Sprintf(format, v...))
@@ -211,7 +210,7 @@ type smtpSession struct {
 
 	mu  sync.Mutex
 	up  *UpstreamConn // nil before login
-	log *slog.Logger
+	log *sessionLog
 	// inTx is true between an accepted MAIL and the end of its message.
 	inTx bool
 	// broken is set once the upstream session is unusable (cut in the
