@@ -77,6 +77,9 @@ func MessageOf(err error, fallback string) string {
 // OneLine makes s safe for an IMAP response text: control characters become
 // spaces, runs of spaces collapse, and it is cut to max bytes.
 func OneLine(s string, max int) string {
+	if len(s) <= max && isOneLine(s) {
+		return s
+	}
 	s = strings.Map(func(r rune) rune {
 		if r < 0x20 || r == 0x7f {
 			return ' '
@@ -96,4 +99,22 @@ func OneLine(s string, max int) string {
 		s += "..."
 	}
 	return s
+}
+
+// isOneLine reports whether OneLine leaves s as it is (its length aside):
+// ASCII without control characters, with no space at either end and no
+// two in a row. It lets an upstream's response lines through without
+// allocating.
+func isOneLine(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c < 0x20 || c >= 0x7f:
+			// Control characters become spaces; beyond ASCII, Fields
+			// splits at Unicode spaces and Map replaces invalid UTF-8.
+			return false
+		case c == ' ' && (i == 0 || i == len(s)-1 || s[i+1] == ' '):
+			return false
+		}
+	}
+	return true
 }

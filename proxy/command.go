@@ -206,6 +206,14 @@ func (p *commandParser) arg(depth int) (arg, error) {
 
 func (p *commandParser) quoted() (string, error) {
 	p.pos++ // opening quote
+	// Without escapes (the usual case), the string is one slice of the
+	// line: one copy, and no growing buffer left behind with a password's
+	// bytes in it.
+	if n := bytes.IndexAny(p.buf[p.pos:], "\"\\\r\n\x00"); n >= 0 && p.buf[p.pos+n] == '"' {
+		s := string(p.buf[p.pos : p.pos+n])
+		p.pos += n + 1
+		return s, nil
+	}
 	var sb strings.Builder
 	for {
 		if p.atEnd() {

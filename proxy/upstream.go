@@ -668,7 +668,7 @@ func parseResponse(line string) response {
 
 // hasCap reports whether the space-separated capability list has name.
 func hasCap(caps, name string) bool {
-	for _, c := range strings.Fields(caps) {
+	for c := range strings.FieldsSeq(caps) {
 		if strings.EqualFold(c, name) {
 			return true
 		}

@@ -30,6 +30,7 @@ const (
 func recordFileName(login string) string {
 	const hexDigits = "0123456789ABCDEF"
 	var b strings.Builder
+	b.Grow(len(login) + len(recordSuffix)) // enough unless a byte is escaped
 	for i := 0; i < len(login); i++ {
 		c := login[i]
 		switch {
