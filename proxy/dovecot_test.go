@@ -21,6 +21,7 @@ import (
 	"text/template"
 	"time"
 
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/internal/syncbuf"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
 )
 
@@ -278,9 +279,9 @@ func renderFixture(t testing.TB, name, path string, data any) {
 // in the foreground, and stops it with SIGTERM (then kills it after
 // dovecotStartTimeout) when the test ends. It returns the process's
 // output, a channel closed when it exits, and its exit error once it has.
-func startForeground(t testing.TB, name string, cmd *exec.Cmd) (out *syncBuffer, exited <-chan struct{}, waitErr func() error) {
+func startForeground(t testing.TB, name string, cmd *exec.Cmd) (out *syncbuf.Buffer, exited <-chan struct{}, waitErr func() error) {
 	t.Helper()
-	out = &syncBuffer{}
+	out = &syncbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting %s: %v", name, err)

@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +20,7 @@ import (
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/internal/syncbuf"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
 )
@@ -195,25 +195,7 @@ func commonPrefix(a, b []byte) int {
 // logSink collects the proxy's log and wakes waiters on every line. It is
 // safe for concurrent use.
 type logSink struct {
-	mu      sync.Mutex
-	buf     bytes.Buffer
-	changed chan struct{} // closed and replaced on every write
-}
-
-func (l *logSink) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.changed != nil {
-		close(l.changed)
-		l.changed = nil
-	}
-	return l.buf.Write(p)
-}
-
-func (l *logSink) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
+	syncbuf.Buffer
 }
 
 // tail returns the last n lines.
@@ -225,12 +207,7 @@ func (l *logSink) tail(n int) string {
 // wait returns after the next write or at deadline; the deadline keeps
 // pollers of state other than the log bounded.
 func (l *logSink) wait(deadline time.Time) {
-	l.mu.Lock()
-	if l.changed == nil {
-		l.changed = make(chan struct{})
-	}
-	ch := l.changed
-	l.mu.Unlock()
+	ch := l.Changed()
 	d := time.Until(deadline)
 	if d <= 0 {
 		return

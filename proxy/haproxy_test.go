@@ -14,6 +14,7 @@ import (
 	"github.com/pires/go-proxyproto"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/internal/haproxytest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/internal/syncbuf"
 )
 
 // The HAProxy tests run the haproxy.cfg files of docs/operations.md
@@ -27,7 +28,7 @@ import (
 type haproxyInstance struct {
 	name       string // as in the docs' haproxy.cfg: proxy1, proxy2
 	plain, tls string // the addresses of its IMAP listeners
-	logs       *syncBuffer
+	logs       *syncbuf.Buffer
 	stop       func() error
 }
 
@@ -47,7 +48,7 @@ func newHAProxyPair(t *testing.T, failureDelay time.Duration) *haproxyPair {
 	pair := &haproxyPair{h: h}
 	pair.instances[0] = &haproxyInstance{name: "proxy1", plain: h.addr, tls: h.serveOn("127.0.0.1:0", true),
 		logs: h.logs, stop: h.testProxy.stop}
-	second := &haproxyInstance{name: "proxy2", logs: &syncBuffer{}}
+	second := &haproxyInstance{name: "proxy2", logs: &syncbuf.Buffer{}}
 	opts := h.testProxy.options
 	opts.logger = slog.New(slog.NewTextHandler(second.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	p2 := startTestProxy(t, h.cfg, h.store, opts)

@@ -2,7 +2,6 @@ package proxy_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -25,6 +24,7 @@ import (
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/internal/syncbuf"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
 )
@@ -94,7 +94,7 @@ type harness struct {
 	// set.
 	smtpUpstream *proxytest.SMTPUpstream
 	dir          string
-	logs         *syncBuffer
+	logs         *syncbuf.Buffer
 	// testProxy is the running proxy, with its config and token store;
 	// restart replaces it.
 	*testProxy
@@ -118,7 +118,7 @@ func (h *harness) accessTokens() []string {
 // and a proxy with the test account, as opts asks.
 func newHarness(t testing.TB, opts harnessOptions) *harness {
 	t.Helper()
-	h := &harness{t: t, dir: t.TempDir(), logs: &syncBuffer{}}
+	h := &harness{t: t, dir: t.TempDir(), logs: &syncbuf.Buffer{}}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("proxy log:\n%s", h.logs.String())
@@ -441,24 +441,6 @@ func (r *rawConn) until(prefix string) []string {
 func (r *rawConn) closed() bool {
 	_, err := io.ReadAll(r.br)
 	return err == nil || errors.Is(err, syscall.ECONNRESET)
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // freeAddr returns a loopback address nobody listens on.

@@ -36,6 +36,7 @@ import (
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/internal/syncbuf"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy"
 )
 
@@ -65,7 +66,7 @@ type interopEnv struct {
 	smtpAddr string // the proxy's SMTP listener, "" without interopOptions.smtp
 	port     int
 	srv      *proxy.Server
-	logs     *syncBuffer
+	logs     *syncbuf.Buffer
 	accounts map[string]*interopAccount
 
 	mu      sync.Mutex
@@ -106,7 +107,7 @@ type interopOptions struct {
 func newInteropEnvWith(t testing.TB, opts interopOptions, logins ...string) *interopEnv {
 	t.Helper()
 	level := opts.level
-	e := &interopEnv{t: t, logs: &syncBuffer{}, accounts: make(map[string]*interopAccount)}
+	e := &interopEnv{t: t, logs: &syncbuf.Buffer{}, accounts: make(map[string]*interopAccount)}
 	e.tokens = authtest.NewServer(authtest.Options{
 		Flavor: authtest.Microsoft, ClientID: testClientID, ClientSecret: testSecret, Rotate: true,
 	})

@@ -20,6 +20,7 @@ import (
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/internal/syncbuf"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
 )
 
@@ -95,7 +96,7 @@ type idleLab struct {
 // idleDaemon is the real binary serving the idleLab's account.
 type idleDaemon struct {
 	addr, metricsURL string
-	stderr           *syncBuffer
+	stderr           *syncbuf.Buffer
 	stop             func()
 }
 
@@ -162,7 +163,7 @@ func newIdleLab(b *testing.B) *idleLab {
 // start runs the daemon and waits until it serves /metrics.
 func (lab *idleLab) start(b *testing.B) *idleDaemon {
 	b.Helper()
-	d := &idleDaemon{addr: lab.addr, metricsURL: "http://" + lab.metrics + "/metrics", stderr: &syncBuffer{}}
+	d := &idleDaemon{addr: lab.addr, metricsURL: "http://" + lab.metrics + "/metrics", stderr: &syncbuf.Buffer{}}
 	cmd := exec.Command(lab.bin, "serve", "-config", lab.config)
 	cmd.Env = append(os.Environ(), "GOGC="+idleGOGC)
 	cmd.Stderr = d.stderr

@@ -10,7 +10,7 @@ import (
 type peer struct {
 	// key is what limits and the throttle count by: "uid N" for a
 	// loopback peer whose uid the kernel tells, loopbackPeerKey for any
-	// other loopback peer, and the remote IP otherwise.
+	// other loopback peer, and addressKey of the remote IP otherwise.
 	key string
 	// uid is the loopback peer's uid, or -1 when it is unknown or the
 	// peer is remote.
@@ -35,7 +35,7 @@ func identifyPeer(nc net.Conn, lookup PeerUIDFunc) (peer, error) {
 		return peer{key: nc.RemoteAddr().String(), uid: -1}, nil
 	}
 	if !remote.IP.IsLoopback() {
-		return peer{key: remote.IP.String(), uid: -1}, nil
+		return peer{key: addressKey(remote.IP), uid: -1}, nil
 	}
 	uid, err := lookup(nc.LocalAddr(), remote)
 	if err != nil {
@@ -45,11 +45,22 @@ func identifyPeer(nc net.Conn, lookup PeerUIDFunc) (peer, error) {
 }
 
 // addressPeer is the peer of a client whose address a PROXY header gave:
-// its IP address, loopback ones included, since the uid of a socket on the
-// load balancer's host cannot be known here.
+// addressKey of its IP, loopback ones included, since the uid of a socket
+// on the load balancer's host cannot be known here.
 func addressPeer(remote net.Addr) peer {
 	if tcp, ok := remote.(*net.TCPAddr); ok {
-		return peer{key: tcp.IP.String(), uid: -1}
+		return peer{key: addressKey(tcp.IP), uid: -1}
 	}
 	return peer{key: remote.String(), uid: -1}
+}
+
+// addressKey is what a remote peer counts by: its IPv4 address, or the /64
+// of its IPv6 address. An IPv6 host is routinely given a whole /64 (SLAAC,
+// privacy addresses), so counting its addresses apart would hand out
+// fresh counters to whoever picks a new one.
+func addressKey(ip net.IP) string {
+	if ip4 := ip.To4(); ip4 != nil {
+		return ip4.String()
+	}
+	return (&net.IPNet{IP: ip.Mask(net.CIDRMask(64, 128)), Mask: net.CIDRMask(64, 128)}).String()
 }

@@ -282,7 +282,7 @@ func TestSocketActivationAllSockets(t *testing.T) {
 	reload(moved)
 	d.waitLog(regexp.MustCompile(`msg="setting changed; not used: the listener is the socket from systemd" key=server.listen\n`))
 	d.waitLog(regexp.MustCompile(`msg=reloaded`))
-	if m, _ := d.stderr.match(regexp.MustCompile(`next restart" key=server.listen\n`)); m != nil {
+	if m, _ := d.stderr.Match(regexp.MustCompile(`next restart" key=server.listen\n`)); m != nil {
 		t.Errorf("reload asks for a restart for the inherited listener:\n%s", d.stderr)
 	}
 	// The imaps socket needs the certificate: a file without it is refused.

@@ -25,6 +25,7 @@ import (
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/authtest"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/auth/tokenstore"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/health"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/internal/syncbuf"
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/proxy/proxytest"
 )
 
@@ -42,43 +43,10 @@ const (
 	testClientSecret = "client-secret-canary-5d1f07"
 )
 
-// outBuffer is an io.Writer safe for concurrent use that lets a test wait
-// until what was written matches a pattern.
-type outBuffer struct {
-	mu      sync.Mutex
-	buf     bytes.Buffer
-	changed chan struct{} // closed and replaced on every Write
-}
-
-func newOutBuffer() *outBuffer { return &outBuffer{changed: make(chan struct{})} }
-
-func (b *outBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	n, err := b.buf.Write(p)
-	close(b.changed)
-	b.changed = make(chan struct{})
-	return n, err
-}
-
-func (b *outBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// match returns re's submatches in the output so far, and a channel closed
-// at the next Write.
-func (b *outBuffer) match(re *regexp.Regexp) ([]string, <-chan struct{}) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return re.FindStringSubmatch(b.buf.String()), b.changed
-}
-
 // output is one captured stream, named for failure messages.
 type output struct {
 	name string
-	buf  *outBuffer
+	buf  *syncbuf.Buffer
 }
 
 // cli runs command lines in process for one test. When the test ends it
@@ -111,8 +79,8 @@ func (c *cli) secret(values ...string) {
 }
 
 // capture returns new stdout and stderr buffers for the command line args.
-func (c *cli) capture(args []string) (stdout, stderr *outBuffer) {
-	stdout, stderr = newOutBuffer(), newOutBuffer()
+func (c *cli) capture(args []string) (stdout, stderr *syncbuf.Buffer) {
+	stdout, stderr = new(syncbuf.Buffer), new(syncbuf.Buffer)
 	line := strings.Join(args, " ")
 	c.mu.Lock()
 	c.outputs = append(c.outputs, output{line + " (stdout)", stdout}, output{line + " (stderr)", stderr})
@@ -159,7 +127,7 @@ type background struct {
 	t              *testing.T
 	args           []string
 	cancel         context.CancelFunc
-	stdout, stderr *outBuffer
+	stdout, stderr *syncbuf.Buffer
 	done           chan struct{} // closed once code is set
 	code           int
 }
@@ -187,18 +155,18 @@ func (c *cli) start(stdin string, args ...string) *background {
 
 // wait returns re's submatches once out matches it. It fails the test if
 // the command ends first or nothing matches within testDeadline.
-func (b *background) wait(out *outBuffer, re *regexp.Regexp) []string {
+func (b *background) wait(out *syncbuf.Buffer, re *regexp.Regexp) []string {
 	b.t.Helper()
 	deadline := time.After(testDeadline)
 	for {
-		m, changed := out.match(re)
+		m, changed := out.Match(re)
 		if m != nil {
 			return m
 		}
 		select {
 		case <-changed:
 		case <-b.done:
-			if m, _ := out.match(re); m != nil {
+			if m, _ := out.Match(re); m != nil {
 				return m
 			}
 			b.t.Fatalf("%q exited with %d before its output matched %q\nstdout:\n%s\nstderr:\n%s",

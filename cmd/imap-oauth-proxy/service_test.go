@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-imap/v2"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/internal/syncbuf"
 )
 
 // buildBinary compiles the command once per test binary run.
@@ -42,7 +43,7 @@ func (e *buildError) Error() string { return e.err.Error() + ": " + e.out }
 type daemon struct {
 	t      *testing.T
 	cmd    *exec.Cmd
-	stderr *outBuffer
+	stderr *syncbuf.Buffer
 	notify *net.UnixConn
 	exited chan struct{} // closed when the process has exited
 	err    error         // Wait's result, once exited is closed
@@ -163,7 +164,7 @@ func (d *daemon) waitLog(re *regexp.Regexp) []string {
 	d.t.Helper()
 	deadline := time.After(testDeadline)
 	for {
-		m, changed := d.stderr.match(re)
+		m, changed := d.stderr.Match(re)
 		if m != nil {
 			return m
 		}
@@ -171,7 +172,7 @@ func (d *daemon) waitLog(re *regexp.Regexp) []string {
 		case <-changed:
 		case <-d.exited:
 			// Wait has returned, so stderr is complete: one last look.
-			if m, _ := d.stderr.match(re); m != nil {
+			if m, _ := d.stderr.Match(re); m != nil {
 				return m
 			}
 			d.t.Fatalf("the daemon exited (%v) before a log line matched %q\nstderr:\n%s", d.err, re, d.stderr)

@@ -11,13 +11,13 @@ package haproxytest
 import (
 	"context"
 	"fmt"
+	"github.com/imap-oauth-proxy/imap-oauth-proxy/internal/syncbuf"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -28,7 +28,7 @@ const startTimeout = 20 * time.Second
 
 // HAProxy is a running HAProxy. Its methods are safe for concurrent use.
 type HAProxy struct {
-	out *output
+	out *syncbuf.Buffer
 }
 
 // Start checks cfg and runs it until the test ends, and returns once
@@ -43,7 +43,7 @@ func Start(t testing.TB, cfg string, frontends ...string) *HAProxy {
 	if out, err := exec.Command(bin, "-c", "-f", path).CombinedOutput(); err != nil {
 		t.Fatalf("haproxy -c: %v\n%s\nconfiguration:\n%s", err, out, cfg)
 	}
-	h := &HAProxy{out: &output{}}
+	h := &HAProxy{out: &syncbuf.Buffer{}}
 	cmd := exec.Command(bin, "-db", "-f", path)
 	cmd.Stdout, cmd.Stderr = h.out, h.out
 	if err := cmd.Start(); err != nil {
@@ -166,22 +166,4 @@ var RunnableHere = []Replacement{
 	{"log /dev/log local0\n", "log stderr format raw local0\n"},
 	{"    user haproxy\n", ""},
 	{"    group haproxy\n", ""},
-}
-
-// output is a buffer safe for HAProxy's concurrent writers.
-type output struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (o *output) Write(p []byte) (int, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.buf.Write(p)
-}
-
-func (o *output) String() string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.buf.String()
 }
