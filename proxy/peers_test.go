@@ -186,20 +186,3 @@ func TestFirstCommandTimeout(t *testing.T) {
 		t.Fatalf("LOGIN = %q", got)
 	}
 }
-
-// TestPeerUIDFromProcNet: where sock_diag is not available, the uid comes
-// from /proc/net/tcp: another user's connections are counted as theirs.
-func TestPeerUIDFromProcNet(t *testing.T) {
-	needRoot(t)
-	bin := helperBinary(t)
-	h := newHarness(t, harnessOptions{serverTOML: "max_connections_per_peer = 2\n", peerUID: proxy.ProcNetPeerUID})
-	greetings, release := holdAs(t, bin, otherUIDs[1], h.addr, 3)
-	defer release()
-	if count(greetings, "* OK ") != 2 || count(greetings, "* BYE ") != 1 {
-		t.Errorf("the other user's connections got %q", greetings)
-	}
-	if !strings.Contains(h.logs.String(), fmt.Sprintf("peer=\"uid %d\"", otherUIDs[1])) {
-		t.Error("the refusal does not name the other user's uid")
-	}
-	wantLoginUnthrottled(t, h, h.raw(), "c1")
-}
