@@ -75,7 +75,7 @@ func (c *conn) serve() {
 	c.nc = c.raw
 	if c.implicit {
 		if err := c.handshake(); err != nil {
-			if c.refusing != nil && c.refusing.refused {
+			if c.headerRefused() {
 				err = errProxyHeaderNotAllowed
 			}
 			c.logSessionEnd("TLS handshake failed: " + err.Error())
@@ -85,10 +85,21 @@ func (c *conn) serve() {
 	c.br, c.bw = newLineReader(c.nc), newLineWriter(c.nc)
 	reason := c.proto.preauth(c)
 	c.releaseLineBuffers()
-	if c.refusing != nil && c.refusing.refused {
+	if c.headerRefused() {
 		reason = errProxyHeaderNotAllowed.Error()
 	}
 	c.logSessionEnd(reason)
+}
+
+// headerRefused reports whether the session ended on a PROXY header from
+// a source that may not send one, and counts it; it is called once, at
+// the session's end.
+func (c *conn) headerRefused() bool {
+	if c.refusing == nil || !c.refusing.refused {
+		return false
+	}
+	c.srv.metrics.proxyRefused[proxyRefusedSourceNotAllowed].Add(1)
+	return true
 }
 
 // logSessionEnd logs the end of the session and why, at sessionLevel;

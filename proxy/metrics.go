@@ -34,7 +34,19 @@ type metrics struct {
 	dialCounts      [len(dialBuckets)]atomic.Int64 // non-cumulative
 	dialCount       atomic.Int64
 	dialSumMicros   atomic.Int64
+	proxyRefused    [len(proxyRefusalReasons)]atomic.Int64
 }
+
+// proxyRefusalReasons are the label values of
+// imap_oauth_proxy_proxy_headers_refused_total: a connection from a
+// proxy_protocol.allowed source without a valid header in time, and a
+// PROXY header from a source that is not allowed.
+var proxyRefusalReasons = [...]string{"bad_header", "source_not_allowed"}
+
+const (
+	proxyRefusedBadHeader = iota
+	proxyRefusedSourceNotAllowed
+)
 
 // acceptErrorKinds are the label values of
 // imap_oauth_proxy_accept_errors_total; "other" counts the rest.
@@ -110,13 +122,16 @@ var (
 		"Bytes relayed after login, by direction.", []string{"direction"}, nil)
 	descDialSeconds = prometheus.NewDesc("imap_oauth_proxy_upstream_dial_seconds",
 		"Time to connect and finish TLS with the upstream.", nil, nil)
+	descProxyRefused = prometheus.NewDesc("imap_oauth_proxy_proxy_headers_refused_total",
+		"Connections closed over the PROXY protocol, by reason: bad_header (from an allowed source) or source_not_allowed.",
+		[]string{"reason"}, nil)
 )
 
 // Describe sends the descriptions of the server's metrics, of its token
 // manager's and of the per-account ones (prometheus.Collector).
 func (s *Server) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSessionsActive, descSessionsTotal, descRefusedTotal,
-		descAcceptErrors, descLogins, descRelayedBytes, descDialSeconds} {
+		descAcceptErrors, descLogins, descRelayedBytes, descDialSeconds, descProxyRefused} {
 		ch <- d
 	}
 	s.auth.Describe(ch)
@@ -137,6 +152,9 @@ func (s *Server) Collect(ch chan<- prometheus.Metric) {
 	gauge(descSessionsActive, float64(s.ActiveSessions()))
 	m.collectSessions(ch)
 	counter(descRefusedTotal, m.rejectedTotal.Load())
+	for i, reason := range proxyRefusalReasons {
+		counter(descProxyRefused, m.proxyRefused[i].Load(), reason)
+	}
 	for i, k := range acceptErrorKinds {
 		counter(descAcceptErrors, m.acceptErrors[i].Load(), k)
 	}

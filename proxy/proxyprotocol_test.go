@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/pires/go-proxyproto"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/common/expfmt"
 
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/config"
 )
@@ -192,6 +194,20 @@ func TestProxyProtocolRefusals(t *testing.T) {
 	c := h.proxiedFrom(2, "127.0.0.20:1")
 	if g := c.line(); !strings.HasPrefix(g, "* OK") {
 		t.Fatalf("greeting = %q", g)
+	}
+	// Each refusal is counted once, by reason (the counters are updated
+	// before the log lines waited for above).
+	out, err := testutil.CollectAndFormat(h.srv, expfmt.TypeTextPlain, "imap_oauth_proxy_proxy_headers_refused_total")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`imap_oauth_proxy_proxy_headers_refused_total{reason="bad_header"} 6`,
+		`imap_oauth_proxy_proxy_headers_refused_total{reason="source_not_allowed"} 2`,
+	} {
+		if !strings.Contains(string(out), want+"\n") {
+			t.Errorf("metrics lack %q:\n%s", want, out)
+		}
 	}
 }
 

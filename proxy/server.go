@@ -271,6 +271,7 @@ func (s *Server) start(nc net.Conn, implicitTLS, loopbackListener bool, proto *p
 		return
 	}
 	if err != nil {
+		s.metrics.proxyRefused[proxyRefusedBadHeader].Add(1)
 		s.logger.Warn("connection refused", "protocol", string(proto.name), "remote", nc.RemoteAddr().String(),
 			"listener", "server."+proto.listenerKey(implicitTLS), "reason", err.Error())
 		nc.Close()
