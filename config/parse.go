@@ -270,8 +270,10 @@ func (p *parser) server(r *rawServer, opts *LoadOptions) Server {
 	setIf(&s.ListenTLS, r.ListenTLS)
 	setIf(&s.TLSCert, r.TLSCert)
 	setIf(&s.TLSKey, r.TLSKey)
-	p.smtpListeners(r, &s) // before pop3Listeners, which compares all the addresses
-	p.pop3Listeners(r, &s)
+	p.listenerPair(r.ListenSMTP, r.ListenSMTPS, &s.ListenSMTP, &s.ListenSMTPS, "listen_smtp", "listen_smtps", &s)
+	p.limit(r.SMTPMaxMessageBytes, &s.SMTPMaxMessageBytes, "server.smtp_max_message_bytes")
+	p.listenerPair(r.ListenPOP3, r.ListenPOP3TLS, &s.ListenPOP3, &s.ListenPOP3TLS, "listen_pop3", "listen_pop3_tls", &s)
+	p.distinctListeners(&s)
 	setIf(&s.AllowPlaintext, r.AllowPlaintext)
 	setIf(&s.StateDir, r.StateDir)
 	p.enum(r.LogLevel, &s.LogLevel, []string{"debug", "info", "warn", "error"}, "server.log_level")

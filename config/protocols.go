@@ -104,19 +104,26 @@ func (p *parser) pop3Server(r *rawProvider, pr *Provider, at func(string) string
 	setIf(&pr.POP3InitialResponse, r.POP3InitialResponse)
 }
 
-// pop3Listeners reads the [server] POP3 listener keys into s.
-func (p *parser) pop3Listeners(r *rawServer, s *Server) {
-	setIf(&s.ListenPOP3, r.ListenPOP3)
-	setIf(&s.ListenPOP3TLS, r.ListenPOP3TLS)
-	if s.ListenPOP3 != "" {
-		p.address(s.ListenPOP3, true, "server.listen_pop3")
+// listenerPair reads one protocol's plain and implicit-TLS listener keys
+// of [server] (plainKey, tlsKey) into plain and implicitTLS; the
+// implicit-TLS one needs the local certificate.
+func (p *parser) listenerPair(rPlain, rTLS, plain, implicitTLS *string, plainKey, tlsKey string, s *Server) {
+	setIf(plain, rPlain)
+	setIf(implicitTLS, rTLS)
+	if *plain != "" {
+		p.address(*plain, true, "server."+plainKey)
 	}
-	if s.ListenPOP3TLS != "" {
-		p.address(s.ListenPOP3TLS, true, "server.listen_pop3_tls")
+	if *implicitTLS != "" {
+		p.address(*implicitTLS, true, "server."+tlsKey)
 		if s.TLSCert == "" && s.TLSKey == "" {
-			p.addf("server.listen_pop3_tls", "needs server.tls_cert and server.tls_key")
+			p.addf("server."+tlsKey, "needs server.tls_cert and server.tls_key")
 		}
 	}
+}
+
+// distinctListeners reports every listener of s whose address another one
+// already has (listen_tls against listen is reported with the IMAP keys).
+func (p *parser) distinctListeners(s *Server) {
 	seen := map[string]string{}
 	for _, l := range []struct{ key, addr string }{
 		{"listen", s.Listen}, {"listen_tls", s.ListenTLS},
