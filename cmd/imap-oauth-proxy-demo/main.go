@@ -46,19 +46,24 @@ const demoConfig = `# Written by imap-oauth-proxy demo.
 listen = %q
 state_dir = "state"
 
-[providers.demo]
+%s
+[accounts.demo]
+provider = "demo"
+mailbox = %q
+grant = "refresh_token"
+`
+
+// demoProviderTable is the [providers.demo] table of the demo's upstream
+// and token endpoint, in the demo's config and in -upstream-only's
+// provider.toml: token URL, IMAP address, CA file.
+const demoProviderTable = `[providers.demo]
 type = "generic"
 token_url = %q
 scopes = ["imap", "offline_access"]
 client_id = "demo-client"
 client_secret = "demo-secret"
 imap_address = %q
-ca_file = "upstream-ca.pem"
-
-[accounts.demo]
-provider = "demo"
-mailbox = %q
-grant = "refresh_token"
+ca_file = %q
 `
 
 func main() {
@@ -141,7 +146,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer ln.Close()
 	configPath := filepath.Join(*dir, "config.toml")
-	text := fmt.Sprintf(demoConfig, ln.Addr().String(), tokens.TokenURL(), upstream.Addr, demoMailbox)
+	text := fmt.Sprintf(demoConfig, ln.Addr().String(),
+		fmt.Sprintf(demoProviderTable, tokens.TokenURL(), upstream.Addr, "upstream-ca.pem"), demoMailbox)
 	if err := os.WriteFile(configPath, []byte(text), 0o600); err != nil {
 		return fmt.Errorf("writing demo config: %w", err)
 	}
@@ -221,16 +227,8 @@ func startDemoUpstream(dir string, mailboxes []string, personality proxytest.Per
 	return tokens, upstream, nil
 }
 
-const demoProvider = `# Written by imap-oauth-proxy demo -upstream-only, for a config of your
+const demoProviderHeader = `# Written by imap-oauth-proxy demo -upstream-only, for a config of your
 # own. Copy upstream-ca.pem where the service can read it and set ca_file.
-[providers.demo]
-type = "generic"
-token_url = %q
-scopes = ["imap", "offline_access"]
-client_id = "demo-client"
-client_secret = "demo-secret"
-imap_address = %q
-ca_file = %q
 `
 
 // serveDemoUpstream writes what a proxy of one's own needs to use the
@@ -242,7 +240,7 @@ func serveDemoUpstream(ctx context.Context, dir string, tokens *authtest.Server,
 	if err != nil {
 		return err
 	}
-	text := fmt.Sprintf(demoProvider, tokens.TokenURL(), upstream.Addr, filepath.Join(abs, "upstream-ca.pem"))
+	text := demoProviderHeader + fmt.Sprintf(demoProviderTable, tokens.TokenURL(), upstream.Addr, filepath.Join(abs, "upstream-ca.pem"))
 	if err := os.WriteFile(filepath.Join(dir, "provider.toml"), []byte(text), 0o600); err != nil {
 		return fmt.Errorf("writing provider.toml: %w", err)
 	}
