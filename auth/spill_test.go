@@ -153,20 +153,29 @@ func TestSharedStoreSpillOutageAndRestart(t *testing.T) {
 func restartedSavesSpill(t *testing.T, srv *pgtest.Server, e *countingEndpoint, dsn, stateDir string,
 	opts auth.ManagerOptions, other *instance, acct *config.Account) {
 	t.Helper()
+	saved := make(chan struct{}, 1)
+	opts.Logger = slog.New(signalHandler{slog.DiscardHandler, "rotated token pending save saved to the database", saved})
 	holder := newSpillInstance(t, dsn, stateDir, opts)
 	if n := holder.mgr.PendingSaves(); n != 1 {
 		t.Errorf("PendingSaves after the restart = %d; want 1", n)
 	}
 	srv.Started()
-	// Bounded poll: the new Manager's background save runs on its own
-	// clock (PendingRetry), and nothing else says when it is done.
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if _, ok := spilled(t, stateDir, acct.Login); !ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the restarted instance did not save the spilled record within 30s of the database's return")
-		}
+	// The new Manager's background save runs on its own clock
+	// (PendingRetry); it logs when it has saved the record.
+	timer := time.NewTimer(30 * time.Second)
+	defer timer.Stop()
+	select {
+	case <-saved:
+	case <-timer.C:
+		t.Fatal("the restarted instance did not save the spilled record within 30s of the database's return")
+	}
+	if _, ok := spilled(t, stateDir, acct.Login); ok {
+		t.Error("the spill file is still there after the save")
+	}
+	// The background loop recounts after its pass; a pass of our own
+	// recounts now, and must find nothing left.
+	if n, err := holder.mgr.SavePending(t.Context()); n != 0 || err != nil {
+		t.Errorf("SavePending after the save = %d, %v; want 0", n, err)
 	}
 	if n := holder.mgr.PendingSaves(); n != 0 {
 		t.Errorf("PendingSaves after the save = %d; want 0", n)
