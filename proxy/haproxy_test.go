@@ -257,7 +257,7 @@ func TestHAProxyTwoInstances(t *testing.T) {
 func TestHAProxyActiveStandby(t *testing.T) {
 	pair := newHAProxyPair(t, 0)
 	cfg, front := docsHAProxyConfig(t, pair, " backup\n", false)
-	haproxytest.Start(t, cfg, front["imap"], front["imaps"])
+	h := haproxytest.Start(t, cfg, front["imap"], front["imaps"])
 	active, standby := pair.instances[0], pair.instances[1]
 	for i := 2; i < 6; i++ {
 		client := fmt.Sprintf("127.0.0.%d", i)
@@ -277,22 +277,17 @@ func TestHAProxyActiveStandby(t *testing.T) {
 	if err := active.stop(); err != nil {
 		t.Fatalf("stopping proxy1: %v", err)
 	}
-	// HAProxy notices after two failed checks a second apart; until then
-	// connections fail. Bounded poll: one attempt per 100 ms.
+	// HAProxy marks the active proxy down after two failed checks a
+	// second apart, and says so; from then on it sends connections to
+	// the backup.
+	h.WaitOutput(t, regexp.MustCompile(`Server imap_proxies/proxy1 is DOWN`), testDeadline)
 	const client = "127.0.0.10"
-	deadline := time.Now().Add(testDeadline)
-	for {
-		c, err := dialFrom(t, front["imap"], client)
-		if err == nil {
-			if a := c.login(testPassword); !strings.HasPrefix(a, "a OK") {
-				t.Fatalf("LOGIN through the standby: %q", a)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the standby took no connection: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
+	c, err := dialFrom(t, front["imap"], client)
+	if err != nil {
+		t.Fatalf("the standby took no connection: %v", err)
+	}
+	if a := c.login(testPassword); !strings.HasPrefix(a, "a OK") {
+		t.Fatalf("LOGIN through the standby: %q", a)
 	}
 	if !regexp.MustCompile(`msg=login .*remote=` + regexp.QuoteMeta(client) + `:\d+ via=127\.0\.0\.1:\d+ .*outcome=OK`).MatchString(standby.logs.String()) {
 		t.Errorf("the standby logged no login from %s", client)

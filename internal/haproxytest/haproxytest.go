@@ -78,6 +78,25 @@ func Start(t testing.TB, cfg string, frontends ...string) *HAProxy {
 // log lines of a configuration that logs to stderr.
 func (h *HAProxy) Output() string { return h.out.String() }
 
+// WaitOutput waits until HAProxy's output matches re, for at most
+// timeout, and fails the test if it does not.
+func (h *HAProxy) WaitOutput(t testing.TB, re *regexp.Regexp, timeout time.Duration) {
+	t.Helper()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		m, changed := h.out.Match(re)
+		if m != nil {
+			return
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			t.Fatalf("haproxy wrote nothing matching %q within %v:\n%s", re, timeout, h.Output())
+		}
+	}
+}
+
 // waitListening dials addr until it connects, HAProxy exits, or ctx
 // ends. A bounded poll: a listening socket gives no other signal.
 func waitListening(ctx context.Context, addr string, exited <-chan struct{}) error {
