@@ -263,7 +263,10 @@ func (c *container) mustInput(script, input string) string {
 	out, err := c.runInput(script, input)
 	if err != nil {
 		status, _ := c.run("systemctl status --no-pager -n 30 imap-oauth-proxy.service")
-		c.t.Fatalf("in the container: %s\n%v\n%s\n\nthe service:\n%s", script, err, out, status)
+		// systemd's own reasons (a unit that failed at step CGROUP, say)
+		// are in the system journal, not the unit's.
+		journal, _ := c.run("journalctl --no-pager -n 40 -o short-monotonic")
+		c.t.Fatalf("in the container: %s\n%v\n%s\n\nthe service:\n%s\n\nthe journal:\n%s", script, err, out, status, journal)
 	}
 	return out
 }
