@@ -100,7 +100,7 @@ func testProxyCopyCoalesces(t *testing.T, hideSocket bool) {
 	dst := &countingConn{Conn: dstConn}
 	results := make(chan copyResult, 1)
 	var counter atomic.Int64
-	go proxyCopy(results, false, dst, client, nil, rc, &counter)
+	go func() { results <- proxyCopy(false, dst, client, nil, rc, &counter) }()
 
 	got := make([]byte, want.Len())
 	if _, err := io.ReadFull(recvSide, got); err != nil {
@@ -151,12 +151,12 @@ func (s *scriptedSrc) Read(p []byte) (int, error) {
 // the small one once the flow stops, so that an idle direction holds
 // only the small one.
 func TestCopyBufferSizes(t *testing.T) {
-	relays := map[string]func(chan<- copyResult, net.Conn, *scriptedSrc){
-		"proxyCopy": func(r chan<- copyResult, dst net.Conn, src *scriptedSrc) {
-			proxyCopy(r, false, dst, src, nil, nil, new(atomic.Int64))
+	relays := map[string]func(net.Conn, *scriptedSrc) copyResult{
+		"proxyCopy": func(dst net.Conn, src *scriptedSrc) copyResult {
+			return proxyCopy(false, dst, src, nil, nil, new(atomic.Int64))
 		},
-		"plainCopy": func(r chan<- copyResult, dst net.Conn, src *scriptedSrc) {
-			plainCopy(r, false, dst, src, nil, new(atomic.Int64))
+		"plainCopy": func(dst net.Conn, src *scriptedSrc) copyResult {
+			return plainCopy(false, dst, src, nil, new(atomic.Int64))
 		},
 	}
 	for name, relay := range relays {
@@ -166,9 +166,7 @@ func TestCopyBufferSizes(t *testing.T) {
 			// A burst: the small buffer fills, the large one too, then a
 			// short Read ends it; then a short Read while idle.
 			src := &scriptedSrc{counts: []int{relayBufferSize, relayBufferSize, 10, 10}}
-			results := make(chan copyResult, 1)
-			relay(results, dst, src)
-			r := <-results
+			r := relay(dst, src)
 			if r.err != nil {
 				t.Fatal(r.err)
 			}
