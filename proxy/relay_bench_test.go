@@ -74,7 +74,7 @@ func benchProxyCopy(b *testing.B, useTLS bool, chunk, size int) {
 
 	results := make(chan copyResult, 1)
 	var counter atomic.Int64
-	go func() { results <- proxyCopy(false, dst, src, nil, records, &counter) }()
+	go func() { results <- proxyCopy(false, dst, src, nil, records, &counter, nil) }()
 
 	ops := make(chan struct{})
 	sendErr := make(chan error, 1)

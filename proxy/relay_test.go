@@ -100,7 +100,7 @@ func testProxyCopyCoalesces(t *testing.T, hideSocket bool) {
 	dst := &countingConn{Conn: dstConn}
 	results := make(chan copyResult, 1)
 	var counter atomic.Int64
-	go func() { results <- proxyCopy(false, dst, client, nil, rc, &counter) }()
+	go func() { results <- proxyCopy(false, dst, client, nil, rc, &counter, nil) }()
 
 	got := make([]byte, want.Len())
 	if _, err := io.ReadFull(recvSide, got); err != nil {
@@ -153,10 +153,10 @@ func (s *scriptedSrc) Read(p []byte) (int, error) {
 func TestCopyBufferSizes(t *testing.T) {
 	relays := map[string]func(net.Conn, *scriptedSrc) copyResult{
 		"proxyCopy": func(dst net.Conn, src *scriptedSrc) copyResult {
-			return proxyCopy(false, dst, src, nil, nil, new(atomic.Int64))
+			return proxyCopy(false, dst, src, nil, nil, new(atomic.Int64), nil)
 		},
 		"plainCopy": func(dst net.Conn, src *scriptedSrc) copyResult {
-			return plainCopy(false, dst, src, nil, new(atomic.Int64))
+			return plainCopy(false, dst, src, nil, new(atomic.Int64), nil)
 		},
 	}
 	for name, relay := range relays {

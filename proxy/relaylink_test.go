@@ -121,7 +121,7 @@ func TestRelayLinkCollectorHalfClose(t *testing.T) {
 		if n := int64(len("* OK first\r\n" + answer)); res[1].n != n || r.toClient.Load() != n {
 			t.Errorf("to collector: %d bytes, counter %d; want %d", res[1].n, r.toClient.Load(), n)
 		}
-		if bye, ok := upstreamBye(res[1].tail.bytes()); ok {
+		if bye, ok := upstreamBye(r.link.clientTail.bytes()); ok {
 			t.Errorf("the tail ends with BYE %q, but the last line was the tagged OK", bye)
 		}
 	})
@@ -156,7 +156,7 @@ func TestRelayLinkUpstreamGone(t *testing.T) {
 		if res[1].err != nil && !isClosedErr(res[1].err) {
 			t.Errorf("the collector's direction ended with %v, want nil or a closed connection", res[1].err)
 		}
-		if bye, ok := upstreamBye(res[0].tail.bytes()); !ok || !tokenExpiredBye(bye) {
+		if bye, ok := upstreamBye(r.link.clientTail.bytes()); !ok || !tokenExpiredBye(bye) {
 			t.Errorf("upstreamBye = %q, %v; want the AccessTokenExpired BYE", bye, ok)
 		}
 	})
