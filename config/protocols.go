@@ -27,6 +27,49 @@ var microsoftDelegatedPermissions = map[Protocol]string{
 	SMTP: "SMTP.Send",
 }
 
+// listenerKeys are the [server] keys of each protocol's listeners: the
+// plain one, then the implicit-TLS one.
+var listenerKeys = map[Protocol][2]string{
+	IMAP: {"listen", "listen_tls"},
+	POP3: {"listen_pop3", "listen_pop3_tls"},
+	SMTP: {"listen_smtp", "listen_smtps"},
+}
+
+// ListenerKey returns the [server] key of proto's plain listener or, with
+// implicitTLS, of its implicit-TLS listener; "" for an unknown protocol.
+func ListenerKey(proto Protocol, implicitTLS bool) string {
+	keys, ok := listenerKeys[proto]
+	switch {
+	case !ok:
+		return ""
+	case implicitTLS:
+		return keys[1]
+	}
+	return keys[0]
+}
+
+// addressKeys are the [providers.NAME] keys of each protocol's upstream
+// server.
+var addressKeys = map[Protocol]string{IMAP: "imap_address", POP3: "pop3_address", SMTP: "smtp_address"}
+
+// AddressKey returns the [providers.NAME] key of the upstream server for
+// proto, such as pop3_address.
+func AddressKey(proto Protocol) string { return addressKeys[proto] }
+
+// Address returns p's upstream server for proto (host:port), "" when it
+// has none.
+func (p *Provider) Address(proto Protocol) string {
+	switch proto {
+	case IMAP:
+		return p.IMAPAddress
+	case POP3:
+		return p.POP3Address
+	case SMTP:
+		return p.SMTPAddress
+	}
+	return ""
+}
+
 // Allows reports whether the account may be used over proto.
 func (a *Account) Allows(proto Protocol) bool {
 	return slices.Contains(a.Protocols, proto)
@@ -104,10 +147,11 @@ func (p *parser) pop3Server(r *rawProvider, pr *Provider, at func(string) string
 	setIf(&pr.POP3InitialResponse, r.POP3InitialResponse)
 }
 
-// listenerPair reads one protocol's plain and implicit-TLS listener keys
-// of [server] (plainKey, tlsKey) into plain and implicitTLS; the
-// implicit-TLS one needs the local certificate.
-func (p *parser) listenerPair(rPlain, rTLS, plain, implicitTLS *string, plainKey, tlsKey string, s *Server) {
+// listenerPair reads proto's plain and implicit-TLS listener keys of
+// [server] into plain and implicitTLS; the implicit-TLS one needs the
+// local certificate.
+func (p *parser) listenerPair(rPlain, rTLS, plain, implicitTLS *string, proto Protocol, s *Server) {
+	plainKey, tlsKey := ListenerKey(proto, false), ListenerKey(proto, true)
 	setIf(plain, rPlain)
 	setIf(implicitTLS, rTLS)
 	if *plain != "" {
@@ -126,9 +170,9 @@ func (p *parser) listenerPair(rPlain, rTLS, plain, implicitTLS *string, plainKey
 func (p *parser) distinctListeners(s *Server) {
 	seen := map[string]string{}
 	for _, l := range []struct{ key, addr string }{
-		{"listen", s.Listen}, {"listen_tls", s.ListenTLS},
-		{"listen_pop3", s.ListenPOP3}, {"listen_pop3_tls", s.ListenPOP3TLS},
-		{"listen_smtp", s.ListenSMTP}, {"listen_smtps", s.ListenSMTPS},
+		{ListenerKey(IMAP, false), s.Listen}, {ListenerKey(IMAP, true), s.ListenTLS},
+		{ListenerKey(POP3, false), s.ListenPOP3}, {ListenerKey(POP3, true), s.ListenPOP3TLS},
+		{ListenerKey(SMTP, false), s.ListenSMTP}, {ListenerKey(SMTP, true), s.ListenSMTPS},
 	} {
 		if l.addr == "" || strings.HasSuffix(l.addr, ":0") {
 			continue

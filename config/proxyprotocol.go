@@ -9,7 +9,11 @@ import (
 
 // ProxyListeners are the [server] listener keys that proxy_protocol.listeners
 // may name, in the order the man page gives them.
-var ProxyListeners = []string{"listen", "listen_tls", "listen_pop3", "listen_pop3_tls", "listen_smtp", "listen_smtps"}
+var ProxyListeners = []string{
+	ListenerKey(IMAP, false), ListenerKey(IMAP, true),
+	ListenerKey(POP3, false), ListenerKey(POP3, true),
+	ListenerKey(SMTP, false), ListenerKey(SMTP, true),
+}
 
 // DefaultProxyHeaderTimeout is the default of proxy_protocol.header_timeout.
 // A load balancer sends its header at once, with the connection.
