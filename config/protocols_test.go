@@ -174,7 +174,6 @@ type = "microsoft"
 tenant = "contoso.onmicrosoft.us"
 cloud = "usgov"
 client_id = "id"
-scopes = ["mail"]
 
 [accounts.a]
 provider = "gov"
