@@ -124,3 +124,32 @@ Listeners = ["listen"]
 		t.Errorf("problems\n%q\nwant\n%q", verr.Problems, want)
 	}
 }
+
+// TestEmptyValuesAreGiven: a key set to "" is set, and checked, rather
+// than taken for a key the file leaves out.
+func TestEmptyValuesAreGiven(t *testing.T) {
+	_, err := Parse([]byte(`[providers.m]
+type = "microsoft"
+client_id = "id"
+tenant = ""
+cloud = ""
+
+[accounts.a]
+provider = ""
+mailbox = "a"
+protocols = []
+`), "")
+	var verr *ValidationError
+	if !errors.As(err, &verr) {
+		t.Fatalf("got %v, want a *ValidationError", err)
+	}
+	want := []string{
+		`providers.m.tenant: bad tenant "" (want a tenant ID, a domain or organizations)`,
+		`providers.m.cloud: unknown value "" (want global, usgov, china)`,
+		`accounts.a.provider: unknown provider ""`,
+		`accounts.a.protocols: empty (want some of imap, pop3, smtp)`,
+	}
+	if !slices.Equal(verr.Problems, want) {
+		t.Errorf("problems\n%q\nwant\n%q", verr.Problems, want)
+	}
+}
