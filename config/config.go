@@ -20,9 +20,9 @@
 // missing fields, bad values, addresses and URLs and dangling provider names
 // are all reported together in one *ValidationError, each problem starting
 // with its key path. A value of the wrong TOML type (a number where a string
-// belongs, say) ends decoding: the error names that one's key (and line,
-// mostly), and no other problem. A Config is never returned together with
-// an error.
+// belongs, say), or a duration string that does not parse, ends decoding:
+// the error names that one's key (and line, mostly), and no other problem.
+// A Config is never returned together with an error.
 //
 // A returned Config is not modified by this package; it is safe for concurrent
 // reads as long as no caller writes to it.
@@ -339,9 +339,9 @@ func (e *ValidationError) Error() string {
 // Load reads the mapping file at path and parses it like Parse, resolving
 // relative paths in it against the file's directory. The returned Config has
 // Path set to path. Errors are wrapped with the path; a TOML syntax error
-// carries a toml.ParseError with its line, a value of the wrong type an
-// error naming its key (the first one decoding meets), an invalid file a
-// *ValidationError.
+// carries a toml.ParseError with its line, a value of the wrong type or a
+// duration that does not parse an error naming its key (the first one
+// decoding meets), an invalid file a *ValidationError.
 func Load(path string) (*Config, error) {
 	return LoadWithOptions(path, nil)
 }
@@ -391,8 +391,9 @@ func LoadWithOptions(path string, opts *LoadOptions) (*Config, error) {
 // dir "" they stay relative to the working directory. client_secret_file
 // is read; client_certificate_file and client_key_file are read and
 // checked (an RSA key and its certificate) but not kept. Parse returns a
-// TOML syntax error or the first value of the wrong type it meets,
-// wrapped, or a *ValidationError listing every problem.
+// TOML syntax error or the first value of the wrong type (or duration
+// that does not parse) it meets, wrapped, or a *ValidationError listing
+// every problem.
 func Parse(data []byte, dir string) (*Config, error) {
 	return parse(data, dir, nil)
 }
