@@ -89,7 +89,9 @@ func parse(data []byte, dir string, opts *LoadOptions) (*Config, error) {
 	}
 	md, err := toml.Decode(string(data), &f)
 	if err != nil {
-		return nil, fmt.Errorf("parsing TOML: %w", redactParseError(err, data))
+		// A syntax error comes with no keys, a decoding error with them.
+		syntax := len(md.Keys()) == 0
+		return nil, fmt.Errorf("parsing TOML: %w", redactParseError(err, data, syntax))
 	}
 	// The toml package leaves a map field alone, without an error, when
 	// the file gives another type of value: that is a type error too.
@@ -110,12 +112,12 @@ func parse(data []byte, dir string, opts *LoadOptions) (*Config, error) {
 	cfg.ProxyProtocol = p.proxyProtocol(&f.Proxy, &cfg.Server, opts)
 	for _, name := range sortedKeys(f.Providers) {
 		if cfg.Providers[name], err = p.provider(name, f.Providers[name]); err != nil {
-			return nil, fmt.Errorf("parsing TOML: %w", redactParseError(err, data))
+			return nil, fmt.Errorf("parsing TOML: %w", redactParseError(err, data, false))
 		}
 	}
 	for _, login := range sortedKeys(f.Accounts) {
 		if cfg.Accounts[login], err = p.account(login, f.Accounts[login], cfg.Providers); err != nil {
-			return nil, fmt.Errorf("parsing TOML: %w", redactParseError(err, data))
+			return nil, fmt.Errorf("parsing TOML: %w", redactParseError(err, data, false))
 		}
 	}
 	if len(p.problems) > 0 {
@@ -126,13 +128,15 @@ func parse(data []byte, dir string, opts *LoadOptions) (*Config, error) {
 
 // redactParseError keeps a secret out of a TOML error. The toml package
 // quotes the text around a syntax error ("expected value but found ..."),
-// and a duration that does not parse, so the message is replaced when the
-// error is about a key whose name contains "secret", or on or just after
-// a line that mentions one. The returned ParseError also drops the input,
-// so that its ErrorWithPosition cannot print the file's lines. Other
-// errors (a value of the wrong type) name the types, never the value, and
-// are returned as they are.
-func redactParseError(err error, data []byte) error {
+// so the message is replaced when the error is about a key whose name
+// contains "secret", or, for a syntax error (syntax), whose last key may
+// be the one before, on or just after a line that mentions one. A
+// decoding error quotes a value only for a duration that does not parse.
+// The returned ParseError also drops the input, so that its
+// ErrorWithPosition cannot print the file's lines. Other errors (a value
+// of the wrong type) name the types, never the value, and are returned as
+// they are.
+func redactParseError(err error, data []byte, syntax bool) error {
 	var perr toml.ParseError
 	if !errors.As(err, &perr) {
 		return err
@@ -151,12 +155,12 @@ func redactParseError(err error, data []byte) error {
 	secret := mentions(perr.LastKey)
 	lines := strings.Split(string(data), "\n")
 	for _, n := range []int{perr.Position.Line - 1, perr.Position.Line} {
-		if n >= 1 && n <= len(lines) && mentions(lines[n-1]) {
+		if syntax && n >= 1 && n <= len(lines) && mentions(lines[n-1]) {
 			secret = true
 		}
 	}
 	if secret {
-		clean.Message = "syntax error or bad value (details not shown: the text may hold a secret)"
+		clean.Message = "syntax error (details not shown: the text may hold a secret)"
 		clean.Usage = ""
 	}
 	return clean
