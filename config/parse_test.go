@@ -162,3 +162,13 @@ protocols = []
 		t.Errorf("problems\n%q\nwant\n%q", verr.Problems, want)
 	}
 }
+
+// TestSyntaxErrorOnSecretLineRedacted: a syntax error on a line that
+// holds a secret is not shown, even where the toml package names the key
+// before it (here the table) as the last key.
+func TestSyntaxErrorOnSecretLineRedacted(t *testing.T) {
+	_, err := Parse([]byte("[providers.p]\nclient_secret = \"hunter2\" x\n"), "")
+	if err == nil || !strings.Contains(err.Error(), "details not shown") {
+		t.Errorf("got %v, want the details of the syntax error hidden", err)
+	}
+}
