@@ -401,7 +401,6 @@ listen = "1143"
 log_level = "verbose"
 log_format = "xml"
 preauth_timeout = 60
-login_timeout = "soon"
 dial_timeout = "0s"
 token_timeout = "-1s"
 max_connections = 0
@@ -410,7 +409,7 @@ max_line_bytes = -1
 `,
 			want: []string{
 				"server.log_level", "server.log_format",
-				"server.preauth_timeout", "server.login_timeout", "server.dial_timeout", "server.token_timeout",
+				"server.preauth_timeout", "server.dial_timeout", "server.token_timeout",
 				"server.max_connections", "server.max_connections_per_ip", "server.max_line_bytes", "server.listen",
 			},
 		},
@@ -652,6 +651,7 @@ func TestParseTypeError(t *testing.T) {
 		{"integer from a string", "[server]\nmax_connections_per_ip = \"10\"\n", "server.max_connections_per_ip"},
 		{"integer from a float", "[server]\nmax_literal_bytes = 1.5\n", "server.max_literal_bytes"},
 		{"duration from an array", "[server]\npreauth_timeout = [\"60s\"]\n", "server.preauth_timeout"},
+		{"duration that does not parse", "[server]\nlogin_timeout = \"soon\"\n", "server.login_timeout"},
 		{"array from a string", "[providers.lab]\nscopes = \"imap offline_access\"\n", "providers.lab.scopes"},
 		{"string from an array", "[providers.lab]\nca_file = [\"a\", \"b\"]\n", "providers.lab.ca_file"},
 		{"provider type", "[providers.c]\ntype = 1\n", "providers.c.type"},

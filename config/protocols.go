@@ -104,30 +104,33 @@ func (a *Account) Scopes() []string {
 	return append(scopes, "offline_access")
 }
 
-// protocols reads an account's protocols key into a.Protocols: a
-// non-empty array of known protocol names without duplicates, [imap] when
-// not set. A protocol the provider has no server for is a problem.
-func (p *parser) protocols(names *[]string, a *Account, at func(string) string) {
+// protocols checks an account's protocols key, decoded into a.Protocols
+// (given reports whether the file sets it): a non-empty array of known
+// protocol names, in any case, without duplicates; [imap] when not set,
+// and when not valid. A protocol the provider has no server for is a
+// problem.
+func (p *parser) protocols(given bool, a *Account, at func(string) string) {
+	names := a.Protocols
 	a.Protocols = []Protocol{IMAP}
-	if names == nil {
+	if !given {
 		return
 	}
-	if len(*names) == 0 {
+	if len(names) == 0 {
 		p.addf(at("protocols"), "empty (want some of %s)", strings.Join(knownProtocols, ", "))
 		return
 	}
 	var protos []Protocol
-	for _, name := range *names {
-		name = strings.ToLower(name)
+	for _, name := range names {
+		name = Protocol(strings.ToLower(string(name)))
 		switch {
-		case !isOneOf(name, knownProtocols...):
+		case !isOneOf(string(name), knownProtocols...):
 			p.addf(at("protocols"), "unknown protocol %q (want %s)", name, strings.Join(knownProtocols, ", "))
 			return
-		case slices.Contains(protos, Protocol(name)):
+		case slices.Contains(protos, name):
 			p.addf(at("protocols"), "%s listed twice", name)
 			return
 		}
-		protos = append(protos, Protocol(name))
+		protos = append(protos, name)
 	}
 	a.Protocols = protos
 	if a.Provider != nil && a.Allows(POP3) && a.Provider.POP3Address == "" {
@@ -138,27 +141,15 @@ func (p *parser) protocols(names *[]string, a *Account, at func(string) string) 
 	}
 }
 
-// pop3Server reads a provider's POP3 keys into pr.
-func (p *parser) pop3Server(r *rawProvider, pr *Provider, at func(string) string) {
-	setIf(&pr.POP3Address, r.POP3Address)
-	if pr.POP3Address != "" {
-		p.address(pr.POP3Address, false, at("pop3_address"))
-	}
-	setIf(&pr.POP3InitialResponse, r.POP3InitialResponse)
-}
-
-// listenerPair reads proto's plain and implicit-TLS listener keys of
-// [server] into plain and implicitTLS; the implicit-TLS one needs the
-// local certificate.
-func (p *parser) listenerPair(rPlain, rTLS, plain, implicitTLS *string, proto Protocol, s *Server) {
+// listenerPair checks proto's plain and implicit-TLS listener addresses
+// of s; the implicit-TLS one needs the local certificate.
+func (p *parser) listenerPair(plain, implicitTLS string, proto Protocol, s *Server) {
 	plainKey, tlsKey := ListenerKey(proto, false), ListenerKey(proto, true)
-	setIf(plain, rPlain)
-	setIf(implicitTLS, rTLS)
-	if *plain != "" {
-		p.address(*plain, true, "server."+plainKey)
+	if plain != "" {
+		p.address(plain, true, "server."+plainKey)
 	}
-	if *implicitTLS != "" {
-		p.address(*implicitTLS, true, "server."+tlsKey)
+	if implicitTLS != "" {
+		p.address(implicitTLS, true, "server."+tlsKey)
 		if s.TLSCert == "" && s.TLSKey == "" {
 			p.addf("server."+tlsKey, "needs server.tls_cert and server.tls_key")
 		}

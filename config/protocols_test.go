@@ -2,7 +2,6 @@ package config
 
 import (
 	"errors"
-	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -193,8 +192,8 @@ protocols = ["imap", "pop3"]
 // names are keys the file has, and a provider's address for a protocol is
 // the one its key sets.
 func TestProtocolKeys(t *testing.T) {
-	serverKeys := fieldNames(reflect.TypeFor[rawServer]())
-	providerKeys := fieldNames(reflect.TypeFor[rawProvider]())
+	serverKeys := fieldNames(tableTypes()["server"])
+	providerKeys := fieldNames(tableTypes()["providers"])
 	cfg, err := Parse([]byte(`[providers.p]
 type = "generic"
 token_url = "https://login.example/token"
