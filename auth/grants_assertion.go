@@ -33,9 +33,6 @@ const clientAssertionType = "urn:ietf:params:oauth:client-assertion-type:jwt-bea
 // used for a single request right away.
 const assertionLifetime = 10 * time.Minute
 
-// timeNow is the clock of client assertions; tests replace it.
-var timeNow = time.Now
-
 // assertionHeader is the JOSE header of a client assertion. Entra ID finds
 // the app's certificate by its thumbprint: x5t (SHA-1) and x5t#S256
 // (SHA-256) of its DER encoding, base64url.
@@ -156,7 +153,7 @@ func assertionFetcher(p *config.Provider) (func(context.Context) (*oauth2.Token,
 	clientID, tokenURL := p.ClientID, p.TokenURL
 	scopes := append([]string(nil), p.AppScopes...)
 	return func(ctx context.Context) (*oauth2.Token, error) {
-		assertion, err := clientAssertion(cred.current(), clientID, tokenURL, timeNow())
+		assertion, err := clientAssertion(cred.current(), clientID, tokenURL, time.Now())
 		if err != nil {
 			return nil, err
 		}

@@ -20,9 +20,9 @@
 // missing fields, bad values, addresses and URLs and dangling provider names
 // are all reported together in one *ValidationError, each problem starting
 // with its key path. A value of the wrong TOML type (a number where a string
-// belongs, say) ends decoding: the error names that one's key (and line,
-// mostly), and no other problem. A Config is never returned together with
-// an error.
+// belongs, say), or a duration string that does not parse, ends decoding:
+// the error names that one's key (and line, mostly), and no other problem.
+// A Config is never returned together with an error.
 //
 // A returned Config is not modified by this package; it is safe for concurrent
 // reads as long as no caller writes to it.
@@ -69,93 +69,94 @@ type Server struct {
 	// STARTTLS is offered when TLSCert is set. "" disables the plain listener
 	// and is allowed only when ListenTLS is set or a listener is inherited
 	// (see LoadOptions). Port 0 picks a free port.
-	Listen string
+	Listen string `toml:"listen"`
 	// ListenTLS is the implicit-TLS listener address (key listen_tls); ""
 	// disables it. Setting it requires TLSCert and TLSKey.
-	ListenTLS string
+	ListenTLS string `toml:"listen_tls"`
 	// ListenPOP3 is the plain POP3 listener address (key listen_pop3), on
 	// which STLS is offered when TLSCert is set; "" (the default) disables
 	// it.
-	ListenPOP3 string
+	ListenPOP3 string `toml:"listen_pop3"`
 	// ListenPOP3TLS is the implicit-TLS POP3 listener address (key
 	// listen_pop3_tls); "" disables it. Setting it requires TLSCert and
 	// TLSKey.
-	ListenPOP3TLS string
+	ListenPOP3TLS string `toml:"listen_pop3_tls"`
 	// ListenSMTP is the SMTP submission listener address (key
 	// listen_smtp), port 587 style: STARTTLS is offered when TLSCert is
 	// set; "" (the default) disables it.
-	ListenSMTP string
+	ListenSMTP string `toml:"listen_smtp"`
 	// ListenSMTPS is the implicit-TLS submission listener address (key
 	// listen_smtps, port 465 style); "" disables it. Setting it requires
 	// TLSCert and TLSKey.
-	ListenSMTPS string
+	ListenSMTPS string `toml:"listen_smtps"`
 	// SMTPMaxMessageBytes bounds one message a sender submits (key
 	// smtp_max_message_bytes), announced in EHLO's SIZE; the upstream's own
 	// limit applies too.
-	SMTPMaxMessageBytes int
+	SMTPMaxMessageBytes int `toml:"smtp_max_message_bytes"`
 	// TLSCert and TLSKey are the PEM certificate chain and key for local TLS
 	// (keys tls_cert and tls_key), both set or both "". Relative paths are
 	// resolved against the config file's directory.
-	TLSCert, TLSKey string
+	TLSCert string `toml:"tls_cert"`
+	TLSKey  string `toml:"tls_key"`
 	// AllowPlaintext allows LOGIN and AUTHENTICATE PLAIN on a connection that
 	// is not protected by TLS (key allow_plaintext).
-	AllowPlaintext bool
+	AllowPlaintext bool `toml:"allow_plaintext"`
 	// StateDir is the directory of the encrypted token records (key
 	// state_dir), resolved against the config file's directory if relative.
-	StateDir string
+	StateDir string `toml:"state_dir"`
 	// LogLevel is debug, info, warn or error (key log_level).
-	LogLevel string
+	LogLevel string `toml:"log_level"`
 	// LogFormat is text or json (key log_format).
-	LogFormat string
+	LogFormat string `toml:"log_format"`
 	// PreauthTimeout bounds the wait for each command before login (key
 	// preauth_timeout).
-	PreauthTimeout time.Duration
+	PreauthTimeout time.Duration `toml:"preauth_timeout"`
 	// LoginTimeout bounds getting a token and logging in upstream (key
 	// login_timeout).
-	LoginTimeout time.Duration
+	LoginTimeout time.Duration `toml:"login_timeout"`
 	// DialTimeout bounds connecting to the upstream IMAP server (key
 	// dial_timeout).
-	DialTimeout time.Duration
+	DialTimeout time.Duration `toml:"dial_timeout"`
 	// TokenTimeout bounds one HTTP request to a token endpoint (key
 	// token_timeout).
-	TokenTimeout time.Duration
+	TokenTimeout time.Duration `toml:"token_timeout"`
 	// RefreshMargin is how long a cached access token must still be valid
 	// to be used for a new session (key refresh_margin).
-	RefreshMargin time.Duration
+	RefreshMargin time.Duration `toml:"refresh_margin"`
 	// SessionTokenMin is the least time an access token must have left
 	// for a new upstream session to start on it (key session_token_min);
 	// with less, the token is refreshed first. Microsoft 365 ends a
 	// session when its token expires, so this is how long a session is
 	// sure to last.
-	SessionTokenMin time.Duration
+	SessionTokenMin time.Duration `toml:"session_token_min"`
 	// MaxConnections bounds concurrent connections in total (key
 	// max_connections).
-	MaxConnections int
+	MaxConnections int `toml:"max_connections"`
 	// MaxConnectionsPerPeer bounds concurrent connections per peer (key
 	// max_connections_per_peer; max_connections_per_ip is its old name):
 	// per local user ("uid N") for a loopback peer whose uid the kernel
 	// tells, per remote address otherwise, and for all of 127.0.0.0/8 and
 	// ::1 together when the uid is unknown.
-	MaxConnectionsPerPeer int
+	MaxConnectionsPerPeer int `toml:"max_connections_per_peer"`
 	// MaxLineBytes bounds a command line before login (key max_line_bytes).
-	MaxLineBytes int
+	MaxLineBytes int `toml:"max_line_bytes"`
 	// MaxLiteralBytes bounds a literal before login (key
 	// max_literal_bytes), at most MaxLiteralBytesLimit.
-	MaxLiteralBytes int
+	MaxLiteralBytes int `toml:"max_literal_bytes"`
 	// FirstCommandTimeout bounds the wait for a new connection's first
 	// command (key first_command_timeout), so that idle connections do
 	// not hold the slots of a peer or the server for long.
-	FirstCommandTimeout time.Duration
+	FirstCommandTimeout time.Duration `toml:"first_command_timeout"`
 	// PreauthMaxTime bounds the whole time from connect to login (key
 	// preauth_max_time), however busy the client keeps the session.
-	PreauthMaxTime time.Duration
+	PreauthMaxTime time.Duration `toml:"preauth_max_time"`
 	// ShutdownTimeout is how long relayed sessions may go on after SIGTERM
 	// before they are cut (key shutdown_timeout).
-	ShutdownTimeout time.Duration
+	ShutdownTimeout time.Duration `toml:"shutdown_timeout"`
 	// MetricsListen is the address of the HTTP listener that serves
 	// Prometheus metrics at /metrics (key metrics_listen); "" disables it.
 	// Keep it on loopback: the metrics name logins.
-	MetricsListen string
+	MetricsListen string `toml:"metrics_listen"`
 }
 
 // MaxLiteralBytesLimit is the largest max_literal_bytes accepted: a
@@ -190,33 +191,33 @@ func Defaults() Server {
 // its type, then the keys given in the file on top.
 type Provider struct {
 	// Name is the NAME of the [providers.NAME] table.
-	Name string
+	Name string `toml:"-"`
 	// Type is "microsoft", "google" or "generic".
-	Type string
+	Type string `toml:"type"`
 	// Tenant is the Microsoft Entra tenant (ID, domain, "organizations" or
 	// "common"), substituted into the preset URLs; "organizations" when not
 	// set. It is "" for other types.
-	Tenant string
+	Tenant string `toml:"tenant"`
 	// AuthURL is the authorization endpoint (key auth_url); "" if the
 	// provider has none.
-	AuthURL string
+	AuthURL string `toml:"auth_url"`
 	// TokenURL is the token endpoint (key token_url); never "".
-	TokenURL string
+	TokenURL string `toml:"token_url"`
 	// DeviceAuthURL is the device authorization endpoint (key
 	// device_auth_url); "" if the provider has none.
-	DeviceAuthURL string
+	DeviceAuthURL string `toml:"device_auth_url"`
 	// Scopes are requested for delegated grants (key scopes); never empty.
-	Scopes []string
+	Scopes []string `toml:"scopes"`
 	// AppScopes are requested for the client_credentials grant (key
 	// app_scopes); may be empty.
-	AppScopes []string
+	AppScopes []string `toml:"app_scopes"`
 	// ClientID is the OAuth client ID (key client_id); never "".
-	ClientID string
+	ClientID string `toml:"client_id"`
 	// ClientSecret is the OAuth client secret: the key client_secret, or the
 	// content of the file named by client_secret_file with surrounding white
 	// space trimmed. "" for a public client, and for a client that
 	// authenticates with a certificate. Never log it.
-	ClientSecret string
+	ClientSecret string `toml:"client_secret"`
 	// ClientCertificateFile and ClientKeyFile are the app's certificate
 	// credential (keys client_certificate_file and client_key_file),
 	// resolved against the config file's directory: a certificate (PEM or
@@ -226,45 +227,46 @@ type Provider struct {
 	// certificate credentials) instead of a client secret; ClientSecret is
 	// "" then. Validation has checked that the files were readable and
 	// belong together; LoadClientCertificate reads them.
-	ClientCertificateFile, ClientKeyFile string
+	ClientCertificateFile string `toml:"client_certificate_file"`
+	ClientKeyFile         string `toml:"client_key_file"`
 	// IMAPAddress is the upstream IMAP server's host:port (key
 	// imap_address).
-	IMAPAddress string
+	IMAPAddress string `toml:"imap_address"`
 	// IMAPTLS is "implicit" (TLS from the first byte) or "starttls" (key
 	// imap_tls).
-	IMAPTLS string
+	IMAPTLS string `toml:"imap_tls"`
 	// POP3Address is the upstream POP3 server's host:port (key
 	// pop3_address), spoken to with implicit TLS; "" when the provider has
 	// none, and then no account of it may list pop3.
-	POP3Address string
+	POP3Address string `toml:"pop3_address"`
 	// POP3InitialResponse sends the SASL initial response on the POP3 AUTH
 	// line (key pop3_initial_response), as Gmail expects; false waits for
 	// the server's "+" first, as Microsoft 365 requires (RFC 5034 section
 	// 4 allows both).
-	POP3InitialResponse bool
+	POP3InitialResponse bool `toml:"pop3_initial_response"`
 	// SMTPAddress is the upstream submission server's host:port (key
 	// smtp_address), spoken to with STARTTLS; "" when the provider has
 	// none, and then no account of it may list smtp.
-	SMTPAddress string
+	SMTPAddress string `toml:"smtp_address"`
 	// CAFile is a PEM file of extra root certificates for the upstream (key
 	// ca_file), resolved against the config file's directory; "" for the
 	// system roots only.
-	CAFile string
+	CAFile string `toml:"ca_file"`
 	// Mechanism is the upstream SASL mechanism, "XOAUTH2" or "OAUTHBEARER"
 	// (key mechanism, any case in the file).
-	Mechanism string
+	Mechanism string `toml:"mechanism"`
 	// Cloud is the Microsoft cloud (key cloud): "global", "usgov" (GCC
 	// High and DoD) or "china" (21Vianet); it picks the sign-in host, the
 	// scopes and the IMAP host of the preset. "" for other types.
-	Cloud string
+	Cloud string `toml:"cloud"`
 	// MaxSessions bounds the simultaneous upstream sessions of each
 	// account of this provider (key max_sessions); 0 means no limit. The
 	// default is 15 for google, 16 for microsoft and 0 for generic.
-	MaxSessions int
+	MaxSessions int `toml:"max_sessions"`
 	// ServiceAccountFile is a Google service account JSON key (key
 	// service_account_file), resolved against the config file's directory;
 	// used by the service_account grant.
-	ServiceAccountFile string
+	ServiceAccountFile string `toml:"service_account_file"`
 }
 
 // Account is an [accounts.LOGIN] table: a local login mapped to an upstream
@@ -272,24 +274,24 @@ type Provider struct {
 type Account struct {
 	// Login is the LOGIN of the [accounts.LOGIN] table, the user name the
 	// collector sends.
-	Login string
+	Login string `toml:"-"`
 	// Provider is the provider named by the key provider; never nil.
-	Provider *Provider
+	Provider *Provider `toml:"-"`
 	// Mailbox is the upstream user name sent in XOAUTH2 or OAUTHBEARER (key
 	// mailbox).
-	Mailbox string
+	Mailbox string `toml:"mailbox"`
 	// Grant is how the account gets its tokens (key grant):
 	// GrantRefreshToken, the default, GrantClientCredentials or
 	// GrantServiceAccount.
-	Grant Grant
+	Grant Grant `toml:"grant"`
 	// MaxSessions bounds the account's simultaneous upstream sessions (key
 	// max_sessions, else the provider's); 0 means no limit. Past it, a
 	// login gets NO [UNAVAILABLE] without the upstream being asked.
-	MaxSessions int
+	MaxSessions int `toml:"max_sessions"`
 	// Protocols are the collector protocols the account may be used with
 	// (key protocols): IMAP and POP3, in the file's order without
 	// duplicates; [IMAP] when the key is not set. Never empty.
-	Protocols []Protocol
+	Protocols []Protocol `toml:"protocols"`
 }
 
 // Grant is how an account gets its access tokens (key grant). The zero
@@ -337,9 +339,9 @@ func (e *ValidationError) Error() string {
 // Load reads the mapping file at path and parses it like Parse, resolving
 // relative paths in it against the file's directory. The returned Config has
 // Path set to path. Errors are wrapped with the path; a TOML syntax error
-// carries a toml.ParseError with its line, a value of the wrong type an
-// error naming its key (the first one decoding meets), an invalid file a
-// *ValidationError.
+// carries a toml.ParseError with its line, a value of the wrong type or a
+// duration that does not parse an error naming its key (the first one
+// decoding meets), an invalid file a *ValidationError.
 func Load(path string) (*Config, error) {
 	return LoadWithOptions(path, nil)
 }
@@ -389,8 +391,9 @@ func LoadWithOptions(path string, opts *LoadOptions) (*Config, error) {
 // dir "" they stay relative to the working directory. client_secret_file
 // is read; client_certificate_file and client_key_file are read and
 // checked (an RSA key and its certificate) but not kept. Parse returns a
-// TOML syntax error or the first value of the wrong type it meets,
-// wrapped, or a *ValidationError listing every problem.
+// TOML syntax error or the first value of the wrong type (or duration
+// that does not parse) it meets, wrapped, or a *ValidationError listing
+// every problem.
 func Parse(data []byte, dir string) (*Config, error) {
 	return parse(data, dir, nil)
 }

@@ -26,31 +26,30 @@ func TestLoadFull(t *testing.T) {
 	}
 	dir := testdataDir
 
-	wantServer := Server{
-		Listen:                "127.0.0.1:0",
-		ListenTLS:             "127.0.0.1:1993",
-		TLSCert:               filepath.Join(dir, "cert.pem"),
-		TLSKey:                "/etc/imap-oauth-proxy/key.pem",
-		AllowPlaintext:        true,
-		StateDir:              filepath.Join(dir, "state"),
-		LogLevel:              "debug",
-		LogFormat:             "json",
-		PreauthTimeout:        45 * time.Second,
-		LoginTimeout:          time.Minute,
-		DialTimeout:           5 * time.Second,
-		TokenTimeout:          10 * time.Second,
-		RefreshMargin:         20 * time.Minute,
-		SessionTokenMin:       45 * time.Minute,
-		MaxConnections:        50,
-		MaxConnectionsPerPeer: 5,
-		FirstCommandTimeout:   5 * time.Second,
-		MaxLineBytes:          4096,
-		MaxLiteralBytes:       2048,
-		ShutdownTimeout:       3 * time.Second,
-		PreauthMaxTime:        2 * time.Minute,
-		MetricsListen:         "127.0.0.1:9143",
-		SMTPMaxMessageBytes:   DefaultSMTPMaxMessageBytes,
-	}
+	// full.toml gives every [server] key it sets a value other than its
+	// default.
+	wantServer := Defaults()
+	wantServer.Listen = "127.0.0.1:0"
+	wantServer.ListenTLS = "127.0.0.1:1993"
+	wantServer.TLSCert = filepath.Join(dir, "cert.pem")
+	wantServer.TLSKey = "/etc/imap-oauth-proxy/key.pem"
+	wantServer.AllowPlaintext = true
+	wantServer.StateDir = filepath.Join(dir, "state")
+	wantServer.LogLevel = "debug"
+	wantServer.LogFormat = "json"
+	wantServer.PreauthTimeout = 45 * time.Second
+	wantServer.LoginTimeout = time.Minute
+	wantServer.DialTimeout = 5 * time.Second
+	wantServer.TokenTimeout = 10 * time.Second
+	wantServer.RefreshMargin = 20 * time.Minute
+	wantServer.MaxConnections = 50
+	wantServer.MaxConnectionsPerPeer = 5
+	wantServer.FirstCommandTimeout = 5 * time.Second
+	wantServer.MaxLineBytes = 4096
+	wantServer.MaxLiteralBytes = 2048
+	wantServer.ShutdownTimeout = 3 * time.Second
+	wantServer.PreauthMaxTime = 2 * time.Minute
+	wantServer.MetricsListen = "127.0.0.1:9143"
 	if cfg.Server != wantServer {
 		t.Errorf("Server =\n%+v\nwant\n%+v", cfg.Server, wantServer)
 	}
@@ -402,7 +401,6 @@ listen = "1143"
 log_level = "verbose"
 log_format = "xml"
 preauth_timeout = 60
-login_timeout = "soon"
 dial_timeout = "0s"
 token_timeout = "-1s"
 max_connections = 0
@@ -411,7 +409,7 @@ max_line_bytes = -1
 `,
 			want: []string{
 				"server.log_level", "server.log_format",
-				"server.preauth_timeout", "server.login_timeout", "server.dial_timeout", "server.token_timeout",
+				"server.preauth_timeout", "server.dial_timeout", "server.token_timeout",
 				"server.max_connections", "server.max_connections_per_ip", "server.max_line_bytes", "server.listen",
 			},
 		},
@@ -653,6 +651,7 @@ func TestParseTypeError(t *testing.T) {
 		{"integer from a string", "[server]\nmax_connections_per_ip = \"10\"\n", "server.max_connections_per_ip"},
 		{"integer from a float", "[server]\nmax_literal_bytes = 1.5\n", "server.max_literal_bytes"},
 		{"duration from an array", "[server]\npreauth_timeout = [\"60s\"]\n", "server.preauth_timeout"},
+		{"duration that does not parse", "[server]\nlogin_timeout = \"soon\"\n", "server.login_timeout"},
 		{"array from a string", "[providers.lab]\nscopes = \"imap offline_access\"\n", "providers.lab.scopes"},
 		{"string from an array", "[providers.lab]\nca_file = [\"a\", \"b\"]\n", "providers.lab.ca_file"},
 		{"provider type", "[providers.c]\ntype = 1\n", "providers.c.type"},

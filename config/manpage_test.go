@@ -81,14 +81,8 @@ func readManEntries(t *testing.T) map[string]map[string]*manEntry {
 // not accept, so that the man page cannot silently fall behind the code.
 func TestManPageHasEveryKey(t *testing.T) {
 	entries := readManEntries(t)
-	tables := map[string]reflect.Type{
-		"server":         reflect.TypeFor[rawServer](),
-		"providers":      reflect.TypeFor[rawProvider](),
-		"accounts":       reflect.TypeFor[rawAccount](),
-		"store":          reflect.TypeFor[rawStore](),
-		"proxy_protocol": reflect.TypeFor[rawProxyProtocol](),
-	}
-	for top := range fieldNames(reflect.TypeFor[rawFile]()) {
+	tables := tableTypes()
+	for top := range fieldNames(reflect.TypeFor[file]()) {
 		section, ok := manSections[top]
 		if !ok {
 			t.Errorf("the parser accepts the table [%s], which %s has no section for (add it to manSections)", top, manPage)
@@ -96,7 +90,7 @@ func TestManPageHasEveryKey(t *testing.T) {
 		}
 		typ, ok := tables[top]
 		if !ok {
-			t.Errorf("no raw type for the table [%s] in this test", top)
+			t.Errorf("tableTypes has no type for the table [%s]", top)
 			continue
 		}
 		keys := fieldNames(typ)
@@ -122,7 +116,7 @@ var manDefault = regexp.MustCompile(`Default: ("[^"]*"|[0-9]+|true|false)`)
 func TestManPageServerDefaults(t *testing.T) {
 	entries := readManEntries(t)[manSections["server"]]
 	want := Defaults()
-	for _, key := range slices.Sorted(maps.Keys(fieldNames(reflect.TypeFor[rawServer]()))) {
+	for _, key := range slices.Sorted(maps.Keys(fieldNames(tableTypes()["server"]))) {
 		e := entries[key]
 		if e == nil {
 			continue // TestManPageHasEveryKey reports it

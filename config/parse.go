@@ -21,124 +21,59 @@ import (
 // maxLoginBytes bounds the length of a local login.
 const maxLoginBytes = 255
 
-// rawFile is the file as the toml package decodes it. Each key's field is
-// a pointer, nil when the file does not set the key. The toml package
-// checks the types: a value of the wrong type ends decoding there, with an
-// error that names its key.
-type rawFile struct {
-	Server    rawServer              `toml:"server"`
-	Providers map[string]rawProvider `toml:"providers"`
-	Accounts  map[string]rawAccount  `toml:"accounts"`
-	Store     rawStore               `toml:"store"`
-	Proxy     rawProxyProtocol       `toml:"proxy_protocol"`
+// file is the file as the toml package decodes it, into the types of
+// Config. The tables whose defaults are known before decoding are decoded
+// over them, so a key the file does not set keeps its default; a provider's
+// defaults depend on its type, and an account's on its provider, so those
+// tables are kept undecoded until then. The toml package checks the types:
+// a value of the wrong type ends decoding there, with an error that names
+// its key.
+type file struct {
+	Server    serverTable               `toml:"server"`
+	Providers map[string]toml.Primitive `toml:"providers"`
+	Accounts  map[string]toml.Primitive `toml:"accounts"`
+	Store     Store                     `toml:"store"`
+	Proxy     proxyTable                `toml:"proxy_protocol"`
 }
 
-// rawServer is the [server] table before its values are checked.
-type rawServer struct {
-	// Listeners and local TLS.
-	Listen         *string `toml:"listen"`
-	ListenTLS      *string `toml:"listen_tls"`
-	ListenPOP3     *string `toml:"listen_pop3"`
-	ListenPOP3TLS  *string `toml:"listen_pop3_tls"`
-	ListenSMTP     *string `toml:"listen_smtp"`
-	ListenSMTPS    *string `toml:"listen_smtps"`
-	TLSCert        *string `toml:"tls_cert"`
-	TLSKey         *string `toml:"tls_key"`
-	AllowPlaintext *bool   `toml:"allow_plaintext"`
-	MetricsListen  *string `toml:"metrics_listen"`
-
-	// State and logs.
-	StateDir  *string `toml:"state_dir"`
-	LogLevel  *string `toml:"log_level"`
-	LogFormat *string `toml:"log_format"`
-
-	// Timeouts.
-	PreauthTimeout      *duration `toml:"preauth_timeout"`
-	LoginTimeout        *duration `toml:"login_timeout"`
-	DialTimeout         *duration `toml:"dial_timeout"`
-	TokenTimeout        *duration `toml:"token_timeout"`
-	RefreshMargin       *duration `toml:"refresh_margin"`
-	SessionTokenMin     *duration `toml:"session_token_min"`
-	FirstCommandTimeout *duration `toml:"first_command_timeout"`
-	ShutdownTimeout     *duration `toml:"shutdown_timeout"`
-	PreauthMaxTime      *duration `toml:"preauth_max_time"`
-
-	// Limits.
-	MaxConnections        *int `toml:"max_connections"`
-	MaxConnectionsPerIP   *int `toml:"max_connections_per_ip"`
-	MaxConnectionsPerPeer *int `toml:"max_connections_per_peer"`
-	MaxLineBytes          *int `toml:"max_line_bytes"`
-	SMTPMaxMessageBytes   *int `toml:"smtp_max_message_bytes"`
-	MaxLiteralBytes       *int `toml:"max_literal_bytes"`
+// serverTable is the [server] table as decoded: Server and the old name
+// of one of its keys.
+type serverTable struct {
+	Server
+	MaxConnectionsPerIP int `toml:"max_connections_per_ip"`
 }
 
-// rawProvider is a [providers.NAME] table before its values are checked.
-type rawProvider struct {
-	Type   *string `toml:"type"`
-	Tenant *string `toml:"tenant"`
-
-	// The token endpoint and what to ask it for.
-	AuthURL       *string   `toml:"auth_url"`
-	TokenURL      *string   `toml:"token_url"`
-	DeviceAuthURL *string   `toml:"device_auth_url"`
-	Scopes        *[]string `toml:"scopes"`
-	AppScopes     *[]string `toml:"app_scopes"`
-
-	// The app's credentials.
-	ClientID           *string `toml:"client_id"`
-	ClientSecret       *string `toml:"client_secret"`
-	ClientSecretFile   *string `toml:"client_secret_file"`
-	ClientCertFile     *string `toml:"client_certificate_file"`
-	ClientKeyFile      *string `toml:"client_key_file"`
-	ServiceAccountFile *string `toml:"service_account_file"`
-
-	// The upstream IMAP server.
-	IMAPAddress *string `toml:"imap_address"`
-	IMAPTLS     *string `toml:"imap_tls"`
-
-	// The upstream POP3 server.
-	POP3Address         *string `toml:"pop3_address"`
-	POP3InitialResponse *bool   `toml:"pop3_initial_response"`
-	// The upstream submission server.
-	SMTPAddress *string `toml:"smtp_address"`
-	CAFile      *string `toml:"ca_file"`
-	Mechanism   *string `toml:"mechanism"`
-
-	// Microsoft's cloud, and the sessions one mailbox may hold.
-	Cloud       *string `toml:"cloud"`
-	MaxSessions *int    `toml:"max_sessions"`
+// providerTable is a [providers.NAME] table as decoded: Provider and
+// client_secret_file, whose content becomes Provider.ClientSecret.
+type providerTable struct {
+	Provider
+	ClientSecretFile string `toml:"client_secret_file"`
 }
 
-// rawAccount is an [accounts.LOGIN] table before its values are checked.
-type rawAccount struct {
-	Provider    *string   `toml:"provider"`
-	Mailbox     *string   `toml:"mailbox"`
-	Grant       *string   `toml:"grant"`
-	MaxSessions *int      `toml:"max_sessions"`
-	Protocols   *[]string `toml:"protocols"`
+// accountTable is an [accounts.LOGIN] table as decoded: Account and the
+// name of its provider.
+type accountTable struct {
+	Account
+	ProviderName string `toml:"provider"`
 }
 
-// duration is a duration key's value: a string such as "30s"
-// (time.ParseDuration). A value that does not parse is kept with its
-// error, and the parser reports it with the key, so that a bad duration
-// is one problem among many rather than the end of decoding.
-type duration struct {
-	value time.Duration
-	text  string
-	err   error
-}
-
-// UnmarshalText implements encoding.TextUnmarshaler. It never fails: see
-// duration.
-func (d *duration) UnmarshalText(text []byte) error {
-	d.text = string(text)
-	d.value, d.err = time.ParseDuration(d.text)
-	return nil
+// tableTypes returns the type each table of the file is decoded into, by
+// the name of the table, or of the tables below it for providers and
+// accounts.
+func tableTypes() map[string]reflect.Type {
+	return map[string]reflect.Type{
+		"server":         reflect.TypeFor[serverTable](),
+		"providers":      reflect.TypeFor[providerTable](),
+		"accounts":       reflect.TypeFor[accountTable](),
+		"store":          reflect.TypeFor[Store](),
+		"proxy_protocol": reflect.TypeFor[proxyTable](),
+	}
 }
 
 // parser collects the problems found while building a Config.
 type parser struct {
 	dir      string
+	md       toml.MetaData
 	problems []string
 }
 
@@ -146,10 +81,17 @@ func parse(data []byte, dir string, opts *LoadOptions) (*Config, error) {
 	if opts == nil {
 		opts = &LoadOptions{}
 	}
-	var raw rawFile
-	md, err := toml.Decode(string(data), &raw)
+	defaults := Defaults()
+	f := file{
+		Server: serverTable{Server: defaults, MaxConnectionsPerIP: defaults.MaxConnectionsPerPeer},
+		Store:  Store{Type: StoreFiles, Timeout: DefaultStoreTimeout},
+		Proxy:  proxyTable{ProxyProtocol: ProxyProtocol{HeaderTimeout: DefaultProxyHeaderTimeout}},
+	}
+	md, err := toml.Decode(string(data), &f)
 	if err != nil {
-		return nil, fmt.Errorf("parsing TOML: %w", redactParseError(err, data))
+		// A syntax error comes with no keys, a decoding error with them.
+		syntax := len(md.Keys()) == 0
+		return nil, fmt.Errorf("parsing TOML: %w", redactParseError(err, data, syntax))
 	}
 	// The toml package leaves a map field alone, without an error, when
 	// the file gives another type of value: that is a type error too.
@@ -158,23 +100,25 @@ func parse(data []byte, dir string, opts *LoadOptions) (*Config, error) {
 			return nil, fmt.Errorf("parsing TOML: %q: want a table, got %s", key, tomlTypeName(t))
 		}
 	}
-	p := &parser{dir: dir}
-	p.unknownKeys(md)
+	p := &parser{dir: dir, md: md}
+	p.unknownKeys()
 
 	cfg := &Config{
-		Server:    p.server(&raw.Server, opts),
-		Providers: make(map[string]*Provider, len(raw.Providers)),
-		Accounts:  make(map[string]*Account, len(raw.Accounts)),
-		Store:     p.store(&raw.Store),
+		Server:    p.server(&f.Server, opts),
+		Providers: make(map[string]*Provider, len(f.Providers)),
+		Accounts:  make(map[string]*Account, len(f.Accounts)),
+		Store:     p.store(f.Store),
 	}
-	cfg.ProxyProtocol = p.proxyProtocol(&raw.Proxy, &cfg.Server, opts)
-	for _, name := range sortedKeys(raw.Providers) {
-		r := raw.Providers[name]
-		cfg.Providers[name] = p.provider(name, &r)
+	cfg.ProxyProtocol = p.proxyProtocol(&f.Proxy, &cfg.Server, opts)
+	for _, name := range sortedKeys(f.Providers) {
+		if cfg.Providers[name], err = p.provider(name, f.Providers[name]); err != nil {
+			return nil, fmt.Errorf("parsing TOML: %w", redactParseError(err, data, false))
+		}
 	}
-	for _, login := range sortedKeys(raw.Accounts) {
-		r := raw.Accounts[login]
-		cfg.Accounts[login] = p.account(login, &r, cfg.Providers)
+	for _, login := range sortedKeys(f.Accounts) {
+		if cfg.Accounts[login], err = p.account(login, f.Accounts[login], cfg.Providers); err != nil {
+			return nil, fmt.Errorf("parsing TOML: %w", redactParseError(err, data, false))
+		}
 	}
 	if len(p.problems) > 0 {
 		return nil, &ValidationError{Problems: p.problems}
@@ -185,11 +129,14 @@ func parse(data []byte, dir string, opts *LoadOptions) (*Config, error) {
 // redactParseError keeps a secret out of a TOML error. The toml package
 // quotes the text around a syntax error ("expected value but found ..."),
 // so the message is replaced when the error is about a key whose name
-// contains "secret", or on or just after a line that mentions one. The
-// returned ParseError also drops the input, so that its ErrorWithPosition
-// cannot print the file's lines. Other errors (a value of the wrong type)
-// name the types, never the value, and are returned as they are.
-func redactParseError(err error, data []byte) error {
+// contains "secret", or, for a syntax error (syntax), whose last key may
+// be the one before, on or just after a line that mentions one. A
+// decoding error quotes a value only for a duration that does not parse.
+// The returned ParseError also drops the input, so that its
+// ErrorWithPosition cannot print the file's lines. Other errors (a value
+// of the wrong type) name the types, never the value, and are returned as
+// they are.
+func redactParseError(err error, data []byte, syntax bool) error {
 	var perr toml.ParseError
 	if !errors.As(err, &perr) {
 		return err
@@ -208,7 +155,7 @@ func redactParseError(err error, data []byte) error {
 	secret := mentions(perr.LastKey)
 	lines := strings.Split(string(data), "\n")
 	for _, n := range []int{perr.Position.Line - 1, perr.Position.Line} {
-		if n >= 1 && n <= len(lines) && mentions(lines[n-1]) {
+		if syntax && n >= 1 && n <= len(lines) && mentions(lines[n-1]) {
 			secret = true
 		}
 	}
@@ -224,25 +171,18 @@ func (p *parser) addf(path, format string, args ...any) {
 	p.problems = append(p.problems, path+": "+fmt.Sprintf(format, args...))
 }
 
-// unknownKeys reports the keys that no raw struct field took: those
-// MetaData.Undecoded lists, and those the decoder matched to a field only
-// by ignoring case. A key inside an unknown table is not reported again.
-func (p *parser) unknownKeys(md toml.MetaData) {
-	undecoded := make(map[string]bool)
-	for _, k := range md.Undecoded() {
-		undecoded[k.String()] = true
-	}
-	known := map[string]map[string]bool{
-		"":               fieldNames(reflect.TypeFor[rawFile]()),
-		"server":         fieldNames(reflect.TypeFor[rawServer]()),
-		"providers":      fieldNames(reflect.TypeFor[rawProvider]()),
-		"accounts":       fieldNames(reflect.TypeFor[rawAccount]()),
-		"store":          fieldNames(reflect.TypeFor[rawStore]()),
-		"proxy_protocol": fieldNames(reflect.TypeFor[rawProxyProtocol]()),
+// unknownKeys reports the keys that no field of the table types takes.
+// A key is looked up by its exact name, not as the toml package matches
+// keys to fields, ignoring case: "Grant" is unknown, though it set grant.
+// A key inside an unknown table is not reported again.
+func (p *parser) unknownKeys() {
+	known := map[string]map[string]bool{"": fieldNames(reflect.TypeFor[file]())}
+	for table, t := range tableTypes() {
+		known[table] = fieldNames(t)
 	}
 	var reported []toml.Key
 outer:
-	for _, k := range md.Keys() {
+	for _, k := range p.md.Keys() {
 		for _, r := range reported {
 			if len(r) <= len(k) && slices.Equal(r, k[:len(r)]) {
 				continue outer
@@ -256,49 +196,50 @@ outer:
 			names = known[k[0]]
 		case len(k) == 3 && (k[0] == "providers" || k[0] == "accounts"):
 			names = known[k[0]]
+		default:
+			continue
 		}
-		if undecoded[k.String()] || matchedByCase(names, k[len(k)-1]) {
+		if !names[k[len(k)-1]] {
 			p.addf(k.String(), "unknown key")
 			reported = append(reported, k)
 		}
 	}
 }
 
-func (p *parser) server(r *rawServer, opts *LoadOptions) Server {
-	s := Defaults()
-	setIf(&s.Listen, r.Listen)
-	setIf(&s.ListenTLS, r.ListenTLS)
-	setIf(&s.TLSCert, r.TLSCert)
-	setIf(&s.TLSKey, r.TLSKey)
-	p.listenerPair(r.ListenSMTP, r.ListenSMTPS, &s.ListenSMTP, &s.ListenSMTPS, "listen_smtp", "listen_smtps", &s)
-	p.limit(r.SMTPMaxMessageBytes, &s.SMTPMaxMessageBytes, "server.smtp_max_message_bytes")
-	p.listenerPair(r.ListenPOP3, r.ListenPOP3TLS, &s.ListenPOP3, &s.ListenPOP3TLS, "listen_pop3", "listen_pop3_tls", &s)
+// server checks the [server] table, decoded over Defaults().
+func (p *parser) server(t *serverTable, opts *LoadOptions) Server {
+	s := t.Server
+	p.listenerPair(s.ListenSMTP, s.ListenSMTPS, SMTP, &s)
+	p.limit(s.SMTPMaxMessageBytes, "server.smtp_max_message_bytes")
+	p.listenerPair(s.ListenPOP3, s.ListenPOP3TLS, POP3, &s)
 	p.distinctListeners(&s)
-	setIf(&s.AllowPlaintext, r.AllowPlaintext)
-	setIf(&s.StateDir, r.StateDir)
-	p.enum(r.LogLevel, &s.LogLevel, []string{"debug", "info", "warn", "error"}, "server.log_level")
-	p.enum(r.LogFormat, &s.LogFormat, []string{"text", "json"}, "server.log_format")
-	p.duration(r.PreauthTimeout, &s.PreauthTimeout, "server.preauth_timeout")
-	p.duration(r.LoginTimeout, &s.LoginTimeout, "server.login_timeout")
-	p.duration(r.DialTimeout, &s.DialTimeout, "server.dial_timeout")
-	p.duration(r.TokenTimeout, &s.TokenTimeout, "server.token_timeout")
-	p.duration(r.RefreshMargin, &s.RefreshMargin, "server.refresh_margin")
-	p.duration(r.SessionTokenMin, &s.SessionTokenMin, "server.session_token_min")
-	p.limit(r.MaxConnections, &s.MaxConnections, "server.max_connections")
-	if r.MaxConnectionsPerIP != nil && r.MaxConnectionsPerPeer != nil {
+	p.enum(s.LogLevel, []string{"debug", "info", "warn", "error"}, "server.log_level")
+	p.enum(s.LogFormat, []string{"text", "json"}, "server.log_format")
+	p.duration(s.PreauthTimeout, "server", "preauth_timeout")
+	p.duration(s.LoginTimeout, "server", "login_timeout")
+	p.duration(s.DialTimeout, "server", "dial_timeout")
+	p.duration(s.TokenTimeout, "server", "token_timeout")
+	p.duration(s.RefreshMargin, "server", "refresh_margin")
+	p.duration(s.SessionTokenMin, "server", "session_token_min")
+	p.limit(s.MaxConnections, "server.max_connections")
+	perIP, perPeer := p.md.IsDefined("server", "max_connections_per_ip"), p.md.IsDefined("server", "max_connections_per_peer")
+	if perIP && perPeer {
 		p.addf("server.max_connections_per_ip", "old name of server.max_connections_per_peer, which is set too: keep one")
 	}
-	p.limit(r.MaxConnectionsPerIP, &s.MaxConnectionsPerPeer, "server.max_connections_per_ip")
-	p.limit(r.MaxConnectionsPerPeer, &s.MaxConnectionsPerPeer, "server.max_connections_per_peer")
-	p.duration(r.FirstCommandTimeout, &s.FirstCommandTimeout, "server.first_command_timeout")
-	p.limit(r.MaxLineBytes, &s.MaxLineBytes, "server.max_line_bytes")
-	p.limit(r.MaxLiteralBytes, &s.MaxLiteralBytes, "server.max_literal_bytes")
+	p.limit(t.MaxConnectionsPerIP, "server.max_connections_per_ip")
+	if perIP && !perPeer {
+		s.MaxConnectionsPerPeer = t.MaxConnectionsPerIP
+	} else {
+		p.limit(s.MaxConnectionsPerPeer, "server.max_connections_per_peer")
+	}
+	p.duration(s.FirstCommandTimeout, "server", "first_command_timeout")
+	p.limit(s.MaxLineBytes, "server.max_line_bytes")
+	p.limit(s.MaxLiteralBytes, "server.max_literal_bytes")
 	if s.MaxLiteralBytes > MaxLiteralBytesLimit {
 		p.addf("server.max_literal_bytes", "at most %d, got %d", MaxLiteralBytesLimit, s.MaxLiteralBytes)
 	}
-	p.duration(r.ShutdownTimeout, &s.ShutdownTimeout, "server.shutdown_timeout")
-	p.duration(r.PreauthMaxTime, &s.PreauthMaxTime, "server.preauth_max_time")
-	setIf(&s.MetricsListen, r.MetricsListen)
+	p.duration(s.ShutdownTimeout, "server", "shutdown_timeout")
+	p.duration(s.PreauthMaxTime, "server", "preauth_max_time")
 	if s.MetricsListen != "" {
 		p.address(s.MetricsListen, true, "server.metrics_listen")
 	}
@@ -345,76 +286,68 @@ func (p *parser) server(r *rawServer, opts *LoadOptions) Server {
 	return s
 }
 
-func (p *parser) provider(name string, r *rawProvider) *Provider {
+// provider decodes and checks a [providers.NAME] table. Its type, tenant
+// and cloud pick the preset it is decoded over, so it is decoded twice:
+// once for those, then over the preset. The error is the toml package's,
+// for a value of the wrong type.
+func (p *parser) provider(name string, table toml.Primitive) (*Provider, error) {
 	at := func(k string) string { return keyPath("providers", name, k) }
+	given := func(k string) bool { return p.md.IsDefined("providers", name, k) }
 	if name == "" {
 		p.addf(keyPath("providers", name), "empty provider name")
+	}
+	var first providerTable
+	if err := p.md.PrimitiveDecode(table, &first); err != nil {
+		return nil, err
 	}
 
 	var typ string
 	switch {
-	case r.Type == nil:
+	case !given("type"):
 		p.addf(at("type"), "missing (want microsoft, google or generic)")
-	case !isOneOf(*r.Type, "microsoft", "google", "generic"):
-		p.addf(at("type"), "unknown type %q (want microsoft, google or generic)", *r.Type)
+	case !isOneOf(first.Type, "microsoft", "google", "generic"):
+		p.addf(at("type"), "unknown type %q (want microsoft, google or generic)", first.Type)
 	default:
-		typ = *r.Type
+		typ = first.Type
 	}
-
-	var tenant string
-	if r.Tenant != nil {
-		switch {
-		case typ != "microsoft" && typ != "":
-			p.addf(at("tenant"), "only for type microsoft")
-		case !validTenant(*r.Tenant):
-			p.addf(at("tenant"), "bad tenant %q (want a tenant ID, a domain or organizations)", *r.Tenant)
-		default:
-			tenant = *r.Tenant
-		}
-	}
-	if typ == "microsoft" && tenant == "" {
-		tenant = "organizations"
-	}
-	cloud := ""
+	var tenant, cloud string
 	if typ == "microsoft" {
-		cloud = "global"
+		tenant, cloud = "organizations", "global"
 	}
-	if r.Cloud != nil && typ != "microsoft" && typ != "" {
+	switch {
+	case !given("tenant"):
+	case typ != "microsoft" && typ != "":
+		p.addf(at("tenant"), "only for type microsoft")
+	case !validTenant(first.Tenant):
+		p.addf(at("tenant"), "bad tenant %q (want a tenant ID, a domain or organizations)", first.Tenant)
+	default:
+		tenant = first.Tenant
+	}
+	switch {
+	case !given("cloud"):
+	case typ != "microsoft" && typ != "":
 		p.addf(at("cloud"), "only for type microsoft")
-	} else {
-		p.enum(r.Cloud, &cloud, []string{"global", "usgov", "china"}, at("cloud"))
+	case p.enum(first.Cloud, []string{"global", "usgov", "china"}, at("cloud")):
+		cloud = first.Cloud
 	}
 
-	pr := preset(typ, tenant, cloud)
-	pr.Name = name
-	pr.Type = typ
-	pr.Tenant = tenant
-	pr.Cloud = cloud
-	p.count(r.MaxSessions, &pr.MaxSessions, at("max_sessions"))
-
-	setIf(&pr.AuthURL, r.AuthURL)
-	setIf(&pr.TokenURL, r.TokenURL)
-	setIf(&pr.DeviceAuthURL, r.DeviceAuthURL)
-	setIf(&pr.Scopes, r.Scopes)
-	setIf(&pr.AppScopes, r.AppScopes)
-	setIf(&pr.ClientID, r.ClientID)
-	setIf(&pr.ClientSecret, r.ClientSecret)
-	var secretFile string
-	setIf(&secretFile, r.ClientSecretFile)
-	setIf(&pr.IMAPAddress, r.IMAPAddress)
-	p.enum(r.IMAPTLS, &pr.IMAPTLS, []string{"implicit", "starttls"}, at("imap_tls"))
-	p.pop3Server(r, &pr, at)
-	p.smtpServer(r, &pr, at)
-	setIf(&pr.CAFile, r.CAFile)
-	if setIf(&pr.Mechanism, r.Mechanism) {
-		pr.Mechanism = strings.ToUpper(pr.Mechanism)
-		if !isOneOf(pr.Mechanism, "XOAUTH2", "OAUTHBEARER") {
-			p.addf(at("mechanism"), "unknown mechanism %q (want XOAUTH2 or OAUTHBEARER)", pr.Mechanism)
+	t := providerTable{Provider: preset(typ, tenant, cloud)}
+	if err := p.md.PrimitiveDecode(table, &t); err != nil {
+		return nil, err
+	}
+	pr := &t.Provider
+	pr.Name, pr.Type, pr.Tenant, pr.Cloud = name, typ, tenant, cloud
+	p.count(pr.MaxSessions, at("max_sessions"))
+	p.enum(pr.IMAPTLS, []string{"implicit", "starttls"}, at("imap_tls"))
+	for _, proto := range []Protocol{POP3, SMTP} {
+		if addr := pr.Address(proto); addr != "" {
+			p.address(addr, false, at(AddressKey(proto)))
 		}
 	}
-	setIf(&pr.ServiceAccountFile, r.ServiceAccountFile)
-	setIf(&pr.ClientCertificateFile, r.ClientCertFile)
-	setIf(&pr.ClientKeyFile, r.ClientKeyFile)
+	pr.Mechanism = strings.ToUpper(pr.Mechanism)
+	if !isOneOf(pr.Mechanism, "XOAUTH2", "OAUTHBEARER") {
+		p.addf(at("mechanism"), "unknown mechanism %q (want XOAUTH2 or OAUTHBEARER)", pr.Mechanism)
+	}
 
 	// Required keys are checked only for a known type, so that a typo in
 	// type yields one problem rather than one for every key it implies.
@@ -445,7 +378,7 @@ func (p *parser) provider(name string, r *rawProvider) *Provider {
 	}
 
 	// The secret's value never goes into a problem.
-	switch {
+	switch secretFile := t.ClientSecretFile; {
 	case pr.ClientSecret != "" && secretFile != "":
 		p.addf(at("client_secret_file"), "conflicts with client_secret: set only one")
 	case secretFile != "":
@@ -464,8 +397,8 @@ func (p *parser) provider(name string, r *rawProvider) *Provider {
 	pr.ServiceAccountFile = p.resolve(pr.ServiceAccountFile)
 	pr.ClientCertificateFile = p.resolve(pr.ClientCertificateFile)
 	pr.ClientKeyFile = p.resolve(pr.ClientKeyFile)
-	p.clientCertificate(&pr, typ, secretFile != "", at)
-	return &pr
+	p.clientCertificate(pr, typ, t.ClientSecretFile != "", at)
+	return pr, nil
 }
 
 // clientCertificate checks a provider's certificate credential
@@ -520,8 +453,11 @@ func (p *parser) clientCertificate(pr *Provider, typ string, hasSecretFile bool,
 	}
 }
 
-func (p *parser) account(login string, r *rawAccount, providers map[string]*Provider) *Account {
+// account decodes and checks an [accounts.LOGIN] table. The error is the
+// toml package's, for a value of the wrong type.
+func (p *parser) account(login string, table toml.Primitive, providers map[string]*Provider) (*Account, error) {
 	at := func(k string) string { return keyPath("accounts", login, k) }
+	given := func(k string) bool { return p.md.IsDefined("accounts", login, k) }
 	switch {
 	case login == "":
 		p.addf(keyPath("accounts", login), "empty login")
@@ -531,35 +467,34 @@ func (p *parser) account(login string, r *rawAccount, providers map[string]*Prov
 		p.addf(keyPath("accounts", login), "login contains white space or control characters")
 	}
 
-	a := &Account{Login: login, Grant: GrantRefreshToken}
-	if r.Provider == nil {
-		p.addf(at("provider"), "missing")
-	} else if a.Provider = providers[*r.Provider]; a.Provider == nil {
-		p.addf(at("provider"), "unknown provider %q", *r.Provider)
+	t := accountTable{Account: Account{Login: login, Grant: GrantRefreshToken}}
+	if err := p.md.PrimitiveDecode(table, &t); err != nil {
+		return nil, err
 	}
-	setIf(&a.Mailbox, r.Mailbox)
+	a := &t.Account
+	if !given("provider") {
+		p.addf(at("provider"), "missing")
+	} else if a.Provider = providers[t.ProviderName]; a.Provider == nil {
+		p.addf(at("provider"), "unknown provider %q", t.ProviderName)
+	}
 	switch {
 	case a.Mailbox == "":
 		p.addf(at("mailbox"), "missing")
 	case strings.ContainsFunc(a.Mailbox, unicode.IsControl):
 		p.addf(at("mailbox"), "contains control characters")
 	}
-	if a.Provider != nil {
+	if a.Provider != nil && !given("max_sessions") {
 		a.MaxSessions = a.Provider.MaxSessions
 	}
-	p.count(r.MaxSessions, &a.MaxSessions, at("max_sessions"))
-	if r.Grant != nil {
-		g := Grant(*r.Grant)
-		if g != GrantRefreshToken && !g.AppOnly() {
-			p.addf(at("grant"), "unknown value %q (want %s, %s or %s)", g,
-				GrantRefreshToken, GrantClientCredentials, GrantServiceAccount)
-			return a
-		}
-		a.Grant = g
+	p.count(a.MaxSessions, at("max_sessions"))
+	if a.Grant != GrantRefreshToken && !a.Grant.AppOnly() {
+		p.addf(at("grant"), "unknown value %q (want %s, %s or %s)", a.Grant,
+			GrantRefreshToken, GrantClientCredentials, GrantServiceAccount)
+		return a, nil
 	}
-	p.protocols(r.Protocols, a, at)
+	p.protocols(given("protocols"), a, at)
 	if a.Provider == nil {
-		return a
+		return a, nil
 	}
 
 	pr := a.Provider
@@ -579,63 +514,42 @@ func (p *parser) account(login string, r *rawAccount, providers map[string]*Prov
 			p.addf(at("grant"), "service_account needs providers.%s.service_account_file", keyPath(pr.Name))
 		}
 	}
-	return a
+	return a, nil
 }
 
-// setIf stores *v in *dst if the key was set (v is not nil), and reports
-// whether it was.
-func setIf[T any](dst *T, v *T) bool {
-	if v == nil {
-		return false
+// enum reports whether v is one of the strings in allowed, and a problem
+// if not.
+func (p *parser) enum(v string, allowed []string, key string) bool {
+	if isOneOf(v, allowed...) {
+		return true
 	}
-	*dst = *v
-	return true
+	p.addf(key, "unknown value %q (want %s)", v, strings.Join(allowed, ", "))
+	return false
 }
 
-// enum stores *v in *dst if it is one of the strings in allowed. A nil v
-// (the key is not set) leaves the default in *dst.
-func (p *parser) enum(v *string, dst *string, allowed []string, key string) {
-	switch {
-	case v == nil:
-	case !isOneOf(*v, allowed...):
-		p.addf(key, "unknown value %q (want %s)", *v, strings.Join(allowed, ", "))
-	default:
-		*dst = *v
-	}
-}
-
-// duration stores d in *dst if it holds a positive duration.
-func (p *parser) duration(d *duration, dst *time.Duration, key string) {
-	switch {
-	case d == nil:
-	case d.err != nil:
-		p.addf(key, "bad duration %q (want a string such as \"30s\"): %v", d.text, d.err)
-	case d.value <= 0:
-		p.addf(key, "must be positive, got %q", d.text)
-	default:
-		*dst = d.value
+// duration reports a problem unless the key table.key, decoded into d,
+// holds a positive duration. The toml package parses a string such as
+// "30s", and takes an integer as nanoseconds: that is refused here.
+func (p *parser) duration(d time.Duration, table, key string) {
+	switch typ := p.md.Type(table, key); {
+	case typ != "" && typ != "String":
+		p.addf(keyPath(table, key), "bad duration: want a string such as \"30s\", got %s", tomlTypeName(typ))
+	case d <= 0:
+		p.addf(keyPath(table, key), "must be positive, got %q", d)
 	}
 }
 
-// limit stores *n in *dst if it is positive.
-func (p *parser) limit(n *int, dst *int, key string) {
-	switch {
-	case n == nil:
-	case *n <= 0:
-		p.addf(key, "must be a positive integer, got %d", *n)
-	default:
-		*dst = *n
+// limit reports a problem unless n is positive.
+func (p *parser) limit(n int, key string) {
+	if n <= 0 {
+		p.addf(key, "must be a positive integer, got %d", n)
 	}
 }
 
-// count stores *n in *dst if it is 0 (no limit) or a positive integer.
-func (p *parser) count(n *int, dst *int, key string) {
-	switch {
-	case n == nil:
-	case *n < 0:
-		p.addf(key, "must be 0 (no limit) or a positive integer, got %d", *n)
-	default:
-		*dst = *n
+// count reports a problem unless n is 0 (no limit) or a positive integer.
+func (p *parser) count(n int, key string) {
+	if n < 0 {
+		p.addf(key, "must be 0 (no limit) or a positive integer, got %d", n)
 	}
 }
 
@@ -711,27 +625,19 @@ func keyPath(parts ...string) string {
 	return toml.Key(parts).String()
 }
 
-// matchedByCase reports whether the toml package, which matches keys to
-// fields ignoring case, took key for a field whose name in names differs
-// from it in case only ("Grant" for grant).
-func matchedByCase(names map[string]bool, key string) bool {
-	if names[key] {
-		return false
-	}
-	for name := range names {
-		if strings.EqualFold(name, key) {
-			return true
-		}
-	}
-	return false
-}
-
-// fieldNames returns the toml tag names of struct type t.
+// fieldNames returns the toml tag names of struct type t, those of its
+// embedded structs included and the fields tagged "-" left out.
 func fieldNames(t reflect.Type) map[string]bool {
 	names := make(map[string]bool, t.NumField())
 	for i := range t.NumField() {
-		name, _, _ := strings.Cut(t.Field(i).Tag.Get("toml"), ",")
-		names[name] = true
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+		switch {
+		case f.Anonymous && name == "":
+			maps.Copy(names, fieldNames(f.Type))
+		case name != "-":
+			names[name] = true
+		}
 	}
 	return names
 }

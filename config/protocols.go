@@ -27,6 +27,49 @@ var microsoftDelegatedPermissions = map[Protocol]string{
 	SMTP: "SMTP.Send",
 }
 
+// listenerKeys are the [server] keys of each protocol's listeners: the
+// plain one, then the implicit-TLS one.
+var listenerKeys = map[Protocol][2]string{
+	IMAP: {"listen", "listen_tls"},
+	POP3: {"listen_pop3", "listen_pop3_tls"},
+	SMTP: {"listen_smtp", "listen_smtps"},
+}
+
+// ListenerKey returns the [server] key of proto's plain listener or, with
+// implicitTLS, of its implicit-TLS listener; "" for an unknown protocol.
+func ListenerKey(proto Protocol, implicitTLS bool) string {
+	keys, ok := listenerKeys[proto]
+	switch {
+	case !ok:
+		return ""
+	case implicitTLS:
+		return keys[1]
+	}
+	return keys[0]
+}
+
+// addressKeys are the [providers.NAME] keys of each protocol's upstream
+// server.
+var addressKeys = map[Protocol]string{IMAP: "imap_address", POP3: "pop3_address", SMTP: "smtp_address"}
+
+// AddressKey returns the [providers.NAME] key of the upstream server for
+// proto, such as pop3_address.
+func AddressKey(proto Protocol) string { return addressKeys[proto] }
+
+// Address returns p's upstream server for proto (host:port), "" when it
+// has none.
+func (p *Provider) Address(proto Protocol) string {
+	switch proto {
+	case IMAP:
+		return p.IMAPAddress
+	case POP3:
+		return p.POP3Address
+	case SMTP:
+		return p.SMTPAddress
+	}
+	return ""
+}
+
 // Allows reports whether the account may be used over proto.
 func (a *Account) Allows(proto Protocol) bool {
 	return slices.Contains(a.Protocols, proto)
@@ -61,30 +104,33 @@ func (a *Account) Scopes() []string {
 	return append(scopes, "offline_access")
 }
 
-// protocols reads an account's protocols key into a.Protocols: a
-// non-empty array of known protocol names without duplicates, [imap] when
-// not set. A protocol the provider has no server for is a problem.
-func (p *parser) protocols(names *[]string, a *Account, at func(string) string) {
+// protocols checks an account's protocols key, decoded into a.Protocols
+// (given reports whether the file sets it): a non-empty array of known
+// protocol names, in any case, without duplicates; [imap] when not set,
+// and when not valid. A protocol the provider has no server for is a
+// problem.
+func (p *parser) protocols(given bool, a *Account, at func(string) string) {
+	names := a.Protocols
 	a.Protocols = []Protocol{IMAP}
-	if names == nil {
+	if !given {
 		return
 	}
-	if len(*names) == 0 {
+	if len(names) == 0 {
 		p.addf(at("protocols"), "empty (want some of %s)", strings.Join(knownProtocols, ", "))
 		return
 	}
 	var protos []Protocol
-	for _, name := range *names {
-		name = strings.ToLower(name)
+	for _, name := range names {
+		name = Protocol(strings.ToLower(string(name)))
 		switch {
-		case !isOneOf(name, knownProtocols...):
+		case !isOneOf(string(name), knownProtocols...):
 			p.addf(at("protocols"), "unknown protocol %q (want %s)", name, strings.Join(knownProtocols, ", "))
 			return
-		case slices.Contains(protos, Protocol(name)):
+		case slices.Contains(protos, name):
 			p.addf(at("protocols"), "%s listed twice", name)
 			return
 		}
-		protos = append(protos, Protocol(name))
+		protos = append(protos, name)
 	}
 	a.Protocols = protos
 	if a.Provider != nil && a.Allows(POP3) && a.Provider.POP3Address == "" {
@@ -95,26 +141,15 @@ func (p *parser) protocols(names *[]string, a *Account, at func(string) string) 
 	}
 }
 
-// pop3Server reads a provider's POP3 keys into pr.
-func (p *parser) pop3Server(r *rawProvider, pr *Provider, at func(string) string) {
-	setIf(&pr.POP3Address, r.POP3Address)
-	if pr.POP3Address != "" {
-		p.address(pr.POP3Address, false, at("pop3_address"))
+// listenerPair checks proto's plain and implicit-TLS listener addresses
+// of s; the implicit-TLS one needs the local certificate.
+func (p *parser) listenerPair(plain, implicitTLS string, proto Protocol, s *Server) {
+	plainKey, tlsKey := ListenerKey(proto, false), ListenerKey(proto, true)
+	if plain != "" {
+		p.address(plain, true, "server."+plainKey)
 	}
-	setIf(&pr.POP3InitialResponse, r.POP3InitialResponse)
-}
-
-// listenerPair reads one protocol's plain and implicit-TLS listener keys
-// of [server] (plainKey, tlsKey) into plain and implicitTLS; the
-// implicit-TLS one needs the local certificate.
-func (p *parser) listenerPair(rPlain, rTLS, plain, implicitTLS *string, plainKey, tlsKey string, s *Server) {
-	setIf(plain, rPlain)
-	setIf(implicitTLS, rTLS)
-	if *plain != "" {
-		p.address(*plain, true, "server."+plainKey)
-	}
-	if *implicitTLS != "" {
-		p.address(*implicitTLS, true, "server."+tlsKey)
+	if implicitTLS != "" {
+		p.address(implicitTLS, true, "server."+tlsKey)
 		if s.TLSCert == "" && s.TLSKey == "" {
 			p.addf("server."+tlsKey, "needs server.tls_cert and server.tls_key")
 		}
@@ -126,9 +161,9 @@ func (p *parser) listenerPair(rPlain, rTLS, plain, implicitTLS *string, plainKey
 func (p *parser) distinctListeners(s *Server) {
 	seen := map[string]string{}
 	for _, l := range []struct{ key, addr string }{
-		{"listen", s.Listen}, {"listen_tls", s.ListenTLS},
-		{"listen_pop3", s.ListenPOP3}, {"listen_pop3_tls", s.ListenPOP3TLS},
-		{"listen_smtp", s.ListenSMTP}, {"listen_smtps", s.ListenSMTPS},
+		{ListenerKey(IMAP, false), s.Listen}, {ListenerKey(IMAP, true), s.ListenTLS},
+		{ListenerKey(POP3, false), s.ListenPOP3}, {ListenerKey(POP3, true), s.ListenPOP3TLS},
+		{ListenerKey(SMTP, false), s.ListenSMTP}, {ListenerKey(SMTP, true), s.ListenSMTPS},
 	} {
 		if l.addr == "" || strings.HasSuffix(l.addr, ":0") {
 			continue

@@ -187,3 +187,44 @@ protocols = ["imap", "pop3"]
 		t.Errorf("scopes %q, want %q", got, want)
 	}
 }
+
+// TestProtocolKeys: the listener and upstream address keys each protocol
+// names are keys the file has, and a provider's address for a protocol is
+// the one its key sets.
+func TestProtocolKeys(t *testing.T) {
+	serverKeys := fieldNames(tableTypes()["server"])
+	providerKeys := fieldNames(tableTypes()["providers"])
+	cfg, err := Parse([]byte(`[providers.p]
+type = "generic"
+token_url = "https://login.example/token"
+client_id = "id"
+scopes = ["mail"]
+imap_address = "imap.example:993"
+pop3_address = "pop.example:995"
+smtp_address = "smtp.example:465"
+`), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := cfg.Providers["p"]
+	want := map[Protocol]string{IMAP: "imap.example:993", POP3: "pop.example:995", SMTP: "smtp.example:465"}
+	seen := map[string]bool{}
+	for _, proto := range []Protocol{IMAP, POP3, SMTP} {
+		for _, implicitTLS := range []bool{false, true} {
+			key := ListenerKey(proto, implicitTLS)
+			if !serverKeys[key] || seen[key] {
+				t.Errorf("ListenerKey(%s, %v) = %q: not a [server] key, or given twice", proto, implicitTLS, key)
+			}
+			seen[key] = true
+		}
+		if key := AddressKey(proto); !providerKeys[key] {
+			t.Errorf("AddressKey(%s) = %q: not a provider key", proto, key)
+		}
+		if got := p.Address(proto); got != want[proto] {
+			t.Errorf("Address(%s) = %q, want %q", proto, got, want[proto])
+		}
+	}
+	if got := ListenerKey("nntp", false); got != "" {
+		t.Errorf("ListenerKey(nntp) = %q, want none", got)
+	}
+}

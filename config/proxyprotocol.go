@@ -9,7 +9,11 @@ import (
 
 // ProxyListeners are the [server] listener keys that proxy_protocol.listeners
 // may name, in the order the man page gives them.
-var ProxyListeners = []string{"listen", "listen_tls", "listen_pop3", "listen_pop3_tls", "listen_smtp", "listen_smtps"}
+var ProxyListeners = []string{
+	ListenerKey(IMAP, false), ListenerKey(IMAP, true),
+	ListenerKey(POP3, false), ListenerKey(POP3, true),
+	ListenerKey(SMTP, false), ListenerKey(SMTP, true),
+}
 
 // DefaultProxyHeaderTimeout is the default of proxy_protocol.header_timeout.
 // A load balancer sends its header at once, with the connection.
@@ -27,14 +31,14 @@ type ProxyProtocol struct {
 	// Listeners are the [server] listener keys (key listeners, values from
 	// ProxyListeners) whose connections from Allowed sources must start
 	// with a PROXY header. Empty: the PROXY protocol is off.
-	Listeners []string
+	Listeners []string `toml:"listeners"`
 	// Allowed are the sources (key allowed: addresses, or CIDR prefixes)
 	// that may send a PROXY header, and on Listeners must. An address is
 	// kept as a single-address prefix. Never empty when Listeners is not.
-	Allowed []netip.Prefix
+	Allowed []netip.Prefix `toml:"-"`
 	// HeaderTimeout bounds the wait for the header of a connection from
 	// an Allowed source (key header_timeout).
-	HeaderTimeout time.Duration
+	HeaderTimeout time.Duration `toml:"header_timeout"`
 }
 
 // On reports whether the listener of the [server] key listenerKey takes
@@ -55,20 +59,21 @@ func (pp *ProxyProtocol) AllowedFrom(addr netip.Addr) bool {
 	return false
 }
 
-// rawProxyProtocol is the [proxy_protocol] table before its values are
-// checked.
-type rawProxyProtocol struct {
-	Listeners     *[]string `toml:"listeners"`
-	Allowed       *[]string `toml:"allowed"`
-	HeaderTimeout *duration `toml:"header_timeout"`
+// proxyTable is the [proxy_protocol] table as decoded: the sources in
+// allowed are checked before they become ProxyProtocol.Allowed.
+type proxyTable struct {
+	ProxyProtocol
+	Sources []string `toml:"allowed"`
 }
 
-// proxyProtocol checks the [proxy_protocol] table against the listeners
-// of s, the [server] table already read; opts names the listeners that
-// systemd passes.
-func (p *parser) proxyProtocol(r *rawProxyProtocol, s *Server, opts *LoadOptions) ProxyProtocol {
-	pp := ProxyProtocol{HeaderTimeout: DefaultProxyHeaderTimeout}
-	p.duration(r.HeaderTimeout, &pp.HeaderTimeout, "proxy_protocol.header_timeout")
+// proxyProtocol checks the [proxy_protocol] table, decoded over its
+// defaults, against the listeners of s, the [server] table already read;
+// opts names the listeners that systemd passes.
+func (p *parser) proxyProtocol(t *proxyTable, s *Server, opts *LoadOptions) ProxyProtocol {
+	pp := ProxyProtocol{HeaderTimeout: t.HeaderTimeout}
+	p.duration(pp.HeaderTimeout, "proxy_protocol", "header_timeout")
+	hasListeners := p.md.IsDefined("proxy_protocol", "listeners")
+	hasAllowed := p.md.IsDefined("proxy_protocol", "allowed")
 	configured := map[string]bool{
 		"listen":          s.Listen != "" || opts.InheritedListen,
 		"listen_tls":      s.ListenTLS != "" || opts.InheritedListenTLS,
@@ -77,36 +82,32 @@ func (p *parser) proxyProtocol(r *rawProxyProtocol, s *Server, opts *LoadOptions
 		"listen_smtp":     s.ListenSMTP != "" || opts.InheritedSMTP,
 		"listen_smtps":    s.ListenSMTPS != "" || opts.InheritedSMTPS,
 	}
-	if r.Listeners != nil {
-		for i, key := range *r.Listeners {
-			switch {
-			case !isOneOf(key, ProxyListeners...):
-				p.addf("proxy_protocol.listeners", "element %d: unknown listener %q (want some of %s)", i, key, strings.Join(ProxyListeners, ", "))
-			case slices.Contains(pp.Listeners, key):
-				p.addf("proxy_protocol.listeners", "%s listed twice", key)
-			case !configured[key]:
-				p.addf("proxy_protocol.listeners", "element %d: server.%s is not set: no such listener", i, key)
-			default:
-				pp.Listeners = append(pp.Listeners, key)
-			}
+	for i, key := range t.Listeners {
+		switch {
+		case !isOneOf(key, ProxyListeners...):
+			p.addf("proxy_protocol.listeners", "element %d: unknown listener %q (want some of %s)", i, key, strings.Join(ProxyListeners, ", "))
+		case slices.Contains(pp.Listeners, key):
+			p.addf("proxy_protocol.listeners", "%s listed twice", key)
+		case !configured[key]:
+			p.addf("proxy_protocol.listeners", "element %d: server.%s is not set: no such listener", i, key)
+		default:
+			pp.Listeners = append(pp.Listeners, key)
 		}
 	}
-	if r.Allowed != nil {
-		for i, text := range *r.Allowed {
-			prefix, err := parseSource(text)
-			if err != nil {
-				p.addf("proxy_protocol.allowed", "element %d: bad address %q (want an IP address or a CIDR prefix such as 10.0.0.0/24)", i, text)
-				continue
-			}
-			pp.Allowed = append(pp.Allowed, prefix)
+	for i, text := range t.Sources {
+		prefix, err := parseSource(text)
+		if err != nil {
+			p.addf("proxy_protocol.allowed", "element %d: bad address %q (want an IP address or a CIDR prefix such as 10.0.0.0/24)", i, text)
+			continue
 		}
+		pp.Allowed = append(pp.Allowed, prefix)
 	}
 	switch {
-	case r.Listeners != nil && len(*r.Listeners) == 0:
+	case hasListeners && len(t.Listeners) == 0:
 		p.addf("proxy_protocol.listeners", "empty: name the listeners behind the load balancer, or remove the table")
-	case r.Listeners == nil && r.Allowed != nil:
+	case !hasListeners && hasAllowed:
 		p.addf("proxy_protocol.listeners", "missing (allowed is set): name the listeners behind the load balancer")
-	case r.Listeners != nil && (r.Allowed == nil || len(*r.Allowed) == 0):
+	case hasListeners && len(t.Sources) == 0:
 		p.addf("proxy_protocol.allowed", "missing: the PROXY protocol needs the load balancers' addresses, or anyone could claim any address")
 	}
 	return pp

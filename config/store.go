@@ -17,41 +17,32 @@ type Store struct {
 	// Type is StoreFiles (the default: one file per login in
 	// server.state_dir) or StorePostgres (a database shared by several
 	// instances).
-	Type string
+	Type string `toml:"type"`
 	// DSN is the PostgreSQL connection string (libpq key=value or URL) for
 	// StorePostgres: the value of dsn, or the content of dsn_file with
 	// surrounding white space removed. It may hold a password: never log
 	// it.
-	DSN string
+	DSN string `toml:"dsn"`
 	// DSNFile is dsn_file, resolved, or "".
-	DSNFile string
+	DSNFile string `toml:"dsn_file"`
 	// Timeout bounds each read and write of the database, connecting
 	// included (key timeout): a hung database costs a login at most this.
-	Timeout time.Duration
+	Timeout time.Duration `toml:"timeout"`
 }
 
 // DefaultStoreTimeout is [store] timeout when not set.
 const DefaultStoreTimeout = 5 * time.Second
 
-// rawStore is the [store] table before its values are checked.
-type rawStore struct {
-	Type    *string   `toml:"type"`
-	DSN     *string   `toml:"dsn"`
-	DSNFile *string   `toml:"dsn_file"`
-	Timeout *duration `toml:"timeout"`
-}
-
-// store checks the [store] table.
-func (p *parser) store(r *rawStore) Store {
-	s := Store{Type: StoreFiles, Timeout: DefaultStoreTimeout}
-	p.enum(r.Type, &s.Type, []string{StoreFiles, StorePostgres}, "store.type")
-	setIf(&s.DSN, r.DSN)
-	setIf(&s.DSNFile, r.DSNFile)
-	p.duration(r.Timeout, &s.Timeout, "store.timeout")
+// store checks the [store] table, decoded over its defaults.
+func (p *parser) store(s Store) Store {
+	if !p.enum(s.Type, []string{StoreFiles, StorePostgres}, "store.type") {
+		s.Type = StoreFiles
+	}
+	p.duration(s.Timeout, "store", "timeout")
 	switch {
 	case s.Type == StoreFiles && (s.DSN != "" || s.DSNFile != ""):
 		p.addf("store.dsn", `is for type = "postgres"; the files store uses server.state_dir`)
-	case s.Type == StoreFiles && r.Timeout != nil:
+	case s.Type == StoreFiles && p.md.IsDefined("store", "timeout"):
 		p.addf("store.timeout", `is for type = "postgres"`)
 	case s.Type != StorePostgres:
 	case s.DSN != "" && s.DSNFile != "":

@@ -89,7 +89,7 @@ func (c *conn) openSession(login, password string) (*UpstreamConn, *sessionLog, 
 	if log.Enabled(slog.LevelInfo) {
 		log.Info("login", "outcome", "OK", "duration", time.Since(start).Round(time.Millisecond),
 			"throttle_wait", waited.Round(time.Millisecond),
-			"upstream", c.proto.upstreamAddress(c.cfg.Accounts[login].Provider), "dial", up.dialTime.Round(time.Millisecond))
+			"upstream", c.cfg.Accounts[login].Provider.Address(c.proto.name), "dial", up.dialTime.Round(time.Millisecond))
 	}
 	return up, log, nil
 }

@@ -23,24 +23,16 @@ type protocol struct {
 	// loginUpstream dials the account's server for this protocol and
 	// authenticates with the token.
 	loginUpstream func(context.Context, *UpstreamLogin) (*UpstreamConn, error)
-	// upstreamAddress is the provider's server for this protocol.
-	upstreamAddress func(*config.Provider) string
 	// upstreamALPN is the ALPN id offered to that server; "" for none.
 	upstreamALPN string
 	// tooManyConnections is the line a connection refused at a limit gets.
 	tooManyConnections string
-	// plainKey and tlsKey are the [server] keys of the protocol's plain
-	// and implicit-TLS listeners.
-	plainKey, tlsKey string
 }
 
 // listenerKey is the [server] key of the protocol's listener, implicit
 // TLS or not.
 func (p *protocol) listenerKey(implicitTLS bool) string {
-	if implicitTLS {
-		return p.tlsKey
-	}
-	return p.plainKey
+	return config.ListenerKey(p.name, implicitTLS)
 }
 
 var (
@@ -49,31 +41,22 @@ var (
 		label:              "IMAP",
 		preauth:            (*conn).preauth,
 		loginUpstream:      DialUpstream,
-		upstreamAddress:    func(p *config.Provider) string { return p.IMAPAddress },
 		tooManyConnections: "* BYE [UNAVAILABLE] Too many connections; try again later",
-		plainKey:           "listen",
-		tlsKey:             "listen_tls",
 	}
 	pop3Protocol = &protocol{
 		name:               config.POP3,
 		label:              "POP3",
 		preauth:            (*conn).pop3Preauth,
 		loginUpstream:      loginPOP3Upstream,
-		upstreamAddress:    func(p *config.Provider) string { return p.POP3Address },
 		upstreamALPN:       "pop3",
 		tooManyConnections: "-ERR [SYS/TEMP] Too many connections; try again later",
-		plainKey:           "listen_pop3",
-		tlsKey:             "listen_pop3_tls",
 	}
 	smtpProtocol = &protocol{
 		name:               config.SMTP,
 		label:              "SMTP",
 		preauth:            (*conn).smtpServe,
 		loginUpstream:      loginSMTPUpstream,
-		upstreamAddress:    func(p *config.Provider) string { return p.SMTPAddress },
 		tooManyConnections: "421 4.7.0 Too many connections; try again later",
-		plainKey:           "listen_smtp",
-		tlsKey:             "listen_smtps",
 	}
 )
 
@@ -89,26 +72,25 @@ type protocolTLS struct {
 // client configuration for each provider's POP3 server, whose host name
 // may differ from the IMAP server's (pop.gmail.com).
 func pop3TLS(cfg *config.Config, imapLocal *tls.Config) (protocolTLS, error) {
-	return deriveTLS(cfg, imapLocal, pop3Protocol, "pop3_address")
+	return deriveTLS(cfg, imapLocal, pop3Protocol)
 }
 
 // deriveTLS derives proto's TLS settings from the IMAP ones and cfg: the
 // local certificate with the protocol's ALPN id, and a client
-// configuration for each provider's server of proto (the provider key
-// addrKey).
-func deriveTLS(cfg *config.Config, imapLocal *tls.Config, proto *protocol, addrKey string) (protocolTLS, error) {
+// configuration for each provider's server of proto.
+func deriveTLS(cfg *config.Config, imapLocal *tls.Config, proto *protocol) (protocolTLS, error) {
 	pt := protocolTLS{upstream: make(map[string]*tls.Config)}
 	if imapLocal != nil {
 		pt.local = imapLocal.Clone()
 		pt.local.NextProtos = []string{string(proto.name)}
 	}
 	for name, p := range cfg.Providers {
-		if proto.upstreamAddress(p) == "" {
+		if p.Address(proto.name) == "" {
 			continue
 		}
 		tc, err := proto.upstreamTLS(p)
 		if err != nil {
-			return protocolTLS{}, fmt.Errorf("providers.%s.%s: %w", name, addrKey, err)
+			return protocolTLS{}, fmt.Errorf("providers.%s.%s: %w", name, config.AddressKey(proto.name), err)
 		}
 		pt.upstream[name] = tc
 	}
@@ -117,7 +99,7 @@ func deriveTLS(cfg *config.Config, imapLocal *tls.Config, proto *protocol, addrK
 
 // upstreamTLS is the client TLS configuration for p's server of proto.
 func (proto *protocol) upstreamTLS(p *config.Provider) (*tls.Config, error) {
-	tc, err := tlsconfig.Upstream(proto.upstreamAddress(p), p.CAFile)
+	tc, err := tlsconfig.Upstream(p.Address(proto.name), p.CAFile)
 	if err != nil {
 		return nil, err
 	}
@@ -167,19 +149,10 @@ func UpstreamTLSConfig(p *config.Provider, proto config.Protocol) (*tls.Config, 
 	if pr == nil {
 		return nil, fmt.Errorf("no upstream for protocol %q", proto)
 	}
-	if pr.upstreamAddress(p) == "" {
+	if p.Address(pr.name) == "" {
 		return nil, fmt.Errorf("provider %s has no %s server", p.Name, pr.label)
 	}
 	return pr.upstreamTLS(p)
-}
-
-// UpstreamAddress returns provider p's server for proto, "" when it has
-// none.
-func UpstreamAddress(p *config.Provider, proto config.Protocol) string {
-	if pr := protocolNamed(proto); pr != nil {
-		return pr.upstreamAddress(p)
-	}
-	return ""
 }
 
 // localTLS is the server TLS configuration for c's protocol; nil without

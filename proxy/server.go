@@ -167,7 +167,7 @@ func (s *Server) SetConfig(cfg *config.Config) error {
 	}
 	rc.pop3 = pop3
 	// No ALPN id towards the upstream: STARTTLS servers do not expect one.
-	if rc.smtp, err = deriveTLS(cfg, rc.localTLS, smtpProtocol, "smtp_address"); err != nil {
+	if rc.smtp, err = deriveTLS(cfg, rc.localTLS, smtpProtocol); err != nil {
 		return err
 	}
 	s.cfg.Store(rc)

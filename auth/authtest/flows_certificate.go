@@ -147,22 +147,21 @@ func invalidClient(aadsts int, desc string) *refusal {
 	return &refusal{http.StatusUnauthorized, "invalid_client", errorText{aadsts, desc}}
 }
 
-// assertionHeader and assertionClaims are what the token endpoint reads
-// from a client assertion.
-type assertionHeader struct {
-	Alg     string `json:"alg"`
-	Typ     string `json:"typ"`
-	X5t     string `json:"x5t"`
-	X5tS256 string `json:"x5t#S256"`
+// jwtFields is a JWT header or claims set as the token endpoint reads it:
+// by the wire names, with no types shared with the client that wrote it.
+type jwtFields map[string]any
+
+// str is the string field name, "" when missing or not a string.
+func (f jwtFields) str(name string) string {
+	v, _ := f[name].(string)
+	return v
 }
 
-type assertionClaims struct {
-	Aud string `json:"aud"`
-	Iss string `json:"iss"`
-	Sub string `json:"sub"`
-	Jti string `json:"jti"`
-	Nbf int64  `json:"nbf"`
-	Exp int64  `json:"exp"`
+// unix is the NumericDate field name in seconds, 0 when missing or not a
+// number.
+func (f jwtFields) unix(name string) int64 {
+	v, _ := f[name].(float64)
+	return int64(v)
 }
 
 // checkClientAssertion authenticates a client_credentials request of
@@ -197,26 +196,25 @@ func (s *Server) checkClientAssertion(form url.Values, clientID string) *refusal
 	malformed := func(why string) *refusal {
 		return invalidClient(50027, "JWT token is invalid or malformed: "+why+".")
 	}
-	var header assertionHeader
-	var claims assertionClaims
+	header, claims := jwtFields{}, jwtFields{}
 	signed, sig, err := decodeJWS(form.Get("client_assertion"), &header, &claims)
 	switch {
 	case err != nil:
 		return malformed("the client assertion is not a compact JWS")
-	case header.Alg != "RS256":
-		return malformed(fmt.Sprintf("alg %q is not supported, use RS256", header.Alg))
-	case header.X5t == "" && header.X5tS256 == "":
+	case header.str("alg") != "RS256":
+		return malformed(fmt.Sprintf("alg %q is not supported, use RS256", header.str("alg")))
+	case header.str("x5t") == "" && header.str("x5t#S256") == "":
 		return malformed("the header has neither x5t nor x5t#S256")
 	}
 
 	// The certificate every thumbprint the header gives names.
 	var cert *clientCert
-	shown := header.X5t
+	shown := header.str("x5t")
 	if shown == "" {
-		shown = header.X5tS256
+		shown = header.str("x5t#S256")
 	}
 	for _, c := range certs {
-		if (header.X5t == "" || header.X5t == c.x5t) && (header.X5tS256 == "" || header.X5tS256 == c.x5tS256) {
+		if (header.str("x5t") == "" || header.str("x5t") == c.x5t) && (header.str("x5t#S256") == "" || header.str("x5t#S256") == c.x5tS256) {
 			cert = c
 			break
 		}
@@ -239,19 +237,19 @@ func (s *Server) checkClientAssertion(form url.Values, clientID string) *refusal
 	if now.Before(cert.cert.NotBefore) || now.After(cert.cert.NotAfter) {
 		return invalidClient(700027, "Client assertion contains an invalid signature. [Reason - The key used is expired., "+found+"]")
 	}
-	if claims.Iss != clientID || claims.Sub != clientID {
+	if claims.str("iss") != clientID || claims.str("sub") != clientID {
 		return invalidClient(700021, "Client assertion application identifier doesn't match 'client_id' parameter. "+certificateDocs)
 	}
-	if claims.Aud != s.TokenURL() {
+	if claims.str("aud") != s.TokenURL() {
 		return invalidClient(700023, "Client assertion audience claim does not match Realm issuer. "+certificateDocs)
 	}
-	if claims.Nbf == 0 || claims.Exp == 0 || claims.Nbf > now.Unix() || claims.Exp <= now.Unix() ||
-		claims.Exp > now.Add(MaxAssertionLifetime).Unix() {
+	if claims.unix("nbf") == 0 || claims.unix("exp") == 0 || claims.unix("nbf") > now.Unix() || claims.unix("exp") <= now.Unix() ||
+		claims.unix("exp") > now.Add(MaxAssertionLifetime).Unix() {
 		return invalidClient(700024, fmt.Sprintf("Client assertion is not within its valid time range. Current time: %s, "+
 			"assertion valid from %s, expiry time of assertion %s. %s", now.UTC().Format(time.RFC3339),
-			time.Unix(claims.Nbf, 0).UTC().Format(time.RFC3339), time.Unix(claims.Exp, 0).UTC().Format(time.RFC3339), certificateDocs))
+			time.Unix(claims.unix("nbf"), 0).UTC().Format(time.RFC3339), time.Unix(claims.unix("exp"), 0).UTC().Format(time.RFC3339), certificateDocs))
 	}
-	if claims.Jti == "" {
+	if claims.str("jti") == "" {
 		return malformed("the client assertion has no jti")
 	}
 
@@ -262,11 +260,11 @@ func (s *Server) checkClientAssertion(form url.Values, clientID string) *refusal
 			delete(s.assertions, jti)
 		}
 	}
-	if _, used := s.assertions[claims.Jti]; used {
+	if _, used := s.assertions[claims.str("jti")]; used {
 		return invalidClient(50013, "Assertion is invalid: the client assertion with this jti was already used. "+
 			"Each request needs a new client assertion. "+certificateDocs)
 	}
-	s.assertions[claims.Jti] = time.Unix(claims.Exp, 0)
+	s.assertions[claims.str("jti")] = time.Unix(claims.unix("exp"), 0)
 	return nil
 }
 

@@ -43,17 +43,17 @@ const socketNames = socketIMAP + ", " + socketIMAPS + ", " + socketPOP3 + ", " +
 func socketKey(name string) (key string, ok bool) {
 	switch name {
 	case socketIMAP:
-		return "listen", true
+		return config.ListenerKey(config.IMAP, false), true
 	case socketIMAPS:
-		return "listen_tls", true
+		return config.ListenerKey(config.IMAP, true), true
 	case socketPOP3:
-		return "listen_pop3", true
+		return config.ListenerKey(config.POP3, false), true
 	case socketPOP3S:
-		return "listen_pop3_tls", true
+		return config.ListenerKey(config.POP3, true), true
 	case socketSMTP:
-		return "listen_smtp", true
+		return config.ListenerKey(config.SMTP, false), true
 	case socketSMTPS:
-		return "listen_smtps", true
+		return config.ListenerKey(config.SMTP, true), true
 	case socketMetrics:
 		return "metrics_listen", true
 	}

@@ -205,8 +205,8 @@ func signInHint(acct *config.Account) string {
 }
 
 // openBrowser starts a browser on u when there is a desktop to show it
-// on. Tests replace it.
-var openBrowser = func(u string) error {
+// on.
+func openBrowser(u string) error {
 	var name string
 	var args []string
 	switch runtime.GOOS {

@@ -82,10 +82,6 @@ func newCloudUpstream(t *testing.T, c *cli, opts authtest.Options, upOpts proxyt
 	if err := up.WriteCAFile(filepath.Join(cl.dir, "ca.pem")); err != nil {
 		t.Fatal(err)
 	}
-	// The browser is the test's; never start one.
-	saved := openBrowser
-	openBrowser = func(string) error { return errors.New("no browser in tests") }
-	t.Cleanup(func() { openBrowser = saved })
 	return cl
 }
 
@@ -215,7 +211,7 @@ func TestAuthorizeLoopbackSharedMailbox(t *testing.T) {
 	const password = "loopback-pw-canary-3e7d"
 	c.secret(password)
 
-	b := c.start(password+"\n", "authorize", "-config", path, "helpdesk")
+	b := c.start(password+"\n", "authorize", "-config", path, "-no-browser", "helpdesk") // the browser is the test's
 	authURL := b.wait(b.stdout, authURLRE)[1]
 	if page := follow(t, authURL); !strings.Contains(page, "close this window") {
 		t.Errorf("final page: %s", page)

@@ -272,7 +272,7 @@ func (c *checker) otherProtocols(ctx context.Context, tok *oauth2.Token) {
 		if proto == config.IMAP || c.printed[string(proto)] { // skipped already
 			continue
 		}
-		addr := proxy.UpstreamAddress(p, proto)
+		addr := p.Address(proto)
 		c.step(string(proto), func() (string, error) {
 			up, err := proxy.LoginUpstream(ctx, proto, &proxy.UpstreamLogin{
 				Account: acct, DialTimeout: c.cfg.Server.DialTimeout, Token: tok.AccessToken})
