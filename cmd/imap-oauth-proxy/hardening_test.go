@@ -54,6 +54,10 @@ func TestServeSurvivesEMFILE(t *testing.T) {
 		conn.Close()
 	}
 	flood = nil
+	// The flood has ended once the daemon has taken every connection of
+	// it, from the listen queue too, and ended its session; until then a
+	// login may find no descriptor for the files of a token refresh.
+	d.waitLog(regexp.MustCompile(fmt.Sprintf(`(?s)(?:msg="session end".*?){%d}`, 2*fdLimit)))
 	loginSelect(t, addr, "collector", password)
 	if d.hasExited() {
 		t.Fatalf("the daemon exited: %v\nstderr:\n%s", d.err, d.stderr)
