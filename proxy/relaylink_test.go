@@ -39,6 +39,15 @@ func newLinkRig(t *testing.T, plain bool, toUpstreamFirst, toClientFirst string)
 	return r
 }
 
+// send writes s on c, one of the rig's ends, failing the test if it
+// cannot.
+func (r *linkRig) send(t *testing.T, c *net.TCPConn, s string) {
+	t.Helper()
+	if _, err := c.Write([]byte(s)); err != nil {
+		t.Fatalf("writing %q: %v", s, err)
+	}
+}
+
 // start runs the link; the channel gets its two results once both
 // directions have ended.
 func (r *linkRig) start() <-chan [2]copyResult {
@@ -82,9 +91,7 @@ func TestRelayLinkCollectorHalfClose(t *testing.T) {
 	forBothCopies(t, func(t *testing.T, plain bool) {
 		r := newLinkRig(t, plain, "a0 NOOP\r\n", "* OK first\r\n")
 		done := r.start()
-		if _, err := r.collector.Write([]byte("a1 LOGOUT\r\n")); err != nil {
-			t.Fatal(err)
-		}
+		r.send(t, r.collector, "a1 LOGOUT\r\n")
 		r.collector.CloseWrite()
 		got, err := io.ReadAll(r.server)
 		if err != nil {
@@ -94,9 +101,7 @@ func TestRelayLinkCollectorHalfClose(t *testing.T) {
 			t.Errorf("the upstream got %q, want %q", got, want)
 		}
 		const answer = "* BYE logging out\r\na1 OK done\r\n"
-		if _, err := r.server.Write([]byte(answer)); err != nil {
-			t.Fatalf("the upstream could not answer after the half close: %v", err)
-		}
+		r.send(t, r.server, answer)
 		r.server.Close()
 		res := r.wait(t, done)
 		r.link.client.Close() // as the session does when the relay returns
@@ -135,9 +140,7 @@ func TestRelayLinkUpstreamGone(t *testing.T) {
 	forBothCopies(t, func(t *testing.T, plain bool) {
 		r := newLinkRig(t, plain, "", "")
 		done := r.start()
-		if _, err := r.server.Write([]byte("* BYE Session invalidated - AccessTokenExpired\r\n")); err != nil {
-			t.Fatal(err)
-		}
+		r.send(t, r.server, "* BYE Session invalidated - AccessTokenExpired\r\n")
 		r.server.Close()
 		seen, err := io.ReadAll(r.collector)
 		if err != nil {
@@ -169,9 +172,7 @@ func TestRelayLinkCollectorReset(t *testing.T) {
 	forBothCopies(t, func(t *testing.T, plain bool) {
 		r := newLinkRig(t, plain, "", "")
 		done := r.start()
-		if _, err := r.server.Write([]byte("* OK still here\r\n")); err != nil {
-			t.Fatal(err)
-		}
+		r.send(t, r.server, "* OK still here\r\n")
 		buf := make([]byte, 64)
 		if n, err := io.ReadAtLeast(r.collector, buf, len("* OK still here\r\n")); err != nil {
 			t.Fatalf("collector read %q: %v", buf[:n], err)
