@@ -23,15 +23,16 @@ const usage = `usage: imap-oauth-proxy COMMAND [flags] [LOGIN]
 
 commands:
   serve        [-config FILE]          run the daemon
-  token import [-config FILE] LOGIN    store a refresh token; stdin: local password line,
+  token import [-config FILE] [-force] LOGIN
+                                       store a refresh token; stdin: local password line,
                                        then refresh token line
-  authorize    [-config FILE] [-force] [-external | -device] LOGIN
-                                       run LOGIN's grant (browser, pasted URL or device
+  authorize    [-config FILE] [-force] [-external | -device] [-no-browser]
+               [-timeout D] LOGIN      run LOGIN's grant (browser, pasted URL or device
                                        code; app-only grants: one token) and store it
                                        under a local password
   passwd       [-config FILE] LOGIN    change LOGIN's local password, given the current one
                                        (stdin not a terminal: current line, then new line)
-  check        [-config FILE] [-v] LOGIN
+  check        [-config FILE] [-v] [-timeout D] LOGIN
                                        diagnose LOGIN end to end: token, TLS, greeting,
                                        XOAUTH2, LIST
   status       [-config FILE] [-json]  list every account's health and verdict (ok, needs
