@@ -53,6 +53,25 @@ func (r *managerRig) account(login string, tokens *authtest.Server) *config.Acco
 	return acct
 }
 
+// passwd changes login's local password from managerPassword to
+// newPassword as the passwd command does: through a store of its own on
+// the same directory, not through the Manager's. It returns that store.
+func (r *managerRig) passwd(login, newPassword string) *tokenstore.Store {
+	r.t.Helper()
+	cli, err := tokenstore.New(r.store.Dir(), &tokenstore.Options{KDF: tokenstore.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	u, err := cli.Open(login, managerPassword)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	if err := cli.SetPassword(u, newPassword); err != nil {
+		r.t.Fatal(err)
+	}
+	return cli
+}
+
 func (r *managerRig) token(acct *config.Account) error {
 	r.t.Helper()
 	a, err := r.mgr.Unlock(context.Background(), acct, managerPassword)
@@ -245,17 +264,7 @@ func TestRotationSurvivesPasswordChange(t *testing.T) {
 	}
 
 	const newPassword = "new local password"
-	cli, err := tokenstore.New(r.store.Dir(), &tokenstore.Options{KDF: tokenstore.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, err := cli.Open("collector", managerPassword)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cli.SetPassword(u, newPassword); err != nil {
-		t.Fatal(err)
-	}
+	cli := r.passwd("collector", newPassword)
 
 	a, err := r.mgr.Unlock(context.Background(), acct, newPassword)
 	if err != nil {
@@ -380,18 +389,8 @@ func TestPasswordChangeHoldsAtNextLogin(t *testing.T) {
 	if _, err := r.mgr.UnlockCached(acct, managerPassword); err != nil {
 		t.Fatalf("login from the key cache: %v", err)
 	}
-	cli, err := tokenstore.New(r.store.Dir(), &tokenstore.Options{KDF: tokenstore.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, err := cli.Open("collector", managerPassword)
-	if err != nil {
-		t.Fatal(err)
-	}
 	const newPassword = "new local password"
-	if err := cli.SetPassword(u, newPassword); err != nil {
-		t.Fatal(err)
-	}
+	r.passwd("collector", newPassword)
 	if _, err := r.mgr.UnlockCached(acct, managerPassword); !errors.Is(err, tokenstore.ErrNotCached) {
 		t.Fatalf("old password from the key cache after passwd = %v; want ErrNotCached", err)
 	}
