@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -216,25 +217,15 @@ func (s *diagSocket) receive() (answer []byte, clean bool, err error) {
 
 // parseNetlinkAnswer splits b, one datagram from the kernel, into the
 // header and payload of the one netlink message it must hold.
-func parseNetlinkAnswer(b []byte) (unix.NlMsghdr, []byte, error) {
-	var h unix.NlMsghdr
-	if len(b) < unix.SizeofNlMsghdr {
-		return h, nil, fmt.Errorf("answer of %d bytes, shorter than a netlink header", len(b))
+func parseNetlinkAnswer(b []byte) (syscall.NlMsghdr, []byte, error) {
+	msgs, err := syscall.ParseNetlinkMessage(b)
+	switch {
+	case err != nil:
+		return syscall.NlMsghdr{}, nil, fmt.Errorf("parsing the answer: %w", err)
+	case len(msgs) != 1:
+		return syscall.NlMsghdr{}, nil, fmt.Errorf("answered with %d messages, want 1", len(msgs))
 	}
-	h.Len = binary.NativeEndian.Uint32(b[0:])
-	h.Type = binary.NativeEndian.Uint16(b[4:])
-	h.Flags = binary.NativeEndian.Uint16(b[6:])
-	h.Seq = binary.NativeEndian.Uint32(b[8:])
-	h.Pid = binary.NativeEndian.Uint32(b[12:])
-	if h.Len < unix.SizeofNlMsghdr || int(h.Len) > len(b) {
-		return h, nil, fmt.Errorf("netlink message of %d bytes in an answer of %d", h.Len, len(b))
-	}
-	// Messages are padded to 4 bytes; anything after the first is a
-	// second message.
-	if next := (int(h.Len) + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1); next < len(b) {
-		return h, nil, fmt.Errorf("answered with more than one message (%d bytes after the first)", len(b)-next)
-	}
-	return h, b[unix.SizeofNlMsghdr:h.Len], nil
+	return msgs[0].Header, msgs[0].Data, nil
 }
 
 // Sizes from linux/inet_diag.h: inet_diag_req_v2 and inet_diag_msg.

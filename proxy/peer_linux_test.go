@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"encoding/binary"
 	"errors"
 	"net"
 	"os"
@@ -258,5 +259,35 @@ func TestPeerLookupConcurrent(t *testing.T) {
 	wg.Wait()
 	if len(p.free) == 0 || len(p.free) > diagSocketsKept {
 		t.Errorf("%d idle sockets after the lookups, want 1 to %d", len(p.free), diagSocketsKept)
+	}
+}
+
+// TestParseNetlinkAnswer: an answer must be exactly one whole netlink
+// message; a short one, a cut one or two of them are refused.
+func TestParseNetlinkAnswer(t *testing.T) {
+	message := func(seq uint32, payload string) []byte {
+		b := make([]byte, unix.SizeofNlMsghdr, unix.SizeofNlMsghdr+len(payload)+3)
+		binary.NativeEndian.PutUint32(b[0:], uint32(unix.SizeofNlMsghdr+len(payload)))
+		binary.NativeEndian.PutUint16(b[4:], unix.SOCK_DIAG_BY_FAMILY)
+		binary.NativeEndian.PutUint32(b[8:], seq)
+		b = append(b, payload...)
+		for len(b)%unix.NLMSG_ALIGNTO != 0 {
+			b = append(b, 0)
+		}
+		return b
+	}
+	one := message(7, "answer")
+	h, data, err := parseNetlinkAnswer(one)
+	if err != nil || h.Seq != 7 || h.Type != unix.SOCK_DIAG_BY_FAMILY || string(data) != "answer" {
+		t.Errorf("one message: header %+v, data %q, %v", h, data, err)
+	}
+	for name, b := range map[string][]byte{
+		"short":        one[:unix.SizeofNlMsghdr-1],
+		"cut":          one[:len(one)-4],
+		"two messages": append(message(7, "answer"), message(8, "more")...),
+	} {
+		if _, _, err := parseNetlinkAnswer(b); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
 	}
 }
