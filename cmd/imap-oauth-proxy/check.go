@@ -24,6 +24,14 @@ import (
 	"github.com/imap-oauth-proxy/imap-oauth-proxy/tlsconfig"
 )
 
+// The steps of check that are not phases of the upstream login (those are
+// named by proxy.Phase), as their lines name them.
+const (
+	stepRecord = "record" // the token store opens with the local password
+	stepToken  = "token"  // the token endpoint gives an access token
+	stepList   = "list"   // the mailboxes list over the logged-in connection
+)
+
 // cmdCheck diagnoses one account end to end, the way a collector's login
 // goes through the proxy: the record opens with the local password, the
 // token endpoint gives an access token, the upstream answers over TLS with
@@ -156,7 +164,7 @@ func (c *checker) run(ctx context.Context, password string) {
 	acct, p := c.acct, c.acct.Provider
 	store, err := openStore(c.cfg)
 	if err != nil {
-		c.step("record", func() (string, error) { return "", failStep(err, "cannot open the token store: %v", err) })
+		c.step(stepRecord, func() (string, error) { return "", failStep(err, "cannot open the token store: %v", err) })
 		return
 	}
 	defer store.Close()
@@ -181,12 +189,12 @@ func (c *checker) run(ctx context.Context, password string) {
 		Logger:        traceLogger,
 	})
 	if err != nil {
-		c.step("record", func() (string, error) { return "", failStep(err, "%v", err) })
+		c.step(stepRecord, func() (string, error) { return "", failStep(err, "%v", err) })
 		return
 	}
 
 	var account *auth.Account
-	c.step("record", func() (string, error) {
+	c.step(stepRecord, func() (string, error) {
 		exists, err := store.Exists(acct.Login)
 		if err != nil {
 			return "", failStep(err, "cannot read %s: %v", store.Where(acct.Login), err)
@@ -208,7 +216,7 @@ func (c *checker) run(ctx context.Context, password string) {
 	})
 
 	var tok *oauth2.Token
-	c.step("token", func() (string, error) {
+	c.step(stepToken, func() (string, error) {
 		tctx, cancel := context.WithTimeout(ctx, c.cfg.Server.TokenTimeout+5*time.Second)
 		defer cancel()
 		var err error
@@ -232,7 +240,7 @@ func (c *checker) run(ctx context.Context, password string) {
 	}
 	tlsConfig, err := tlsconfig.Upstream(p.IMAPAddress, p.CAFile)
 	if err != nil {
-		c.stepDone("tls", 0, "", failStep(err, "TLS settings of provider %s: %v", p.Name, err))
+		c.stepDone(string(proxy.PhaseTLS), 0, "", failStep(err, "TLS settings of provider %s: %v", p.Name, err))
 		c.skipUpstream()
 		return
 	}
@@ -293,9 +301,12 @@ func (c *checker) otherProtocols(ctx context.Context, tok *oauth2.Token) {
 // upstreamSteps are the steps of the upstream login in the order check
 // prints them, capability only when it ran.
 func (c *checker) upstreamSteps() []string {
-	steps := []string{"connect", "tls", "greeting", "capability", strings.ToLower(c.acct.Provider.Mechanism), "list"}
+	mech := strings.ToLower(c.acct.Provider.Mechanism)
+	connect, secure := string(proxy.PhaseConnect), string(proxy.PhaseTLS)
+	greeting, capability := string(proxy.PhaseGreeting), string(proxy.PhaseCapability)
+	steps := []string{connect, secure, greeting, capability, mech, stepList}
 	if c.acct.Provider.IMAPTLS == "starttls" {
-		steps = []string{"connect", "greeting", "tls", "capability", strings.ToLower(c.acct.Provider.Mechanism), "list"}
+		steps = []string{connect, greeting, secure, capability, mech, stepList}
 	}
 	for _, proto := range c.acct.Protocols {
 		if proto != config.IMAP {
@@ -313,7 +324,7 @@ func (c *checker) skipUpstream() {
 		return
 	}
 	for _, name := range c.upstreamSteps() {
-		if !c.printed[name] && name != "capability" {
+		if !c.printed[name] && name != string(proxy.PhaseCapability) {
 			c.step(name, nil)
 		}
 	}
@@ -338,9 +349,7 @@ func (c *checker) login(ctx context.Context, tok *oauth2.Token, tlsConfig *tls.C
 				if err != nil {
 					err = failStep(err, "cannot connect to %s: %s; check providers.%s.imap_address and the firewall",
 						p.IMAPAddress, netReason(err), p.Name)
-				} else if detail == p.IMAPAddress {
-					detail = p.IMAPAddress
-				} else {
+				} else if detail != p.IMAPAddress {
 					detail = fmt.Sprintf("%s (%s)", p.IMAPAddress, detail)
 				}
 			case proxy.PhaseTLS:
@@ -407,7 +416,7 @@ func (c *checker) list(ctx context.Context, up *proxy.UpstreamConn) {
 	}
 	greeting += "logged in by imap-oauth-proxy check\r\n"
 	client := imapclient.New(&preludeConn{Conn: conn, r: io.MultiReader(strings.NewReader(greeting), conn)}, nil)
-	c.step("list", func() (string, error) {
+	c.step(stepList, func() (string, error) {
 		boxes, err := client.List("", "*", nil).Collect()
 		if err != nil {
 			return "", failStep(err, "LIST failed: %v", err)
