@@ -191,9 +191,18 @@ func boot(t *testing.T, root string, binds map[string]string) *container {
 			ready = ready || line == "READY=1"
 		}
 	}
-	// --wait returns once boot has finished, whatever the outcome.
-	state, _ := c.run("systemctl is-system-running --wait")
-	if state != "running" {
+	// --wait returns once boot has finished, whatever the outcome. Nothing
+	// of the proxy is installed yet, so a unit that failed here is the base
+	// system's: on a machine loaded enough, systemd-journal-flush can pass
+	// its 90 s timeout. That is reported, with its journal, and the test
+	// goes on; any other state ends it.
+	switch state, _ := c.run("systemctl is-system-running --wait"); state {
+	case "running":
+	case "degraded":
+		failed, _ := c.run("systemctl --failed --no-legend --plain")
+		journal, _ := c.run("journalctl --no-pager -b -p warning -n 30 -o short-monotonic")
+		t.Logf("the container booted degraded; failed units of the base system:\n%s\nits journal (warnings):\n%s", failed, journal)
+	default:
 		failed, _ := c.run("systemctl --failed --no-legend")
 		t.Fatalf("container system state %q, want running; failed units:\n%s", state, failed)
 	}
