@@ -12,13 +12,6 @@ import (
 // network for a moment (onlyBuffered): the Read then returns what is
 // already buffered, in crypto/tls or in the kernel, or fails at once. Only
 // the goroutine reading the TLS connection uses it.
-//
-// It also hands crypto/tls at most one record per Read: bytes a socket
-// read brings past the end of the record being received wait in ahead.
-// crypto/tls's receive buffer then never holds the start of a second
-// record, so it stays at one record's size (about 17 KiB) instead of
-// doubling to about 40 KiB in every session that receives large records,
-// a buffer that is never shrunk while the session lasts.
 type coalescingConn struct {
 	net.Conn
 	onlyBuffered bool
@@ -34,11 +27,6 @@ type coalescingConn struct {
 	complete   int64 // whole records passed up to crypto/tls
 	usedBefore int64 // complete at the last socket read
 	returned   int64 // records returned by TLS Reads since then
-
-	// ahead holds what a socket read brought past the end of a record, in
-	// a pooled buffer (aheadBuf) that goes back once ahead is empty.
-	ahead    []byte
-	aheadBuf *[]byte
 }
 
 // errOnlyBuffered is what a socket read gets while onlyBuffered is set. It
@@ -66,16 +54,6 @@ func (c *coalescingConn) Read(p []byte) (int, error) {
 	// crypto/tls reads only when it holds no whole record: every whole
 	// record so far has been used.
 	c.usedBefore, c.returned = c.complete, 0
-	if len(c.ahead) > 0 {
-		n := c.frameRecord(c.ahead[:min(len(p), len(c.ahead))])
-		copy(p, c.ahead[:n])
-		if c.ahead = c.ahead[n:]; len(c.ahead) == 0 {
-			c.dropAhead()
-		}
-		return n, nil
-	}
-	// ahead must be able to hold the rest of any read.
-	p = p[:min(len(p), relayBufferSize)]
 	var n int
 	var err error
 	switch {
@@ -99,42 +77,15 @@ func (c *coalescingConn) Read(p []byte) (int, error) {
 		n, err = c.Conn.Read(p)
 	}
 	c.drained = n < len(p)
-	if k := c.frameRecord(p[:n]); k < n {
-		c.keepAhead(p[k:n])
-		n = k
-		if err != nil {
-			c.ended, err = err, nil // after what waits in ahead
-		}
-	}
+	c.frame(p[:n])
 	return n, err
-}
-
-// keepAhead keeps b, which starts a record crypto/tls has not asked for,
-// for the next Reads.
-func (c *coalescingConn) keepAhead(b []byte) {
-	pool := &relayBuffers
-	if len(b) <= idleBufferSize {
-		pool = &idleBuffers
-	}
-	c.aheadBuf = pool.Get().(*[]byte)
-	c.ahead = (*c.aheadBuf)[:copy(*c.aheadBuf, b)]
-}
-
-// dropAhead gives ahead's buffer back to its pool.
-func (c *coalescingConn) dropAhead() {
-	if cap(*c.aheadBuf) == idleBufferSize {
-		idleBuffers.Put(c.aheadBuf)
-	} else {
-		relayBuffers.Put(c.aheadBuf)
-	}
-	c.ahead, c.aheadBuf = nil, nil
 }
 
 // more reports whether a Read of the TLS connection above c may have data
 // without waiting on the network: a whole record crypto/tls has not
 // returned, or bytes the kernel may hold.
 func (c *coalescingConn) more() bool {
-	return c.holdsRecord() || len(c.ahead) > 0 || !c.drained
+	return c.holdsRecord() || !c.drained
 }
 
 // midRecord reports whether crypto/tls holds part of a record: the rest is
@@ -143,31 +94,26 @@ func (c *coalescingConn) midRecord() bool {
 	return c.headerN > 0 || c.bodyLeft > 0
 }
 
-// frameRecord advances the record framing over b up to the end of the
-// first record that ends in it, and returns how many bytes of b it went
-// over: all of b when no record ends in it.
-func (c *coalescingConn) frameRecord(b []byte) int {
-	n := 0
-	for n < len(b) {
+// frame advances the record framing over b.
+func (c *coalescingConn) frame(b []byte) {
+	for len(b) > 0 {
 		if c.headerN < len(c.header) {
-			k := copy(c.header[c.headerN:], b[n:])
+			k := copy(c.header[c.headerN:], b)
 			c.headerN += k
-			n += k
+			b = b[k:]
 			if c.headerN < len(c.header) {
-				break
+				return
 			}
 			c.bodyLeft = int(c.header[3])<<8 | int(c.header[4])
 		}
-		k := min(c.bodyLeft, len(b)-n)
+		k := min(c.bodyLeft, len(b))
 		c.bodyLeft -= k
-		n += k
+		b = b[k:]
 		if c.bodyLeft == 0 {
 			c.complete++
 			c.headerN = 0
-			break
 		}
 	}
-	return n
 }
 
 // noteReturned records that a TLS Read returned data: one record used (or
