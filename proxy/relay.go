@@ -347,7 +347,7 @@ func proxyCopy(toUpstream bool, dst, src net.Conn, pending []byte, coalescer *co
 // it only when a test sets Server.plainRelay. Measured in December 2026
 // (docs/performance.md), proxyCopy was 5.4% faster (median of 84 runs:
 // 5.8% for many small messages, 3.9% for one large one), with 8-11% less
-// CPU, and 5.6% faster in 28 runs on a quiet machine (8.6% and 3.8%).
+// CPU, and 5.0% faster in 44 runs on a quiet machine (December 2).
 func plainCopy(toUpstream bool, dst, src net.Conn, pending []byte, counter *atomic.Int64, tail *byeTail) copyResult {
 	w := copyWriter{dst: dst, toUpstream: toUpstream, counter: counter, tail: tail}
 	if err := w.write(pending); err != nil {
